@@ -1,0 +1,107 @@
+//! `malloc`: a RAM-backed device (SPDK's malloc bdev). Requests complete on
+//! the next poll of the channel that submitted them.
+
+use super::{BlockDevice, DevChannel, DevOp, DevRequest, DevStatus, QueueFull};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+struct Memory {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the engine never has two requests in flight that overlap a write
+// (each log block and metadata block has one writer at a time), so channels
+// on different cores touch disjoint bytes; the allocation lives as long as
+// any channel holds the Arc.
+unsafe impl Send for Memory {}
+// SAFETY: see above.
+unsafe impl Sync for Memory {}
+
+impl Drop for Memory {
+    fn drop(&mut self) {
+        // SAFETY: built from a boxed slice of exactly this length.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len)) });
+    }
+}
+
+/// A device held in RAM, zero-filled at creation.
+pub struct MallocDevice {
+    mem: Arc<Memory>,
+    block_size: u32,
+    num_blocks: u64,
+}
+
+impl MallocDevice {
+    pub fn new(num_blocks: u64, block_size: u32) -> MallocDevice {
+        let len = usize::try_from(num_blocks * u64::from(block_size)).expect("malloc device fits in memory");
+        let ptr = Box::into_raw(vec![0u8; len].into_boxed_slice()) as *mut u8;
+        MallocDevice { mem: Arc::new(Memory { ptr, len }), block_size, num_blocks }
+    }
+}
+
+impl BlockDevice for MallocDevice {
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+    fn num_blocks(&self) -> u64 {
+        self.num_blocks
+    }
+    fn buf_align(&self) -> usize {
+        1
+    }
+    fn channel(&self) -> std::io::Result<Box<dyn DevChannel>> {
+        Ok(Box::new(MallocChannel {
+            mem: self.mem.clone(),
+            block_size: self.block_size as usize,
+            done: VecDeque::with_capacity(QUEUE_DEPTH),
+        }))
+    }
+}
+
+const QUEUE_DEPTH: usize = 4096;
+
+struct MallocChannel {
+    mem: Arc<Memory>,
+    block_size: usize,
+    done: VecDeque<(u64, DevStatus)>,
+}
+
+impl DevChannel for MallocChannel {
+    unsafe fn submit(&mut self, req: DevRequest) -> Result<(), QueueFull> {
+        if self.done.len() == QUEUE_DEPTH {
+            return Err(QueueFull);
+        }
+        let start = req.block as usize * self.block_size;
+        let len = req.nblocks as usize * self.block_size;
+        let status = if req.op != DevOp::Flush && start.checked_add(len).is_none_or(|end| end > self.mem.len) {
+            Err(libc::EINVAL)
+        } else {
+            // SAFETY: the range is inside the allocation (checked above) and
+            // the caller guarantees `buf` holds `len` bytes.
+            unsafe {
+                match req.op {
+                    DevOp::Read => std::ptr::copy_nonoverlapping(self.mem.ptr.add(start), req.buf, len),
+                    DevOp::Write => std::ptr::copy_nonoverlapping(req.buf, self.mem.ptr.add(start), len),
+                    DevOp::Flush => {}
+                }
+            }
+            Ok(())
+        };
+        self.done.push_back((req.tag, status));
+        Ok(())
+    }
+
+    fn poll(&mut self, done: &mut dyn FnMut(u64, DevStatus)) -> usize {
+        let n = self.done.len();
+        for _ in 0..n {
+            let (tag, status) = self.done.pop_front().expect("counted");
+            done(tag, status);
+        }
+        n
+    }
+
+    fn outstanding(&self) -> usize {
+        self.done.len()
+    }
+}

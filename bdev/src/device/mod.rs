@@ -1,0 +1,76 @@
+//! Block devices the engine stores its data on, and the per-core channels
+//! through which it submits asynchronous I/O to them (SPDK's io_channel).
+//!
+//! A device is shared by every core; each core opens its own [`DevChannel`],
+//! submits requests tagged with a `u64` and collects completions by polling.
+//! Nothing here blocks.
+
+mod dma;
+mod file;
+mod malloc;
+pub mod sim;
+
+pub use dma::DmaBuf;
+pub use file::FileDevice;
+pub use malloc::MallocDevice;
+
+/// What a device request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevOp {
+    Read,
+    Write,
+    /// Make every write completed before this request durable.
+    Flush,
+}
+
+/// One asynchronous device request. `buf` must stay valid, and untouched by
+/// anyone else, for `nblocks * block_size` bytes until the request completes.
+#[derive(Debug, Clone, Copy)]
+pub struct DevRequest {
+    pub op: DevOp,
+    pub block: u64,
+    pub nblocks: u32,
+    pub buf: *mut u8,
+    /// Returned with the completion; the engine encodes its context in it.
+    pub tag: u64,
+}
+
+// SAFETY: a request only carries the buffer's address; the submitter keeps
+// the buffer alive and exclusive until completion (see `DevChannel::submit`).
+unsafe impl Send for DevRequest {}
+
+/// A request's outcome: `Err(errno)` on failure.
+pub type DevStatus = std::result::Result<(), i32>;
+
+/// The channel's submission queue is full: poll, then submit again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
+/// A core's private queue pair to a device.
+pub trait DevChannel: Send {
+    /// Queues `req`; its completion comes out of [`DevChannel::poll`].
+    ///
+    /// # Safety
+    /// `req.buf` must be valid for `req.nblocks` blocks (aligned to the
+    /// device's [`BlockDevice::buf_align`]) until the completion is polled.
+    unsafe fn submit(&mut self, req: DevRequest) -> Result<(), QueueFull>;
+
+    /// Hands every completion that is ready to `done(tag, status)`; returns
+    /// how many there were.
+    fn poll(&mut self, done: &mut dyn FnMut(u64, DevStatus)) -> usize;
+
+    /// Requests submitted and not yet polled.
+    fn outstanding(&self) -> usize;
+}
+
+/// A block device shared by all cores.
+pub trait BlockDevice: Send + Sync {
+    fn block_size(&self) -> u32;
+    fn num_blocks(&self) -> u64;
+    /// Alignment, in bytes, that request buffers need.
+    fn buf_align(&self) -> usize {
+        self.block_size() as usize
+    }
+    /// Opens a channel for the calling core.
+    fn channel(&self) -> std::io::Result<Box<dyn DevChannel>>;
+}

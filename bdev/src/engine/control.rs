@@ -1,0 +1,505 @@
+//! Core 0's coordinator: runs control operations one at a time across all
+//! cores (flush, snapshot, volume delete, log cursor, close) and owns the
+//! volume table, the segment registry and the checkpoint.
+//!
+//! A snapshot: barrier that seals the open partition on every core (each
+//! drains, summarizes and flushes) -> checkpoint naming the sealed partition
+//! -> device flush -> the volume becomes readable everywhere -> reply.
+
+use super::request::{check_volume_name, LogBatch, LogEntry, LogEntryKind, Reply, Request, Stats, VolumeInfo};
+use super::shard::{Msg, ReplyTo, Shard, TAG_CONTROL};
+use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf};
+use crate::error::{Error, Result};
+use crate::format::{Checkpoint, EntryKind, SegmentRecord, SummaryBlock, VolumeRecord};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Sequence numbers pack (segment seq, entry index) like this.
+const ENTRY_BITS: u32 = 20;
+
+enum Op {
+    Flush,
+    Snapshot(Option<String>),
+    Delete(String),
+    LogRead { cursor: u64, count: u32, with_data: bool },
+    Close,
+}
+
+struct Queued {
+    origin: u32,
+    reply: ReplyTo,
+    op: Op,
+}
+
+enum Stage {
+    Barrier { id: u64, acks: u32, seq_mark: u64, status: Result<()> },
+    CheckpointWrite,
+    CheckpointFlush,
+    LogSummaries { outstanding: u32 },
+    LogData { outstanding: u32 },
+}
+
+/// Progress of one `LogRead`.
+struct LogRead {
+    cursor: u64,
+    count: u32,
+    with_data: bool,
+    /// Segments left to visit, newest last.
+    segments: Vec<SegmentRecord>,
+    /// Summary slots (2 per group) or data of the entries being read.
+    bufs: Vec<DmaBuf>,
+    entries: Vec<LogEntry>,
+    /// (segment start block, data offset) of each entry in `entries` read
+    /// from the current segment.
+    pending_data: Vec<(usize, u64)>,
+}
+
+struct Current {
+    q: Queued,
+    stage: Stage,
+    /// A volume being added or removed, undone if the checkpoint fails.
+    volume: Option<VolumeRecord>,
+    log: Option<LogRead>,
+}
+
+pub(crate) struct Control {
+    queue: VecDeque<Queued>,
+    current: Option<Current>,
+    registry: BTreeMap<u32, SegmentRecord>,
+    volumes: Vec<VolumeRecord>,
+    generation: u64,
+    seq_high: u64,
+    next_snapshot_number: u64,
+    open_partition: u32,
+    next_barrier: u64,
+    ckpt_buf: DmaBuf,
+}
+
+impl Control {
+    pub(super) fn new(ckpt: &Checkpoint, open_partition: u32, ckpt_buf: DmaBuf) -> Control {
+        Control {
+            queue: VecDeque::new(),
+            current: None,
+            registry: ckpt.segments.iter().map(|s| (s.segno, *s)).collect(),
+            volumes: ckpt.volumes.clone(),
+            generation: ckpt.generation,
+            seq_high: ckpt.seq_high,
+            next_snapshot_number: ckpt.next_snapshot_number,
+            open_partition,
+            next_barrier: 1,
+            ckpt_buf,
+        }
+    }
+
+    pub(super) fn is_idle(&self) -> bool {
+        self.current.is_none() && self.queue.is_empty()
+    }
+
+    fn live_partitions(&self) -> Arc<Vec<u32>> {
+        Arc::new(self.volumes.iter().map(|v| v.partition).collect())
+    }
+
+    fn info(v: &VolumeRecord) -> VolumeInfo {
+        VolumeInfo { name: v.name.clone(), partition: v.partition, created_unix_s: v.created_unix_s }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Shard {
+    fn ctl(&mut self) -> &mut Control {
+        self.ctl.as_mut().expect("control runs on core 0")
+    }
+
+    pub(super) fn control_enqueue(&mut self, origin: u32, reply: ReplyTo, req: Request) {
+        let op = match req {
+            Request::Flush => Op::Flush,
+            Request::Snapshot { name } => Op::Snapshot(name),
+            Request::DeleteVolume { name } => Op::Delete(name),
+            Request::LogRead { cursor, count, with_data } => Op::LogRead { cursor, count, with_data },
+            Request::Close => Op::Close,
+            Request::ListVolumes => {
+                let list = self.ctl().volumes.iter().map(Control::info).collect();
+                return self.reply(origin, reply, Ok(Reply::Volumes(list)));
+            }
+            Request::Stats => {
+                let stats = self.stats();
+                return self.reply(origin, reply, Ok(Reply::Stats(stats)));
+            }
+            Request::Read { .. } | Request::Write { .. } | Request::WriteZeroes { .. } | Request::Unmap { .. } => {
+                unreachable!("data requests never reach the coordinator")
+            }
+        };
+        self.ctl().queue.push_back(Queued { origin, reply, op });
+    }
+
+    fn stats(&mut self) -> Stats {
+        let geo = self.shared.geo;
+        let free = self.shared.free_segments.len() as u32;
+        let c = self.ctl();
+        Stats {
+            block_size: geo.block_size,
+            volume_blocks: geo.volume_blocks,
+            segment_blocks: geo.segment_blocks,
+            segments_total: geo.segment_count,
+            segments_free: free,
+            volumes: c.volumes.len() as u32,
+            open_partition: c.open_partition,
+        }
+    }
+
+    fn reply(&mut self, origin: u32, reply: ReplyTo, result: Result<Reply>) {
+        if origin == self.core {
+            self.deliver(reply, result);
+        } else {
+            self.send(origin, Msg::ControlDone { reply, result });
+        }
+    }
+
+    fn finish(&mut self, result: Result<Reply>) {
+        let cur = self.ctl().current.take().expect("an operation is running");
+        self.reply(cur.q.origin, cur.q.reply, result);
+    }
+
+    /// Starts the next queued operation when none is running.
+    pub(super) fn control_step(&mut self) {
+        if self.ctl().current.is_some() {
+            return;
+        }
+        let Some(q) = self.ctl().queue.pop_front() else { return };
+        let mut seal = None;
+        let mut close = false;
+        match &q.op {
+            Op::Snapshot(name) => {
+                if let Err(e) = self.check_new_volume(name.as_deref()) {
+                    return self.reply(q.origin, q.reply, Err(e));
+                }
+                seal = Some(self.ctl().open_partition + 1);
+            }
+            Op::Delete(name) => {
+                let c = self.ctl();
+                let Some(i) = c.volumes.iter().position(|v| &v.name == name) else {
+                    let e = Error::NoSuchVolume(name.clone());
+                    return self.reply(q.origin, q.reply, Err(e));
+                };
+                let removed = c.volumes.remove(i);
+                c.current = Some(Current { q, stage: Stage::CheckpointWrite, volume: Some(removed), log: None });
+                return self.write_checkpoint(false);
+            }
+            Op::Close => close = true,
+            Op::Flush | Op::LogRead { .. } => {}
+        }
+        let c = self.ctl();
+        let id = c.next_barrier;
+        c.next_barrier += 1;
+        let seq_mark = self.shared.next_seq.load(Ordering::Relaxed);
+        let stage = Stage::Barrier { id, acks: 0, seq_mark, status: Ok(()) };
+        self.ctl().current = Some(Current { q, stage, volume: None, log: None });
+        for core in 0..self.shared.cores {
+            self.send(core, Msg::Barrier { id, seal, close });
+        }
+    }
+
+    fn check_new_volume(&mut self, name: Option<&str>) -> Result<()> {
+        let max = self.shared.geo.max_volumes as usize;
+        let c = self.ctl();
+        if let Some(name) = name {
+            check_volume_name(name)?;
+            if c.volumes.iter().any(|v| v.name == name) {
+                return Err(Error::VolumeExists(name.to_owned()));
+            }
+        }
+        if c.volumes.len() >= max {
+            return Err(Error::InvalidArgument(format!("{max} snapshot volumes exist, the most this bdev holds")));
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_barrier_done(&mut self, id: u64, segments: Vec<SegmentRecord>, result: Result<()>) {
+        let cores = self.shared.cores;
+        let c = self.ctl();
+        for s in segments {
+            c.registry.insert(s.segno, s);
+        }
+        let Some(Current { stage: Stage::Barrier { id: want, acks, status, .. }, .. }) = &mut c.current else {
+            unreachable!("barrier replies come while a barrier runs")
+        };
+        debug_assert_eq!(*want, id);
+        *acks += 1;
+        if status.is_ok() {
+            *status = result;
+        }
+        if *acks < cores {
+            return;
+        }
+        let cur = c.current.as_mut().expect("checked");
+        let Stage::Barrier { seq_mark, status, .. } = std::mem::replace(&mut cur.stage, Stage::CheckpointWrite) else {
+            unreachable!()
+        };
+        let is_snapshot = matches!(cur.q.op, Op::Snapshot(_));
+        if is_snapshot {
+            // Every core sealed, whatever happens next: the new partition is open.
+            c.open_partition += 1;
+        }
+        if let Err(e) = status {
+            return self.finish(Err(e));
+        }
+        c.seq_high = c.seq_high.max(seq_mark.saturating_sub(1));
+        let cur = c.current.as_mut().expect("checked");
+        match &cur.q.op {
+            Op::Flush => self.finish(Ok(Reply::Done)),
+            Op::Snapshot(name) => {
+                let name = match name {
+                    Some(n) => n.clone(),
+                    None => {
+                        c.next_snapshot_number += 1;
+                        format!("snap-{}", c.next_snapshot_number)
+                    }
+                };
+                let record = VolumeRecord { name, partition: c.open_partition - 1, created_unix_s: unix_now() };
+                c.volumes.push(record.clone());
+                cur.volume = Some(record);
+                self.write_checkpoint(false);
+            }
+            Op::Close => self.write_checkpoint(true),
+            Op::LogRead { cursor, count, with_data } => {
+                let (cursor, count, with_data) = (*cursor, *count, *with_data);
+                self.start_log_read(cursor, count, with_data);
+            }
+            Op::Delete(_) => unreachable!("deletes take no barrier"),
+        }
+    }
+
+    fn write_checkpoint(&mut self, clean: bool) {
+        let (uuid, epoch, bs) = (self.shared.uuid, self.shared.epoch, self.shared.geo.block_size as usize);
+        let geo = self.shared.geo;
+        let c = self.ctl();
+        let ckpt = Checkpoint {
+            generation: c.generation + 1,
+            uuid,
+            seq_high: c.seq_high,
+            epoch,
+            next_partition: c.open_partition,
+            next_snapshot_number: c.next_snapshot_number,
+            clean,
+            volumes: c.volumes.clone(),
+            segments: c.registry.values().copied().collect(),
+        };
+        let len = ckpt.encoded_len();
+        ckpt.encode(&mut c.ckpt_buf);
+        let block = geo.ckpt_slot_start((ckpt.generation % 2) as u32);
+        let buf = c.ckpt_buf.as_mut_ptr();
+        c.current.as_mut().expect("running").stage = Stage::CheckpointWrite;
+        let nblocks = len.div_ceil(bs) as u32;
+        self.dev_submit(DevRequest { op: DevOp::Write, block, nblocks, buf, tag: TAG_CONTROL });
+    }
+
+    pub(super) fn control_device_done(&mut self, value: u64, status: DevStatus) {
+        let c = self.ctl();
+        let cur = c.current.as_mut().expect("control I/O belongs to the running operation");
+        match &mut cur.stage {
+            Stage::CheckpointWrite => {
+                if status.is_ok() {
+                    cur.stage = Stage::CheckpointFlush;
+                    let flush = DevRequest {
+                        op: DevOp::Flush,
+                        block: 0,
+                        nblocks: 0,
+                        buf: std::ptr::null_mut(),
+                        tag: TAG_CONTROL,
+                    };
+                    return self.dev_submit(flush);
+                }
+                self.checkpoint_done(status)
+            }
+            Stage::CheckpointFlush => self.checkpoint_done(status),
+            Stage::LogSummaries { outstanding } | Stage::LogData { outstanding } => {
+                *outstanding -= 1;
+                let log = cur.log.as_mut().expect("log read state");
+                if let Err(e) = status {
+                    log::warn!("log cursor read failed (errno {e}) at buffer {value}");
+                    log.segments.clear();
+                    return self.finish(Err(Error::Io(e)));
+                }
+                if *outstanding == 0 {
+                    self.log_read_progress();
+                }
+            }
+            Stage::Barrier { .. } => unreachable!("barriers do no control I/O"),
+        }
+    }
+
+    fn checkpoint_done(&mut self, status: DevStatus) {
+        let c = self.ctl();
+        let cur = c.current.as_ref().expect("running");
+        if let Err(e) = status {
+            // The on-media checkpoint is the old one: undo the table change.
+            match (&cur.q.op, &cur.volume) {
+                (Op::Snapshot(_), Some(v)) => c.volumes.retain(|x| x.name != v.name),
+                (Op::Delete(_), Some(v)) => c.volumes.push(v.clone()),
+                _ => {}
+            }
+            log::error!("checkpoint write failed (errno {e})");
+            return self.finish(Err(Error::Io(e)));
+        }
+        c.generation += 1;
+        let live = c.live_partitions();
+        let result = match (&cur.q.op, &cur.volume) {
+            (Op::Snapshot(_), Some(v)) => {
+                log::info!("snapshot volume {} sealed (partition {})", v.name, v.partition);
+                Reply::Volume(Control::info(v))
+            }
+            (Op::Delete(_), Some(v)) => {
+                log::info!("snapshot volume {} deleted", v.name);
+                Reply::Done
+            }
+            (Op::Close, _) => {
+                self.shared.closed.store(true, Ordering::Release);
+                Reply::Done
+            }
+            _ => Reply::Done,
+        };
+        for core in 0..self.shared.cores {
+            self.send(core, Msg::Volumes(live.clone()));
+        }
+        self.finish(Ok(result));
+    }
+
+    // ---- the log cursor ------------------------------------------------------
+
+    fn start_log_read(&mut self, cursor: u64, count: u32, with_data: bool) {
+        let c = self.ctl();
+        let first_seq = cursor >> ENTRY_BITS;
+        let mut segments: Vec<SegmentRecord> =
+            c.registry.values().filter(|s| s.seq >= first_seq && s.trusted_entries > 0).copied().collect();
+        segments.sort_by_key(|s| std::cmp::Reverse(s.seq));
+        let log = LogRead {
+            cursor,
+            count,
+            with_data,
+            segments,
+            bufs: Vec::new(),
+            entries: Vec::new(),
+            pending_data: Vec::new(),
+        };
+        c.current.as_mut().expect("running").log = Some(log);
+        self.log_read_next_segment();
+    }
+
+    /// Reads the summaries of the next segment, or answers.
+    fn log_read_next_segment(&mut self) {
+        let geo = self.shared.geo;
+        let bs = geo.block_size as usize;
+        let per_group = geo.entries_per_summary();
+        let c = self.ctl();
+        let cur = c.current.as_mut().expect("running");
+        let log = cur.log.as_mut().expect("log read state");
+        let Some(seg) = log.segments.last().copied().filter(|_| (log.entries.len() as u32) < log.count) else {
+            let log = cur.log.take().expect("log read state");
+            let next_cursor = log.entries.last().map_or(log.cursor, |e| e.sequence + 1);
+            return self.finish(Ok(Reply::Log(LogBatch { entries: log.entries, next_cursor })));
+        };
+        let groups = seg.trusted_entries.div_ceil(per_group);
+        log.bufs = (0..2 * groups).map(|_| DmaBuf::new(bs, bs)).collect();
+        cur.stage = Stage::LogSummaries { outstanding: 2 * groups };
+        let start = geo.segment_start(seg.segno);
+        let reqs: Vec<DevRequest> = log
+            .bufs
+            .iter_mut()
+            .enumerate()
+            .map(|(i, b)| {
+                let (g, slot) = (i as u32 / 2, i as u32 % 2);
+                let block = start + u64::from(geo.segment_blocks - 2 * g - 2 + slot);
+                DevRequest { op: DevOp::Read, block, nblocks: 1, buf: b.as_mut_ptr(), tag: TAG_CONTROL | i as u64 }
+            })
+            .collect();
+        for r in reqs {
+            self.dev_submit(r);
+        }
+    }
+
+    fn log_read_progress(&mut self) {
+        let geo = self.shared.geo;
+        let (uuid, bs) = (self.shared.uuid, geo.block_size as usize);
+        let per_group = geo.entries_per_summary() as usize;
+        let c = self.ctl();
+        let names: BTreeMap<u32, String> = c.volumes.iter().map(|v| (v.partition, v.name.clone())).collect();
+        let cur = c.current.as_mut().expect("running");
+        let log = cur.log.as_mut().expect("log read state");
+        if let Stage::LogData { .. } = cur.stage {
+            for (&(entry, _), buf) in log.pending_data.iter().zip(log.bufs.drain(..)) {
+                let len = log.entries[entry].blocks as usize * bs;
+                log.entries[entry].data = Some(buf[..len].to_vec());
+            }
+            log.pending_data.clear();
+            log.segments.pop();
+            return self.log_read_next_segment();
+        }
+        let seg = *log.segments.last().expect("a segment is being read");
+        let mut entries = Vec::new();
+        for g in 0..log.bufs.len() / 2 {
+            let pick = [0, 1]
+                .into_iter()
+                .filter_map(|slot| {
+                    SummaryBlock::decode(&log.bufs[2 * g + slot], &uuid, seg.seq, g as u32).ok().flatten()
+                })
+                .max_by_key(|s| s.version);
+            let Some(sum) = pick else { break };
+            let full = sum.entries.len() == per_group;
+            entries.extend(sum.entries);
+            if !full {
+                break;
+            }
+        }
+        entries.truncate(seg.trusted_entries as usize);
+        let start = geo.segment_start(seg.segno);
+        log.pending_data.clear();
+        for (idx, e) in entries.into_iter().enumerate() {
+            let sequence = seg.seq << ENTRY_BITS | idx as u64;
+            if sequence < log.cursor || e.kind == EntryKind::Hole || log.entries.len() as u32 >= log.count {
+                continue;
+            }
+            if log.with_data && e.kind == EntryKind::Data {
+                log.pending_data.push((log.entries.len(), start + u64::from(e.data_offset)));
+            }
+            log.entries.push(LogEntry {
+                sequence,
+                partition: seg.partition,
+                volume: names.get(&seg.partition).cloned(),
+                lba: e.lba,
+                blocks: e.blocks,
+                kind: if e.kind == EntryKind::Data { LogEntryKind::Data } else { LogEntryKind::Zero },
+                data: None,
+            });
+        }
+        if log.pending_data.is_empty() {
+            log.segments.pop();
+            return self.log_read_next_segment();
+        }
+        log.bufs = log
+            .pending_data
+            .iter()
+            .map(|&(entry, _)| DmaBuf::new(log.entries[entry].blocks as usize * bs, bs))
+            .collect();
+        cur.stage = Stage::LogData { outstanding: log.bufs.len() as u32 };
+        let reqs: Vec<DevRequest> = log
+            .pending_data
+            .iter()
+            .zip(log.bufs.iter_mut())
+            .enumerate()
+            .map(|(i, (&(entry, block), buf))| DevRequest {
+                op: DevOp::Read,
+                block,
+                nblocks: log.entries[entry].blocks,
+                buf: buf.as_mut_ptr(),
+                tag: TAG_CONTROL | i as u64,
+            })
+            .collect();
+        for r in reqs {
+            self.dev_submit(r);
+        }
+    }
+}

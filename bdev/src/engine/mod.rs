@@ -1,0 +1,22 @@
+//! The engine: per-core shards that own stripes of the volume, append their
+//! writes to their own log stream, index them in their own block index
+//! shard, and talk to each other only through lock-free message queues.
+//!
+//! A runtime (native threads, the simulator, SPDK) owns the shards, calls
+//! [`Shard::poll`] on each from its own core, and feeds client requests in
+//! with [`Submitter::submit`]. Completions come back through the sink given
+//! to `poll`, on the core the request was submitted to.
+
+pub(crate) mod addr;
+mod control;
+mod index;
+mod mount;
+mod partition;
+mod request;
+mod shard;
+mod shared;
+
+pub use mount::{format, mount, Mounted};
+pub use request::{LogBatch, LogEntry, LogEntryKind, Reply, Request, Stats, View, VolumeInfo};
+pub use shard::Shard;
+pub use shared::Submitter;

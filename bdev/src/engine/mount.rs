@@ -1,0 +1,344 @@
+//! Formatting a base device, and mounting one: checkpoint, then the
+//! summaries of the segments it lists, then (after an unclean stop) replay
+//! of the segments written since, each stream up to its first torn entry.
+//!
+//! Mount runs before the reactors start, so it drives one device channel
+//! synchronously.
+
+use super::control::Control;
+use super::index::BlockIndex;
+use super::partition::Partitions;
+use super::shard::{Shard, ShardInit};
+use super::shared::{Shared, Submitter, QUEUE_DEPTH};
+use crate::device::{BlockDevice, DevChannel, DevOp, DevRequest, DmaBuf};
+use crate::error::{Error, Result};
+use crate::format::{
+    Checkpoint, EntryKind, FormatOptions, Geometry, SegmentHeader, SegmentRecord, SummaryBlock, SummaryEntry,
+    Superblock,
+};
+use crossbeam_queue::ArrayQueue;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+
+/// A mounted bdev, ready for a runtime to drive.
+pub struct Mounted {
+    pub submitter: Submitter,
+    /// One per core; shard `i` must be polled on core `i` only.
+    pub shards: Vec<Shard>,
+    pub geometry: Geometry,
+    /// Whether the bdev was not closed cleanly and the log was replayed.
+    pub replayed: bool,
+}
+
+/// One request at a time, polled to completion.
+struct SyncIo {
+    chan: Box<dyn DevChannel>,
+    bs: usize,
+}
+
+impl SyncIo {
+    fn run(&mut self, op: DevOp, block: u64, nblocks: u32, buf: *mut u8) -> Result<()> {
+        let req = DevRequest { op, block, nblocks, buf, tag: 1 };
+        // SAFETY: callers pass buffers of `nblocks` blocks that live until
+        // this function returns, by which time the request completed.
+        while unsafe { self.chan.submit(req) }.is_err() {
+            self.chan.poll(&mut |_, _| {});
+        }
+        let mut result = None;
+        while result.is_none() {
+            self.chan.poll(&mut |_, status| result = Some(status));
+        }
+        result.expect("polled to completion").map_err(Error::Io)
+    }
+
+    fn read(&mut self, block: u64, nblocks: u32) -> Result<DmaBuf> {
+        let mut buf = DmaBuf::new(nblocks as usize * self.bs, self.bs);
+        self.run(DevOp::Read, block, nblocks, buf.as_mut_ptr())?;
+        Ok(buf)
+    }
+
+    fn write(&mut self, block: u64, buf: &mut DmaBuf) -> Result<()> {
+        let nblocks = (buf.len() / self.bs) as u32;
+        self.run(DevOp::Write, block, nblocks, buf.as_mut_ptr())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.run(DevOp::Flush, 0, 0, std::ptr::null_mut())
+    }
+}
+
+fn sync_io(dev: &dyn BlockDevice) -> Result<SyncIo> {
+    let chan = dev.channel().map_err(|e| Error::Io(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    Ok(SyncIo { chan, bs: dev.block_size() as usize })
+}
+
+/// Formats `dev` as an empty ilog bdev. Whatever the device held becomes
+/// unreachable: segments are recognised by `uuid`.
+pub fn format(dev: &dyn BlockDevice, opts: &FormatOptions, uuid: [u8; 16]) -> Result<Geometry> {
+    let geometry = Geometry::plan(dev.block_size(), dev.num_blocks(), opts)?;
+    let mut io = sync_io(dev)?;
+    let ckpt = Checkpoint { generation: 1, uuid, next_partition: 1, clean: true, ..Checkpoint::default() };
+    write_checkpoint(&mut io, &geometry, &ckpt)?;
+    let mut block = DmaBuf::new(io.bs, io.bs);
+    // The other slot may hold an older format's checkpoint: blank it.
+    io.write(geometry.ckpt_slot_start(0), &mut block)?;
+    io.flush()?;
+    Superblock { uuid, generation: 1, geometry }.encode(&mut block);
+    io.write(0, &mut block)?;
+    io.write(1, &mut block)?;
+    io.flush()?;
+    log::info!(
+        "formatted: {} volume blocks of {} bytes, {} log segments of {} blocks",
+        geometry.volume_blocks,
+        geometry.block_size,
+        geometry.segment_count,
+        geometry.segment_blocks
+    );
+    Ok(geometry)
+}
+
+fn write_checkpoint(io: &mut SyncIo, geo: &Geometry, ckpt: &Checkpoint) -> Result<()> {
+    let len = ckpt.encoded_len().div_ceil(io.bs) * io.bs;
+    let mut buf = DmaBuf::new(len, io.bs);
+    ckpt.encode(&mut buf);
+    io.write(geo.ckpt_slot_start((ckpt.generation % 2) as u32), &mut buf)
+}
+
+fn read_checkpoint(io: &mut SyncIo, geo: &Geometry, uuid: &[u8; 16]) -> Result<Checkpoint> {
+    let mut best: Option<Checkpoint> = None;
+    let mut error = None;
+    for slot in 0..2 {
+        let start = geo.ckpt_slot_start(slot);
+        let first = io.read(start, 1)?;
+        let decoded = Checkpoint::peek_len(&first).and_then(|len| match len {
+            None => Ok(None),
+            Some(len) if len > geo.ckpt_slot_bytes() => Err(Error::Corrupt("checkpoint larger than its slot".into())),
+            Some(len) => Checkpoint::decode(&io.read(start, len.div_ceil(io.bs) as u32)?),
+        });
+        match decoded {
+            Ok(Some(c)) if &c.uuid == uuid => {
+                if best.as_ref().is_none_or(|b| c.generation > b.generation) {
+                    best = Some(c);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => error = Some(e),
+        }
+    }
+    best.ok_or_else(|| error.unwrap_or_else(|| Error::Corrupt("no checkpoint found".into())))
+}
+
+/// A segment's entries as mount accepts them.
+struct Loaded {
+    record: SegmentRecord,
+    entries: Vec<SummaryEntry>,
+}
+
+/// Reads a segment's summary groups in order, up to the first missing one.
+fn read_summaries(io: &mut SyncIo, geo: &Geometry, uuid: &[u8; 16], segno: u32, seq: u64) -> Result<Vec<SummaryEntry>> {
+    let per_group = geo.entries_per_summary() as usize;
+    let start = geo.segment_start(segno);
+    let mut entries = Vec::new();
+    for g in 0..geo.segment_blocks / 2 {
+        let pair = io.read(start + u64::from(geo.segment_blocks - 2 * g - 2), 2)?;
+        let (a, b) = pair.split_at(io.bs);
+        let pick = [a, b]
+            .into_iter()
+            .filter_map(|blk| SummaryBlock::decode(blk, uuid, seq, g).ok().flatten())
+            .max_by_key(|s| s.version);
+        let Some(sum) = pick else { break };
+        let full = sum.entries.len() == per_group;
+        entries.extend(sum.entries);
+        if !full {
+            break;
+        }
+    }
+    Ok(entries)
+}
+
+/// Whether an entry's data is on the device as its summary says.
+fn entry_intact(io: &mut SyncIo, geo: &Geometry, segno: u32, e: &SummaryEntry) -> Result<bool> {
+    let inside = e.blocks > 0
+        && e.lba.checked_add(u64::from(e.blocks)).is_some_and(|end| end <= geo.volume_blocks)
+        && match e.kind {
+            EntryKind::Data => {
+                e.data_offset >= 1 && e.data_offset.checked_add(e.blocks).is_some_and(|end| end < geo.segment_blocks)
+            }
+            EntryKind::Zero | EntryKind::Hole => true,
+        };
+    if !inside {
+        return Ok(false);
+    }
+    if e.kind != EntryKind::Data {
+        return Ok(true);
+    }
+    let data = io.read(geo.segment_start(segno) + u64::from(e.data_offset), e.blocks)?;
+    Ok(crc32c::crc32c(&data) == e.data_crc)
+}
+
+/// Mounts a formatted device for `cores` cores.
+pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
+    if cores == 0 || cores > 1024 {
+        return Err(Error::InvalidArgument(format!("{cores} cores: need 1..=1024")));
+    }
+    let mut io = sync_io(dev.as_ref())?;
+    let (a, b) = (io.read(0, 1)?, io.read(1, 1)?);
+    let sb = Superblock::choose(&a, &b, dev.num_blocks(), dev.block_size())?;
+    let geo = sb.geometry;
+    let ckpt = read_checkpoint(&mut io, &geo, &sb.uuid)?;
+    if ckpt.segments.iter().any(|s| s.segno >= geo.segment_count) || ckpt.volumes.len() > geo.max_volumes as usize {
+        return Err(Error::Corrupt("checkpoint names segments or volumes the geometry cannot hold".into()));
+    }
+
+    // Segments the checkpoint vouches for, up to their trusted entries.
+    let mut loaded: BTreeMap<u32, Loaded> = BTreeMap::new();
+    let mut to_verify: Vec<(SegmentRecord, Vec<SummaryEntry>)> = Vec::new();
+    for rec in &ckpt.segments {
+        let mut entries = read_summaries(&mut io, &geo, &sb.uuid, rec.segno, rec.seq)?;
+        if entries.len() < rec.trusted_entries as usize {
+            return Err(Error::Corrupt(format!(
+                "segment {} lost summaries of flushed entries ({} of {})",
+                rec.segno,
+                entries.len(),
+                rec.trusted_entries
+            )));
+        }
+        if rec.open && !ckpt.clean && entries.len() > rec.trusted_entries as usize {
+            to_verify.push((*rec, entries.split_off(rec.trusted_entries as usize)));
+        }
+        entries.truncate(rec.trusted_entries as usize);
+        loaded.insert(rec.segno, Loaded { record: SegmentRecord { open: false, ..*rec }, entries });
+    }
+    let replayed = !ckpt.clean;
+    if replayed {
+        // Segments opened after the checkpoint announce themselves by header.
+        let listed: HashSet<u32> = ckpt.segments.iter().map(|s| s.segno).collect();
+        for segno in (0..geo.segment_count).filter(|s| !listed.contains(s)) {
+            let Some(h) = SegmentHeader::decode(&io.read(geo.segment_start(segno), 1)?, &sb.uuid) else { continue };
+            if h.seq <= ckpt.seq_high {
+                continue;
+            }
+            let record = SegmentRecord {
+                segno,
+                seq: h.seq,
+                stream: h.stream,
+                epoch: h.epoch,
+                partition: h.partition,
+                trusted_entries: 0,
+                open: false,
+            };
+            let entries = read_summaries(&mut io, &geo, &sb.uuid, segno, h.seq)?;
+            to_verify.push((record, entries));
+        }
+        // Each stream, in order, up to its first torn or corrupt entry.
+        to_verify.sort_by_key(|(r, _)| (r.epoch, r.stream, r.seq));
+        let mut torn_stream = None;
+        for (rec, entries) in to_verify {
+            if torn_stream == Some((rec.epoch, rec.stream)) {
+                continue;
+            }
+            let mut good = 0;
+            for e in &entries {
+                if !entry_intact(&mut io, &geo, rec.segno, e)? {
+                    log::warn!(
+                        "replay: stream {}.{} ends in segment {} at entry {good}",
+                        rec.epoch,
+                        rec.stream,
+                        rec.segno
+                    );
+                    torn_stream = Some((rec.epoch, rec.stream));
+                    break;
+                }
+                good += 1;
+            }
+            let seg = loaded.entry(rec.segno).or_insert(Loaded { record: rec, entries: Vec::new() });
+            seg.entries.extend_from_slice(&entries[..good]);
+            seg.record.trusted_entries = seg.entries.len() as u32;
+        }
+        loaded.retain(|_, l| !l.entries.is_empty() || ckpt.segments.iter().any(|s| s.segno == l.record.segno));
+    }
+
+    // Rebuild the index shards in (partition, seq) order: the order of every
+    // block's versions, with partitions ascending on every shard.
+    let max_partition = loaded.values().map(|l| l.record.partition).max().unwrap_or(0);
+    let open_partition = ckpt.next_partition.max(max_partition).max(1);
+    let mut order: Vec<&Loaded> = loaded.values().collect();
+    order.sort_by_key(|l| (l.record.partition, l.record.seq));
+    let first_partition = order.first().map_or(open_partition, |l| l.record.partition);
+    let mut indexes: Vec<BlockIndex> =
+        (0..cores).map(|_| BlockIndex::new(geo.volume_blocks, geo.stripe_blocks, cores)).collect();
+    let mut parts: Vec<Partitions> = (0..cores).map(|_| Partitions::new(first_partition)).collect();
+    let mut partition_of = vec![0u32; geo.segment_count as usize];
+    for l in &order {
+        partition_of[l.record.segno as usize] = l.record.partition;
+        let base = l.record.segno * geo.segment_blocks;
+        for e in l.entries.iter().filter(|e| e.kind != EntryKind::Hole) {
+            for b in 0..e.blocks {
+                let lba = e.lba + u64::from(b);
+                let owner = ((lba / u64::from(geo.stripe_blocks)) % u64::from(cores)) as usize;
+                let addr = if e.kind == EntryKind::Data { base + e.data_offset + b } else { super::addr::ZERO };
+                indexes[owner].set(lba, addr);
+                parts[owner].record(l.record.partition, lba as u32, addr);
+            }
+        }
+    }
+    for p in &mut parts {
+        p.seal_up_to(open_partition);
+    }
+
+    // Fence: a new checkpoint lists exactly what was accepted, so nothing
+    // torn or dropped here is ever replayed again.
+    let seq_high = loaded.values().map(|l| l.record.seq).max().unwrap_or(0).max(ckpt.seq_high);
+    let next = Checkpoint {
+        generation: ckpt.generation + 1,
+        uuid: sb.uuid,
+        seq_high,
+        epoch: ckpt.epoch + 1,
+        next_partition: open_partition,
+        next_snapshot_number: ckpt.next_snapshot_number,
+        clean: false,
+        volumes: ckpt.volumes.clone(),
+        segments: loaded.values().map(|l| l.record).collect(),
+    };
+    write_checkpoint(&mut io, &geo, &next)?;
+    io.flush()?;
+
+    let free_segments = ArrayQueue::new(geo.segment_count as usize);
+    for segno in (0..geo.segment_count).filter(|s| !loaded.contains_key(s)) {
+        free_segments.push(segno).expect("sized for every segment");
+    }
+    let shared = Arc::new(Shared {
+        geo,
+        uuid: sb.uuid,
+        epoch: next.epoch,
+        cores,
+        free_segments,
+        next_seq: AtomicU64::new(seq_high + 1),
+        inbox: (0..cores).map(|_| ArrayQueue::new(QUEUE_DEPTH)).collect(),
+        clients: (0..cores).map(|_| ArrayQueue::new(QUEUE_DEPTH)).collect(),
+        closed: AtomicBool::new(false),
+    });
+    let live_volumes = Arc::new(next.volumes.iter().map(|v| v.partition).collect::<Vec<_>>());
+    let mut shards = Vec::with_capacity(cores as usize);
+    for (core, (index, parts)) in indexes.into_iter().zip(parts).enumerate() {
+        let chan = dev.channel().map_err(|e| Error::Io(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        let init = ShardInit {
+            index,
+            parts,
+            partition_of: partition_of.clone(),
+            open_partition,
+            live_volumes: live_volumes.clone(),
+        };
+        shards.push(Shard::new(core as u32, shared.clone(), chan, init));
+    }
+    let bs = geo.block_size as usize;
+    shards[0].ctl = Some(Box::new(Control::new(&next, open_partition, DmaBuf::new(geo.ckpt_slot_bytes(), bs))));
+    log::info!(
+        "mounted: {} segments in use, {} volumes, open partition {open_partition}{}",
+        loaded.len(),
+        next.volumes.len(),
+        if replayed { ", log replayed" } else { "" }
+    );
+    Ok(Mounted { submitter: Submitter { shared }, shards, geometry: geo, replayed })
+}

@@ -1,0 +1,142 @@
+//! What clients ask of an ilog bdev, and what they get back.
+
+use crate::error::{Error, Result};
+
+/// Which image a read sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// The current, writable image.
+    Current,
+    /// A snapshot volume, by the partition [`VolumeInfo::partition`] names.
+    Volume(u32),
+}
+
+/// A request. Buffers are raw: the submitter keeps them valid (and does not
+/// touch them) until the request's completion, as with SPDK's bdev I/O.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Read {
+        lba: u64,
+        blocks: u32,
+        buf: *mut u8,
+        view: View,
+    },
+    Write {
+        lba: u64,
+        blocks: u32,
+        buf: *const u8,
+    },
+    WriteZeroes {
+        lba: u64,
+        blocks: u32,
+    },
+    Unmap {
+        lba: u64,
+        blocks: u32,
+    },
+    /// Makes every write completed before it durable.
+    Flush,
+    /// Seals the open partition as a snapshot volume named `name`, or
+    /// `snap-<n>` by default; durable when it completes.
+    Snapshot {
+        name: Option<String>,
+    },
+    ListVolumes,
+    /// Removes a snapshot volume; its partition's entries stay visible to
+    /// every newer view (it merges into the next partition).
+    DeleteVolume {
+        name: String,
+    },
+    /// Up to `count` log entries from `cursor` on, in log order.
+    LogRead {
+        cursor: u64,
+        count: u32,
+        with_data: bool,
+    },
+    Stats,
+    /// Flushes, writes a clean checkpoint and stops taking requests.
+    Close,
+}
+
+// SAFETY: the buffers are the submitter's to keep valid until completion;
+// the engine touches them from the owning core only while the I/O is live.
+unsafe impl Send for Request {}
+
+impl Request {
+    /// Whether this is a data-path request that any core may take.
+    pub(crate) fn is_io(&self) -> bool {
+        matches!(
+            self,
+            Request::Read { .. } | Request::Write { .. } | Request::WriteZeroes { .. } | Request::Unmap { .. }
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub partition: u32,
+    pub created_unix_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogEntryKind {
+    Data,
+    Zero,
+}
+
+/// One entry as the log cursor returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Position in the log; strictly increasing in log order.
+    pub sequence: u64,
+    pub partition: u32,
+    /// The snapshot volume the entry belongs to, if its partition is one.
+    pub volume: Option<String>,
+    pub lba: u64,
+    pub blocks: u32,
+    pub kind: LogEntryKind,
+    pub data: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogBatch {
+    pub entries: Vec<LogEntry>,
+    /// Pass back to continue after the last entry returned.
+    pub next_cursor: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stats {
+    pub block_size: u32,
+    pub volume_blocks: u64,
+    pub segment_blocks: u32,
+    pub segments_total: u32,
+    pub segments_free: u32,
+    pub volumes: u32,
+    pub open_partition: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Done,
+    Volume(VolumeInfo),
+    Volumes(Vec<VolumeInfo>),
+    Log(LogBatch),
+    Stats(Stats),
+}
+
+/// Volume ids are used in bdev names (`<bdev>@<volume>`): keep them plain.
+pub(crate) fn check_volume_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= crate::format::MAX_VOLUME_NAME
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "volume id {name:?} must be 1..={} characters of [A-Za-z0-9._:-]",
+            crate::format::MAX_VOLUME_NAME
+        )))
+    }
+}

@@ -1,0 +1,969 @@
+//! One core's share of an ilog bdev: the stripes it owns, its log stream,
+//! its block index shard and partition tables, and the I/O in flight.
+//!
+//! Life of a write: the submitting core splits it at stripe boundaries and
+//! sends each piece to the stripe's owner. The owner appends it to its open
+//! segment (data blocks up from the header, a summary entry in memory),
+//! writes the data, and keeps the entry in its reorder buffer. Entries retire
+//! in log order once their data is written: only then does the index point
+//! at them, so reads never see a block before it is on the device and the
+//! index always agrees with what replay of the log would build. Summaries
+//! reach the device when a group of entries is complete and at barriers
+//! (flush, snapshot, close), which also flush the device.
+
+use super::addr::{LogAddr, ZERO};
+use super::index::BlockIndex;
+use super::partition::Partitions;
+use super::request::{Reply, Request, View};
+use super::shared::Shared;
+use crate::device::{DevChannel, DevOp, DevRequest, DevStatus, DmaBuf};
+use crate::error::{Error, Result};
+use crate::format::{EntryKind, SegmentHeader, SegmentRecord, SummaryBlock, SummaryEntry};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Requests in flight that one core submitted, and pieces it is serving.
+const SLOTS: usize = 4096;
+/// Writes appended but not yet retired, per core.
+const ROB_DEPTH: usize = 4096;
+/// Metadata blocks (segment headers, summaries) in flight per core.
+const META_BUFS: usize = 64;
+/// Messages or client requests handled per poll before yielding.
+const BATCH: usize = 256;
+
+// Device request tags: the top byte says what completed.
+const TAG_WRITE: u64 = 1 << 56;
+const TAG_READ: u64 = 2 << 56;
+const TAG_META: u64 = 3 << 56;
+const TAG_FLUSH: u64 = 4 << 56;
+pub(super) const TAG_CONTROL: u64 = 5 << 56;
+const TAG_KIND: u64 = 0xff << 56;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PieceOp {
+    Read,
+    Write,
+    Zero,
+}
+
+/// The part of a request that falls in one stripe.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Piece {
+    origin: u32,
+    slot: u32,
+    op: PieceOp,
+    lba: u64,
+    blocks: u32,
+    buf: *mut u8,
+    view: View,
+}
+
+// SAFETY: the buffer belongs to a request whose submitter keeps it valid
+// until completion; only the core serving the piece touches it meanwhile.
+unsafe impl Send for Piece {}
+
+/// Where a control request's answer goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ReplyTo {
+    /// A client request's token, completed on the origin core.
+    Client(u64),
+    /// An origin slot (a flush forwarded by the data path).
+    Slot(u32),
+}
+
+pub(crate) enum Msg {
+    Piece(Piece),
+    PieceDone {
+        slot: u32,
+        status: Result<()>,
+    },
+    /// From core 0: drain writes issued so far, make their summaries
+    /// durable, flush; optionally seal the open partition (a snapshot) or
+    /// close every segment (shutdown). Answered with `BarrierDone`.
+    Barrier {
+        id: u64,
+        seal: Option<u32>,
+        close: bool,
+    },
+    BarrierDone {
+        id: u64,
+        segments: Vec<SegmentRecord>,
+        status: Result<()>,
+    },
+    /// The partitions that are live snapshot volumes, after a change.
+    Volumes(Arc<Vec<u32>>),
+    Control {
+        origin: u32,
+        reply: ReplyTo,
+        req: Request,
+    },
+    ControlDone {
+        reply: ReplyTo,
+        result: Result<Reply>,
+    },
+}
+
+// SAFETY: pieces and requests are Send (see there); the rest is owned data.
+unsafe impl Send for Msg {}
+
+struct Slot {
+    token: u64,
+    pending: u32,
+    status: Result<()>,
+}
+
+struct ReadCtx {
+    origin: u32,
+    slot: u32,
+    outstanding: u32,
+    status: Result<()>,
+}
+
+/// A write appended to the stream, waiting to retire in log order.
+struct RobEntry {
+    done: bool,
+    status: Result<()>,
+    segno: u32,
+    entry: u32,
+    partition: u32,
+    lba: u64,
+    blocks: u32,
+    /// First block's log address, or `ZERO`.
+    addr: LogAddr,
+    origin: u32,
+    slot: u32,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Group {
+    /// Next version to write.
+    version: u32,
+    /// Entries covered by the newest summary write issued.
+    written: u32,
+    /// The newest write is not yet flushed: rewriting now could overwrite
+    /// the only durable version in the other slot.
+    unflushed: bool,
+}
+
+struct Segment {
+    segno: u32,
+    seq: u64,
+    partition: u32,
+    closing: bool,
+    next_data: u32,
+    entries: Vec<SummaryEntry>,
+    retired: u32,
+    groups: Vec<Group>,
+    /// Metadata writes (header, summaries) in flight for this segment.
+    meta_inflight: u32,
+}
+
+impl Segment {
+    /// Summary blocks the current entries need, as pairs from the end.
+    fn summary_blocks(&self, entries: usize, per_group: u32) -> u32 {
+        2 * (entries as u32).div_ceil(per_group)
+    }
+}
+
+struct MetaBuf {
+    buf: DmaBuf,
+    busy: bool,
+    ticket: u64,
+    segno: u32,
+}
+
+struct PendingBarrier {
+    id: u64,
+    mark: u64,
+    seal: Option<u32>,
+    close: bool,
+    stage: BarrierStage,
+    /// Segments as reported, captured when the flush is issued.
+    report: Vec<SegmentRecord>,
+}
+
+#[derive(PartialEq, Eq)]
+enum BarrierStage {
+    Draining,
+    Summaries { ticket: u64 },
+    Flushing,
+}
+
+/// One core of an ilog bdev. Not `Sync`: only its own core touches it.
+pub struct Shard {
+    pub(super) core: u32,
+    pub(super) shared: Arc<Shared>,
+    pub(super) dev: Box<dyn DevChannel>,
+    index: BlockIndex,
+    parts: Partitions,
+    /// Partition of each segment this core may point into.
+    partition_of: Vec<u32>,
+    open_partition: u32,
+    live_volumes: Arc<Vec<u32>>,
+    slots: Vec<Option<Slot>>,
+    free_slots: Vec<u32>,
+    reads: Vec<Option<ReadCtx>>,
+    free_reads: Vec<u32>,
+    rob: VecDeque<RobEntry>,
+    alloc_seq: u64,
+    retire_seq: u64,
+    segs: Vec<Segment>,
+    /// Segments opened or closed since the last barrier report.
+    changed: Vec<SegmentRecord>,
+    meta: Vec<MetaBuf>,
+    next_ticket: u64,
+    dev_retry: VecDeque<DevRequest>,
+    deferred: VecDeque<Piece>,
+    outbox: VecDeque<(u32, Msg)>,
+    barrier: Option<PendingBarrier>,
+    /// Set by a failed metadata write: the log can no longer be trusted to
+    /// persist writes, so they fail from then on.
+    failed: Option<Error>,
+    shutting_down: bool,
+    completions: Vec<(u64, Result<Reply>)>,
+    dev_done: Vec<(u64, DevStatus)>,
+    pub(super) ctl: Option<Box<super::control::Control>>,
+}
+
+pub(super) struct ShardInit {
+    pub index: BlockIndex,
+    pub parts: Partitions,
+    pub partition_of: Vec<u32>,
+    pub open_partition: u32,
+    pub live_volumes: Arc<Vec<u32>>,
+}
+
+impl Shard {
+    pub(super) fn new(core: u32, shared: Arc<Shared>, dev: Box<dyn DevChannel>, init: ShardInit) -> Shard {
+        let bs = shared.geo.block_size as usize;
+        let mut slots = Vec::with_capacity(SLOTS);
+        slots.resize_with(SLOTS, || None);
+        let mut reads = Vec::with_capacity(SLOTS);
+        reads.resize_with(SLOTS, || None);
+        Shard {
+            core,
+            dev,
+            index: init.index,
+            parts: init.parts,
+            partition_of: init.partition_of,
+            open_partition: init.open_partition,
+            live_volumes: init.live_volumes,
+            slots,
+            free_slots: (0..SLOTS as u32).rev().collect(),
+            reads,
+            free_reads: (0..SLOTS as u32).rev().collect(),
+            rob: VecDeque::with_capacity(ROB_DEPTH),
+            alloc_seq: 0,
+            retire_seq: 0,
+            segs: Vec::with_capacity(4),
+            changed: Vec::new(),
+            meta: (0..META_BUFS)
+                .map(|_| MetaBuf { buf: DmaBuf::new(bs, bs), busy: false, ticket: 0, segno: 0 })
+                .collect(),
+            next_ticket: 1,
+            dev_retry: VecDeque::with_capacity(1024),
+            deferred: VecDeque::with_capacity(1024),
+            outbox: VecDeque::with_capacity(1024),
+            barrier: None,
+            failed: None,
+            shutting_down: false,
+            completions: Vec::with_capacity(BATCH * 2),
+            dev_done: Vec::with_capacity(SLOTS),
+            ctl: None,
+            shared,
+        }
+    }
+
+    pub fn core(&self) -> u32 {
+        self.core
+    }
+
+    /// Does one round of work: device completions, messages from other
+    /// cores, client requests, retirement. Completed client requests go to
+    /// `sink(token, result)`. Returns how much work was done (0 = idle).
+    pub fn poll(&mut self, sink: &mut dyn FnMut(u64, Result<Reply>)) -> usize {
+        let mut work = self.flush_outbox();
+        work += self.resubmit();
+        let mut done = std::mem::take(&mut self.completions);
+        let mut dev_done = std::mem::take(&mut self.dev_done);
+        work += self.dev.poll(&mut |tag, status| dev_done.push((tag, status)));
+        for (tag, status) in dev_done.drain(..) {
+            self.on_device(tag, status);
+        }
+        self.dev_done = dev_done;
+        work += self.retry_deferred();
+        for _ in 0..BATCH {
+            let Some(msg) = self.shared.inbox[self.core as usize].pop() else { break };
+            self.on_message(msg);
+            work += 1;
+        }
+        for _ in 0..BATCH {
+            if self.free_slots.is_empty() {
+                break;
+            }
+            let Some((token, req)) = self.shared.clients[self.core as usize].pop() else { break };
+            self.on_client(token, req);
+            work += 1;
+        }
+        work += self.retire();
+        self.advance_barrier();
+        if self.ctl.is_some() {
+            self.control_step();
+        }
+        done.append(&mut self.completions);
+        for (token, result) in done.drain(..) {
+            sink(token, result);
+        }
+        self.completions = done;
+        work
+    }
+
+    /// Whether anything is in flight on this core (for runtimes that want
+    /// to know when a bdev has gone quiet).
+    pub fn is_idle(&self) -> bool {
+        self.rob.is_empty()
+            && self.dev.outstanding() == 0
+            && self.dev_retry.is_empty()
+            && self.deferred.is_empty()
+            && self.outbox.is_empty()
+            && self.barrier.is_none()
+            && self.shared.inbox[self.core as usize].is_empty()
+            && self.shared.clients[self.core as usize].is_empty()
+            && self.ctl.as_ref().is_none_or(|c| c.is_idle())
+    }
+
+    // ---- messaging -------------------------------------------------------
+
+    pub(super) fn send(&mut self, core: u32, msg: Msg) {
+        if core == self.core {
+            self.on_message(msg);
+        } else if !self.outbox.is_empty() {
+            self.outbox.push_back((core, msg));
+        } else if let Err(msg) = self.shared.inbox[core as usize].push(msg) {
+            self.outbox.push_back((core, msg));
+        }
+    }
+
+    fn flush_outbox(&mut self) -> usize {
+        let mut n = 0;
+        while let Some((core, msg)) = self.outbox.pop_front() {
+            if let Err(msg) = self.shared.inbox[core as usize].push(msg) {
+                self.outbox.push_front((core, msg));
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    fn on_message(&mut self, msg: Msg) {
+        match msg {
+            Msg::Piece(p) => self.on_piece(p),
+            Msg::PieceDone { slot, status } => self.piece_done(slot, status),
+            Msg::Barrier { id, seal, close } => self.start_barrier(id, seal, close),
+            Msg::BarrierDone { id, segments, status } => self.on_barrier_done(id, segments, status),
+            Msg::Volumes(v) => self.live_volumes = v,
+            Msg::Control { origin, reply, req } => self.control_enqueue(origin, reply, req),
+            Msg::ControlDone { reply, result } => self.deliver(reply, result),
+        }
+    }
+
+    /// Completes a control request on this (its origin) core.
+    pub(super) fn deliver(&mut self, reply: ReplyTo, result: Result<Reply>) {
+        match reply {
+            ReplyTo::Client(token) => self.completions.push((token, result)),
+            ReplyTo::Slot(slot) => self.piece_done(slot, result.map(|_| ())),
+        }
+    }
+
+    // ---- device ------------------------------------------------------------
+
+    pub(super) fn dev_submit(&mut self, req: DevRequest) {
+        if !self.dev_retry.is_empty() {
+            self.dev_retry.push_back(req);
+            return;
+        }
+        // SAFETY: every buffer handed here outlives its request: client
+        // buffers by the submit contract, metadata buffers because they stay
+        // busy until their completion is polled.
+        if unsafe { self.dev.submit(req) }.is_err() {
+            self.dev_retry.push_back(req);
+        }
+    }
+
+    fn resubmit(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(req) = self.dev_retry.pop_front() {
+            // SAFETY: as in `dev_submit`.
+            if unsafe { self.dev.submit(req) }.is_err() {
+                self.dev_retry.push_front(req);
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    fn on_device(&mut self, tag: u64, status: DevStatus) {
+        let value = tag & !TAG_KIND;
+        match tag & TAG_KIND {
+            TAG_WRITE => {
+                let i = (value - self.retire_seq) as usize;
+                let e = &mut self.rob[i];
+                e.done = true;
+                e.status = status.map_err(Error::Io);
+            }
+            TAG_READ => self.read_done(value as u32, status),
+            TAG_META => self.meta_done(value as usize, status),
+            TAG_FLUSH => self.barrier_flushed(status),
+            TAG_CONTROL => self.control_device_done(value, status),
+            _ => unreachable!("unknown device tag {tag:#x}"),
+        }
+    }
+
+    // ---- client requests ---------------------------------------------------
+
+    fn on_client(&mut self, token: u64, req: Request) {
+        if self.shutting_down {
+            self.completions.push((token, Err(Error::ShuttingDown)));
+            return;
+        }
+        let (op, lba, blocks, buf, view) = match req {
+            Request::Read { lba, blocks, buf, view } => (PieceOp::Read, lba, blocks, buf, view),
+            Request::Write { lba, blocks, buf } => (PieceOp::Write, lba, blocks, buf as *mut u8, View::Current),
+            Request::WriteZeroes { lba, blocks } | Request::Unmap { lba, blocks } => {
+                (PieceOp::Zero, lba, blocks, std::ptr::null_mut(), View::Current)
+            }
+            Request::Flush => {
+                let slot = self.alloc_slot(token, 1);
+                let reply = ReplyTo::Slot(slot);
+                self.send(0, Msg::Control { origin: self.core, reply, req: Request::Flush });
+                return;
+            }
+            other => {
+                let origin = self.core;
+                self.send(0, Msg::Control { origin, reply: ReplyTo::Client(token), req: other });
+                return;
+            }
+        };
+        if let Err(e) = self.check_io(lba, blocks, view) {
+            self.completions.push((token, Err(e)));
+            return;
+        }
+        let stripe = u64::from(self.shared.geo.stripe_blocks);
+        let pieces = (lba + u64::from(blocks) - 1) / stripe - lba / stripe + 1;
+        let slot = self.alloc_slot(token, pieces as u32);
+        let bs = self.shared.geo.block_size as usize;
+        let (mut lba, mut left, mut buf) = (lba, u64::from(blocks), buf);
+        while left > 0 {
+            let n = left.min(stripe - lba % stripe);
+            let piece = Piece { origin: self.core, slot, op, lba, blocks: n as u32, buf, view };
+            let owner = self.shared.owner(lba);
+            self.send(owner, Msg::Piece(piece));
+            lba += n;
+            left -= n;
+            if !buf.is_null() {
+                // SAFETY: stays within the request's buffer of `blocks` blocks.
+                buf = unsafe { buf.add(n as usize * bs) };
+            }
+        }
+    }
+
+    fn check_io(&self, lba: u64, blocks: u32, view: View) -> Result<()> {
+        let volume_blocks = self.shared.geo.volume_blocks;
+        if blocks == 0 {
+            return Err(Error::InvalidArgument("an I/O needs at least one block".into()));
+        }
+        if lba.checked_add(u64::from(blocks)).is_none_or(|end| end > volume_blocks) {
+            return Err(Error::OutOfRange { lba, blocks: u64::from(blocks), volume_blocks });
+        }
+        if let View::Volume(p) = view {
+            if !self.live_volumes.contains(&p) {
+                return Err(Error::NoSuchVolume(format!("partition {p}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn alloc_slot(&mut self, token: u64, pending: u32) -> u32 {
+        let slot = self.free_slots.pop().expect("client intake stops when slots run out");
+        self.slots[slot as usize] = Some(Slot { token, pending, status: Ok(()) });
+        slot
+    }
+
+    fn piece_done(&mut self, slot: u32, status: Result<()>) {
+        let s = self.slots[slot as usize].as_mut().expect("live slot");
+        if s.status.is_ok() {
+            s.status = status;
+        }
+        s.pending -= 1;
+        if s.pending == 0 {
+            let s = self.slots[slot as usize].take().expect("live slot");
+            self.free_slots.push(slot);
+            self.completions.push((s.token, s.status.map(|()| Reply::Done)));
+        }
+    }
+
+    fn finish_piece(&mut self, origin: u32, slot: u32, status: Result<()>) {
+        self.send(origin, Msg::PieceDone { slot, status });
+    }
+
+    // ---- pieces on the owner -------------------------------------------------
+
+    fn on_piece(&mut self, p: Piece) {
+        if !self.deferred.is_empty() || !self.try_piece(p) {
+            self.deferred.push_back(p);
+        }
+    }
+
+    fn retry_deferred(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(p) = self.deferred.pop_front() {
+            if !self.try_piece(p) {
+                self.deferred.push_front(p);
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Serves a piece; `false` when it must wait for resources.
+    fn try_piece(&mut self, p: Piece) -> bool {
+        match p.op {
+            PieceOp::Read => self.read_piece(p),
+            PieceOp::Write | PieceOp::Zero => self.append_piece(p),
+        }
+    }
+
+    fn read_piece(&mut self, p: Piece) -> bool {
+        let Some(ctx) = self.free_reads.pop() else { return false };
+        if let View::Volume(v) = p.view {
+            if !self.live_volumes.contains(&v) {
+                self.free_reads.push(ctx);
+                self.finish_piece(p.origin, p.slot, Err(Error::NoSuchVolume(format!("partition {v}"))));
+                return true;
+            }
+        }
+        self.reads[ctx as usize] = Some(ReadCtx { origin: p.origin, slot: p.slot, outstanding: 0, status: Ok(()) });
+        let bs = self.shared.geo.block_size as usize;
+        let log_start = self.shared.geo.log_start;
+        // Coalesce blocks at consecutive log addresses into one device read.
+        let mut run: Option<(u32, LogAddr, u32)> = None; // (first block, addr, blocks)
+        let issue = |this: &mut Shard, (first, addr, n): (u32, LogAddr, u32)| {
+            this.reads[ctx as usize].as_mut().expect("live read").outstanding += 1;
+            // SAFETY: `first + n` is within the piece's buffer.
+            let buf = unsafe { p.buf.add(first as usize * bs) };
+            let req = DevRequest {
+                op: DevOp::Read,
+                block: log_start + u64::from(addr),
+                nblocks: n,
+                buf,
+                tag: TAG_READ | u64::from(ctx),
+            };
+            this.dev_submit(req);
+        };
+        for i in 0..p.blocks {
+            match self.resolve(p.lba + u64::from(i), p.view) {
+                Some(addr) if addr != ZERO => match run {
+                    Some((f, a, n)) if a + n == addr => run = Some((f, a, n + 1)),
+                    _ => {
+                        if let Some(r) = run.take() {
+                            issue(self, r);
+                        }
+                        run = Some((i, addr, 1));
+                    }
+                },
+                _ => {
+                    // SAFETY: block `i` is within the piece's buffer.
+                    unsafe { std::ptr::write_bytes(p.buf.add(i as usize * bs), 0, bs) };
+                }
+            }
+        }
+        if let Some(r) = run {
+            issue(self, r);
+        }
+        if self.reads[ctx as usize].as_ref().expect("live read").outstanding == 0 {
+            self.complete_read(ctx);
+        }
+        true
+    }
+
+    /// Where `lba` lives in `view`: a log address, `ZERO`, or `None` (the
+    /// baseline, which reads as zeros until compaction populates it).
+    fn resolve(&self, lba: u64, view: View) -> Option<LogAddr> {
+        let newest = self.index.get(lba)?;
+        match view {
+            View::Current => Some(newest),
+            View::Volume(p) => {
+                let seg_blocks = self.shared.geo.segment_blocks;
+                if newest != ZERO && self.partition_of[(newest / seg_blocks) as usize] <= p {
+                    return Some(newest);
+                }
+                self.parts.lookup_as_of(lba as u32, p)
+            }
+        }
+    }
+
+    fn read_done(&mut self, ctx: u32, status: DevStatus) {
+        let r = self.reads[ctx as usize].as_mut().expect("live read");
+        if let Err(e) = status {
+            r.status = Err(Error::Io(e));
+        }
+        r.outstanding -= 1;
+        if r.outstanding == 0 {
+            self.complete_read(ctx);
+        }
+    }
+
+    fn complete_read(&mut self, ctx: u32) {
+        let r = self.reads[ctx as usize].take().expect("live read");
+        self.free_reads.push(ctx);
+        self.finish_piece(r.origin, r.slot, r.status);
+    }
+
+    fn append_piece(&mut self, p: Piece) -> bool {
+        // After a close barrier nothing may reach the log: the clean
+        // checkpoint would not know about it.
+        if let Some(e) = self.failed.clone().or(self.shutting_down.then_some(Error::ShuttingDown)) {
+            self.finish_piece(p.origin, p.slot, Err(e));
+            return true;
+        }
+        if self.rob.len() == ROB_DEPTH {
+            return false;
+        }
+        let data_blocks = if p.op == PieceOp::Write { p.blocks } else { 0 };
+        let seg = match self.segment_with_room(data_blocks) {
+            Ok(Some(i)) => i,
+            Ok(None) => return false,
+            Err(e) => {
+                self.finish_piece(p.origin, p.slot, Err(e));
+                return true;
+            }
+        };
+        let geo = &self.shared.geo;
+        let bs = geo.block_size as usize;
+        let s = &mut self.segs[seg];
+        let entry = s.entries.len() as u32;
+        let (addr, summary) = if p.op == PieceOp::Write {
+            let offset = s.next_data;
+            s.next_data += p.blocks;
+            // SAFETY: the piece's buffer holds `blocks` blocks.
+            let data = unsafe { std::slice::from_raw_parts(p.buf, p.blocks as usize * bs) };
+            let crc = crc32c::crc32c(data);
+            let e = SummaryEntry {
+                lba: p.lba,
+                blocks: p.blocks,
+                data_offset: offset,
+                data_crc: crc,
+                kind: EntryKind::Data,
+            };
+            (s.segno * geo.segment_blocks + offset, e)
+        } else {
+            let e = SummaryEntry {
+                lba: p.lba,
+                blocks: p.blocks,
+                data_offset: u32::MAX,
+                data_crc: 0,
+                kind: EntryKind::Zero,
+            };
+            (ZERO, e)
+        };
+        s.entries.push(summary);
+        let (segno, partition) = (s.segno, s.partition);
+        let seq = self.alloc_seq;
+        self.alloc_seq += 1;
+        self.rob.push_back(RobEntry {
+            done: p.op == PieceOp::Zero,
+            status: Ok(()),
+            segno,
+            entry,
+            partition,
+            lba: p.lba,
+            blocks: p.blocks,
+            addr,
+            origin: p.origin,
+            slot: p.slot,
+        });
+        if p.op == PieceOp::Write {
+            let block = self.shared.geo.log_start + u64::from(addr);
+            self.dev_submit(DevRequest {
+                op: DevOp::Write,
+                block,
+                nblocks: p.blocks,
+                buf: p.buf,
+                tag: TAG_WRITE | seq,
+            });
+        }
+        true
+    }
+
+    /// The open segment if the next entry (with `data_blocks`) fits, else a
+    /// new one. `Ok(None)`: wait (no metadata buffer for the new header).
+    fn segment_with_room(&mut self, data_blocks: u32) -> Result<Option<usize>> {
+        let geo = self.shared.geo;
+        let per_group = geo.entries_per_summary();
+        if let Some(i) = self.segs.iter().position(|s| !s.closing) {
+            let s = &self.segs[i];
+            let n = s.entries.len();
+            let fits = n < geo.segment_blocks as usize
+                && s.next_data + data_blocks + s.summary_blocks(n + 1, per_group) <= geo.segment_blocks;
+            if fits && s.partition == self.open_partition {
+                return Ok(Some(i));
+            }
+            self.segs[i].closing = true;
+            self.try_close(i);
+        }
+        if self.meta.iter().all(|m| m.busy) {
+            return Ok(None);
+        }
+        let segno = self.shared.free_segments.pop().ok_or(Error::NoSpace)?;
+        let seq = self.shared.alloc_seq();
+        let partition = self.open_partition;
+        self.partition_of[segno as usize] = partition;
+        let max_groups = (geo.segment_blocks / 2) as usize;
+        let mut groups = Vec::with_capacity(max_groups);
+        groups.resize(max_groups, Group::default());
+        self.segs.push(Segment {
+            segno,
+            seq,
+            partition,
+            closing: false,
+            next_data: 1,
+            entries: Vec::with_capacity(geo.segment_blocks as usize),
+            retired: 0,
+            groups,
+            meta_inflight: 0,
+        });
+        let record = self.record_of(self.segs.len() - 1, 0, true);
+        self.changed.push(record);
+        let header =
+            SegmentHeader { uuid: self.shared.uuid, seq, epoch: self.shared.epoch, stream: self.core, partition };
+        let m = self.take_meta(segno).expect("checked above");
+        header.encode(&mut self.meta[m].buf);
+        self.segs.last_mut().expect("just pushed").meta_inflight += 1;
+        self.submit_meta(m, geo.segment_start(segno));
+        Ok(Some(self.segs.len() - 1))
+    }
+
+    fn record_of(&self, i: usize, trusted: u32, open: bool) -> SegmentRecord {
+        let s = &self.segs[i];
+        SegmentRecord {
+            segno: s.segno,
+            seq: s.seq,
+            stream: self.core,
+            epoch: self.shared.epoch,
+            partition: s.partition,
+            trusted_entries: trusted,
+            open,
+        }
+    }
+
+    fn take_meta(&mut self, segno: u32) -> Option<usize> {
+        let m = self.meta.iter().position(|m| !m.busy)?;
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let mb = &mut self.meta[m];
+        (mb.busy, mb.ticket, mb.segno) = (true, ticket, segno);
+        Some(m)
+    }
+
+    fn submit_meta(&mut self, m: usize, block: u64) {
+        let buf = self.meta[m].buf.as_mut_ptr();
+        self.dev_submit(DevRequest { op: DevOp::Write, block, nblocks: 1, buf, tag: TAG_META | m as u64 });
+    }
+
+    fn meta_done(&mut self, m: usize, status: DevStatus) {
+        self.meta[m].busy = false;
+        if let Err(e) = status {
+            log::error!("core {}: metadata write failed (errno {e}); writes will fail from now on", self.core);
+            self.failed = Some(Error::Io(e));
+        }
+        let segno = self.meta[m].segno;
+        if let Some(i) = self.segs.iter().position(|s| s.segno == segno) {
+            self.segs[i].meta_inflight -= 1;
+        }
+        // A freed buffer may be what a waiting summary needed.
+        for i in (0..self.segs.len()).rev() {
+            self.summarize_full_groups(i);
+            self.try_close(i);
+        }
+    }
+
+    // ---- retirement and summaries ------------------------------------------
+
+    fn retire(&mut self) -> usize {
+        let mut n = 0;
+        while self.rob.front().is_some_and(|e| e.done) {
+            let e = self.rob.pop_front().expect("checked");
+            self.retire_seq += 1;
+            n += 1;
+            let i =
+                self.segs.iter().position(|s| s.segno == e.segno).expect("an entry's segment stays until it retires");
+            if e.status.is_ok() {
+                for b in 0..e.blocks {
+                    let addr = if e.addr == ZERO { ZERO } else { e.addr + b };
+                    let lba = e.lba + u64::from(b);
+                    self.index.set(lba, addr);
+                    self.parts.record(e.partition, lba as u32, addr);
+                }
+            } else {
+                // Replay must skip it, not stop at its missing data.
+                self.segs[i].entries[e.entry as usize].kind = EntryKind::Hole;
+            }
+            self.segs[i].retired += 1;
+            self.summarize_full_groups(i);
+            self.try_close(i);
+            self.finish_piece(e.origin, e.slot, e.status);
+        }
+        n
+    }
+
+    /// Writes the summary of every group whose entries have all retired.
+    fn summarize_full_groups(&mut self, i: usize) {
+        let per_group = self.shared.geo.entries_per_summary();
+        let s = &self.segs[i];
+        let upto = if s.closing && s.retired as usize == s.entries.len() {
+            s.retired
+        } else {
+            s.retired / per_group * per_group
+        };
+        self.summarize(i, upto, false);
+    }
+
+    /// Issues summary writes so that groups cover entries `0..upto`.
+    /// Outside barriers a group whose last write is unflushed waits.
+    fn summarize(&mut self, i: usize, upto: u32, barrier: bool) {
+        let per_group = self.shared.geo.entries_per_summary();
+        let mut g = 0;
+        while g * per_group < upto {
+            let count = (upto - g * per_group).min(per_group);
+            let group = self.segs[i].groups[g as usize];
+            if group.written < count && (barrier || !group.unflushed) {
+                let Some(m) = self.take_meta(self.segs[i].segno) else { return };
+                let s = &mut self.segs[i];
+                let first = (g * per_group) as usize;
+                let entries = &s.entries[first..first + count as usize];
+                SummaryBlock::encode(&self.shared.uuid, s.seq, g, group.version, entries, &mut self.meta[m].buf);
+                let seg_blocks = self.shared.geo.segment_blocks;
+                let block =
+                    self.shared.geo.segment_start(s.segno) + u64::from(seg_blocks - 2 * g - 2 + group.version % 2);
+                s.groups[g as usize] = Group { version: group.version + 1, written: count, unflushed: barrier };
+                s.meta_inflight += 1;
+                self.submit_meta(m, block);
+            }
+            g += 1;
+        }
+    }
+
+    /// Entries covered by issued summary writes, as a prefix.
+    fn summarized_prefix(&self, i: usize) -> u32 {
+        let per_group = self.shared.geo.entries_per_summary();
+        let mut n = 0;
+        for g in &self.segs[i].groups {
+            n += g.written;
+            if g.written < per_group {
+                break;
+            }
+        }
+        n
+    }
+
+    fn try_close(&mut self, i: usize) {
+        let s = &self.segs[i];
+        let n = s.entries.len() as u32;
+        if !s.closing || s.retired < n {
+            return;
+        }
+        if self.summarized_prefix(i) < n {
+            self.summarize(i, n, false);
+            return;
+        }
+        if s.meta_inflight == 0 {
+            let record = self.record_of(i, n, false);
+            self.segs.remove(i);
+            self.changed.push(record);
+        }
+    }
+
+    // ---- barriers ------------------------------------------------------------
+
+    fn start_barrier(&mut self, id: u64, seal: Option<u32>, close: bool) {
+        debug_assert!(self.barrier.is_none(), "core 0 runs one barrier at a time");
+        if let Some(p) = seal {
+            self.open_partition = p;
+        }
+        if seal.is_some() || close {
+            for i in (0..self.segs.len()).rev() {
+                self.segs[i].closing = true;
+                self.try_close(i);
+            }
+        }
+        self.shutting_down |= close;
+        let mark = self.alloc_seq;
+        self.barrier =
+            Some(PendingBarrier { id, mark, seal, close, stage: BarrierStage::Draining, report: Vec::new() });
+    }
+
+    fn advance_barrier(&mut self) {
+        let Some(b) = &self.barrier else { return };
+        match b.stage {
+            BarrierStage::Draining => {
+                if self.retire_seq < b.mark || (b.close && !self.segs.is_empty()) {
+                    return;
+                }
+                if let Some(p) = b.seal {
+                    self.parts.seal_up_to(p);
+                }
+                for i in 0..self.segs.len() {
+                    let upto = self.segs[i].retired;
+                    self.summarize(i, upto, true);
+                }
+                let ticket = self.next_ticket - 1;
+                self.barrier.as_mut().expect("checked").stage = BarrierStage::Summaries { ticket };
+                self.advance_barrier();
+            }
+            BarrierStage::Summaries { ticket } => {
+                if self.meta.iter().any(|m| m.busy && m.ticket <= ticket) {
+                    return;
+                }
+                let mut report = std::mem::take(&mut self.changed);
+                for i in 0..self.segs.len() {
+                    report.push(self.record_of(i, self.summarized_prefix(i), true));
+                }
+                let b = self.barrier.as_mut().expect("checked");
+                b.report = report;
+                b.stage = BarrierStage::Flushing;
+                let flush =
+                    DevRequest { op: DevOp::Flush, block: 0, nblocks: 0, buf: std::ptr::null_mut(), tag: TAG_FLUSH };
+                self.dev_submit(flush);
+            }
+            BarrierStage::Flushing => {}
+        }
+    }
+
+    fn barrier_flushed(&mut self, status: DevStatus) {
+        let b = self.barrier.take().expect("a flush belongs to a barrier");
+        for s in &mut self.segs {
+            for g in &mut s.groups {
+                g.unflushed = false;
+            }
+        }
+        for i in (0..self.segs.len()).rev() {
+            self.summarize_full_groups(i);
+            self.try_close(i);
+        }
+        let mut status = status.map_err(Error::Io);
+        if let Some(e) = &self.failed {
+            status = Err(e.clone());
+        }
+        self.send(0, Msg::BarrierDone { id: b.id, segments: b.report, status });
+    }
+
+    // ---- accounting ------------------------------------------------------------
+
+    /// Blocks this core's index shard maps.
+    pub fn mapped_blocks(&self) -> u64 {
+        self.index.mapped()
+    }
+}

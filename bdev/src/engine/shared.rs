@@ -1,0 +1,68 @@
+//! State every core of one ilog bdev shares: the geometry, the free segment
+//! pool and sequence counter (lock-free), and each core's inbound queues.
+
+use super::request::Request;
+use super::shard::Msg;
+use crate::error::{Error, Result};
+use crate::format::Geometry;
+use crossbeam_queue::ArrayQueue;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Inbound queue depth per core, for core-to-core messages and for clients.
+pub(crate) const QUEUE_DEPTH: usize = 16384;
+
+pub(crate) struct Shared {
+    pub geo: Geometry,
+    pub uuid: [u8; 16],
+    pub epoch: u32,
+    pub cores: u32,
+    pub free_segments: ArrayQueue<u32>,
+    pub next_seq: AtomicU64,
+    pub inbox: Vec<ArrayQueue<Msg>>,
+    pub clients: Vec<ArrayQueue<(u64, Request)>>,
+    /// Set once the bdev is closed: submitters are refused.
+    pub closed: AtomicBool,
+}
+
+impl Shared {
+    pub fn owner(&self, lba: u64) -> u32 {
+        ((lba / u64::from(self.geo.stripe_blocks)) % u64::from(self.cores)) as u32
+    }
+
+    pub fn alloc_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Hands client requests to a core. Cheap to clone; usable from any thread.
+#[derive(Clone)]
+pub struct Submitter {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Submitter {
+    pub fn cores(&self) -> u32 {
+        self.shared.cores
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.shared.geo.block_size
+    }
+
+    pub fn volume_blocks(&self) -> u64 {
+        self.shared.geo.volume_blocks
+    }
+
+    /// Queues `req` on `core`; its completion will come out of that core's
+    /// poll with `token`. Control requests go to core 0 whatever `core` is.
+    /// `Err` (with the request dropped) when the queue is full or the bdev
+    /// closed.
+    pub fn submit(&self, core: u32, token: u64, req: Request) -> Result<()> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        let core = if req.is_io() { core % self.shared.cores } else { 0 };
+        self.shared.clients[core as usize].push((token, req)).map_err(|_| Error::Io(libc::EAGAIN))
+    }
+}

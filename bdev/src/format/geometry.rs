@@ -1,0 +1,197 @@
+//! Where each region lies on the base device, fixed at format time.
+
+use super::Checkpoint;
+use crate::error::{Error, Result};
+
+/// Choices made when formatting a base device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormatOptions {
+    /// Bytes of LBA space owned by one core (rounded to blocks).
+    pub stripe_bytes: u64,
+    /// Bytes per log segment (rounded to blocks).
+    pub segment_bytes: u64,
+    /// Share of the usable device given to the log; the rest is the baseline,
+    /// whose size is the exported volume size.
+    pub log_percent: u8,
+    /// Most snapshot volumes that can exist at once.
+    pub max_volumes: u32,
+}
+
+impl Default for FormatOptions {
+    fn default() -> Self {
+        FormatOptions { stripe_bytes: 1 << 20, segment_bytes: 4 << 20, log_percent: 50, max_volumes: 1024 }
+    }
+}
+
+/// The layout of a formatted device, in blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub block_size: u32,
+    pub device_blocks: u64,
+    pub volume_blocks: u64,
+    pub baseline_start: u64,
+    pub ckpt_start: u64,
+    pub ckpt_slot_blocks: u32,
+    pub max_volumes: u32,
+    pub log_start: u64,
+    pub segment_blocks: u32,
+    pub segment_count: u32,
+    pub stripe_blocks: u32,
+}
+
+/// Superblock A and B.
+const SUPERBLOCK_BLOCKS: u64 = 2;
+/// Summary entries address segment offsets and cursors pack them in 20 bits.
+pub const MAX_SEGMENT_BLOCKS: u32 = 1 << 20;
+
+impl Geometry {
+    /// Lays out a device of `device_blocks` blocks of `block_size` bytes.
+    pub fn plan(block_size: u32, device_blocks: u64, opts: &FormatOptions) -> Result<Geometry> {
+        if !(512..=65536).contains(&block_size) || !block_size.is_power_of_two() {
+            return Err(Error::InvalidArgument(format!(
+                "block size {block_size} is not a power of two in 512..=65536"
+            )));
+        }
+        let bs = u64::from(block_size);
+        let stripe_blocks = opts.stripe_bytes / bs;
+        let segment_blocks = opts.segment_bytes / bs;
+        if stripe_blocks == 0 || opts.stripe_bytes % bs != 0 {
+            return Err(Error::InvalidArgument("stripe size must be a non-zero multiple of the block size".into()));
+        }
+        if opts.segment_bytes % bs != 0 || segment_blocks > u64::from(MAX_SEGMENT_BLOCKS) {
+            return Err(Error::InvalidArgument(
+                "segment size must be a multiple of the block size, at most 2^20 blocks".into(),
+            ));
+        }
+        // Any piece of an I/O (at most one stripe) must fit an empty segment
+        // next to its header and one summary pair.
+        if segment_blocks < stripe_blocks + 3 {
+            return Err(Error::InvalidArgument("a segment must hold a whole stripe plus 3 metadata blocks".into()));
+        }
+        if !(1..=95).contains(&opts.log_percent) {
+            return Err(Error::InvalidArgument("log_percent must be in 1..=95".into()));
+        }
+        if opts.max_volumes == 0 {
+            return Err(Error::InvalidArgument("max_volumes must be at least 1".into()));
+        }
+        // The checkpoint slot is sized for the most segments the device could hold.
+        let max_segments = device_blocks / segment_blocks;
+        let slot_bytes = Checkpoint::max_encoded_len(opts.max_volumes as usize, max_segments as usize);
+        let ckpt_slot_blocks = slot_bytes.div_ceil(bs as usize) as u64;
+        let ckpt_start = SUPERBLOCK_BLOCKS;
+        let meta_end = ckpt_start + 2 * ckpt_slot_blocks;
+        let usable = device_blocks.saturating_sub(meta_end);
+        let segment_count = usable * u64::from(opts.log_percent) / 100 / segment_blocks;
+        if segment_count < 2 {
+            return Err(Error::DeviceTooSmall(format!(
+                "{device_blocks} blocks leave room for {segment_count} log segments of {segment_blocks} blocks; at least 2 are needed"
+            )));
+        }
+        let log_blocks = segment_count * segment_blocks;
+        let volume_blocks = usable - log_blocks;
+        let g = Geometry {
+            block_size,
+            device_blocks,
+            volume_blocks,
+            baseline_start: meta_end,
+            ckpt_start,
+            ckpt_slot_blocks: u32::try_from(ckpt_slot_blocks)
+                .map_err(|_| Error::InvalidArgument("checkpoint too large".into()))?,
+            max_volumes: opts.max_volumes,
+            log_start: meta_end + volume_blocks,
+            segment_blocks: segment_blocks as u32,
+            segment_count: u32::try_from(segment_count)
+                .map_err(|_| Error::InvalidArgument("too many segments".into()))?,
+            stripe_blocks: stripe_blocks as u32,
+        };
+        g.validate(device_blocks)?;
+        Ok(g)
+    }
+
+    /// Checks that a geometry read from media is self-consistent and fits
+    /// a device of `device_blocks`.
+    pub fn validate(&self, device_blocks: u64) -> Result<()> {
+        let bad = |why: &str| Err(Error::Corrupt(format!("superblock geometry: {why}")));
+        if !(512..=65536).contains(&self.block_size) || !self.block_size.is_power_of_two() {
+            return bad("block size");
+        }
+        if self.stripe_blocks == 0
+            || self.segment_blocks < self.stripe_blocks + 3
+            || self.segment_blocks > MAX_SEGMENT_BLOCKS
+        {
+            return bad("stripe/segment sizes");
+        }
+        if self.segment_count < 2 || self.max_volumes == 0 {
+            return bad("segment count");
+        }
+        // Index entries hold 32-bit LBAs and log addresses (two values reserved).
+        let log_blocks = u64::from(self.segment_count) * u64::from(self.segment_blocks);
+        if self.volume_blocks > u64::from(u32::MAX) || log_blocks >= u64::from(u32::MAX - 1) {
+            return bad("volume or log larger than 2^32 blocks");
+        }
+        let slot_needed = Checkpoint::max_encoded_len(self.max_volumes as usize, self.segment_count as usize);
+        if (self.ckpt_slot_blocks as usize) * (self.block_size as usize) < slot_needed {
+            return bad("checkpoint slot too small");
+        }
+        let ckpt_end = self.ckpt_start + 2 * u64::from(self.ckpt_slot_blocks);
+        let ordered = self.ckpt_start >= SUPERBLOCK_BLOCKS
+            && self.baseline_start >= ckpt_end
+            && self.log_start >= self.baseline_start.saturating_add(self.volume_blocks)
+            && self.log_start.checked_add(log_blocks).is_some_and(|end| end <= self.device_blocks);
+        if !ordered {
+            return bad("regions overlap or exceed the device");
+        }
+        if self.device_blocks > device_blocks {
+            return Err(Error::DeviceTooSmall(format!(
+                "formatted for {} blocks, the device has {device_blocks}",
+                self.device_blocks
+            )));
+        }
+        Ok(())
+    }
+
+    /// First device block of checkpoint slot `slot` (0 or 1).
+    pub fn ckpt_slot_start(&self, slot: u32) -> u64 {
+        self.ckpt_start + u64::from(slot) * u64::from(self.ckpt_slot_blocks)
+    }
+
+    /// First device block of segment `segno`.
+    pub fn segment_start(&self, segno: u32) -> u64 {
+        self.log_start + u64::from(segno) * u64::from(self.segment_blocks)
+    }
+
+    /// Summary entries one summary block holds.
+    pub fn entries_per_summary(&self) -> u32 {
+        ((self.block_size as usize - super::SUMMARY_HEADER_LEN) / super::SUMMARY_ENTRY_LEN) as u32
+    }
+
+    /// Room checked by `checkpoint` for encoding.
+    pub(crate) fn ckpt_slot_bytes(&self) -> usize {
+        self.ckpt_slot_blocks as usize * self.block_size as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_splits_device_into_ordered_regions() {
+        let g = Geometry::plan(4096, 1 << 16, &FormatOptions::default()).unwrap();
+        assert!(g.baseline_start >= g.ckpt_start + 2 * u64::from(g.ckpt_slot_blocks));
+        assert_eq!(g.log_start, g.baseline_start + g.volume_blocks);
+        assert!(g.log_start + u64::from(g.segment_count) * u64::from(g.segment_blocks) <= g.device_blocks);
+        assert!(g.volume_blocks > 0);
+    }
+
+    #[test]
+    fn plan_refuses_a_device_too_small_for_two_segments() {
+        assert!(matches!(Geometry::plan(4096, 1500, &FormatOptions::default()), Err(Error::DeviceTooSmall(_))));
+    }
+
+    #[test]
+    fn plan_refuses_stripes_larger_than_segments() {
+        let opts = FormatOptions { stripe_bytes: 4 << 20, ..FormatOptions::default() };
+        assert!(matches!(Geometry::plan(4096, 1 << 16, &opts), Err(Error::InvalidArgument(_))));
+    }
+}

@@ -1,0 +1,4 @@
+//! Runtimes that drive the engine's shards.
+
+pub mod native;
+pub mod sim;
