@@ -10,7 +10,7 @@ use super::request::{check_volume_name, LogBatch, LogEntry, LogEntryKind, Reply,
 use super::shard::{Msg, ReplyTo, Shard, TAG_CONTROL};
 use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf};
 use crate::error::{Error, Result};
-use crate::format::{Checkpoint, EntryKind, SegmentRecord, SummaryBlock, VolumeRecord};
+use crate::format::{Checkpoint, EntryKind, SegmentId, SegmentRecord, SummaryBlock, VolumeRecord};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,11 +33,25 @@ struct Queued {
 }
 
 enum Stage {
-    Barrier { id: u64, acks: u32, seq_mark: u64, status: Result<()> },
+    Barrier {
+        id: u64,
+        acks: u32,
+        seq_mark: u64,
+        status: Result<()>,
+    },
     CheckpointWrite,
     CheckpointFlush,
-    LogSummaries { outstanding: u32 },
-    LogData { outstanding: u32 },
+    LogSummaries {
+        outstanding: u32,
+    },
+    LogData {
+        outstanding: u32,
+    },
+    /// Waiting for every core to take the new volume table.
+    Publish {
+        acks: u32,
+        result: Reply,
+    },
 }
 
 /// Progress of one `LogRead`.
@@ -53,6 +67,8 @@ struct LogRead {
     /// (segment start block, data offset) of each entry in `entries` read
     /// from the current segment.
     pending_data: Vec<(usize, u64)>,
+    /// The first read that failed.
+    error: Option<Error>,
 }
 
 struct Current {
@@ -74,6 +90,11 @@ pub(crate) struct Control {
     open_partition: u32,
     next_barrier: u64,
     ckpt_buf: DmaBuf,
+    /// Set when a core's metadata write, a device flush or a checkpoint
+    /// failed: what the registry says may no longer be on the device, so no
+    /// checkpoint is written again until a remount recovers from the last
+    /// good one.
+    failed: Option<Error>,
 }
 
 impl Control {
@@ -89,6 +110,7 @@ impl Control {
             open_partition,
             next_barrier: 1,
             ckpt_buf,
+            failed: None,
         }
     }
 
@@ -170,6 +192,9 @@ impl Shard {
             return;
         }
         let Some(q) = self.ctl().queue.pop_front() else { return };
+        if let Some(e) = self.ctl().failed.clone() {
+            return self.reply(q.origin, q.reply, Err(e));
+        }
         let mut seal = None;
         let mut close = false;
         match &q.op {
@@ -245,6 +270,8 @@ impl Shard {
             c.open_partition += 1;
         }
         if let Err(e) = status {
+            log::error!("barrier failed ({e}): refusing metadata changes until remounted");
+            c.failed = Some(e.clone());
             return self.finish(Err(e));
         }
         c.seq_high = c.seq_high.max(seq_mark.saturating_sub(1));
@@ -321,14 +348,17 @@ impl Shard {
                 let log = cur.log.as_mut().expect("log read state");
                 if let Err(e) = status {
                     log::warn!("log cursor read failed (errno {e}) at buffer {value}");
-                    log.segments.clear();
-                    return self.finish(Err(Error::Io(e)));
+                    log.error.get_or_insert(Error::Io(e));
                 }
                 if *outstanding == 0 {
-                    self.log_read_progress();
+                    // Answer only once no read still targets the buffers.
+                    match log.error.take() {
+                        Some(e) => self.finish(Err(e)),
+                        None => self.log_read_progress(),
+                    }
                 }
             }
-            Stage::Barrier { .. } => unreachable!("barriers do no control I/O"),
+            Stage::Barrier { .. } | Stage::Publish { .. } => unreachable!("no control I/O in this stage"),
         }
     }
 
@@ -342,7 +372,8 @@ impl Shard {
                 (Op::Delete(_), Some(v)) => c.volumes.push(v.clone()),
                 _ => {}
             }
-            log::error!("checkpoint write failed (errno {e})");
+            log::error!("checkpoint write failed (errno {e}): refusing metadata changes until remounted");
+            c.failed = Some(Error::Io(e));
             return self.finish(Err(Error::Io(e)));
         }
         c.generation += 1;
@@ -362,10 +393,21 @@ impl Shard {
             }
             _ => Reply::Done,
         };
+        self.ctl().current.as_mut().expect("running").stage = Stage::Publish { acks: 0, result };
         for core in 0..self.shared.cores {
             self.send(core, Msg::Volumes(live.clone()));
         }
-        self.finish(Ok(result));
+    }
+
+    pub(super) fn on_volumes_ack(&mut self) {
+        let cores = self.shared.cores;
+        let cur = self.ctl().current.as_mut().expect("acks come while publishing");
+        let Stage::Publish { acks, result } = &mut cur.stage else { unreachable!("acks come while publishing") };
+        *acks += 1;
+        if *acks == cores {
+            let result = std::mem::replace(result, Reply::Done);
+            self.finish(Ok(result));
+        }
     }
 
     // ---- the log cursor ------------------------------------------------------
@@ -384,6 +426,7 @@ impl Shard {
             bufs: Vec::new(),
             entries: Vec::new(),
             pending_data: Vec::new(),
+            error: None,
         };
         c.current.as_mut().expect("running").log = Some(log);
         self.log_read_next_segment();
@@ -444,7 +487,14 @@ impl Shard {
             let pick = [0, 1]
                 .into_iter()
                 .filter_map(|slot| {
-                    SummaryBlock::decode(&log.bufs[2 * g + slot], &uuid, seg.seq, g as u32).ok().flatten()
+                    SummaryBlock::decode(
+                        &log.bufs[2 * g + slot],
+                        &uuid,
+                        SegmentId { epoch: seg.epoch, seq: seg.seq },
+                        g as u32,
+                    )
+                    .ok()
+                    .flatten()
                 })
                 .max_by_key(|s| s.version);
             let Some(sum) = pick else { break };

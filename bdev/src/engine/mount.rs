@@ -13,8 +13,8 @@ use super::shared::{Shared, Submitter, QUEUE_DEPTH};
 use crate::device::{BlockDevice, DevChannel, DevOp, DevRequest, DmaBuf};
 use crate::error::{Error, Result};
 use crate::format::{
-    Checkpoint, EntryKind, FormatOptions, Geometry, SegmentHeader, SegmentRecord, SummaryBlock, SummaryEntry,
-    Superblock,
+    Checkpoint, EntryKind, FormatOptions, Geometry, SegmentHeader, SegmentId, SegmentRecord, SummaryBlock,
+    SummaryEntry, Superblock,
 };
 use crossbeam_queue::ArrayQueue;
 use std::collections::{BTreeMap, HashSet};
@@ -136,7 +136,13 @@ struct Loaded {
 }
 
 /// Reads a segment's summary groups in order, up to the first missing one.
-fn read_summaries(io: &mut SyncIo, geo: &Geometry, uuid: &[u8; 16], segno: u32, seq: u64) -> Result<Vec<SummaryEntry>> {
+fn read_summaries(
+    io: &mut SyncIo,
+    geo: &Geometry,
+    uuid: &[u8; 16],
+    segno: u32,
+    id: SegmentId,
+) -> Result<Vec<SummaryEntry>> {
     let per_group = geo.entries_per_summary() as usize;
     let start = geo.segment_start(segno);
     let mut entries = Vec::new();
@@ -145,7 +151,7 @@ fn read_summaries(io: &mut SyncIo, geo: &Geometry, uuid: &[u8; 16], segno: u32, 
         let (a, b) = pair.split_at(io.bs);
         let pick = [a, b]
             .into_iter()
-            .filter_map(|blk| SummaryBlock::decode(blk, uuid, seq, g).ok().flatten())
+            .filter_map(|blk| SummaryBlock::decode(blk, uuid, id, g).ok().flatten())
             .max_by_key(|s| s.version);
         let Some(sum) = pick else { break };
         let full = sum.entries.len() == per_group;
@@ -195,7 +201,8 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
     let mut loaded: BTreeMap<u32, Loaded> = BTreeMap::new();
     let mut to_verify: Vec<(SegmentRecord, Vec<SummaryEntry>)> = Vec::new();
     for rec in &ckpt.segments {
-        let mut entries = read_summaries(&mut io, &geo, &sb.uuid, rec.segno, rec.seq)?;
+        let mut entries =
+            read_summaries(&mut io, &geo, &sb.uuid, rec.segno, SegmentId { epoch: rec.epoch, seq: rec.seq })?;
         if entries.len() < rec.trusted_entries as usize {
             return Err(Error::Corrupt(format!(
                 "segment {} lost summaries of flushed entries ({} of {})",
@@ -211,6 +218,9 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
         loaded.insert(rec.segno, Loaded { record: SegmentRecord { open: false, ..*rec }, entries });
     }
     let replayed = !ckpt.clean;
+    // Every sequence number seen on media stays used: a stale segment must
+    // never share its sequence with a new incarnation.
+    let mut seq_seen = ckpt.seq_high;
     if replayed {
         // Segments opened after the checkpoint announce themselves by header.
         let listed: HashSet<u32> = ckpt.segments.iter().map(|s| s.segno).collect();
@@ -219,6 +229,7 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
             if h.seq <= ckpt.seq_high {
                 continue;
             }
+            seq_seen = seq_seen.max(h.seq);
             let record = SegmentRecord {
                 segno,
                 seq: h.seq,
@@ -228,7 +239,7 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
                 trusted_entries: 0,
                 open: false,
             };
-            let entries = read_summaries(&mut io, &geo, &sb.uuid, segno, h.seq)?;
+            let entries = read_summaries(&mut io, &geo, &sb.uuid, segno, SegmentId { epoch: h.epoch, seq: h.seq })?;
             to_verify.push((record, entries));
         }
         // Each stream, in order, up to its first torn or corrupt entry.
@@ -289,7 +300,7 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
 
     // Fence: a new checkpoint lists exactly what was accepted, so nothing
     // torn or dropped here is ever replayed again.
-    let seq_high = loaded.values().map(|l| l.record.seq).max().unwrap_or(0).max(ckpt.seq_high);
+    let seq_high = loaded.values().map(|l| l.record.seq).max().unwrap_or(0).max(seq_seen);
     let next = Checkpoint {
         generation: ckpt.generation + 1,
         uuid: sb.uuid,

@@ -18,7 +18,7 @@ use super::request::{Reply, Request, View};
 use super::shared::Shared;
 use crate::device::{DevChannel, DevOp, DevRequest, DevStatus, DmaBuf};
 use crate::error::{Error, Result};
-use crate::format::{EntryKind, SegmentHeader, SegmentRecord, SummaryBlock, SummaryEntry};
+use crate::format::{EntryKind, SegmentHeader, SegmentId, SegmentRecord, SummaryBlock, SummaryEntry};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -91,7 +91,10 @@ pub(crate) enum Msg {
         status: Result<()>,
     },
     /// The partitions that are live snapshot volumes, after a change.
+    /// Answered with `VolumesAck`: a volume is announced only once every
+    /// core serves it, and gone only once none does.
     Volumes(Arc<Vec<u32>>),
+    VolumesAck,
     Control {
         origin: u32,
         reply: ReplyTo,
@@ -178,6 +181,10 @@ struct PendingBarrier {
     seal: Option<u32>,
     close: bool,
     stage: BarrierStage,
+    /// Per segment, the entries this barrier makes durable: fixed when the
+    /// writes it waited for have retired, so a later retry never rewrites a
+    /// group twice before the flush.
+    targets: Vec<(u32, u32)>,
     /// Segments as reported, captured when the flush is issued.
     report: Vec<SegmentRecord>,
 }
@@ -362,7 +369,11 @@ impl Shard {
             Msg::PieceDone { slot, status } => self.piece_done(slot, status),
             Msg::Barrier { id, seal, close } => self.start_barrier(id, seal, close),
             Msg::BarrierDone { id, segments, status } => self.on_barrier_done(id, segments, status),
-            Msg::Volumes(v) => self.live_volumes = v,
+            Msg::Volumes(v) => {
+                self.live_volumes = v;
+                self.send(0, Msg::VolumesAck);
+            }
+            Msg::VolumesAck => self.on_volumes_ack(),
             Msg::Control { origin, reply, req } => self.control_enqueue(origin, reply, req),
             Msg::ControlDone { reply, result } => self.deliver(reply, result),
         }
@@ -566,7 +577,7 @@ impl Shard {
         for i in 0..p.blocks {
             match self.resolve(p.lba + u64::from(i), p.view) {
                 Some(addr) if addr != ZERO => match run {
-                    Some((f, a, n)) if a + n == addr => run = Some((f, a, n + 1)),
+                    Some((f, a, n)) if f + n == i && a + n == addr => run = Some((f, a, n + 1)),
                     _ => {
                         if let Some(r) = run.take() {
                             issue(self, r);
@@ -844,7 +855,8 @@ impl Shard {
                 let s = &mut self.segs[i];
                 let first = (g * per_group) as usize;
                 let entries = &s.entries[first..first + count as usize];
-                SummaryBlock::encode(&self.shared.uuid, s.seq, g, group.version, entries, &mut self.meta[m].buf);
+                let id = SegmentId { epoch: self.shared.epoch, seq: s.seq };
+                SummaryBlock::encode(&self.shared.uuid, id, g, group.version, entries, &mut self.meta[m].buf);
                 let seg_blocks = self.shared.geo.segment_blocks;
                 let block =
                     self.shared.geo.segment_start(s.segno) + u64::from(seg_blocks - 2 * g - 2 + group.version % 2);
@@ -901,8 +913,8 @@ impl Shard {
         }
         self.shutting_down |= close;
         let mark = self.alloc_seq;
-        self.barrier =
-            Some(PendingBarrier { id, mark, seal, close, stage: BarrierStage::Draining, report: Vec::new() });
+        let stage = BarrierStage::Draining;
+        self.barrier = Some(PendingBarrier { id, mark, seal, close, stage, targets: Vec::new(), report: Vec::new() });
     }
 
     fn advance_barrier(&mut self) {
@@ -915,12 +927,23 @@ impl Shard {
                 if let Some(p) = b.seal {
                     self.parts.seal_up_to(p);
                 }
-                for i in 0..self.segs.len() {
-                    let upto = self.segs[i].retired;
-                    self.summarize(i, upto, true);
+                let mut targets = std::mem::take(&mut self.barrier.as_mut().expect("checked").targets);
+                if targets.is_empty() {
+                    targets = self.segs.iter().map(|s| (s.segno, s.retired)).collect();
                 }
-                let ticket = self.next_ticket - 1;
-                self.barrier.as_mut().expect("checked").stage = BarrierStage::Summaries { ticket };
+                let mut covered = true;
+                for &(segno, upto) in &targets {
+                    if let Some(i) = self.segs.iter().position(|s| s.segno == segno) {
+                        self.summarize(i, upto, true);
+                        covered &= self.summarized_prefix(i) >= upto;
+                    }
+                }
+                let b = self.barrier.as_mut().expect("checked");
+                b.targets = targets;
+                if !covered {
+                    return; // out of metadata buffers: retry on a later poll
+                }
+                b.stage = BarrierStage::Summaries { ticket: self.next_ticket - 1 };
                 self.advance_barrier();
             }
             BarrierStage::Summaries { ticket } => {
@@ -928,8 +951,11 @@ impl Shard {
                     return;
                 }
                 let mut report = std::mem::take(&mut self.changed);
+                let targets = std::mem::take(&mut self.barrier.as_mut().expect("checked").targets);
                 for i in 0..self.segs.len() {
-                    report.push(self.record_of(i, self.summarized_prefix(i), true));
+                    let segno = self.segs[i].segno;
+                    let trusted = targets.iter().find(|t| t.0 == segno).map_or(0, |t| t.1);
+                    report.push(self.record_of(i, trusted, true));
                 }
                 let b = self.barrier.as_mut().expect("checked");
                 b.report = report;

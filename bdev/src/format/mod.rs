@@ -18,7 +18,9 @@ mod superblock;
 
 pub use checkpoint::{Checkpoint, SegmentRecord, VolumeRecord, MAX_VOLUME_NAME};
 pub use geometry::{FormatOptions, Geometry};
-pub use segment::{EntryKind, SegmentHeader, SummaryBlock, SummaryEntry, SUMMARY_ENTRY_LEN, SUMMARY_HEADER_LEN};
+pub use segment::{
+    EntryKind, SegmentHeader, SegmentId, SummaryBlock, SummaryEntry, SUMMARY_ENTRY_LEN, SUMMARY_HEADER_LEN,
+};
 pub use superblock::Superblock;
 
 /// The on-media format version this code writes and reads.

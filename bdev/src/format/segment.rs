@@ -8,9 +8,10 @@
 //! 1 ..                         data blocks, in append order
 //! segment_blocks - 2g - 2 / -1 summary group g, slot 0 / slot 1
 //!
-//! segment header (44 bytes): magic "ILOGSEGM" | uuid 16 | seq u64 | epoch u32
-//!                            | stream u32 | partition u32 | crc u32 (of 0..40)
-//! summary header (40 bytes): magic "ILOGSUMM" | uuid[0..8] | segment seq u64
+//! segment header (48 bytes): magic "ILOGSEGM" | uuid 16 | seq u64 | epoch u32
+//!                            | stream u32 | partition u32 | crc u32 (of 0..44)
+//! summary header (40 bytes): magic "ILOGSUMM" | uuid[0..4] | segment epoch u32
+//!                            | segment seq u64
 //!                            | group u32 | version u32 | count u32 | crc u32
 //!                            (of the header before it and the entries after)
 //! summary entry (24 bytes):  lba u64 | blocks u32 | data offset u32
@@ -22,7 +23,7 @@ use super::record_crc;
 use crate::error::{Error, Result};
 
 const HEADER_MAGIC: &[u8; 8] = b"ILOGSEGM";
-const HEADER_CRC_AT: usize = 40;
+const HEADER_CRC_AT: usize = 44;
 const SUMMARY_MAGIC: &[u8; 8] = b"ILOGSUMM";
 pub const SUMMARY_HEADER_LEN: usize = 40;
 const SUMMARY_CRC_AT: usize = 36;
@@ -92,10 +93,19 @@ pub struct SummaryEntry {
     pub kind: EntryKind,
 }
 
+/// Which incarnation of a segment a summary belongs to. Sequence numbers
+/// can repeat after a crash (a segment whose header never became durable
+/// leaves no trace of its number), epochs never do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentId {
+    pub epoch: u32,
+    pub seq: u64,
+}
+
 /// One version of one summary group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SummaryBlock {
-    pub segment_seq: u64,
+    pub segment: SegmentId,
     pub group: u32,
     pub version: u32,
     pub entries: Vec<SummaryEntry>,
@@ -105,7 +115,7 @@ impl SummaryBlock {
     /// Encodes `entries` as version `version` of group `group` into `block`.
     pub fn encode(
         uuid: &[u8; 16],
-        segment_seq: u64,
+        segment: SegmentId,
         group: u32,
         version: u32,
         entries: &[SummaryEntry],
@@ -115,8 +125,9 @@ impl SummaryBlock {
         let end = SUMMARY_HEADER_LEN + entries.len() * SUMMARY_ENTRY_LEN;
         let mut w = Writer::new(&mut block[..end]);
         w.bytes(SUMMARY_MAGIC);
-        w.bytes(&uuid[..8]);
-        w.u64(segment_seq);
+        w.bytes(&uuid[..4]);
+        w.u32(segment.epoch);
+        w.u64(segment.seq);
         w.u32(group);
         w.u32(version);
         w.u32(entries.len() as u32);
@@ -136,13 +147,13 @@ impl SummaryBlock {
     /// `Ok(None)` for a block that is not a summary of this segment and
     /// group (blank, stale, torn); `Err` when a valid-looking summary holds
     /// impossible values.
-    pub fn decode(block: &[u8], uuid: &[u8; 16], segment_seq: u64, group: u32) -> Result<Option<SummaryBlock>> {
-        if block.len() < SUMMARY_HEADER_LEN || &block[..8] != SUMMARY_MAGIC || block[8..16] != uuid[..8] {
+    pub fn decode(block: &[u8], uuid: &[u8; 16], segment: SegmentId, group: u32) -> Result<Option<SummaryBlock>> {
+        if block.len() < SUMMARY_HEADER_LEN || &block[..8] != SUMMARY_MAGIC || block[8..12] != uuid[..4] {
             return Ok(None);
         }
-        let mut r = Reader::new(&block[16..SUMMARY_HEADER_LEN], "summary header");
-        let (seq, grp, version, count) = (r.u64()?, r.u32()?, r.u32()?, r.u32()? as usize);
-        if seq != segment_seq || grp != group {
+        let mut r = Reader::new(&block[12..SUMMARY_HEADER_LEN], "summary header");
+        let (epoch, seq, grp, version, count) = (r.u32()?, r.u64()?, r.u32()?, r.u32()?, r.u32()? as usize);
+        if (SegmentId { epoch, seq }) != segment || grp != group {
             return Ok(None);
         }
         let Some(end) =
@@ -167,7 +178,7 @@ impl SummaryBlock {
             };
             entries.push(SummaryEntry { lba, blocks, data_offset, data_crc, kind });
         }
-        Ok(Some(SummaryBlock { segment_seq, group, version, entries }))
+        Ok(Some(SummaryBlock { segment, group, version, entries }))
     }
 }
 
@@ -193,11 +204,14 @@ mod tests {
         let e = SummaryEntry { lba: 1 << 40, blocks: 8, data_offset: 1, data_crc: 0xdead_beef, kind: EntryKind::Data };
         let z = SummaryEntry { lba: 3, blocks: 100, data_offset: u32::MAX, data_crc: 0, kind: EntryKind::Zero };
         let mut b = vec![0u8; 4096];
-        SummaryBlock::encode(&UUID, 7, 2, 5, &[e, z], &mut b);
-        let s = SummaryBlock::decode(&b, &UUID, 7, 2).unwrap().unwrap();
+        let id = SegmentId { epoch: 3, seq: 7 };
+        SummaryBlock::encode(&UUID, id, 2, 5, &[e, z], &mut b);
+        let s = SummaryBlock::decode(&b, &UUID, id, 2).unwrap().unwrap();
         assert_eq!((s.version, s.entries.as_slice()), (5, &[e, z][..]));
-        assert_eq!(SummaryBlock::decode(&b, &UUID, 8, 2).unwrap(), None, "stale: older segment incarnation");
+        assert_eq!(SummaryBlock::decode(&b, &UUID, SegmentId { seq: 8, ..id }, 2).unwrap(), None, "other segment");
+        let later_mount = SegmentId { epoch: 4, ..id };
+        assert_eq!(SummaryBlock::decode(&b, &UUID, later_mount, 2).unwrap(), None, "same seq, later mount");
         b[60] ^= 1;
-        assert_eq!(SummaryBlock::decode(&b, &UUID, 7, 2).unwrap(), None, "torn");
+        assert_eq!(SummaryBlock::decode(&b, &UUID, id, 2).unwrap(), None, "torn");
     }
 }
