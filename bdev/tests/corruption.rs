@@ -612,7 +612,7 @@ impl Session {
                     return Err(format!("log cursor went back to {:#x} after {:#x}", e.sequence, last.unwrap()));
                 }
                 last = Some(e.sequence);
-                if e.lba.checked_add(u64::from(e.blocks)).is_none_or(|end| end > self.geo.volume_blocks) {
+                if !e.lba.checked_add(u64::from(e.blocks)).is_some_and(|end| end <= self.geo.volume_blocks) {
                     return Err(format!("log entry beyond the volume: lba {} blocks {}", e.lba, e.blocks));
                 }
                 if let Some(v) = e.volume.as_ref().filter(|v| !self.names.contains(*v)) {
@@ -845,24 +845,38 @@ fn superblock_with_absurd_geometry_and_valid_crc_is_refused() {
 }
 
 #[test]
-#[ignore = "BUG: Geometry::validate computes `ckpt_start + 2 * ckpt_slot_blocks` unchecked: a superblock \
-            (valid CRC) with ckpt_start near 2^64 panics with an add overflow (overflow checks on); \
-            without overflow checks the sum wraps and mount goes on to read past the device"]
-fn superblock_with_checkpoint_start_near_the_top_of_u64_is_corrupt() {
-    let disk = SimDisk::new(DEVICE_BLOCKS, BS as u32, 7);
-    let g = engine::format(&disk, &opts(), [7; 16]).unwrap();
-    write_superblocks(
-        &disk,
-        &Superblock { uuid: [7; 16], generation: 2, geometry: Geometry { ckpt_start: u64::MAX - 1, ..g } },
-    );
-    let outcome = within("ckpt_start 2^64-2", move || catch_unwind(AssertUnwindSafe(|| mount_error(&disk, 1))));
-    match outcome {
-        Ok(got) => assert!(matches!(got, Some(Error::Corrupt(_))), "want Corrupt, got {got:?}"),
-        Err(p) => panic!("mount panicked: {}", panic_message(&*p)),
+#[ignore = "BUG: Geometry::validate (format/geometry.rs) adds unchecked: `self.stripe_blocks + 3` (u32) and \
+            `self.ckpt_start + 2 * u64::from(self.ckpt_slot_blocks)` (u64). A superblock (valid CRC) with \
+            stripe_blocks >= 2^32-3 or ckpt_start near 2^64 panics with an add overflow (overflow checks on); \
+            without them the sums wrap and validation passes checks it should fail"]
+fn superblock_fields_near_integer_limits_are_corrupt_not_overflows() {
+    type Edit = fn(&mut Geometry);
+    let edits: [(&str, Edit); 4] = [
+        ("stripe of 2^32-1 blocks", |g| g.stripe_blocks = u32::MAX),
+        ("stripe of 2^32-3 blocks", |g| g.stripe_blocks = u32::MAX - 2),
+        ("checkpoints at 2^64-1", |g| g.ckpt_start = u64::MAX),
+        ("checkpoints at 2^64-2", |g| g.ckpt_start = u64::MAX - 1),
+    ];
+    let mut failures = Vec::new();
+    for (what, edit) in edits {
+        let disk = SimDisk::new(DEVICE_BLOCKS, BS as u32, 7);
+        let mut geometry = engine::format(&disk, &opts(), [7; 16]).unwrap();
+        edit(&mut geometry);
+        write_superblocks(&disk, &Superblock { uuid: [7; 16], generation: 2, geometry });
+        match within(what, move || catch_unwind(AssertUnwindSafe(|| mount_error(&disk, 1)))) {
+            Ok(Some(Error::Corrupt(_))) => {}
+            Ok(other) => failures.push(format!("{what}: want Corrupt, got {other:?}")),
+            Err(p) => failures.push(format!("{what}: mount panicked: {}", panic_message(&*p))),
+        }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
+#[ignore = "BUG: mount (engine/mount.rs) indexes the entries of checkpoint-listed segments without checking \
+            them against the volume: a superblock (valid CRC) whose volume_blocks shrinks below written LBAs \
+            (or is 0, which Geometry::validate accepts) panics in BlockIndex::locate/get/set with an index out \
+            of bounds (seeds 0-5)"]
 fn superblock_shrinking_the_volume_under_written_data_is_refused_or_hides_it() {
     // Self-consistent geometry (valid CRC) whose volume ends below LBAs the
     // log holds entries for: mount must refuse it or serve only written data.
@@ -873,12 +887,12 @@ fn superblock_shrinking_the_volume_under_written_data_is_refused_or_hides_it() {
         s.write(far, 4);
         s.close();
         let mut sb = read_superblock(s.disk());
-        sb.geometry.volume_blocks = HOT_BLOCKS;
+        sb.geometry.volume_blocks = [0, HOT_BLOCKS, sb.geometry.volume_blocks / 2][seed as usize % 3];
         sb.generation += 1;
         s.remember(0);
         s.remember(1);
         write_superblocks(s.disk(), &sb);
-        s.damage_log.push(format!("superblocks rewritten with volume_blocks {HOT_BLOCKS}"));
+        s.damage_log.push(format!("superblocks rewritten with volume_blocks {}", sb.geometry.volume_blocks));
         s.geo = sb.geometry;
         s.mount_and_judge().map(drop)
     });
@@ -916,6 +930,9 @@ fn perturb(rng: &mut Rng, g: Geometry) -> Geometry {
 }
 
 #[test]
+#[ignore = "BUG: hits both bugs above: the Geometry::validate overflows (seed 50; with \
+            ILOG_CORRUPTION_SEEDS=400 also 74, 95, 103, 121, 207, 258, 291, 310, 334, 341, 373) and the \
+            unchecked indexing of entries past a shrunk or empty volume (seeds 62, 116, 163, 259)"]
 fn superblock_with_random_geometry_and_valid_crc_never_panics_or_invents_data() {
     run_seeds(60, |seed| {
         let mut s = Session::new(seed);
@@ -1190,11 +1207,11 @@ fn edit_trusted_entry(s: &mut Session, edit: fn(&mut ilog_bdev::format::SummaryE
 
 #[test]
 #[ignore = "BUG: mount (engine/mount.rs) indexes the entries of checkpoint-listed segments up to \
-            trusted_entries without the bounds checks `entry_intact` applies to replayed ones: a summary \
-            (valid CRC) whose entry lies outside the volume panics in BlockIndex (index out of bounds) or \
-            overflows `e.lba + b`; one whose data_offset is outside the segment's data area overflows \
-            `base + e.data_offset + b` or maps the LBA to a segment header, a summary or another \
-            segment's data, which reads then return"]
+            trusted_entries without the bounds checks `entry_intact` applies to replayed ones. A summary \
+            (valid CRC) whose entry lies outside the volume panics in BlockIndex (index out of bounds); one \
+            whose data_offset is 2^32-2 makes `base + data_offset + b` the reserved NONE address (debug_assert \
+            in BlockIndex::set; an overflow for segments past 0); one whose data_offset points at the segment \
+            header, a summary slot or another segment mounts, and reads and the log cursor return those bytes"]
 fn summary_entries_outside_the_volume_or_segment_are_refused_or_never_served() {
     type Edit = fn(&mut ilog_bdev::format::SummaryEntry, &Geometry);
     let edits: [(&str, Edit); 7] = [
@@ -1204,7 +1221,10 @@ fn summary_entries_outside_the_volume_or_segment_are_refused_or_never_served() {
         ("data at the segment header", |e, _| e.data_offset = 0),
         ("data in the summary area", |e, g| e.data_offset = g.segment_blocks - 1),
         ("data in another segment", |e, g| e.data_offset = g.segment_blocks + 1),
-        ("data offset 2^32-2", |e, _| e.data_offset = u32::MAX - 1),
+        ("data offset 2^32-2, 2 blocks", |e, _| {
+            e.data_offset = u32::MAX - 1;
+            e.blocks = 2;
+        }),
     ];
     let mut failures = Vec::new();
     for (seed, (what, edit)) in (40..).zip(edits) {

@@ -9,7 +9,7 @@
 //! another thread's range each block must hold a version that block had
 //! while the snapshot was in flight.
 //!
-//! Set `ILOG_SEED` to replay one seed in every test.
+//! Set `ILOG_NATIVE_SEED` to replay one seed in every test.
 
 use ilog_bdev::device::{BlockDevice, DmaBuf, FileDevice, MallocDevice};
 use ilog_bdev::engine::{LogEntry, LogEntryKind, VolumeInfo};
@@ -48,16 +48,16 @@ fn options() -> FormatOptions {
 /// Seeds each configuration runs.
 const SEEDS: u64 = 3;
 
-/// `SEEDS` seeds from `base`, or only `ILOG_SEED` when it is set.
+/// `SEEDS` seeds from `base`, or only `ILOG_NATIVE_SEED` when it is set.
 fn seeds(base: u64) -> Vec<u64> {
-    match std::env::var("ILOG_SEED") {
+    match std::env::var("ILOG_NATIVE_SEED") {
         Ok(s) => {
             let s = s.trim();
             let parsed = match s.strip_prefix("0x") {
                 Some(hex) => u64::from_str_radix(hex, 16),
                 None => s.parse(),
             };
-            vec![parsed.expect("ILOG_SEED is a number")]
+            vec![parsed.expect("ILOG_NATIVE_SEED is a number")]
         }
         Err(_) => (0..SEEDS).map(|i| base + (i << 16)).collect(),
     }

@@ -1,10 +1,13 @@
-//! The native runtime: one busy-polling reactor thread per core, clients
-//! blocking on completions from any thread.
+//! The native runtime: a pool of busy-polling reactor threads, one per core,
+//! shared by every ilog bdev of a process (reactor `i` polls shard `i` of
+//! each bdev), and [`Ilog`], a handle to one mounted bdev with asynchronous
+//! ([`Ilog::submit`]) and blocking methods.
 
 use crate::device::{BlockDevice, DmaBuf};
-use crate::engine::{mount, LogBatch, Reply, Request, Stats, Submitter, View, VolumeInfo};
+use crate::engine::{mount, LogBatch, Reply, Request, Shard, Stats, Submitter, View, VolumeInfo};
 use crate::error::{Error, Result};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use crossbeam_queue::SegQueue;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -12,65 +15,143 @@ use std::thread::JoinHandle;
 /// spinning reactors must not starve each other or the clients.
 const IDLE_POLLS_BEFORE_YIELD: u32 = 256;
 
+/// Runs on the reactor that completes the request: keep it short.
+pub type Callback = Box<dyn FnOnce(Result<Reply>) + Send>;
+
+enum ReactorMsg {
+    Attach(u64, Shard),
+    /// Drop the bdev's shard once it has nothing in flight.
+    Detach(u64, Arc<Detached>),
+}
+
+/// Counts the shards of one bdev that have been dropped.
 #[derive(Default)]
-struct Waiter {
-    result: Mutex<Option<Result<Reply>>>,
+struct Detached {
+    count: Mutex<u32>,
     cond: Condvar,
 }
 
-/// A mounted ilog bdev driven by reactor threads.
-pub struct Ilog {
-    submitter: Submitter,
-    reactors: Vec<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
-    next_core: AtomicU32,
-    align: usize,
-    closed: bool,
+struct Shared {
+    inboxes: Vec<SegQueue<ReactorMsg>>,
+    stop: AtomicBool,
 }
 
-impl Ilog {
-    /// Mounts a formatted `dev` and starts `cores` reactors.
-    pub fn start(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Ilog> {
-        let align = dev.buf_align();
-        let mounted = mount(dev, cores)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let reactors = mounted
-            .shards
-            .into_iter()
-            .map(|mut shard| {
-                let stop = stop.clone();
+/// The reactor threads.
+pub struct Reactors {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    next_bdev: AtomicU64,
+}
+
+impl Reactors {
+    /// Starts `cores` reactor threads.
+    pub fn start(cores: u32) -> Arc<Reactors> {
+        let shared = Arc::new(Shared { inboxes: (0..cores).map(|_| SegQueue::new()).collect(), stop: AtomicBool::new(false) });
+        let threads = (0..cores)
+            .map(|core| {
+                let shared = shared.clone();
                 std::thread::Builder::new()
-                    .name(format!("ilog-reactor-{}", shard.core()))
-                    .spawn(move || {
-                        let mut idle = 0;
-                        let mut complete = |token: u64, result: Result<Reply>| {
-                            // SAFETY: tokens are `Arc<Waiter>`s leaked by `call`.
-                            let waiter = unsafe { Arc::from_raw(token as *const Waiter) };
-                            *waiter.result.lock().expect("waiter lock") = Some(result);
-                            waiter.cond.notify_one();
-                        };
-                        while !(stop.load(Ordering::Acquire) && shard.is_idle()) {
-                            if shard.poll(&mut complete) == 0 {
-                                idle += 1;
-                                if idle >= IDLE_POLLS_BEFORE_YIELD {
-                                    std::thread::yield_now();
-                                    idle = 0;
-                                }
-                            } else {
-                                idle = 0;
-                            }
-                        }
-                    })
+                    .name(format!("ilog-reactor-{core}"))
+                    .spawn(move || reactor(core, &shared))
                     .expect("spawn reactor")
             })
             .collect();
-        Ok(Ilog { submitter: mounted.submitter, reactors, stop, next_core: AtomicU32::new(0), align, closed: false })
+        Arc::new(Reactors { shared, threads: Mutex::new(threads), next_bdev: AtomicU64::new(1) })
     }
 
-    /// For asynchronous clients (an NBD or RPC server) that poll for their
-    /// own completions.
-    pub fn submitter(&self) -> &Submitter {
-        &self.submitter
+    pub fn cores(&self) -> u32 {
+        self.shared.inboxes.len() as u32
+    }
+}
+
+impl Drop for Reactors {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for t in self.threads.lock().expect("reactor list").drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn complete(token: u64, result: Result<Reply>) {
+    // SAFETY: every token is a `Box<Callback>` leaked by `Ilog::submit`, and
+    // the engine completes each token exactly once.
+    let cb = unsafe { Box::from_raw(token as *mut Callback) };
+    cb(result);
+}
+
+fn reactor(core: u32, shared: &Shared) {
+    let mut shards: Vec<(u64, Shard)> = Vec::new();
+    let mut detaching: Vec<(u64, Arc<Detached>)> = Vec::new();
+    let mut idle = 0;
+    loop {
+        while let Some(msg) = shared.inboxes[core as usize].pop() {
+            match msg {
+                ReactorMsg::Attach(id, shard) => shards.push((id, shard)),
+                ReactorMsg::Detach(id, done) => detaching.push((id, done)),
+            }
+        }
+        let mut work = 0;
+        for (_, shard) in &mut shards {
+            work += shard.poll(&mut complete);
+        }
+        detaching.retain(|(id, done)| {
+            let Some(i) = shards.iter().position(|(s, _)| s == id) else { return true };
+            if !shards[i].1.is_idle() {
+                return true;
+            }
+            shards.swap_remove(i);
+            *done.count.lock().expect("detach count") += 1;
+            done.cond.notify_all();
+            false
+        });
+        if work > 0 {
+            idle = 0;
+            continue;
+        }
+        if shared.stop.load(Ordering::Acquire) && shards.iter().all(|(_, s)| s.is_idle()) {
+            return;
+        }
+        idle += 1;
+        if idle >= IDLE_POLLS_BEFORE_YIELD {
+            std::thread::yield_now();
+            idle = 0;
+        }
+    }
+}
+
+/// A mounted ilog bdev served by reactors.
+pub struct Ilog {
+    reactors: Arc<Reactors>,
+    id: u64,
+    submitter: Submitter,
+    next_core: AtomicU32,
+    align: usize,
+    attached: bool,
+}
+
+impl Ilog {
+    /// Mounts a formatted `dev` on reactors of its own, one per core.
+    pub fn start(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Ilog> {
+        Ilog::attach(dev, &Reactors::start(cores))
+    }
+
+    /// Mounts a formatted `dev` with a shard on every reactor of `reactors`.
+    pub fn attach(dev: Arc<dyn BlockDevice>, reactors: &Arc<Reactors>) -> Result<Ilog> {
+        let align = dev.buf_align();
+        let mounted = mount(dev, reactors.cores())?;
+        let id = reactors.next_bdev.fetch_add(1, Ordering::Relaxed);
+        for (core, shard) in mounted.shards.into_iter().enumerate() {
+            reactors.shared.inboxes[core].push(ReactorMsg::Attach(id, shard));
+        }
+        Ok(Ilog {
+            reactors: reactors.clone(),
+            id,
+            submitter: mounted.submitter,
+            next_core: AtomicU32::new(0),
+            align,
+            attached: true,
+        })
     }
 
     pub fn block_size(&self) -> u32 {
@@ -81,22 +162,41 @@ impl Ilog {
         self.submitter.volume_blocks()
     }
 
-    /// Submits to the next core in turn and waits for the completion.
+    /// Buffer alignment the device needs for zero-copy I/O.
+    pub fn buf_align(&self) -> usize {
+        self.align
+    }
+
+    /// Submits `req` to `core` (the next one in turn if `None`); `done` runs
+    /// on a reactor when it completes. Buffers in `req` must stay valid until
+    /// then. On `Err` the request was not taken and `done` is dropped.
+    pub fn submit(&self, core: Option<u32>, req: Request, done: Callback) -> Result<()> {
+        let core = core.unwrap_or_else(|| self.next_core.fetch_add(1, Ordering::Relaxed) % self.submitter.cores());
+        let token = Box::into_raw(Box::new(done)) as u64;
+        self.submitter.submit(core, token, req).inspect_err(|_| {
+            // SAFETY: the request was refused, so the token is ours again.
+            drop(unsafe { Box::from_raw(token as *mut Callback) });
+        })
+    }
+
+    /// Submits and waits.
     fn call(&self, req: Request) -> Result<Reply> {
-        let waiter = Arc::new(Waiter::default());
-        let token = Arc::into_raw(waiter.clone()) as u64;
-        let core = self.next_core.fetch_add(1, Ordering::Relaxed) % self.submitter.cores();
-        if let Err(e) = self.submitter.submit(core, token, req) {
-            // SAFETY: the request was refused, so the token comes back to us.
-            drop(unsafe { Arc::from_raw(token as *const Waiter) });
-            return Err(e);
-        }
-        let mut slot = waiter.result.lock().expect("waiter lock");
+        let slot = Arc::new((Mutex::new(None), Condvar::new()));
+        let waiter = slot.clone();
+        self.submit(
+            None,
+            req,
+            Box::new(move |result| {
+                *waiter.0.lock().expect("waiter lock") = Some(result);
+                waiter.1.notify_one();
+            }),
+        )?;
+        let mut result = slot.0.lock().expect("waiter lock");
         loop {
-            if let Some(result) = slot.take() {
-                return result;
+            if let Some(r) = result.take() {
+                return r;
             }
-            slot = waiter.cond.wait(slot).expect("waiter lock");
+            result = slot.1.wait(result).expect("waiter lock");
         }
     }
 
@@ -188,36 +288,41 @@ impl Ilog {
         }
     }
 
-    /// Flushes, writes a clean checkpoint and stops the reactors.
+    /// Flushes, writes a clean checkpoint and detaches from the reactors.
     pub fn close(mut self) -> Result<()> {
         let result = self.call(Request::Close).map(drop);
-        self.closed = true;
-        self.stop_reactors();
+        self.detach();
         result
     }
 
-    /// Stops the reactors without a clean checkpoint, as a crash of the
-    /// process would (the device keeps what it was given).
+    /// Detaches without a clean checkpoint, as a crash of the process
+    /// would leave the device.
     pub fn abort(mut self) {
-        self.closed = true;
-        self.stop_reactors();
+        self.detach();
     }
 
-    fn stop_reactors(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        for r in self.reactors.drain(..) {
-            let _ = r.join();
+    fn detach(&mut self) {
+        if !std::mem::take(&mut self.attached) {
+            return;
+        }
+        let done = Arc::new(Detached::default());
+        for inbox in &self.reactors.shared.inboxes {
+            inbox.push(ReactorMsg::Detach(self.id, done.clone()));
+        }
+        let mut count = done.count.lock().expect("detach count");
+        while *count < self.reactors.cores() {
+            count = done.cond.wait(count).expect("detach count");
         }
     }
 }
 
 impl Drop for Ilog {
     fn drop(&mut self) {
-        if !self.closed {
+        if self.attached {
             if let Err(e) = self.call(Request::Close) {
                 log::error!("closing ilog on drop: {e}");
             }
+            self.detach();
         }
-        self.stop_reactors();
     }
 }
