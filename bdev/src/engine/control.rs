@@ -202,7 +202,11 @@ impl Shard {
                 if let Err(e) = self.check_new_volume(name.as_deref()) {
                     return self.reply(q.origin, q.reply, Err(e));
                 }
-                seal = Some(self.ctl().open_partition + 1);
+                let Some(next) = self.ctl().open_partition.checked_add(1) else {
+                    let e = Error::InvalidArgument("partition numbers are exhausted".into());
+                    return self.reply(q.origin, q.reply, Err(e));
+                };
+                seal = Some(next);
             }
             Op::Delete(name) => {
                 let c = self.ctl();
@@ -282,7 +286,7 @@ impl Shard {
                 let name = match name {
                     Some(n) => n.clone(),
                     None => {
-                        c.next_snapshot_number += 1;
+                        c.next_snapshot_number = c.next_snapshot_number.saturating_add(1);
                         format!("snap-{}", c.next_snapshot_number)
                     }
                 };

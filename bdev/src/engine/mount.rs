@@ -163,17 +163,22 @@ fn read_summaries(
     Ok(entries)
 }
 
-/// Whether an entry's data is on the device as its summary says.
-fn entry_intact(io: &mut SyncIo, geo: &Geometry, segno: u32, e: &SummaryEntry) -> Result<bool> {
-    let inside = e.blocks > 0
+/// Whether an entry of a segment holding `count` entries lies where entries
+/// can: inside the volume, its data between the header and the summaries.
+fn entry_in_bounds(geo: &Geometry, e: &SummaryEntry, count: usize) -> bool {
+    let summaries = 2 * (count as u64).div_ceil(u64::from(geo.entries_per_summary()));
+    let data_end = u64::from(geo.segment_blocks).saturating_sub(summaries);
+    e.blocks > 0
         && e.lba.checked_add(u64::from(e.blocks)).is_some_and(|end| end <= geo.volume_blocks)
         && match e.kind {
-            EntryKind::Data => {
-                e.data_offset >= 1 && e.data_offset.checked_add(e.blocks).is_some_and(|end| end < geo.segment_blocks)
-            }
+            EntryKind::Data => e.data_offset >= 1 && u64::from(e.data_offset) + u64::from(e.blocks) <= data_end,
             EntryKind::Zero | EntryKind::Hole => true,
-        };
-    if !inside {
+        }
+}
+
+/// Whether an entry's data is on the device as its summary says.
+fn entry_intact(io: &mut SyncIo, geo: &Geometry, segno: u32, e: &SummaryEntry, count: usize) -> Result<bool> {
+    if !entry_in_bounds(geo, e, count) {
         return Ok(false);
     }
     if e.kind != EntryKind::Data {
@@ -210,6 +215,10 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
                 entries.len(),
                 rec.trusted_entries
             )));
+        }
+        let count = entries.len();
+        if let Some(e) = entries[..rec.trusted_entries as usize].iter().find(|e| !entry_in_bounds(&geo, e, count)) {
+            return Err(Error::Corrupt(format!("segment {} holds an entry out of bounds: {e:?}", rec.segno)));
         }
         if rec.open && !ckpt.clean && entries.len() > rec.trusted_entries as usize {
             to_verify.push((*rec, entries.split_off(rec.trusted_entries as usize)));
@@ -250,8 +259,9 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
                 continue;
             }
             let mut good = 0;
+            let count = rec.trusted_entries as usize + entries.len();
             for e in &entries {
-                if !entry_intact(&mut io, &geo, rec.segno, e)? {
+                if !entry_intact(&mut io, &geo, rec.segno, e, count)? {
                     log::warn!(
                         "replay: stream {}.{} ends in segment {} at entry {good}",
                         rec.epoch,
@@ -301,17 +311,19 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
     // Fence: a new checkpoint lists exactly what was accepted, so nothing
     // torn or dropped here is ever replayed again.
     let seq_high = loaded.values().map(|l| l.record.seq).max().unwrap_or(0).max(seq_seen);
+    let exhausted = || Error::Corrupt("checkpoint counters at their limit".into());
     let next = Checkpoint {
-        generation: ckpt.generation + 1,
+        generation: ckpt.generation.checked_add(1).ok_or_else(exhausted)?,
         uuid: sb.uuid,
         seq_high,
-        epoch: ckpt.epoch + 1,
+        epoch: ckpt.epoch.checked_add(1).ok_or_else(exhausted)?,
         next_partition: open_partition,
         next_snapshot_number: ckpt.next_snapshot_number,
         clean: false,
         volumes: ckpt.volumes.clone(),
         segments: loaded.values().map(|l| l.record).collect(),
     };
+    let first_seq = seq_high.checked_add(1).ok_or_else(exhausted)?;
     write_checkpoint(&mut io, &geo, &next)?;
     io.flush()?;
 
@@ -325,7 +337,7 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
         epoch: next.epoch,
         cores,
         free_segments,
-        next_seq: AtomicU64::new(seq_high + 1),
+        next_seq: AtomicU64::new(first_seq),
         inbox: (0..cores).map(|_| ArrayQueue::new(QUEUE_DEPTH)).collect(),
         clients: (0..cores).map(|_| ArrayQueue::new(QUEUE_DEPTH)).collect(),
         closed: AtomicBool::new(false),

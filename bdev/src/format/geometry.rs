@@ -43,6 +43,8 @@ pub struct Geometry {
 const SUPERBLOCK_BLOCKS: u64 = 2;
 /// Summary entries address segment offsets and cursors pack them in 20 bits.
 pub const MAX_SEGMENT_BLOCKS: u32 = 1 << 20;
+/// Bounds the checkpoint slot.
+pub const MAX_VOLUMES: u32 = 1 << 16;
 
 impl Geometry {
     /// Lays out a device of `device_blocks` blocks of `block_size` bytes.
@@ -71,8 +73,8 @@ impl Geometry {
         if !(1..=95).contains(&opts.log_percent) {
             return Err(Error::InvalidArgument("log_percent must be in 1..=95".into()));
         }
-        if opts.max_volumes == 0 {
-            return Err(Error::InvalidArgument("max_volumes must be at least 1".into()));
+        if opts.max_volumes == 0 || opts.max_volumes > MAX_VOLUMES {
+            return Err(Error::InvalidArgument(format!("max_volumes must be in 1..={MAX_VOLUMES}")));
         }
         // The checkpoint slot is sized for the most segments the device could hold.
         let max_segments = device_blocks / segment_blocks;
@@ -115,29 +117,32 @@ impl Geometry {
         if !(512..=65536).contains(&self.block_size) || !self.block_size.is_power_of_two() {
             return bad("block size");
         }
+        // Fields come from media: every sum is checked, nothing may wrap.
         if self.stripe_blocks == 0
-            || self.segment_blocks < self.stripe_blocks + 3
+            || u64::from(self.segment_blocks) < u64::from(self.stripe_blocks) + 3
             || self.segment_blocks > MAX_SEGMENT_BLOCKS
         {
             return bad("stripe/segment sizes");
         }
-        if self.segment_count < 2 || self.max_volumes == 0 {
-            return bad("segment count");
+        if self.segment_count < 2 || self.max_volumes == 0 || self.max_volumes > MAX_VOLUMES {
+            return bad("segment count or volume limit");
         }
         // Index entries hold 32-bit LBAs and log addresses (two values reserved).
         let log_blocks = u64::from(self.segment_count) * u64::from(self.segment_blocks);
-        if self.volume_blocks > u64::from(u32::MAX) || log_blocks >= u64::from(u32::MAX - 1) {
-            return bad("volume or log larger than 2^32 blocks");
+        if self.volume_blocks == 0 || self.volume_blocks > u64::from(u32::MAX) || log_blocks >= u64::from(u32::MAX - 1) {
+            return bad("volume or log size");
         }
-        let slot_needed = Checkpoint::max_encoded_len(self.max_volumes as usize, self.segment_count as usize);
-        if (self.ckpt_slot_blocks as usize) * (self.block_size as usize) < slot_needed {
+        let slot_needed = Checkpoint::max_encoded_len(self.max_volumes as usize, self.segment_count as usize) as u64;
+        if u64::from(self.ckpt_slot_blocks) * u64::from(self.block_size) < slot_needed {
             return bad("checkpoint slot too small");
         }
-        let ckpt_end = self.ckpt_start + 2 * u64::from(self.ckpt_slot_blocks);
+        let ckpt_end = u64::from(self.ckpt_slot_blocks).checked_mul(2).and_then(|n| n.checked_add(self.ckpt_start));
+        let baseline_end = self.baseline_start.checked_add(self.volume_blocks);
+        let log_end = self.log_start.checked_add(log_blocks);
         let ordered = self.ckpt_start >= SUPERBLOCK_BLOCKS
-            && self.baseline_start >= ckpt_end
-            && self.log_start >= self.baseline_start.saturating_add(self.volume_blocks)
-            && self.log_start.checked_add(log_blocks).is_some_and(|end| end <= self.device_blocks);
+            && ckpt_end.is_some_and(|e| self.baseline_start >= e)
+            && baseline_end.is_some_and(|e| self.log_start >= e)
+            && log_end.is_some_and(|end| end <= self.device_blocks);
         if !ordered {
             return bad("regions overlap or exceed the device");
         }

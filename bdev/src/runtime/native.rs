@@ -19,7 +19,7 @@ const IDLE_POLLS_BEFORE_YIELD: u32 = 256;
 pub type Callback = Box<dyn FnOnce(Result<Reply>) + Send>;
 
 enum ReactorMsg {
-    Attach(u64, Shard),
+    Attach(u64, Box<Shard>),
     /// Drop the bdev's shard once it has nothing in flight.
     Detach(u64, Arc<Detached>),
 }
@@ -87,7 +87,7 @@ fn reactor(core: u32, shared: &Shared) {
     loop {
         while let Some(msg) = shared.inboxes[core as usize].pop() {
             match msg {
-                ReactorMsg::Attach(id, shard) => shards.push((id, shard)),
+                ReactorMsg::Attach(id, shard) => shards.push((id, *shard)),
                 ReactorMsg::Detach(id, done) => detaching.push((id, done)),
             }
         }
@@ -142,7 +142,7 @@ impl Ilog {
         let mounted = mount(dev, reactors.cores())?;
         let id = reactors.next_bdev.fetch_add(1, Ordering::Relaxed);
         for (core, shard) in mounted.shards.into_iter().enumerate() {
-            reactors.shared.inboxes[core].push(ReactorMsg::Attach(id, shard));
+            reactors.shared.inboxes[core].push(ReactorMsg::Attach(id, Box::new(shard)));
         }
         Ok(Ilog {
             reactors: reactors.clone(),
