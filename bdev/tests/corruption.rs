@@ -607,7 +607,7 @@ impl Session {
                     return Err(format!("log cursor went back to {:#x} after {:#x}", e.sequence, last.unwrap()));
                 }
                 last = Some(e.sequence);
-                if !e.lba.checked_add(u64::from(e.blocks)).is_some_and(|end| end <= volume_blocks) {
+                if e.lba.checked_add(u64::from(e.blocks)).is_none_or(|end| end > volume_blocks) {
                     return Err(format!("log entry beyond the volume: lba {} blocks {}", e.lba, e.blocks));
                 }
                 if let Some(v) = e.volume.as_ref().filter(|v| !self.names.contains(*v)) {

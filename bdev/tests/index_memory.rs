@@ -271,9 +271,6 @@ fn random_writes_over_a_quarter_of_the_volume_cost_at_most_16_index_bytes_per_ma
 /// The sparsest mapping: a single block in each stripe, so every leaf holds
 /// one entry (a file system's scattered metadata blocks look like this).
 #[test]
-#[ignore = "BUG: a sparse leaf's first reservation is 4 words (`reserve_exact((len / 2).max(4))` in \
-            BlockIndex::set), so a stripe with one mapped block costs 32 bytes, two cost 16 each: measured 32.00 \
-            bytes per mapped block here, and 16.66 for random writes over 10% of a volume with 16-block stripes"]
 fn one_block_per_stripe_costs_at_most_16_index_bytes_per_mapped_block() {
     const STRIPES: u64 = 20_000;
     let stripe = 256;

@@ -73,13 +73,32 @@ struct VolumeModel {
 }
 
 enum Op {
-    Write { lba: u64, values: Vec<u64>, buf: Vec<u8> },
-    Read { lba: u64, blocks: u32, buf: Vec<u8>, volume: Option<String> },
-    Flush { tick: u64, snapshot: Vec<Cand> },
-    Snapshot { name: Option<String> },
-    Delete { name: String },
+    /// `data` stays alive until completion, when it must be unchanged.
+    Write {
+        lba: u64,
+        values: Vec<u64>,
+        data: Vec<u8>,
+    },
+    Read {
+        lba: u64,
+        blocks: u32,
+        buf: Vec<u8>,
+        volume: Option<String>,
+    },
+    Flush {
+        tick: u64,
+        snapshot: Vec<Cand>,
+    },
+    Snapshot {
+        name: Option<String>,
+    },
+    Delete {
+        name: String,
+    },
     List,
-    LogRead { cursor: u64 },
+    LogRead {
+        cursor: u64,
+    },
 }
 
 struct Harness {
@@ -221,7 +240,7 @@ impl Harness {
         } else {
             Request::Write { lba, blocks: n, buf: buf.as_ptr() }
         };
-        self.submit(req, Op::Write { lba, values, buf });
+        self.submit(req, Op::Write { lba, values, data: buf });
     }
 
     fn start_read(&mut self) {
@@ -302,8 +321,12 @@ impl Harness {
         }
         let op = self.inflight.remove(&token).unwrap_or_else(|| self.fail(format!("unknown token {token}")));
         match op {
-            Op::Write { lba, values, buf: _ } => {
+            Op::Write { lba, values, data } => {
                 for (i, v) in values.iter().enumerate() {
+                    let block = &data[i * self.bs..(i + 1) * self.bs];
+                    if decode(block, lba + i as u64) != Some(*v) && *v != 0 {
+                        self.fail(format!("the engine modified the buffer of a write at {}", lba + i as u64));
+                    }
                     let l = lba as usize + i;
                     self.busy_write[l] = false;
                     let b = &mut self.blocks[l];

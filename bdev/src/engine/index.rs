@@ -4,8 +4,11 @@
 //! Two levels: a table with one leaf per owned stripe, and leaves that are
 //! sparse (sorted `offset << 32 | address` words, 8 bytes a block, grown by
 //! half) while few blocks are mapped and dense (4 bytes a block) once that is
-//! smaller. A mapped block thus costs at most 12 bytes in a sparse leaf and 8
-//! bytes in a dense one at the switch, plus the leaf's share of the table.
+//! smaller. Sparse leaves grow by half their length, so a mapped block costs
+//! at most 12 bytes in a sparse leaf (8 with one or two blocks) and 8 bytes in
+//! a dense one at the switch. The table itself (one leaf header per owned
+//! stripe) is allocated at mount, proportional to the volume, not to what is
+//! mapped. `tests/index_memory.rs` measures it.
 
 use super::addr::{LogAddr, NONE};
 
@@ -79,7 +82,7 @@ impl BlockIndex {
                             return;
                         }
                         if v.len() == v.capacity() {
-                            v.reserve_exact((v.len() / 2).max(4));
+                            v.reserve_exact((v.len() / 2).max(1));
                         }
                         v.insert(i, word);
                     }

@@ -129,7 +129,8 @@ impl Geometry {
         }
         // Index entries hold 32-bit LBAs and log addresses (two values reserved).
         let log_blocks = u64::from(self.segment_count) * u64::from(self.segment_blocks);
-        if self.volume_blocks == 0 || self.volume_blocks > u64::from(u32::MAX) || log_blocks >= u64::from(u32::MAX - 1) {
+        if self.volume_blocks == 0 || self.volume_blocks > u64::from(u32::MAX) || log_blocks >= u64::from(u32::MAX - 1)
+        {
             return bad("volume or log size");
         }
         let slot_needed = Checkpoint::max_encoded_len(self.max_volumes as usize, self.segment_count as usize) as u64;

@@ -46,7 +46,8 @@ pub struct Reactors {
 impl Reactors {
     /// Starts `cores` reactor threads.
     pub fn start(cores: u32) -> Arc<Reactors> {
-        let shared = Arc::new(Shared { inboxes: (0..cores).map(|_| SegQueue::new()).collect(), stop: AtomicBool::new(false) });
+        let shared =
+            Arc::new(Shared { inboxes: (0..cores).map(|_| SegQueue::new()).collect(), stop: AtomicBool::new(false) });
         let threads = (0..cores)
             .map(|core| {
                 let shared = shared.clone();
