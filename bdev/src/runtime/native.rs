@@ -18,6 +18,12 @@ const IDLE_POLLS_BEFORE_YIELD: u32 = 256;
 /// Runs on the reactor that completes the request: keep it short.
 pub type Callback = Box<dyn FnOnce(Result<Reply>) + Send>;
 
+/// A request the bdev did not take (queue full, closed), with its callback.
+pub struct Refused {
+    pub error: Error,
+    pub done: Callback,
+}
+
 enum ReactorMsg {
     Attach(u64, Box<Shard>),
     /// Drop the bdev's shard once it has nothing in flight.
@@ -170,13 +176,14 @@ impl Ilog {
 
     /// Submits `req` to `core` (the next one in turn if `None`); `done` runs
     /// on a reactor when it completes. Buffers in `req` must stay valid until
-    /// then. On `Err` the request was not taken and `done` is dropped.
-    pub fn submit(&self, core: Option<u32>, req: Request, done: Callback) -> Result<()> {
+    /// then. A refused request gives `done` back, unrun.
+    pub fn submit(&self, core: Option<u32>, req: Request, done: Callback) -> std::result::Result<(), Refused> {
         let core = core.unwrap_or_else(|| self.next_core.fetch_add(1, Ordering::Relaxed) % self.submitter.cores());
         let token = Box::into_raw(Box::new(done)) as u64;
-        self.submitter.submit(core, token, req).inspect_err(|_| {
+        self.submitter.submit(core, token, req).map_err(|error| {
             // SAFETY: the request was refused, so the token is ours again.
-            drop(unsafe { Box::from_raw(token as *mut Callback) });
+            let done = *unsafe { Box::from_raw(token as *mut Callback) };
+            Refused { error, done }
         })
     }
 
@@ -191,7 +198,8 @@ impl Ilog {
                 *waiter.0.lock().expect("waiter lock") = Some(result);
                 waiter.1.notify_one();
             }),
-        )?;
+        )
+        .map_err(|r| r.error)?;
         let mut result = slot.0.lock().expect("waiter lock");
         loop {
             if let Some(r) = result.take() {

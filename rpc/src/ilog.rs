@@ -1,0 +1,687 @@
+//! Every `bdev_ilog_*` JSON-RPC method, once: its parameters (decoded and
+//! validated into a [`Command`] by [`parse`]) and its result (encoded by the
+//! `*_result` functions from what the engine returns). A runtime executes
+//! the commands; this module only translates, so every runtime speaks the
+//! same protocol.
+//!
+//! Parameters are a JSON object with SPDK's snake_case names; unknown,
+//! missing or mistyped ones fail with `-32602` (Invalid params) and a message
+//! naming the field. Failures of the operation itself carry `-errno` (see
+//! [`RpcError`]'s `From<ilog_bdev::Error>`).
+//!
+//! # Methods
+//!
+//! | Method | Params (default) | Result |
+//! |---|---|---|
+//! | `bdev_ilog_create` | `name`: string, the new bdev; `base_bdev_name`: string; `stripe_size_kib`: int (1024); `segment_size_kib`: int (4096); `log_percent`: int, 1..=95 (50); `max_volumes`: int (1024) | the bdev's name, e.g. `"ilog0"` |
+//! | `bdev_ilog_delete` | `name`: string | `true` |
+//! | `bdev_ilog_get_bdevs` | `name`: string (all ilog bdevs) | array of [bdev objects](#bdev-object) |
+//! | `bdev_ilog_snapshot` | `name`: string; `snapshot_name`: string, the volume id (`snap-<n>`) | `{"volume_id", "bdev"}` |
+//! | `bdev_ilog_get_volumes` | `name`: string | array of [volume objects](#volume-object) |
+//! | `bdev_ilog_delete_volume` | `name`: string; `volume`: string, a volume id | `true` |
+//! | `bdev_ilog_log_read` | `name`: string; `cursor`: int (0); `count`: int, 1..=4096, required; `with_data`: bool (false) | [log batch](#log-batch) |
+//! | `bdev_ilog_get_stats` | `name`: string | [stats object](#stats-object) |
+//!
+//! The formatting parameters of `bdev_ilog_create` apply when the base bdev
+//! is formatted; `log_percent` is the log's share of the device, the rest is
+//! the exported volume. Volume ids are 1 to 78 characters of
+//! `[A-Za-z0-9._:-]`; a snapshot volume is exported as bdev `<name>@<volume_id>`.
+//!
+//! ## Bdev object
+//!
+//! | Field | Type | Meaning |
+//! |---|---|---|
+//! | `name` | string | the ilog bdev |
+//! | `base_bdev_name` | string | the bdev it layers on |
+//! | `block_size` | int | bytes per block |
+//! | `num_blocks` | int | blocks of the exported volume |
+//! | `cores` | int | cores (shards) serving it |
+//! | `volumes` | array | its snapshot volumes, as [volume objects](#volume-object) |
+//!
+//! ## Volume object
+//!
+//! | Field | Type | Meaning |
+//! |---|---|---|
+//! | `volume_id` | string | e.g. `snap-1` |
+//! | `bdev` | string | the volume's bdev name, `<name>@<volume_id>` |
+//! | `partition` | int | the log partition it sealed |
+//! | `created` | int | when it was taken, in Unix seconds |
+//!
+//! `bdev_ilog_snapshot` returns the first two fields of the new volume.
+//!
+//! ## Log batch
+//!
+//! `{"entries": [..], "next_cursor": int}`: pass `next_cursor` back as
+//! `cursor` to continue after the last entry returned. Each entry:
+//!
+//! | Field | Type | Meaning |
+//! |---|---|---|
+//! | `sequence` | int | position in the log, increasing in log order |
+//! | `partition` | int | the log partition holding it |
+//! | `volume_id` | string or null | the snapshot volume of that partition, null while it is the open one |
+//! | `lba` | int | first block written |
+//! | `num_blocks` | int | blocks written |
+//! | `kind` | string | `"data"`, or `"zero"` for write-zeroes and unmap |
+//! | `data` | string | the blocks, base64; only with `with_data` and `kind` `"data"` |
+//!
+//! ## Stats object
+//!
+//! `name`, and the engine's statistics: `block_size`, `volume_blocks`,
+//! `segment_blocks`, `segments_total`, `segments_free`, `volumes` (snapshot
+//! volumes), `open_partition`.
+
+use crate::error::RpcError;
+use base64::Engine as _;
+use ilog_bdev::engine::{LogBatch, LogEntry, LogEntryKind, Stats, VolumeInfo};
+use ilog_bdev::format::FormatOptions;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+/// Every method this module parses.
+pub const METHODS: &[&str] = &[
+    "bdev_ilog_create",
+    "bdev_ilog_delete",
+    "bdev_ilog_get_bdevs",
+    "bdev_ilog_snapshot",
+    "bdev_ilog_get_volumes",
+    "bdev_ilog_delete_volume",
+    "bdev_ilog_log_read",
+    "bdev_ilog_get_stats",
+];
+
+/// Most entries one `bdev_ilog_log_read` returns: bounds the reply (with
+/// data, up to this many full I/Os, base64-encoded) and the engine's work.
+pub const MAX_LOG_READ_COUNT: u32 = 4096;
+
+/// Parameters of `bdev_ilog_create`. Serializes to the params that
+/// recreate the bdev (as `save_config` emits them): options left unset stay
+/// out, so the engine's defaults keep applying.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateParams {
+    pub name: String,
+    pub base_bdev_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stripe_size_kib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment_size_kib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_percent: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_volumes: Option<u32>,
+}
+
+impl CreateParams {
+    /// The options to format the base bdev with: those given, the engine's
+    /// defaults for the rest. Range checks are the engine's (they depend on
+    /// the block size); a size too large for bytes saturates, which the
+    /// engine refuses.
+    pub fn format_options(&self) -> FormatOptions {
+        let d = FormatOptions::default();
+        FormatOptions {
+            stripe_bytes: self.stripe_size_kib.map_or(d.stripe_bytes, |kib| kib.saturating_mul(1024)),
+            segment_bytes: self.segment_size_kib.map_or(d.segment_bytes, |kib| kib.saturating_mul(1024)),
+            log_percent: self.log_percent.unwrap_or(d.log_percent),
+            max_volumes: self.max_volumes.unwrap_or(d.max_volumes),
+        }
+    }
+
+    fn validate(&self) -> Result<(), RpcError> {
+        non_empty("name", &self.name)?;
+        non_empty("base_bdev_name", &self.base_bdev_name)?;
+        // Snapshot volumes are exported as `<name>@<volume>`: an `@` in the
+        // bdev's own name would make those names ambiguous.
+        if self.name.contains('@') {
+            return Err(RpcError::invalid_params("Invalid parameters: name must not contain '@'"));
+        }
+        for (field, kib) in [("stripe_size_kib", self.stripe_size_kib), ("segment_size_kib", self.segment_size_kib)] {
+            if kib.is_some_and(|kib| kib.checked_mul(1024).is_none()) {
+                return Err(RpcError::invalid_params(format!("Invalid parameters: {field} is too large")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A decoded, validated `bdev_ilog_*` call, for a runtime to execute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Create(CreateParams),
+    Delete {
+        name: String,
+    },
+    /// `None`: every ilog bdev.
+    GetBdevs {
+        name: Option<String>,
+    },
+    /// `None`: the engine names the volume `snap-<n>`.
+    Snapshot {
+        name: String,
+        snapshot_name: Option<String>,
+    },
+    GetVolumes {
+        name: String,
+    },
+    DeleteVolume {
+        name: String,
+        volume: String,
+    },
+    LogRead {
+        name: String,
+        cursor: u64,
+        count: u32,
+        with_data: bool,
+    },
+    GetStats {
+        name: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameParams {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetBdevsParams {
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotParams {
+    name: String,
+    snapshot_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteVolumeParams {
+    name: String,
+    volume: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogReadParams {
+    name: String,
+    #[serde(default)]
+    cursor: u64,
+    count: u32,
+    #[serde(default)]
+    with_data: bool,
+}
+
+/// Decodes the params of `method`. `None`: not an ilog method (the caller
+/// answers Method not found, or tries its other methods).
+pub fn parse(method: &str, params: Option<&Value>) -> Option<Result<Command, RpcError>> {
+    let command = match method {
+        "bdev_ilog_create" => decode::<CreateParams>(params).and_then(|p| {
+            p.validate()?;
+            Ok(Command::Create(p))
+        }),
+        "bdev_ilog_delete" => name_only(params).map(|name| Command::Delete { name }),
+        "bdev_ilog_get_bdevs" => decode::<GetBdevsParams>(params).and_then(|p| {
+            if let Some(name) = &p.name {
+                non_empty("name", name)?;
+            }
+            Ok(Command::GetBdevs { name: p.name })
+        }),
+        "bdev_ilog_snapshot" => decode::<SnapshotParams>(params).and_then(|p| {
+            non_empty("name", &p.name)?;
+            if let Some(snapshot_name) = &p.snapshot_name {
+                non_empty("snapshot_name", snapshot_name)?;
+            }
+            Ok(Command::Snapshot { name: p.name, snapshot_name: p.snapshot_name })
+        }),
+        "bdev_ilog_get_volumes" => name_only(params).map(|name| Command::GetVolumes { name }),
+        "bdev_ilog_delete_volume" => decode::<DeleteVolumeParams>(params).and_then(|p| {
+            non_empty("name", &p.name)?;
+            non_empty("volume", &p.volume)?;
+            Ok(Command::DeleteVolume { name: p.name, volume: p.volume })
+        }),
+        "bdev_ilog_log_read" => decode::<LogReadParams>(params).and_then(|p| {
+            non_empty("name", &p.name)?;
+            if !(1..=MAX_LOG_READ_COUNT).contains(&p.count) {
+                return Err(RpcError::invalid_params(format!(
+                    "Invalid parameters: count must be in 1..={MAX_LOG_READ_COUNT}, got {}",
+                    p.count
+                )));
+            }
+            Ok(Command::LogRead { name: p.name, cursor: p.cursor, count: p.count, with_data: p.with_data })
+        }),
+        "bdev_ilog_get_stats" => name_only(params).map(|name| Command::GetStats { name }),
+        _ => return None,
+    };
+    Some(command)
+}
+
+/// Absent or null params decode as an empty object, so that required
+/// fields are reported missing by name. Arrays are refused: SPDK methods
+/// take named parameters only.
+fn decode<T: DeserializeOwned>(params: Option<&Value>) -> Result<T, RpcError> {
+    let empty = Value::Object(Map::new());
+    let params = match params {
+        None | Some(Value::Null) => &empty,
+        Some(object @ Value::Object(_)) => object,
+        Some(_) => return Err(RpcError::invalid_params("Invalid parameters: params must be an object")),
+    };
+    T::deserialize(params).map_err(|e| RpcError::invalid_params(format!("Invalid parameters: {e}")))
+}
+
+fn name_only(params: Option<&Value>) -> Result<String, RpcError> {
+    let p = decode::<NameParams>(params)?;
+    non_empty("name", &p.name)?;
+    Ok(p.name)
+}
+
+fn non_empty(field: &str, value: &str) -> Result<(), RpcError> {
+    if value.is_empty() {
+        return Err(RpcError::invalid_params(format!("Invalid parameters: {field} must not be empty")));
+    }
+    Ok(())
+}
+
+/// What a runtime reports about one ilog bdev for `bdev_ilog_get_bdevs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IlogBdevInfo {
+    pub name: String,
+    pub base_bdev_name: String,
+    pub block_size: u32,
+    pub num_blocks: u64,
+    pub cores: u32,
+    pub volumes: Vec<VolumeInfo>,
+}
+
+/// `bdev_ilog_create`: the new bdev's name, as SPDK's create methods answer.
+pub fn create_result(name: &str) -> Value {
+    Value::String(name.to_owned())
+}
+
+/// `bdev_ilog_delete`, `bdev_ilog_delete_volume`: `true`, as SPDK's delete
+/// methods answer.
+pub fn done_result() -> Value {
+    Value::Bool(true)
+}
+
+pub fn bdevs_result(bdevs: &[IlogBdevInfo]) -> Value {
+    let bdevs = bdevs.iter().map(|b| {
+        // Destructured so that a new field cannot be left out unnoticed.
+        let IlogBdevInfo { name, base_bdev_name, block_size, num_blocks, cores, volumes } = b;
+        json!({
+            "name": name,
+            "base_bdev_name": base_bdev_name,
+            "block_size": block_size,
+            "num_blocks": num_blocks,
+            "cores": cores,
+            "volumes": volumes_result(name, volumes),
+        })
+    });
+    Value::Array(bdevs.collect())
+}
+
+/// The bdev a snapshot volume is exported as.
+pub fn volume_bdev_name(bdev: &str, volume: &str) -> String {
+    format!("{bdev}@{volume}")
+}
+
+pub fn snapshot_result(bdev: &str, v: &VolumeInfo) -> Value {
+    json!({ "volume_id": v.name, "bdev": volume_bdev_name(bdev, &v.name) })
+}
+
+pub fn volumes_result(bdev: &str, vs: &[VolumeInfo]) -> Value {
+    let volumes = vs.iter().map(|v| {
+        let VolumeInfo { name, partition, created_unix_s } = v;
+        json!({
+            "volume_id": name,
+            "bdev": volume_bdev_name(bdev, name),
+            "partition": partition,
+            "created": created_unix_s,
+        })
+    });
+    Value::Array(volumes.collect())
+}
+
+pub fn log_result(batch: &LogBatch) -> Value {
+    let LogBatch { entries, next_cursor } = batch;
+    json!({ "entries": entries.iter().map(log_entry).collect::<Vec<_>>(), "next_cursor": next_cursor })
+}
+
+fn log_entry(e: &LogEntry) -> Value {
+    let LogEntry { sequence, partition, volume, lba, blocks, kind, data } = e;
+    let kind = match kind {
+        LogEntryKind::Data => "data",
+        LogEntryKind::Zero => "zero",
+    };
+    let mut entry = json!({
+        "sequence": sequence,
+        "partition": partition,
+        "volume_id": volume,
+        "lba": lba,
+        "num_blocks": blocks,
+        "kind": kind,
+    });
+    if let (Some(data), Value::Object(fields)) = (data, &mut entry) {
+        fields.insert("data".into(), base64::engine::general_purpose::STANDARD.encode(data).into());
+    }
+    entry
+}
+
+pub fn stats_result(name: &str, s: &Stats) -> Value {
+    let Stats { block_size, volume_blocks, segment_blocks, segments_total, segments_free, volumes, open_partition } = s;
+    json!({
+        "name": name,
+        "block_size": block_size,
+        "volume_blocks": volume_blocks,
+        "segment_blocks": segment_blocks,
+        "segments_total": segments_total,
+        "segments_free": segments_free,
+        "volumes": volumes,
+        "open_partition": open_partition,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(method: &str, params: Value) -> Command {
+        match parse(method, Some(&params)) {
+            Some(Ok(c)) => c,
+            other => panic!("{method} {params}: {other:?}"),
+        }
+    }
+
+    /// The error of a call that must fail with Invalid params.
+    fn invalid(method: &str, params: Option<Value>) -> String {
+        match parse(method, params.as_ref()) {
+            Some(Err(e)) if e.code == RpcError::INVALID_PARAMS => e.message,
+            other => panic!("{method} {params:?}: expected invalid params, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_method_parses_good_params() {
+        assert_eq!(
+            ok("bdev_ilog_create", json!({"name": "ilog0", "base_bdev_name": "Malloc0"})),
+            Command::Create(CreateParams {
+                name: "ilog0".into(),
+                base_bdev_name: "Malloc0".into(),
+                stripe_size_kib: None,
+                segment_size_kib: None,
+                log_percent: None,
+                max_volumes: None,
+            })
+        );
+        let full = json!({"name": "ilog0", "base_bdev_name": "Malloc0", "stripe_size_kib": 512,
+                          "segment_size_kib": 8192, "log_percent": 30, "max_volumes": 16});
+        let Command::Create(p) = ok("bdev_ilog_create", full) else { panic!("not a create") };
+        assert_eq!(
+            p.format_options(),
+            FormatOptions { stripe_bytes: 512 << 10, segment_bytes: 8 << 20, log_percent: 30, max_volumes: 16 }
+        );
+        assert_eq!(ok("bdev_ilog_delete", json!({"name": "ilog0"})), Command::Delete { name: "ilog0".into() });
+        assert_eq!(parse("bdev_ilog_get_bdevs", None), Some(Ok(Command::GetBdevs { name: None })));
+        assert_eq!(
+            ok("bdev_ilog_get_bdevs", json!({"name": "ilog0"})),
+            Command::GetBdevs { name: Some("ilog0".into()) }
+        );
+        assert_eq!(
+            ok("bdev_ilog_snapshot", json!({"name": "ilog0"})),
+            Command::Snapshot { name: "ilog0".into(), snapshot_name: None }
+        );
+        assert_eq!(
+            ok("bdev_ilog_snapshot", json!({"name": "ilog0", "snapshot_name": "before-upgrade"})),
+            Command::Snapshot { name: "ilog0".into(), snapshot_name: Some("before-upgrade".into()) }
+        );
+        assert_eq!(ok("bdev_ilog_get_volumes", json!({"name": "ilog0"})), Command::GetVolumes { name: "ilog0".into() });
+        assert_eq!(
+            ok("bdev_ilog_delete_volume", json!({"name": "ilog0", "volume": "snap-1"})),
+            Command::DeleteVolume { name: "ilog0".into(), volume: "snap-1".into() }
+        );
+        assert_eq!(
+            ok("bdev_ilog_log_read", json!({"name": "ilog0", "count": 10})),
+            Command::LogRead { name: "ilog0".into(), cursor: 0, count: 10, with_data: false }
+        );
+        assert_eq!(
+            ok("bdev_ilog_log_read", json!({"name": "ilog0", "cursor": 77, "count": 4096, "with_data": true})),
+            Command::LogRead { name: "ilog0".into(), cursor: 77, count: 4096, with_data: true }
+        );
+        assert_eq!(ok("bdev_ilog_get_stats", json!({"name": "ilog0"})), Command::GetStats { name: "ilog0".into() });
+    }
+
+    #[test]
+    fn create_params_serialize_to_params_that_parse_back() {
+        for params in [
+            json!({"name": "ilog0", "base_bdev_name": "Malloc0"}),
+            json!({"name": "ilog0", "base_bdev_name": "Malloc0", "stripe_size_kib": 512,
+                   "segment_size_kib": 8192, "log_percent": 30, "max_volumes": 16}),
+        ] {
+            let Command::Create(p) = ok("bdev_ilog_create", params.clone()) else { panic!("not a create") };
+            let serialized = serde_json::to_value(&p).unwrap();
+            assert_eq!(serialized, params);
+            assert_eq!(ok("bdev_ilog_create", serialized), Command::Create(p));
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_engines() {
+        let p = CreateParams {
+            name: "ilog0".into(),
+            base_bdev_name: "Malloc0".into(),
+            stripe_size_kib: None,
+            segment_size_kib: None,
+            log_percent: None,
+            max_volumes: None,
+        };
+        assert_eq!(p.format_options(), FormatOptions::default());
+    }
+
+    #[test]
+    fn every_listed_method_parses_and_no_other() {
+        for method in METHODS {
+            assert!(parse(method, None).is_some(), "{method}");
+        }
+        assert_eq!(parse("bdev_get_bdevs", None), None);
+        assert_eq!(parse("bdev_ilog_nope", None), None);
+    }
+
+    #[test]
+    fn missing_required_fields_are_named() {
+        for method in METHODS.iter().filter(|m| **m != "bdev_ilog_get_bdevs") {
+            assert!(invalid(method, None).contains("missing field `name`"), "{method}");
+            assert!(invalid(method, Some(Value::Null)).contains("missing field `name`"), "{method}");
+        }
+        let msg = invalid("bdev_ilog_create", Some(json!({"name": "ilog0"})));
+        assert!(msg.contains("missing field `base_bdev_name`"), "{msg}");
+        let msg = invalid("bdev_ilog_delete_volume", Some(json!({"name": "ilog0"})));
+        assert!(msg.contains("missing field `volume`"), "{msg}");
+        let msg = invalid("bdev_ilog_log_read", Some(json!({"name": "ilog0"})));
+        assert!(msg.contains("missing field `count`"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        for method in METHODS {
+            let msg = invalid(method, Some(json!({"name": "ilog0", "bogus": 1})));
+            assert!(msg.contains("unknown field `bogus`"), "{method}: {msg}");
+        }
+    }
+
+    #[test]
+    fn mistyped_fields_are_refused() {
+        let cases = [
+            ("bdev_ilog_delete", json!({"name": 7})),
+            ("bdev_ilog_create", json!({"name": "ilog0", "base_bdev_name": "M", "log_percent": 300})),
+            ("bdev_ilog_create", json!({"name": "ilog0", "base_bdev_name": "M", "stripe_size_kib": "1M"})),
+            ("bdev_ilog_create", json!({"name": "ilog0", "base_bdev_name": "M", "max_volumes": -1})),
+            ("bdev_ilog_get_bdevs", json!({"name": ["ilog0"]})),
+            ("bdev_ilog_snapshot", json!({"name": "ilog0", "snapshot_name": 1})),
+            ("bdev_ilog_log_read", json!({"name": "ilog0", "count": 1.5})),
+            ("bdev_ilog_log_read", json!({"name": "ilog0", "count": 1, "cursor": -1})),
+            ("bdev_ilog_log_read", json!({"name": "ilog0", "count": 1, "with_data": "yes"})),
+        ];
+        for (method, params) in cases {
+            let msg = invalid(method, Some(params.clone()));
+            assert!(msg.contains("invalid"), "{method} {params}: {msg}");
+        }
+        // Positional params are not SPDK's.
+        let msg = invalid("bdev_ilog_delete", Some(json!(["ilog0"])));
+        assert!(msg.contains("must be an object"), "{msg}");
+        invalid("bdev_ilog_delete", Some(json!("ilog0")));
+    }
+
+    #[test]
+    fn empty_names_are_refused() {
+        let cases = [
+            ("bdev_ilog_create", json!({"name": "", "base_bdev_name": "M"}), "name"),
+            ("bdev_ilog_create", json!({"name": "i", "base_bdev_name": ""}), "base_bdev_name"),
+            ("bdev_ilog_delete", json!({"name": ""}), "name"),
+            ("bdev_ilog_get_bdevs", json!({"name": ""}), "name"),
+            ("bdev_ilog_snapshot", json!({"name": "ilog0", "snapshot_name": ""}), "snapshot_name"),
+            ("bdev_ilog_get_volumes", json!({"name": ""}), "name"),
+            ("bdev_ilog_delete_volume", json!({"name": "ilog0", "volume": ""}), "volume"),
+            ("bdev_ilog_log_read", json!({"name": "", "count": 1}), "name"),
+            ("bdev_ilog_get_stats", json!({"name": ""}), "name"),
+        ];
+        for (method, params, field) in cases {
+            let msg = invalid(method, Some(params));
+            assert!(msg.contains(&format!("{field} must not be empty")), "{method}: {msg}");
+        }
+    }
+
+    #[test]
+    fn create_refuses_ambiguous_names_and_oversized_sizes() {
+        let msg = invalid("bdev_ilog_create", Some(json!({"name": "a@b", "base_bdev_name": "M"})));
+        assert!(msg.contains('@'), "{msg}");
+        let msg = invalid(
+            "bdev_ilog_create",
+            Some(json!({"name": "a", "base_bdev_name": "M", "segment_size_kib": u64::MAX})),
+        );
+        assert!(msg.contains("segment_size_kib"), "{msg}");
+    }
+
+    #[test]
+    fn log_read_count_is_bounded() {
+        for count in [0, MAX_LOG_READ_COUNT + 1, u32::MAX] {
+            let msg = invalid("bdev_ilog_log_read", Some(json!({"name": "ilog0", "count": count})));
+            assert!(msg.contains("count must be in 1..=4096"), "{msg}");
+        }
+        let msg = invalid("bdev_ilog_log_read", Some(json!({"name": "ilog0", "count": u64::from(u32::MAX) + 1})));
+        assert!(msg.contains("invalid value"), "{msg}");
+    }
+
+    fn volume(name: &str, partition: u32) -> VolumeInfo {
+        VolumeInfo { name: name.into(), partition, created_unix_s: 1_700_000_000 + u64::from(partition) }
+    }
+
+    #[test]
+    fn simple_results() {
+        assert_eq!(create_result("ilog0"), json!("ilog0"));
+        assert_eq!(done_result(), json!(true));
+        assert_eq!(volume_bdev_name("ilog0", "snap-1"), "ilog0@snap-1");
+        assert_eq!(
+            snapshot_result("ilog0", &volume("snap-1", 3)),
+            json!({"volume_id": "snap-1", "bdev": "ilog0@snap-1"})
+        );
+    }
+
+    #[test]
+    fn volumes_and_bdevs_results() {
+        let vs = [volume("snap-1", 1), volume("before-upgrade", 2)];
+        let volumes = json!([
+            {"volume_id": "snap-1", "bdev": "ilog0@snap-1", "partition": 1, "created": 1_700_000_001u64},
+            {"volume_id": "before-upgrade", "bdev": "ilog0@before-upgrade", "partition": 2, "created": 1_700_000_002u64},
+        ]);
+        assert_eq!(volumes_result("ilog0", &vs), volumes);
+        assert_eq!(volumes_result("ilog0", &[]), json!([]));
+        let bdevs = [
+            IlogBdevInfo {
+                name: "ilog0".into(),
+                base_bdev_name: "Malloc0".into(),
+                block_size: 4096,
+                num_blocks: 8000,
+                cores: 2,
+                volumes: vs.to_vec(),
+            },
+            IlogBdevInfo {
+                name: "ilog1".into(),
+                base_bdev_name: "Nvme0n1".into(),
+                block_size: 512,
+                num_blocks: 1 << 40,
+                cores: 4,
+                volumes: vec![],
+            },
+        ];
+        assert_eq!(
+            bdevs_result(&bdevs),
+            json!([
+                {"name": "ilog0", "base_bdev_name": "Malloc0", "block_size": 4096, "num_blocks": 8000, "cores": 2,
+                 "volumes": volumes},
+                {"name": "ilog1", "base_bdev_name": "Nvme0n1", "block_size": 512, "num_blocks": 1u64 << 40,
+                 "cores": 4, "volumes": []},
+            ])
+        );
+        assert_eq!(bdevs_result(&[]), json!([]));
+    }
+
+    #[test]
+    fn log_result_encodes_entries_and_data() {
+        let batch = LogBatch {
+            entries: vec![
+                LogEntry {
+                    sequence: 5,
+                    partition: 1,
+                    volume: Some("snap-1".into()),
+                    lba: 10,
+                    blocks: 1,
+                    kind: LogEntryKind::Data,
+                    data: Some(b"hello".to_vec()),
+                },
+                LogEntry {
+                    sequence: 6,
+                    partition: 2,
+                    volume: None,
+                    lba: 0,
+                    blocks: 8,
+                    kind: LogEntryKind::Zero,
+                    data: None,
+                },
+            ],
+            next_cursor: 7,
+        };
+        assert_eq!(
+            log_result(&batch),
+            json!({
+                "entries": [
+                    {"sequence": 5, "partition": 1, "volume_id": "snap-1", "lba": 10, "num_blocks": 1,
+                     "kind": "data", "data": "aGVsbG8="},
+                    {"sequence": 6, "partition": 2, "volume_id": null, "lba": 0, "num_blocks": 8, "kind": "zero"},
+                ],
+                "next_cursor": 7,
+            })
+        );
+        assert_eq!(log_result(&LogBatch { entries: vec![], next_cursor: 0 }), json!({"entries": [], "next_cursor": 0}));
+    }
+
+    #[test]
+    fn stats_result_has_every_field() {
+        let s = Stats {
+            block_size: 4096,
+            volume_blocks: 1000,
+            segment_blocks: 1024,
+            segments_total: 20,
+            segments_free: 18,
+            volumes: 2,
+            open_partition: 3,
+        };
+        assert_eq!(
+            stats_result("ilog0", &s),
+            json!({"name": "ilog0", "block_size": 4096, "volume_blocks": 1000, "segment_blocks": 1024,
+                   "segments_total": 20, "segments_free": 18, "volumes": 2, "open_partition": 3})
+        );
+    }
+}

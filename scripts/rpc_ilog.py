@@ -1,0 +1,139 @@
+#  SPDX-License-Identifier: BSD-3-Clause
+"""SPDK rpc.py plugin for ilog: one subcommand per bdev_ilog_* JSON-RPC method.
+
+Load it with --plugin; Python finds it on PYTHONPATH:
+
+    PYTHONPATH=scripts spdk-rpc --plugin rpc_ilog bdev_ilog_snapshot ilog0 -n before-upgrade
+    PYTHONPATH=/path/to/ilog/scripts /path/to/spdk/scripts/rpc.py --plugin rpc_ilog bdev_ilog_get_volumes ilog0
+
+Works with the PyPI `spdk` package's spdk-rpc and with SPDK's own
+scripts/rpc.py. The methods' parameters and results are documented in
+rpc/src/ilog.rs; the server validates them, this plugin only maps options to
+parameters (options left out are not sent, so the server's defaults apply).
+"""
+
+import json
+
+
+def _print(result):
+    """Prints a result as SPDK's print_dict/print_json do: JSON, strings bare.
+
+    Defined here rather than imported because SPDK has moved those helpers
+    between modules across releases. A dry-run or batch-mode client returns
+    None (it prints or collects the request itself): nothing to print then.
+    """
+    if result is None:
+        return
+    if isinstance(result, str):
+        print(result)
+    else:
+        print(json.dumps(result, indent=2))
+
+
+def _call(args, method, **params):
+    return args.client.call(method, {k: v for k, v in params.items() if v is not None})
+
+
+def spdk_rpc_plugin_initialize(subparsers):
+    """Adds the bdev_ilog_* subcommands (the entry point rpc.py's --plugin calls)."""
+
+    def bdev_ilog_create(args):
+        _print(_call(args, 'bdev_ilog_create',
+                     name=args.name,
+                     base_bdev_name=args.base_bdev_name,
+                     stripe_size_kib=args.stripe_size_kib,
+                     segment_size_kib=args.segment_size_kib,
+                     log_percent=args.log_percent,
+                     max_volumes=args.max_volumes))
+
+    p = subparsers.add_parser(
+        'bdev_ilog_create', help='Create an ilog bdev on a base bdev',
+        description="""Create an ilog bdev on an existing base bdev. The --*-size-kib,
+        --log-percent and --max-volumes options choose how the base bdev is formatted.
+        Prints the new bdev's name. Example: bdev_ilog_create -b Malloc0 -p ilog0 --log-percent 30""")
+    p.add_argument('-b', '--base-bdev-name', help='Name of the existing base bdev', required=True)
+    p.add_argument('-p', '--name', help='Name of the new ilog bdev', required=True)
+    p.add_argument('--stripe-size-kib', type=int,
+                   help='LBA space owned by one core, in KiB (default 1024)')
+    p.add_argument('--segment-size-kib', type=int, help='Log segment size, in KiB (default 4096)')
+    p.add_argument('--log-percent', type=int,
+                   help="The log's share of the base bdev, 1-95; the rest is the volume (default 50)")
+    p.add_argument('--max-volumes', type=int, help='Most snapshot volumes at once (default 1024)')
+    p.set_defaults(func=bdev_ilog_create)
+
+    def bdev_ilog_delete(args):
+        _call(args, 'bdev_ilog_delete', name=args.name)
+
+    p = subparsers.add_parser(
+        'bdev_ilog_delete', help='Delete an ilog bdev',
+        description="""Delete an ilog bdev.""")
+    p.add_argument('name', help='ilog bdev name')
+    p.set_defaults(func=bdev_ilog_delete)
+
+    def bdev_ilog_get_bdevs(args):
+        _print(_call(args, 'bdev_ilog_get_bdevs', name=args.name))
+
+    p = subparsers.add_parser(
+        'bdev_ilog_get_bdevs', help='Display ilog bdevs',
+        description="""Display every ilog bdev, or the one named: base bdev, block size, size,
+        cores and snapshot volumes.""")
+    p.add_argument('-b', '--name', help='Name of one ilog bdev (default: all)')
+    p.set_defaults(func=bdev_ilog_get_bdevs)
+
+    def bdev_ilog_snapshot(args):
+        _print(_call(args, 'bdev_ilog_snapshot', name=args.name, snapshot_name=args.snapshot_name))
+
+    p = subparsers.add_parser(
+        'bdev_ilog_snapshot', help='Take a snapshot volume of an ilog bdev',
+        description="""Seal the current state of an ilog bdev as a read-only snapshot volume,
+        durably. Prints its volume id and the bdev it is exported as (<name>@<volume id>).""")
+    p.add_argument('name', help='ilog bdev name')
+    p.add_argument('-n', '--snapshot-name',
+                   help='Volume id: 1-78 characters of [A-Za-z0-9._:-] (default snap-<n>)')
+    p.set_defaults(func=bdev_ilog_snapshot)
+
+    def bdev_ilog_get_volumes(args):
+        _print(_call(args, 'bdev_ilog_get_volumes', name=args.name))
+
+    p = subparsers.add_parser(
+        'bdev_ilog_get_volumes', help='Display the snapshot volumes of an ilog bdev',
+        description="""Display the snapshot volumes of an ilog bdev: volume id, bdev name,
+        log partition and creation time (Unix seconds).""")
+    p.add_argument('name', help='ilog bdev name')
+    p.set_defaults(func=bdev_ilog_get_volumes)
+
+    def bdev_ilog_delete_volume(args):
+        _call(args, 'bdev_ilog_delete_volume', name=args.name, volume=args.volume)
+
+    p = subparsers.add_parser(
+        'bdev_ilog_delete_volume', help='Delete a snapshot volume of an ilog bdev',
+        description="""Delete a snapshot volume. Newer volumes and the current image are
+        unchanged; its log entries merge into the next partition.""")
+    p.add_argument('name', help='ilog bdev name')
+    p.add_argument('volume', help='Volume id, e.g. snap-1')
+    p.set_defaults(func=bdev_ilog_delete_volume)
+
+    def bdev_ilog_log_read(args):
+        _print(_call(args, 'bdev_ilog_log_read', name=args.name, cursor=args.cursor,
+                     count=args.count, with_data=args.with_data))
+
+    p = subparsers.add_parser(
+        'bdev_ilog_log_read', help="Read entries of an ilog bdev's log",
+        description="""Read up to COUNT log entries in log order, from CURSOR on. Prints the
+        entries and next_cursor: pass it back with -c to continue.""")
+    p.add_argument('name', help='ilog bdev name')
+    p.add_argument('-c', '--cursor', type=int, help='Where to start (default 0: the oldest entry)')
+    p.add_argument('-n', '--count', type=int, required=True, help='Most entries to return, 1-4096')
+    p.add_argument('--with-data', action='store_true', default=None,
+                   help="Include each data entry's blocks, base64-encoded")
+    p.set_defaults(func=bdev_ilog_log_read)
+
+    def bdev_ilog_get_stats(args):
+        _print(_call(args, 'bdev_ilog_get_stats', name=args.name))
+
+    p = subparsers.add_parser(
+        'bdev_ilog_get_stats', help='Display statistics of an ilog bdev',
+        description="""Display an ilog bdev's geometry and usage: block size, volume size,
+        log segments (total and free), snapshot volumes and the open partition.""")
+    p.add_argument('name', help='ilog bdev name')
+    p.set_defaults(func=bdev_ilog_get_stats)
