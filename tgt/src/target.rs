@@ -1,0 +1,632 @@
+//! The target: the bdevs it holds (malloc and aio bases, ilog bdevs and
+//! their snapshot volumes), its NBD exports, and the JSON-RPC methods that
+//! manage them. SPDK's own methods keep SPDK's names, params and results;
+//! every `bdev_ilog_*` method is parsed and answered by `ilog-rpc`.
+
+use crate::export::{BaseExport, IlogExport};
+use crate::nbd::{Export, Listen, NbdServer};
+use ilog_bdev::device::{BlockDevice, FileDevice, MallocDevice};
+use ilog_bdev::engine::View;
+use ilog_bdev::runtime::native::{Ilog, Reactors};
+use ilog_bdev::Error;
+use ilog_rpc::ilog::{self as methods, Command, CreateParams, IlogBdevInfo};
+use ilog_rpc::{Handler, RpcError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The target's subsystems, in initialization order, with their dependencies.
+const SUBSYSTEMS: &[(&str, &[&str])] = &[("bdev", &[]), ("nbd", &["bdev"])];
+
+/// SPDK's methods this target serves besides the `bdev_ilog_*` ones.
+const SPDK_METHODS: &[&str] = &[
+    "bdev_aio_create",
+    "bdev_aio_delete",
+    "bdev_get_bdevs",
+    "bdev_malloc_create",
+    "bdev_malloc_delete",
+    "framework_get_config",
+    "framework_get_reactors",
+    "framework_get_subsystems",
+    "nbd_get_disks",
+    "nbd_start_disk",
+    "nbd_stop_disk",
+    "rpc_get_methods",
+    "save_config",
+    "spdk_get_version",
+];
+
+enum BaseKind {
+    Malloc,
+    Aio { filename: PathBuf },
+}
+
+struct Base {
+    kind: BaseKind,
+    dev: Arc<dyn BlockDevice>,
+    uuid: String,
+    /// The ilog bdev that claimed it.
+    claimed_by: Option<String>,
+}
+
+struct IlogBdev {
+    ilog: Arc<Ilog>,
+    params: CreateParams,
+}
+
+struct NbdDisk {
+    bdev: String,
+    server: NbdServer,
+}
+
+#[derive(Default)]
+struct State {
+    bases: BTreeMap<String, Base>,
+    ilogs: BTreeMap<String, IlogBdev>,
+    /// By `nbd_device` (where the server listens).
+    nbd: BTreeMap<String, NbdDisk>,
+    /// Creation order, for `save_config`.
+    order: Vec<String>,
+}
+
+pub struct Target {
+    reactors: Arc<Reactors>,
+    state: Mutex<State>,
+}
+
+fn params<T: for<'de> Deserialize<'de>>(params: Option<Value>) -> Result<T, RpcError> {
+    serde_json::from_value(params.unwrap_or_else(|| json!({}))).map_err(|e| RpcError::invalid_params(e.to_string()))
+}
+
+fn no_such_bdev(name: &str) -> RpcError {
+    RpcError::errno(libc::ENODEV, format!("bdev {name} not found"))
+}
+
+fn busy(what: String) -> RpcError {
+    RpcError::errno(libc::EBUSY, what)
+}
+
+fn random_uuid() -> [u8; 16] {
+    use std::io::Read;
+    let mut u = [0u8; 16];
+    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut u)) {
+        log::warn!("no /dev/urandom ({e}): uuid from the clock");
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        u = t.to_le_bytes();
+    }
+    u[6] = (u[6] & 0x0f) | 0x40; // RFC 4122 version 4
+    u[8] = (u[8] & 0x3f) | 0x80;
+    u
+}
+
+fn uuid_string(u: &[u8; 16]) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+/// SPDK's `bdev_malloc_create` params: all accepted, those asking for
+/// what a plain RAM bdev here lacks (metadata, DIF) refused when set.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MallocCreate {
+    name: Option<String>,
+    num_blocks: u64,
+    block_size: u32,
+    uuid: Option<String>,
+    physical_block_size: Option<u32>,
+    optimal_io_boundary: Option<u32>,
+    md_size: Option<u32>,
+    md_interleave: Option<bool>,
+    dif_type: Option<u32>,
+    dif_is_head_of_md: Option<bool>,
+    dif_pi_format: Option<u32>,
+    numa_id: Option<i32>,
+}
+
+impl MallocCreate {
+    fn check_unsupported(&self) -> Result<(), RpcError> {
+        let metadata =
+            self.md_size.unwrap_or(0) != 0 || self.md_interleave == Some(true) || self.dif_is_head_of_md == Some(true);
+        if metadata || self.dif_type.unwrap_or(0) != 0 || self.dif_pi_format.unwrap_or(0) != 0 {
+            return Err(RpcError::errno(
+                libc::ENOTSUP,
+                "metadata and DIF are not supported by this target's malloc bdevs",
+            ));
+        }
+        if self.physical_block_size.is_some_and(|p| p != 0 && (p < self.block_size || !p.is_power_of_two())) {
+            return Err(RpcError::invalid_params("physical_block_size must be a power of two at least block_size"));
+        }
+        Ok(())
+    }
+}
+
+/// SPDK's `bdev_aio_create` params (served through io_uring here).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AioCreate {
+    name: String,
+    filename: PathBuf,
+    #[serde(default)]
+    block_size: Option<u32>,
+    readonly: Option<bool>,
+    fallocate: Option<bool>,
+    uuid: Option<String>,
+    nowait: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ByName {
+    name: String,
+}
+
+/// `framework_get_config` params. Batches (one `bdev_wait_for_examine`
+/// split per batch) do not exist here: the config is the same either way.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetConfig {
+    name: String,
+    #[serde(default, rename = "with_batches")]
+    _with_batches: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaybeName {
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NbdStart {
+    bdev_name: String,
+    nbd_device: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NbdDevice {
+    nbd_device: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaybeNbdDevice {
+    nbd_device: Option<String>,
+}
+
+impl Target {
+    pub fn new(cores: u32) -> Target {
+        Target { reactors: Reactors::start(cores), state: Mutex::new(State::default()) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stops every NBD export and closes every ilog bdev cleanly.
+    pub fn shutdown(&self) {
+        let mut st = self.lock();
+        for (dev, disk) in std::mem::take(&mut st.nbd) {
+            log::info!("stopping NBD export {dev}");
+            disk.server.stop();
+        }
+        for (name, bdev) in std::mem::take(&mut st.ilogs) {
+            match Arc::try_unwrap(bdev.ilog) {
+                Ok(ilog) => match ilog.close() {
+                    Ok(()) => log::info!("closed {name} cleanly"),
+                    Err(e) => log::error!("closing {name}: {e}"),
+                },
+                Err(_) => log::error!("{name} still in use at shutdown; not closed cleanly"),
+            }
+        }
+    }
+
+    fn malloc_create(&self, p: MallocCreate) -> Result<Value, RpcError> {
+        p.check_unsupported()?;
+        // Placement hints with no effect on a RAM bdev here.
+        let _ = (p.optimal_io_boundary, p.numa_id);
+        let mut st = self.lock();
+        let name = match p.name {
+            Some(n) => n,
+            None => (0..)
+                .map(|i| format!("Malloc{i}"))
+                .find(|n| !st.bases.contains_key(n) && !st.ilogs.contains_key(n))
+                .expect("a free name"),
+        };
+        check_new_name(&st, &name)?;
+        if p.num_blocks == 0 || !(512..=65536).contains(&p.block_size) || !p.block_size.is_power_of_two() {
+            return Err(RpcError::invalid_params(
+                "num_blocks must be > 0 and block_size a power of two in 512..=65536",
+            ));
+        }
+        let bytes = p.num_blocks.checked_mul(u64::from(p.block_size)).filter(|&b| b <= 1 << 40);
+        if bytes.is_none() {
+            return Err(RpcError::errno(libc::ENOMEM, "malloc bdev larger than 1 TiB"));
+        }
+        let dev: Arc<dyn BlockDevice> = Arc::new(MallocDevice::new(p.num_blocks, p.block_size));
+        let uuid = p.uuid.unwrap_or_else(|| uuid_string(&random_uuid()));
+        st.bases.insert(name.clone(), Base { kind: BaseKind::Malloc, dev, uuid, claimed_by: None });
+        st.order.push(name.clone());
+        log::info!("created malloc bdev {name}: {} blocks of {}", p.num_blocks, p.block_size);
+        Ok(json!(name))
+    }
+
+    fn aio_create(&self, p: AioCreate) -> Result<Value, RpcError> {
+        if p.readonly == Some(true) {
+            return Err(RpcError::errno(libc::ENOTSUP, "read-only aio bdevs are not supported"));
+        }
+        // fallocate and nowait tune Linux AIO; io_uring needs neither.
+        let _ = (p.fallocate, p.nowait);
+        let mut st = self.lock();
+        check_new_name(&st, &p.name)?;
+        let bs = p.block_size.filter(|&b| b != 0).unwrap_or(4096);
+        let dev = FileDevice::open(&p.filename, bs).map_err(|e| {
+            RpcError::errno(e.raw_os_error().unwrap_or(libc::EINVAL), format!("{}: {e}", p.filename.display()))
+        })?;
+        log::info!("created aio bdev {} on {} (O_DIRECT: {})", p.name, p.filename.display(), dev.is_direct());
+        let uuid = p.uuid.unwrap_or_else(|| uuid_string(&random_uuid()));
+        let base = Base { kind: BaseKind::Aio { filename: p.filename }, dev: Arc::new(dev), uuid, claimed_by: None };
+        st.bases.insert(p.name.clone(), base);
+        st.order.push(p.name.clone());
+        Ok(json!(p.name))
+    }
+
+    fn base_delete(&self, name: &str, malloc: bool) -> Result<Value, RpcError> {
+        let mut st = self.lock();
+        let base = st.bases.get(name).ok_or_else(|| no_such_bdev(name))?;
+        if matches!(base.kind, BaseKind::Malloc) != malloc {
+            return Err(no_such_bdev(name));
+        }
+        if let Some(owner) = &base.claimed_by {
+            return Err(busy(format!("bdev {name} is claimed by {owner}")));
+        }
+        if let Some(dev) = st.nbd.iter().find(|(_, d)| d.bdev == name).map(|(k, _)| k.clone()) {
+            return Err(busy(format!("bdev {name} is exported at {dev}")));
+        }
+        st.bases.remove(name);
+        st.order.retain(|n| n != name);
+        Ok(json!(true))
+    }
+
+    fn ilog_create(&self, p: CreateParams) -> Result<Value, RpcError> {
+        let mut st = self.lock();
+        check_new_name(&st, &p.name)?;
+        let base = st.bases.get(&p.base_bdev_name).ok_or_else(|| no_such_bdev(&p.base_bdev_name))?;
+        if let Some(owner) = &base.claimed_by {
+            return Err(busy(format!("bdev {} is already claimed by {owner}", p.base_bdev_name)));
+        }
+        if st.nbd.values().any(|d| d.bdev == p.base_bdev_name) {
+            return Err(busy(format!("bdev {} is exported over NBD", p.base_bdev_name)));
+        }
+        let dev = base.dev.clone();
+        let ilog = match Ilog::attach(dev.clone(), &self.reactors) {
+            Err(Error::NotFormatted) => {
+                ilog_bdev::engine::format(dev.as_ref(), &p.format_options(), random_uuid())?;
+                log::info!("formatted {} for {}", p.base_bdev_name, p.name);
+                Ilog::attach(dev, &self.reactors)?
+            }
+            other => other?,
+        };
+        log::info!("created ilog bdev {} on {}", p.name, p.base_bdev_name);
+        st.bases.get_mut(&p.base_bdev_name).expect("checked").claimed_by = Some(p.name.clone());
+        st.order.push(p.name.clone());
+        let name = p.name.clone();
+        st.ilogs.insert(name.clone(), IlogBdev { ilog: Arc::new(ilog), params: p });
+        Ok(methods::create_result(&name))
+    }
+
+    fn ilog(&self, st: &State, name: &str) -> Result<Arc<Ilog>, RpcError> {
+        st.ilogs.get(name).map(|b| b.ilog.clone()).ok_or_else(|| no_such_bdev(name))
+    }
+
+    fn exported(st: &State, bdev: &str) -> Option<String> {
+        st.nbd
+            .iter()
+            .find(|(_, d)| d.bdev == bdev || d.bdev.split_once('@').is_some_and(|(b, _)| b == bdev))
+            .map(|(k, _)| k.clone())
+    }
+
+    fn execute(&self, cmd: Command) -> Result<Value, RpcError> {
+        match cmd {
+            Command::Create(p) => self.ilog_create(p),
+            Command::Delete { name } => {
+                let mut st = self.lock();
+                if !st.ilogs.contains_key(&name) {
+                    return Err(no_such_bdev(&name));
+                }
+                if let Some(dev) = Target::exported(&st, &name) {
+                    return Err(busy(format!("bdev {name} or one of its volumes is exported at {dev}")));
+                }
+                let bdev = st.ilogs.remove(&name).expect("checked");
+                st.order.retain(|n| n != &name);
+                for base in st.bases.values_mut().filter(|b| b.claimed_by.as_deref() == Some(name.as_str())) {
+                    base.claimed_by = None;
+                }
+                match Arc::try_unwrap(bdev.ilog) {
+                    Ok(ilog) => ilog.close()?,
+                    Err(_) => return Err(busy(format!("bdev {name} has I/O in flight"))),
+                }
+                Ok(methods::done_result())
+            }
+            Command::GetBdevs { name } => {
+                let st = self.lock();
+                let infos = st
+                    .ilogs
+                    .iter()
+                    .filter(|(n, _)| name.as_ref().is_none_or(|want| want == *n))
+                    .map(|(n, b)| {
+                        Ok(IlogBdevInfo {
+                            name: n.clone(),
+                            base_bdev_name: b.params.base_bdev_name.clone(),
+                            block_size: b.ilog.block_size(),
+                            num_blocks: b.ilog.volume_blocks(),
+                            cores: self.reactors.cores(),
+                            volumes: b.ilog.volumes()?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, Error>>()?;
+                if let Some(want) = &name {
+                    if infos.is_empty() {
+                        return Err(no_such_bdev(want));
+                    }
+                }
+                Ok(methods::bdevs_result(&infos))
+            }
+            Command::Snapshot { name, snapshot_name } => {
+                let ilog = self.ilog(&self.lock(), &name)?;
+                let v = ilog.snapshot(snapshot_name.as_deref())?;
+                Ok(methods::snapshot_result(&name, &v))
+            }
+            Command::GetVolumes { name } => {
+                let ilog = self.ilog(&self.lock(), &name)?;
+                Ok(methods::volumes_result(&name, &ilog.volumes()?))
+            }
+            Command::DeleteVolume { name, volume } => {
+                let st = self.lock();
+                let ilog = self.ilog(&st, &name)?;
+                let bdev = methods::volume_bdev_name(&name, &volume);
+                if let Some((dev, _)) = st.nbd.iter().find(|(_, d)| d.bdev == bdev) {
+                    return Err(busy(format!("volume bdev {bdev} is exported at {dev}")));
+                }
+                ilog.delete_volume(&volume)?;
+                Ok(methods::done_result())
+            }
+            Command::LogRead { name, cursor, count, with_data } => {
+                let ilog = self.ilog(&self.lock(), &name)?;
+                Ok(methods::log_result(&ilog.log_read(cursor, count, with_data)?))
+            }
+            Command::GetStats { name } => {
+                let ilog = self.ilog(&self.lock(), &name)?;
+                Ok(methods::stats_result(&name, &ilog.stats()?))
+            }
+        }
+    }
+
+    /// SPDK-style description of every bdev (bases, ilog bdevs, volumes).
+    fn get_bdevs(&self, name: Option<String>) -> Result<Value, RpcError> {
+        let st = self.lock();
+        let io_types = |write: bool| json!({"read": true, "write": write, "unmap": write, "write_zeroes": write, "flush": write, "reset": true});
+        let mut out = Vec::new();
+        for (n, b) in &st.bases {
+            let product = match b.kind {
+                BaseKind::Malloc => "Malloc disk",
+                BaseKind::Aio { .. } => "AIO disk",
+            };
+            let mut d = json!({
+                "name": n, "aliases": [], "product_name": product, "block_size": b.dev.block_size(),
+                "num_blocks": b.dev.num_blocks(), "uuid": b.uuid, "claimed": b.claimed_by.is_some(),
+                "supported_io_types": io_types(true), "driver_specific": {},
+            });
+            if let BaseKind::Aio { filename } = &b.kind {
+                d["driver_specific"] = json!({"aio": {"filename": filename}});
+            }
+            out.push(d);
+        }
+        for (n, b) in &st.ilogs {
+            let (bs, blocks) = (b.ilog.block_size(), b.ilog.volume_blocks());
+            out.push(json!({
+                "name": n, "aliases": [], "product_name": "ilog disk", "block_size": bs, "num_blocks": blocks,
+                "claimed": false, "supported_io_types": io_types(true),
+                "driver_specific": {"ilog": {"base_bdev_name": b.params.base_bdev_name}},
+            }));
+            for v in b.ilog.volumes()? {
+                out.push(json!({
+                    "name": methods::volume_bdev_name(n, &v.name), "aliases": [], "product_name": "ilog snapshot volume",
+                    "block_size": bs, "num_blocks": blocks, "claimed": false, "supported_io_types": io_types(false),
+                    "driver_specific": {"ilog_volume": {"ilog_bdev": n, "volume_id": v.name, "partition": v.partition}},
+                }));
+            }
+        }
+        match name {
+            Some(want) => {
+                let found: Vec<Value> = out.into_iter().filter(|d| d["name"] == want.as_str()).collect();
+                if found.is_empty() {
+                    return Err(no_such_bdev(&want));
+                }
+                Ok(Value::Array(found))
+            }
+            None => Ok(Value::Array(out)),
+        }
+    }
+
+    /// The export behind a bdev name: an ilog bdev, one of its volumes
+    /// (`<ilog>@<volume>`, read-only) or an unclaimed base bdev.
+    fn export_of(&self, st: &State, bdev: &str) -> Result<Arc<dyn Export>, RpcError> {
+        if let Some((ilog_name, volume)) = bdev.split_once('@') {
+            let ilog = self.ilog(st, ilog_name)?;
+            let v = ilog.volume(volume)?;
+            return Ok(Arc::new(IlogExport::new(ilog, View::Volume(v.partition))));
+        }
+        if let Some(b) = st.ilogs.get(bdev) {
+            return Ok(Arc::new(IlogExport::new(b.ilog.clone(), View::Current)));
+        }
+        let base = st.bases.get(bdev).ok_or_else(|| no_such_bdev(bdev))?;
+        if let Some(owner) = &base.claimed_by {
+            return Err(busy(format!("bdev {bdev} is claimed by {owner}")));
+        }
+        let export = BaseExport::new(base.dev.clone())
+            .map_err(|e| RpcError::errno(e.raw_os_error().unwrap_or(libc::EIO), e.to_string()))?;
+        Ok(Arc::new(export))
+    }
+
+    fn nbd_start(&self, p: NbdStart) -> Result<Value, RpcError> {
+        let mut st = self.lock();
+        if st.nbd.contains_key(&p.nbd_device) {
+            return Err(busy(format!("{} is already exporting a bdev", p.nbd_device)));
+        }
+        let listen = Listen::parse(&p.nbd_device).map_err(RpcError::invalid_params)?;
+        let export = self.export_of(&st, &p.bdev_name)?;
+        let server = NbdServer::start(listen, p.bdev_name.clone(), export)
+            .map_err(|e| RpcError::errno(e.raw_os_error().unwrap_or(libc::EIO), format!("{}: {e}", p.nbd_device)))?;
+        log::info!("exporting {} over NBD at {}", p.bdev_name, p.nbd_device);
+        st.nbd.insert(p.nbd_device.clone(), NbdDisk { bdev: p.bdev_name, server });
+        Ok(json!(p.nbd_device))
+    }
+
+    fn nbd_stop(&self, p: NbdDevice) -> Result<Value, RpcError> {
+        let disk = self.lock().nbd.remove(&p.nbd_device);
+        let disk = disk.ok_or_else(|| RpcError::errno(libc::ENODEV, format!("no NBD export at {}", p.nbd_device)))?;
+        disk.server.stop();
+        Ok(json!(true))
+    }
+
+    fn nbd_disks(&self, p: MaybeNbdDevice) -> Result<Value, RpcError> {
+        let st = self.lock();
+        let disks: Vec<Value> = st
+            .nbd
+            .iter()
+            .filter(|(dev, _)| p.nbd_device.as_ref().is_none_or(|want| want == *dev))
+            .map(|(_, d)| {
+                json!({"nbd_device": d.server.listen().to_string(), "bdev_name": d.server.name(),
+                    "connections": d.server.connections()})
+            })
+            .collect();
+        if let (Some(want), true) = (&p.nbd_device, disks.is_empty()) {
+            return Err(RpcError::errno(libc::ENODEV, format!("no NBD export at {want}")));
+        }
+        Ok(Value::Array(disks))
+    }
+
+    /// One subsystem's part of the running configuration, as the methods
+    /// that recreate it (SPDK's `framework_get_config`).
+    fn subsystem_config(&self, subsystem: &str) -> Option<Vec<Value>> {
+        let st = self.lock();
+        match subsystem {
+            "bdev" => Some(
+                st.order
+                    .iter()
+                    .filter_map(|name| {
+                        if let Some(b) = st.bases.get(name) {
+                            let (bs, blocks) = (b.dev.block_size(), b.dev.num_blocks());
+                            Some(match &b.kind {
+                                BaseKind::Malloc => json!({"method": "bdev_malloc_create",
+                                    "params": {"name": name, "num_blocks": blocks, "block_size": bs, "uuid": b.uuid}}),
+                                BaseKind::Aio { filename } => json!({"method": "bdev_aio_create",
+                                    "params": {"name": name, "filename": filename, "block_size": bs, "uuid": b.uuid}}),
+                            })
+                        } else {
+                            st.ilogs.get(name).map(|i| json!({"method": "bdev_ilog_create", "params": i.params}))
+                        }
+                    })
+                    .collect(),
+            ),
+            "nbd" => Some(
+                st.nbd
+                    .iter()
+                    .map(|(dev, d)| json!({"method": "nbd_start_disk", "params": {"bdev_name": d.bdev, "nbd_device": dev}}))
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// The running configuration as an SPDK JSON config: loading it with
+    /// `-c` recreates the same bdevs and exports.
+    fn save_config(&self) -> Value {
+        let subsystems: Vec<Value> = SUBSYSTEMS
+            .iter()
+            .map(|(name, _)| json!({"subsystem": name, "config": self.subsystem_config(name).unwrap_or_default()}))
+            .collect();
+        json!({ "subsystems": subsystems })
+    }
+
+    /// Applies an SPDK JSON config (`{"subsystems": [...]}`), in order.
+    pub fn load_config(&self, config: &Value) -> Result<(), String> {
+        let subsystems = config["subsystems"].as_array().ok_or("the config has no \"subsystems\" array")?;
+        for sub in subsystems {
+            let name = sub["subsystem"].as_str().unwrap_or("?");
+            let Some(entries) = sub["config"].as_array() else { continue };
+            for entry in entries {
+                let method =
+                    entry["method"].as_str().ok_or_else(|| format!("subsystem {name}: an entry has no method"))?;
+                let params = entry.get("params").cloned();
+                self.call(method, params).map_err(|e| format!("{method}: {} (code {})", e.message, e.code))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_new_name(st: &State, name: &str) -> Result<(), RpcError> {
+    if name.is_empty() || name.contains('@') || name.contains('/') {
+        return Err(RpcError::invalid_params(format!("bdev name {name:?} must be non-empty, without '@' or '/'")));
+    }
+    if st.bases.contains_key(name) || st.ilogs.contains_key(name) {
+        return Err(RpcError::errno(libc::EEXIST, format!("bdev {name} already exists")));
+    }
+    Ok(())
+}
+
+impl Handler for Target {
+    fn call(&self, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
+        if let Some(cmd) = methods::parse(method, params.as_ref()) {
+            return self.execute(cmd?);
+        }
+        match method {
+            "spdk_get_version" => Ok(json!({
+                "version": concat!("ilog_tgt v", env!("CARGO_PKG_VERSION")),
+                "fields": {"major": 0, "minor": 1, "patch": 0, "suffix": ""},
+            })),
+            "rpc_get_methods" => {
+                let mut all: Vec<&str> = SPDK_METHODS.iter().chain(methods::METHODS).copied().collect();
+                all.sort_unstable();
+                Ok(json!(all))
+            }
+            "framework_get_reactors" => {
+                let reactors: Vec<Value> = (0..self.reactors.cores())
+                    .map(|i| json!({"lcore": i, "busy": 0, "idle": 0, "in_interrupt": false, "lw_threads": []}))
+                    .collect();
+                Ok(json!({"tick_rate": 1_000_000_000u64, "reactors": reactors}))
+            }
+            "bdev_malloc_create" => self.malloc_create(params_of(params)?),
+            "bdev_malloc_delete" => self.base_delete(&params_of::<ByName>(params)?.name, true),
+            "bdev_aio_create" => self.aio_create(params_of(params)?),
+            "bdev_aio_delete" => self.base_delete(&params_of::<ByName>(params)?.name, false),
+            "bdev_get_bdevs" => self.get_bdevs(params_of::<MaybeName>(params)?.name),
+            "nbd_start_disk" => self.nbd_start(params_of(params)?),
+            "nbd_stop_disk" => self.nbd_stop(params_of(params)?),
+            "nbd_get_disks" => self.nbd_disks(params_of(params)?),
+            "save_config" => Ok(self.save_config()),
+            "framework_get_subsystems" => {
+                let list: Vec<Value> =
+                    SUBSYSTEMS.iter().map(|(n, deps)| json!({"subsystem": n, "depends_on": deps})).collect();
+                Ok(Value::Array(list))
+            }
+            "framework_get_config" => {
+                let GetConfig { name, .. } = params_of(params)?;
+                let config = self
+                    .subsystem_config(&name)
+                    .ok_or_else(|| RpcError::invalid_params(format!("no subsystem {name}")))?;
+                Ok(Value::Array(config))
+            }
+            _ => Err(RpcError::method_not_found(method)),
+        }
+    }
+}
+
+fn params_of<T: for<'de> Deserialize<'de>>(p: Option<Value>) -> Result<T, RpcError> {
+    params(p)
+}

@@ -1,0 +1,414 @@
+//! `ilog_tgt` driven by the clients our users drive it with: SPDK's
+//! `spdk-rpc` with the `rpc_ilog` plugin, `qemu-io` and `qemu-img` over NBD,
+//! libnbd's `nbdinfo`, and `fio` with its nbd engine. `scripts/install-deps.sh`
+//! installs them; a missing one fails the test with its name.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+fn scratch_dir(tag: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ilog-tgt-{}-{tag}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn tool(name: &str) -> Command {
+    let found =
+        Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().is_ok_and(|o| o.status.success());
+    assert!(found, "{name} is not installed: run scripts/install-deps.sh");
+    Command::new(name)
+}
+
+fn nbd_uri(sock: &Path) -> String {
+    format!("nbd+unix:///?socket={}", sock.display())
+}
+
+/// A running `ilog_tgt`.
+struct Tgt {
+    child: Option<Child>,
+    sock: PathBuf,
+}
+
+impl Tgt {
+    fn start(dir: &Path, cpumask: &str, config: Option<&Path>) -> Tgt {
+        let sock = dir.join("rpc.sock");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ilog_tgt"));
+        cmd.args(["-m", cpumask, "-r"]).arg(&sock).args(["-L", "warn"]);
+        if let Some(c) = config {
+            cmd.arg("-c").arg(c);
+        }
+        let child = cmd.stdin(Stdio::null()).spawn().expect("start ilog_tgt");
+        let tgt = Tgt { child: Some(child), sock };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tgt.raw(&json!({"jsonrpc": "2.0", "id": 1, "method": "spdk_get_version"})).is_err() {
+            assert!(Instant::now() < deadline, "ilog_tgt did not answer on {}", tgt.sock.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tgt
+    }
+
+    /// `spdk-rpc -s <sock> --plugin rpc_ilog <args>`: the parsed JSON output.
+    fn rpc(&self, args: &[&str]) -> Result<Value, String> {
+        let out = tool("spdk-rpc")
+            .env("PYTHONPATH", Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts"))
+            .arg("-s")
+            .arg(&self.sock)
+            .args(["--plugin", "rpc_ilog"])
+            .args(args)
+            .output()
+            .expect("run spdk-rpc");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text.trim().to_owned())))
+    }
+
+    fn ok(&self, args: &[&str]) -> Value {
+        self.rpc(args).unwrap_or_else(|e| panic!("spdk-rpc {args:?} failed: {e}"))
+    }
+
+    /// One raw JSON-RPC exchange on a fresh connection.
+    fn raw(&self, request: &Value) -> std::io::Result<Value> {
+        self.raw_bytes(request.to_string().as_bytes())
+    }
+
+    fn raw_bytes(&self, bytes: &[u8]) -> std::io::Result<Value> {
+        let mut s = UnixStream::connect(&self.sock)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.write_all(bytes)?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line)?;
+        serde_json::from_str(&line).map_err(std::io::Error::other)
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then the exit status must be success.
+    fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().expect("reap");
+        assert!(status.success(), "ilog_tgt exited with {status} after SIGTERM");
+    }
+}
+
+impl Drop for Tgt {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs qemu-io commands on an NBD export; every command must succeed.
+fn qemu_io(sock: &Path, read_only: bool, cmds: &[&str]) {
+    let mut cmd = tool("qemu-io");
+    cmd.args(["-f", "raw"]);
+    if read_only {
+        cmd.arg("-r");
+    }
+    for c in cmds {
+        cmd.args(["-c", c]);
+    }
+    let out = cmd.arg(nbd_uri(sock)).output().expect("run qemu-io");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !text.contains("failed") && !text.contains("error"),
+        "qemu-io {cmds:?} on {}: {text}",
+        sock.display()
+    );
+}
+
+/// A raw image built independently of ilog, by qemu-io on a plain file.
+fn expected_image(path: &Path, size: u64, cmds: &[&str]) {
+    let out = tool("qemu-img").args(["create", "-f", "raw"]).arg(path).arg(size.to_string()).output().unwrap();
+    assert!(out.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&out.stderr));
+    let mut cmd = tool("qemu-io");
+    cmd.args(["-f", "raw"]);
+    for c in cmds {
+        cmd.args(["-c", c]);
+    }
+    let out = cmd.arg(path).output().unwrap();
+    assert!(out.status.success(), "qemu-io on {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+}
+
+fn assert_same_image(export: &Path, image: &Path) {
+    let out = tool("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(nbd_uri(export))
+        .arg(image)
+        .output()
+        .expect("run qemu-img compare");
+    assert!(
+        out.status.success(),
+        "{} differs from {}: {}{}",
+        nbd_uri(export),
+        image.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn volume_bytes(tgt: &Tgt, bdev: &str) -> u64 {
+    let b = &tgt.ok(&["bdev_get_bdevs", "-b", bdev])[0];
+    b["num_blocks"].as_u64().unwrap() * b["block_size"].as_u64().unwrap()
+}
+
+#[test]
+fn snapshots_taken_through_rpc_read_back_exactly_over_nbd() {
+    let dir = scratch_dir("snap");
+    let tgt = Tgt::start(&dir, "0x3", None);
+    assert_eq!(tgt.ok(&["bdev_malloc_create", "-b", "Malloc0", "64", "4096"]), json!("Malloc0"));
+    assert_eq!(tgt.ok(&["bdev_ilog_create", "-b", "Malloc0", "-p", "ilog0"]), json!("ilog0"));
+    let size = volume_bytes(&tgt, "ilog0");
+    let cur = dir.join("ilog0.nbd");
+    tgt.ok(&["nbd_start_disk", "ilog0", cur.to_str().unwrap()]);
+
+    let info = tool("nbdinfo").arg("--size").arg(nbd_uri(&cur)).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&info.stdout).trim(), size.to_string(), "nbdinfo sees the volume size");
+
+    let step1 = ["write -P 0x11 0 1M", "write -P 0x12 3M 64k"];
+    let step2 = ["write -P 0x22 0 512k", "write -z 3M 64k"];
+    let step3 = ["write -P 0x33 256k 512k", "discard 0 64k"];
+    qemu_io(&cur, false, &step1);
+    let s1 = tgt.ok(&["bdev_ilog_snapshot", "ilog0", "-n", "first"]);
+    assert_eq!(s1, json!({"volume_id": "first", "bdev": "ilog0@first"}));
+    qemu_io(&cur, false, &step2);
+    let s2 = tgt.ok(&["bdev_ilog_snapshot", "ilog0"]);
+    let s2_name = s2["volume_id"].as_str().unwrap().to_owned();
+    qemu_io(&cur, false, &step3);
+
+    let (e1, e2, e3) = (dir.join("first.raw"), dir.join("second.raw"), dir.join("current.raw"));
+    expected_image(&e1, size, &step1);
+    expected_image(&e2, size, &[&step1[..], &step2[..]].concat());
+    expected_image(&e3, size, &[&step1[..], &step2[..], &step3[..]].concat());
+
+    let (x1, x2) = (dir.join("first.nbd"), dir.join("second.nbd"));
+    tgt.ok(&["nbd_start_disk", "ilog0@first", x1.to_str().unwrap()]);
+    tgt.ok(&["nbd_start_disk", &format!("ilog0@{s2_name}"), x2.to_str().unwrap()]);
+    assert_same_image(&x1, &e1);
+    assert_same_image(&x2, &e2);
+    assert_same_image(&cur, &e3);
+    qemu_io(&x1, true, &["read -P 0x11 0 1M", "read -P 0x12 3M 64k"]);
+
+    // A snapshot volume is read-only.
+    let mut w = tool("qemu-io");
+    let out = w.args(["-f", "raw", "-c", "write -P 0x44 0 4k"]).arg(nbd_uri(&x1)).output().unwrap();
+    assert!(
+        !out.status.success() || String::from_utf8_lossy(&out.stdout).contains("failed"),
+        "a write to a snapshot export must fail"
+    );
+
+    let vols = tgt.ok(&["bdev_ilog_get_volumes", "ilog0"]);
+    let names: Vec<&str> = vols.as_array().unwrap().iter().map(|v| v["volume_id"].as_str().unwrap()).collect();
+    assert_eq!(names, ["first", s2_name.as_str()]);
+    let log = tgt.ok(&["bdev_ilog_log_read", "ilog0", "-n", "1000"]);
+    let entries = log["entries"].as_array().unwrap();
+    assert!(!entries.is_empty() && entries.windows(2).all(|w| w[0]["sequence"].as_u64() < w[1]["sequence"].as_u64()));
+    assert_eq!(entries[0]["volume_id"], json!("first"));
+
+    // A volume in use cannot be deleted; once unexported it can.
+    assert!(tgt.rpc(&["bdev_ilog_delete_volume", "ilog0", "first"]).is_err());
+    tgt.ok(&["nbd_stop_disk", x1.to_str().unwrap()]);
+    tgt.ok(&["bdev_ilog_delete_volume", "ilog0", "first"]);
+    let vols = tgt.ok(&["bdev_ilog_get_volumes", "ilog0"]);
+    assert_eq!(vols.as_array().unwrap().len(), 1, "first is gone: {vols}");
+    assert_same_image(&x2, &e2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn fio_verifies_its_data_over_nbd_while_snapshots_are_taken() {
+    let dir = scratch_dir("fio");
+    let tgt = Tgt::start(&dir, "0x3", None);
+    tgt.ok(&["bdev_malloc_create", "-b", "Malloc0", "256", "4096"]);
+    tgt.ok(&["bdev_ilog_create", "-b", "Malloc0", "-p", "ilog0"]);
+    let sock = dir.join("ilog0.nbd");
+    tgt.ok(&["nbd_start_disk", "ilog0", sock.to_str().unwrap()]);
+    let fio = tool("fio")
+        .args(["--name=verify", "--ioengine=nbd", "--rw=randwrite", "--bs=4k", "--size=48M", "--iodepth=16"])
+        .args(["--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--randrepeat=0", "--numjobs=1"])
+        .arg(format!("--uri={}", nbd_uri(&sock)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run fio");
+    let mut snapshots = 0;
+    let mut fio = fio;
+    while fio.try_wait().unwrap().is_none() && snapshots < 40 {
+        tgt.ok(&["bdev_ilog_snapshot", "ilog0"]);
+        snapshots += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = fio.wait().unwrap();
+    let mut out = String::new();
+    fio.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    fio.stderr.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(status.success() && !out.contains("verify failed"), "fio verify over NBD failed: {out}");
+    assert!(snapshots >= 2, "snapshots were taken while fio ran ({snapshots})");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn file_config(dir: &Path, base: &Path, nbd: &Path) -> PathBuf {
+    let config = json!({"subsystems": [
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_aio_create", "params": {"name": "Aio0", "filename": base, "block_size": 4096}},
+            {"method": "bdev_ilog_create", "params": {"name": "ilog0", "base_bdev_name": "Aio0"}},
+        ]},
+        {"subsystem": "nbd", "config": [
+            {"method": "nbd_start_disk", "params": {"bdev_name": "ilog0", "nbd_device": nbd}},
+        ]},
+    ]});
+    let path = dir.join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn a_killed_target_restarts_with_every_flushed_block_and_snapshot() {
+    let dir = scratch_dir("crash");
+    let base = dir.join("base.img");
+    std::fs::File::create(&base).unwrap().set_len(128 * MIB).unwrap();
+    let nbd = dir.join("ilog0.nbd");
+    let config = file_config(&dir, &base, &nbd);
+    let mut tgt = Tgt::start(&dir, "0x3", Some(&config));
+
+    qemu_io(&nbd, false, &["write -P 0x51 0 2M", "flush"]);
+    tgt.ok(&["bdev_ilog_snapshot", "ilog0", "-n", "before"]);
+    qemu_io(&nbd, false, &["write -P 0x52 1M 2M", "flush"]);
+    // Keep writing (unflushed) at 8M.. while the target is killed.
+    let mut writer = tool("qemu-io")
+        .args(["-f", "raw"])
+        .args((0..200).flat_map(|i| ["-c".to_owned(), format!("write -P 0x53 {}k 64k", 8192 + (i % 64) * 64)]))
+        .arg(nbd_uri(&nbd))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    tgt.kill9();
+    let _ = writer.wait();
+
+    let tgt = Tgt::start(&dir, "0x1", Some(&config));
+    qemu_io(&nbd, true, &["read -P 0x51 0 1M", "read -P 0x52 1M 2M"]);
+    let snap = dir.join("before.nbd");
+    tgt.ok(&["nbd_start_disk", "ilog0@before", snap.to_str().unwrap()]);
+    qemu_io(&snap, true, &["read -P 0x51 0 2M", "read -P 0 2M 2M"]);
+    // The region written while the target died holds whole old or new 64k writes.
+    let out = tool("nbdcopy").arg(nbd_uri(&nbd)).arg("-").output().unwrap();
+    assert!(out.status.success(), "nbdcopy: {}", String::from_utf8_lossy(&out.stderr));
+    let image = out.stdout;
+    for block in image[8 * MIB as usize..12 * MIB as usize].chunks(4096) {
+        assert!(
+            block.iter().all(|&b| b == 0) || block.iter().all(|&b| b == 0x53),
+            "a block written during the crash holds other bytes"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn save_config_restarts_into_the_same_bdevs_and_volumes() {
+    let dir = scratch_dir("config");
+    let base = dir.join("base.img");
+    std::fs::File::create(&base).unwrap().set_len(64 * MIB).unwrap();
+    let mut tgt = Tgt::start(&dir, "0x1", None);
+    tgt.ok(&["bdev_aio_create", base.to_str().unwrap(), "Aio0", "4096"]);
+    tgt.ok(&["bdev_ilog_create", "-b", "Aio0", "-p", "ilog0"]);
+    let nbd = dir.join("ilog0.nbd");
+    tgt.ok(&["nbd_start_disk", "ilog0", nbd.to_str().unwrap()]);
+    qemu_io(&nbd, false, &["write -P 0x61 0 1M"]);
+    tgt.ok(&["bdev_ilog_snapshot", "ilog0", "-n", "kept"]);
+    let saved = tgt.ok(&["save_config"]);
+    let path = dir.join("saved.json");
+    std::fs::write(&path, saved.to_string()).unwrap();
+    tgt.stop();
+
+    let tgt = Tgt::start(&dir, "0x3", Some(&path));
+    let vols = tgt.ok(&["bdev_ilog_get_volumes", "ilog0"]);
+    assert_eq!(vols[0]["volume_id"], json!("kept"));
+    qemu_io(&nbd, true, &["read -P 0x61 0 1M"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_requests_get_spdk_errors_and_the_target_keeps_serving() {
+    let dir = scratch_dir("bad");
+    let tgt = Tgt::start(&dir, "0x1", None);
+    let call = |method: &str, params: Value| {
+        tgt.raw(&json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params})).unwrap()
+    };
+    assert_eq!(
+        call("bdev_malloc_create", json!({"name": "Malloc0", "num_blocks": 16384, "block_size": 4096}))["result"],
+        json!("Malloc0")
+    );
+    assert_eq!(
+        call("bdev_ilog_create", json!({"name": "ilog0", "base_bdev_name": "Malloc0"}))["result"],
+        json!("ilog0")
+    );
+    let nbd = dir.join("x.nbd");
+    call("nbd_start_disk", json!({"bdev_name": "ilog0", "nbd_device": nbd}));
+
+    let cases: Vec<(&str, Value, i64)> = vec![
+        ("no_such_method", json!({}), -32601),
+        ("bdev_ilog_create", json!({"name": "ilog1"}), -32602),
+        ("bdev_ilog_create", json!({"name": "ilog1", "base_bdev_name": "Malloc0", "bogus": 1}), -32602),
+        ("bdev_ilog_create", json!({"name": "ilog1", "base_bdev_name": "Nope"}), -19),
+        ("bdev_ilog_create", json!({"name": "ilog1", "base_bdev_name": "Malloc0"}), -16),
+        ("bdev_ilog_create", json!({"name": "ilog0", "base_bdev_name": "Malloc0"}), -17),
+        ("bdev_malloc_create", json!({"name": "Malloc0", "num_blocks": 16, "block_size": 4096}), -17),
+        ("bdev_malloc_create", json!({"num_blocks": "many", "block_size": 4096}), -32602),
+        ("bdev_malloc_delete", json!({"name": "Malloc0"}), -16),
+        ("bdev_ilog_delete", json!({"name": "ilog0"}), -16),
+        ("bdev_ilog_snapshot", json!({"name": "nope"}), -19),
+        ("bdev_ilog_snapshot", json!({"name": "ilog0", "snapshot_name": "bad/name"}), -22),
+        ("bdev_ilog_delete_volume", json!({"name": "ilog0", "volume": "missing"}), -2),
+        ("bdev_ilog_log_read", json!({"name": "ilog0", "count": 0}), -32602),
+        ("nbd_start_disk", json!({"bdev_name": "ilog0", "nbd_device": nbd}), -16),
+        ("nbd_start_disk", json!({"bdev_name": "ilog0", "nbd_device": "10.1.2.3:10809"}), -32602),
+        ("nbd_stop_disk", json!({"nbd_device": "/nowhere"}), -19),
+        ("bdev_get_bdevs", json!({"name": "nope"}), -19),
+    ];
+    for (method, params, code) in cases {
+        let r = call(method, params.clone());
+        assert_eq!(r["error"]["code"], json!(code), "{method} {params}: {r}");
+        assert!(r["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{method}: an error message");
+    }
+    // Malformed JSON and invalid requests.
+    assert_eq!(
+        tgt.raw_bytes(b"{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": }\n").unwrap()["error"]["code"],
+        json!(-32700)
+    );
+    assert_eq!(tgt.raw(&json!({"jsonrpc": "2.0", "id": 1, "method": 5})).unwrap()["error"]["code"], json!(-32600));
+    // Still serving, nothing lost.
+    assert!(call("spdk_get_version", Value::Null)["result"]["version"].is_string());
+    qemu_io(&nbd, false, &["write -P 0x71 0 64k", "read -P 0x71 0 64k"]);
+    let methods = call("rpc_get_methods", json!({}))["result"].clone();
+    for m in ["bdev_ilog_create", "bdev_ilog_snapshot", "nbd_start_disk", "save_config"] {
+        assert!(methods.as_array().unwrap().contains(&json!(m)), "rpc_get_methods lists {m}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
