@@ -251,6 +251,8 @@ fn fio_verifies_its_data_over_nbd_while_snapshots_are_taken() {
     let fio = tool("fio")
         .args(["--name=verify", "--ioengine=nbd", "--rw=randwrite", "--bs=4k", "--size=48M", "--iodepth=16"])
         .args(["--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--randrepeat=0", "--numjobs=1"])
+        // fio would leave its verify state file in the working directory.
+        .arg("--verify_state_save=0")
         .arg(format!("--uri={}", nbd_uri(&sock)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
