@@ -305,6 +305,24 @@ impl Harness {
         self.submit(Request::LogRead { cursor, count, with_data: true }, Op::LogRead { cursor });
     }
 
+    /// Checks blocks `lba..` read as `buf` from `volume` (the current image
+    /// if `None`) against the model, collapsing each to what was read.
+    fn check_blocks(&mut self, volume: Option<&str>, lba: u64, buf: &[u8], what: &str) {
+        for (i, got) in buf.chunks_exact(self.bs).enumerate() {
+            let l = lba + i as u64;
+            let slot = match volume {
+                None => &mut self.blocks[l as usize].cur,
+                Some(name) => &mut self.volumes.get_mut(name).expect("modelled volume").blocks[l as usize],
+            };
+            let mut cand = std::mem::take(slot);
+            self.check_block(&mut cand, l, got, &format!("{what} of {}", volume.unwrap_or("the current image")));
+            match volume {
+                None => self.blocks[l as usize].cur = cand,
+                Some(name) => self.volumes.get_mut(name).expect("modelled volume").blocks[l as usize] = cand,
+            }
+        }
+    }
+
     /// Checks block `lba` read as `got` against `cand`, collapsing it.
     fn check_block(&self, cand: &mut Cand, lba: u64, got: &[u8], what: &str) {
         match decode(got, lba) {
@@ -360,24 +378,9 @@ impl Harness {
                     }
                     Err(e) => self.fail(format!("read at {lba} failed: {e}")),
                 }
-                for i in 0..u64::from(blocks) {
-                    let l = lba + i;
-                    let got = &buf[i as usize * self.bs..(i as usize + 1) * self.bs];
-                    match &volume {
-                        None => {
-                            let mut cand = std::mem::take(&mut self.blocks[l as usize].cur);
-                            self.check_block(&mut cand, l, got, "current read");
-                            self.blocks[l as usize].cur = cand;
-                        }
-                        Some(name) => {
-                            // A deleted volume's model is gone; reads racing the delete are unchecked.
-                            let Some(mut vm) = self.volumes.remove(name) else { continue };
-                            let mut cand = std::mem::take(&mut vm.blocks[l as usize]);
-                            self.check_block(&mut cand, l, got, &format!("read of volume {name}"));
-                            vm.blocks[l as usize] = cand;
-                            self.volumes.insert(name.clone(), vm);
-                        }
-                    }
+                // A deleted volume's model is gone; reads racing the delete are unchecked.
+                if volume.as_ref().is_none_or(|name| self.volumes.contains_key(name)) {
+                    self.check_blocks(volume.as_deref(), lba, &buf, "read");
                 }
             }
             Op::Flush { tick, snapshot } => match result {
@@ -578,24 +581,7 @@ impl Harness {
                     Some(Err(e)) => self.fail(format!("verification read at {lba} of {view:?} failed: {e}")),
                     None => self.fail(format!("verification read at {lba} of {view:?} never completed")),
                 }
-                for i in 0..u64::from(n) {
-                    let l = lba + i;
-                    let got = &buf[i as usize * self.bs..(i as usize + 1) * self.bs];
-                    match &view {
-                        None => {
-                            let mut cand = std::mem::take(&mut self.blocks[l as usize].cur);
-                            self.check_block(&mut cand, l, got, "after recovery, current");
-                            self.blocks[l as usize].cur = cand;
-                        }
-                        Some(name) => {
-                            let mut vm = self.volumes.remove(name).expect("listed");
-                            let mut cand = std::mem::take(&mut vm.blocks[l as usize]);
-                            self.check_block(&mut cand, l, got, &format!("after recovery, volume {name}"));
-                            vm.blocks[l as usize] = cand;
-                            self.volumes.insert(name.clone(), vm);
-                        }
-                    }
-                }
+                self.check_blocks(view.as_deref(), lba, &buf, "after recovery, read");
                 lba += u64::from(n);
             }
         }
