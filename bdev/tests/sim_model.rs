@@ -16,11 +16,12 @@
 //! `ILOG_SIM_SEED=S` runs seed S alone. A failure prints its seed.
 
 use ilog_bdev::device::sim::Faults;
-use ilog_bdev::engine::{LogEntryKind, Reply, Request, View};
+use ilog_bdev::engine::{audit_space, LogEntryKind, Reply, Request, View};
 use ilog_bdev::format::FormatOptions;
 use ilog_bdev::runtime::sim::{Rng, Sim};
 use ilog_bdev::Error;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Values a block may hold; 0 is zeros.
 type Cand = BTreeSet<u64>;
@@ -99,6 +100,10 @@ enum Op {
     LogRead {
         cursor: u64,
     },
+    Compact {
+        volume: Option<String>,
+    },
+    Stats,
 }
 
 struct Harness {
@@ -142,7 +147,7 @@ impl Harness {
         let opts = FormatOptions {
             stripe_bytes: stripe_blocks * bs as u64,
             segment_bytes: segment_blocks * bs as u64,
-            log_percent: 60 + rng.below(30) as u8,
+            log_percent: if rng.below(2) == 0 { 60 + rng.below(30) as u8 } else { 25 + rng.below(15) as u8 },
             max_volumes: 8,
         };
         let mut sim = Sim::new(seed, device_blocks, bs as u32);
@@ -299,6 +304,16 @@ impl Harness {
         self.submit(Request::DeleteVolume { name: name.clone() }, Op::Delete { name });
     }
 
+    fn start_compact(&mut self) {
+        let volume = if !self.volumes.is_empty() && self.rng.below(2) == 0 {
+            let i = self.rng.below(self.volumes.len() as u64) as usize;
+            self.volumes.keys().nth(i).cloned()
+        } else {
+            None
+        };
+        self.submit(Request::Compact { volume: volume.clone() }, Op::Compact { volume });
+    }
+
     fn start_log_read(&mut self) {
         let cursor = if self.rng.below(3) == 0 { 0 } else { self.cursor_last };
         let count = 1 + self.rng.below(50) as u32;
@@ -430,6 +445,21 @@ impl Harness {
                 }
                 other => self.fail(format!("list answered {other:?}")),
             },
+            Op::Compact { volume } => match result {
+                Ok(_) => {}
+                Err(Error::Io(_)) if self.write_eio => {}
+                // The log too full for the cleaner to move anything.
+                Err(Error::NoSpace) => {}
+                Err(Error::NoSuchVolume(_)) if volume.as_ref().is_some_and(|v| self.delete_issued.contains(v)) => {}
+                other => self.fail(format!("compaction of {volume:?} answered {other:?}")),
+            },
+            Op::Stats => match result {
+                Ok(Reply::Stats(st)) => {
+                    FREED.fetch_add(st.segments_freed, Relaxed);
+                    MOVED.fetch_add(st.bytes_moved, Relaxed);
+                }
+                other => self.fail(format!("stats answered {other:?}")),
+            },
             Op::LogRead { cursor } => match result {
                 Ok(Reply::Log(batch)) => {
                     let mut last = None;
@@ -480,6 +510,14 @@ impl Harness {
         if !self.inflight.is_empty() {
             self.fail(format!("{} requests never completed", self.inflight.len()));
         }
+        self.audit();
+    }
+
+    /// The live-block accounting kept as blocks change equals a recount.
+    fn audit(&self) {
+        if let Err(e) = audit_space(self.sim.shards()) {
+            self.fail(format!("space accounting: {e}"));
+        }
     }
 
     /// Power cut, then remount and check every block and volume.
@@ -524,6 +562,7 @@ impl Harness {
             vm.partition = listed[name];
         }
         self.verify_all();
+        self.audit();
         for b in &mut self.blocks {
             b.floor = b.cur.clone();
             b.since.clear();
@@ -632,7 +671,8 @@ impl Harness {
                 77..=81 => self.start_snapshot(),
                 82..=84 => self.start_delete(),
                 85..=87 => self.submit(Request::ListVolumes, Op::List),
-                88..=90 => self.start_log_read(),
+                88..=89 => self.start_log_read(),
+                90 => self.start_compact(),
                 91..=94 => {
                     // let the in-flight work land, then cut the power
                     for _ in 0..self.rng.below(20) {
@@ -649,9 +689,15 @@ impl Harness {
             }
         }
         self.drain();
+        self.submit(Request::Stats, Op::Stats);
+        self.drain();
         self.crash_and_recover();
     }
 }
+
+/// Segments the cleaner freed and bytes it moved, over every seed run.
+static FREED: AtomicU64 = AtomicU64::new(0);
+static MOVED: AtomicU64 = AtomicU64::new(0);
 
 fn run_seed(seed: u64) {
     let mut h = Harness::new(seed);
@@ -676,5 +722,13 @@ fn random_workloads_match_the_model_across_crashes() {
             std::panic::resume_unwind(panic);
         }
     }
-    eprintln!("sim: {} seeds passed in {:.1?}", seeds.len(), started.elapsed());
+    let (freed, moved) = (FREED.load(Relaxed), MOVED.load(Relaxed));
+    eprintln!(
+        "sim: {} seeds passed in {:.1?}; the cleaner freed {freed} segments, moved {moved} bytes",
+        seeds.len(),
+        started.elapsed()
+    );
+    if seeds.len() >= 50 {
+        assert!(freed > 0 && moved > 0, "the workloads must exercise the cleaner (freed {freed}, moved {moved})");
+    }
 }

@@ -68,7 +68,13 @@
 //!
 //! `name`, and the engine's statistics: `block_size`, `volume_blocks`,
 //! `segment_blocks`, `segments_total`, `segments_free`, `volumes` (snapshot
-//! volumes), `open_partition`.
+//! volumes), `partitions` (holding log segments), `open_partition`,
+//! `log_capacity_bytes`, `log_used_bytes` (segments in use), `live_bytes`
+//! (read by the current image or a volume), `garbage_bytes` (written, read by
+//! nothing), `garbage_ratio` (garbage / (live + garbage)),
+//! `user_bytes_written`, `device_bytes_written`, `write_amplification`
+//! (device / user), `compactions`, `bytes_moved`, `segments_freed`,
+//! `policy_actions`.
 
 use crate::error::RpcError;
 use base64::Engine as _;
@@ -371,16 +377,29 @@ fn log_entry(e: &LogEntry) -> Value {
 }
 
 pub fn stats_result(name: &str, s: &Stats) -> Value {
-    let Stats { block_size, volume_blocks, segment_blocks, segments_total, segments_free, volumes, open_partition } = s;
+    let ratio = |num: u64, den: u64| if den == 0 { 0.0 } else { num as f64 / den as f64 };
     json!({
         "name": name,
-        "block_size": block_size,
-        "volume_blocks": volume_blocks,
-        "segment_blocks": segment_blocks,
-        "segments_total": segments_total,
-        "segments_free": segments_free,
-        "volumes": volumes,
-        "open_partition": open_partition,
+        "block_size": s.block_size,
+        "volume_blocks": s.volume_blocks,
+        "segment_blocks": s.segment_blocks,
+        "segments_total": s.segments_total,
+        "segments_free": s.segments_free,
+        "volumes": s.volumes,
+        "partitions": s.partitions,
+        "open_partition": s.open_partition,
+        "log_capacity_bytes": s.log_capacity_bytes,
+        "log_used_bytes": s.log_used_bytes,
+        "live_bytes": s.live_bytes,
+        "garbage_bytes": s.garbage_bytes,
+        "garbage_ratio": ratio(s.garbage_bytes, s.garbage_bytes + s.live_bytes),
+        "user_bytes_written": s.user_bytes_written,
+        "device_bytes_written": s.device_bytes_written,
+        "write_amplification": ratio(s.device_bytes_written, s.user_bytes_written),
+        "compactions": s.compactions,
+        "bytes_moved": s.bytes_moved,
+        "segments_freed": s.segments_freed,
+        "policy_actions": s.policy_actions,
     })
 }
 
@@ -676,12 +695,27 @@ mod tests {
             segments_total: 20,
             segments_free: 18,
             volumes: 2,
+            partitions: 3,
             open_partition: 3,
+            log_capacity_bytes: 80 << 20,
+            log_used_bytes: 8 << 20,
+            live_bytes: 3 << 20,
+            garbage_bytes: 1 << 20,
+            user_bytes_written: 4 << 20,
+            device_bytes_written: 5 << 20,
+            compactions: 1,
+            bytes_moved: 4096,
+            segments_freed: 1,
+            policy_actions: 0,
         };
         assert_eq!(
             stats_result("ilog0", &s),
             json!({"name": "ilog0", "block_size": 4096, "volume_blocks": 1000, "segment_blocks": 1024,
-                   "segments_total": 20, "segments_free": 18, "volumes": 2, "open_partition": 3})
+                   "segments_total": 20, "segments_free": 18, "volumes": 2, "partitions": 3, "open_partition": 3,
+                   "log_capacity_bytes": 80 << 20, "log_used_bytes": 8 << 20, "live_bytes": 3 << 20,
+                   "garbage_bytes": 1 << 20, "garbage_ratio": 0.25, "user_bytes_written": 4 << 20,
+                   "device_bytes_written": 5 << 20, "write_amplification": 1.25, "compactions": 1,
+                   "bytes_moved": 4096, "segments_freed": 1, "policy_actions": 0})
         );
     }
 }

@@ -6,24 +6,35 @@
 //! drains, summarizes and flushes) -> checkpoint naming the sealed partition
 //! -> device flush -> the volume becomes readable everywhere -> reply.
 
+use super::clean::{CleanJob, CleanTarget};
 use super::request::{check_volume_name, LogBatch, LogEntry, LogEntryKind, Reply, Request, Stats, VolumeInfo};
 use super::shard::{Msg, ReplyTo, Shard, TAG_CONTROL};
+use super::shared::SpaceState;
 use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf};
 use crate::error::{Error, Result};
-use crate::format::{Checkpoint, EntryKind, SegmentId, SegmentRecord, SummaryBlock, VolumeRecord};
+use crate::format::{
+    Checkpoint, EntryKind, Geometry, SegmentId, SegmentRecord, SummaryChain, SummaryEntry, VolumeRecord,
+};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::Ordering::{self, Relaxed};
 use std::sync::Arc;
+
+/// Device reads of a segment's trusted summary groups (two slots each).
+fn summary_reads(geo: &Geometry, record: &SegmentRecord) -> u32 {
+    2 * record.trusted_entries.div_ceil(geo.entries_per_summary())
+}
 
 /// Sequence numbers pack (segment seq, entry index) like this.
 const ENTRY_BITS: u32 = 20;
 
-enum Op {
+#[derive(Debug)]
+pub(super) enum Op {
     Flush,
     Snapshot(Option<String>),
     Delete(String),
     LogRead { cursor: u64, count: u32, with_data: bool },
     Close,
+    Clean(CleanTarget),
 }
 
 struct Queued {
@@ -32,7 +43,8 @@ struct Queued {
     op: Op,
 }
 
-enum Stage {
+#[derive(Debug)]
+pub(super) enum Stage {
     Barrier {
         id: u64,
         acks: u32,
@@ -52,6 +64,10 @@ enum Stage {
         acks: u32,
         result: Reply,
     },
+    /// The cleaner reads a victim's summaries.
+    CleanRead,
+    /// The cleaner waits for every core to evacuate a victim.
+    CleanEvacuate,
 }
 
 /// Progress of one `LogRead`.
@@ -95,9 +111,31 @@ pub(crate) struct Control {
     /// checkpoint is written again until a remount recovers from the last
     /// good one.
     failed: Option<Error>,
+    pub(super) clean: Option<CleanJob>,
 }
 
 impl Control {
+    pub(super) fn registry(&self) -> &BTreeMap<u32, SegmentRecord> {
+        &self.registry
+    }
+
+    pub(super) fn registry_mut(&mut self) -> &mut BTreeMap<u32, SegmentRecord> {
+        &mut self.registry
+    }
+
+    pub(super) fn open_partition(&self) -> u32 {
+        self.open_partition
+    }
+
+    pub(super) fn next_barrier_id(&mut self) -> u64 {
+        self.next_barrier += 1;
+        self.next_barrier - 1
+    }
+
+    pub(super) fn set_stage(&mut self, stage: Stage) {
+        self.current.as_mut().expect("an operation is running").stage = stage;
+    }
+
     pub(super) fn new(ckpt: &Checkpoint, open_partition: u32, ckpt_buf: DmaBuf) -> Control {
         Control {
             queue: VecDeque::new(),
@@ -111,11 +149,18 @@ impl Control {
             next_barrier: 1,
             ckpt_buf,
             failed: None,
+            clean: None,
         }
     }
 
     pub(super) fn is_idle(&self) -> bool {
         self.current.is_none() && self.queue.is_empty()
+    }
+
+    /// What the running or queued operation is doing, for diagnostics.
+    pub(super) fn busy_with(&self) -> Option<String> {
+        let current = self.current.as_ref().map(|c| format!("control {:?} at {:?}", c.q.op, c.stage));
+        current.or_else(|| self.queue.front().map(|q| format!("control {:?} queued", q.op)))
     }
 
     fn live_partitions(&self) -> Arc<Vec<u32>> {
@@ -136,6 +181,14 @@ impl Shard {
         self.ctl.as_mut().expect("control runs on core 0")
     }
 
+    pub(super) fn ctl_mut(&mut self) -> &mut Control {
+        self.ctl()
+    }
+
+    pub(super) fn finish_control(&mut self, result: Result<Reply>) {
+        self.finish(result)
+    }
+
     pub(super) fn control_enqueue(&mut self, origin: u32, reply: ReplyTo, req: Request) {
         let op = match req {
             Request::Flush => Op::Flush,
@@ -143,6 +196,13 @@ impl Shard {
             Request::DeleteVolume { name } => Op::Delete(name),
             Request::LogRead { cursor, count, with_data } => Op::LogRead { cursor, count, with_data },
             Request::Close => Op::Close,
+            Request::Compact { volume: None } => Op::Clean(CleanTarget::All),
+            Request::Compact { volume: Some(name) } => {
+                let Some(v) = self.ctl().volumes.iter().find(|v| v.name == name) else {
+                    return self.reply(origin, reply, Err(Error::NoSuchVolume(name)));
+                };
+                Op::Clean(CleanTarget::Partition(v.partition))
+            }
             Request::ListVolumes => {
                 let list = self.ctl().volumes.iter().map(Control::info).collect();
                 return self.reply(origin, reply, Ok(Reply::Volumes(list)));
@@ -159,9 +219,18 @@ impl Shard {
     }
 
     fn stats(&mut self) -> Stats {
-        let geo = self.shared.geo;
-        let free = self.shared.free_segments.len() as u32;
+        let shared = self.shared.clone();
+        let (geo, counters) = (shared.geo, &shared.counters);
+        let (bs, seg_bytes) = (u64::from(geo.block_size), u64::from(geo.segment_blocks) * u64::from(geo.block_size));
+        let free = shared.free_segments.len() as u32;
+        let (mut used, mut live) = (0u64, 0u64);
+        for s in &shared.space {
+            used += u64::from(s.used.load(Relaxed));
+            live += u64::from(s.live());
+        }
         let c = self.ctl();
+        let partitions: std::collections::BTreeSet<u32> = c.registry.values().map(|s| s.partition).collect();
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(Relaxed);
         Stats {
             block_size: geo.block_size,
             volume_blocks: geo.volume_blocks,
@@ -169,7 +238,18 @@ impl Shard {
             segments_total: geo.segment_count,
             segments_free: free,
             volumes: c.volumes.len() as u32,
+            partitions: partitions.len() as u32,
             open_partition: c.open_partition,
+            log_capacity_bytes: u64::from(geo.segment_count) * seg_bytes,
+            log_used_bytes: u64::from(geo.segment_count - free) * seg_bytes,
+            live_bytes: live * bs,
+            garbage_bytes: used.saturating_sub(live) * bs,
+            user_bytes_written: load(&counters.user_blocks) * bs,
+            device_bytes_written: load(&counters.device_blocks) * bs,
+            compactions: load(&counters.compactions),
+            bytes_moved: load(&counters.moved_blocks) * bs,
+            segments_freed: load(&counters.segments_freed),
+            policy_actions: load(&counters.policy_actions),
         }
     }
 
@@ -191,8 +271,18 @@ impl Shard {
         if self.ctl().current.is_some() {
             return;
         }
+        if self.ctl().queue.is_empty() && self.shared.space_state() == SpaceState::Wanted {
+            log::info!("log full: reclaiming space");
+            let q = Queued { origin: self.core, reply: ReplyTo::Nobody, op: Op::Clean(CleanTarget::Reclaim) };
+            self.ctl().queue.push_back(q);
+        }
         let Some(q) = self.ctl().queue.pop_front() else { return };
         if let Some(e) = self.ctl().failed.clone() {
+            if matches!(q.op, Op::Clean(_)) {
+                // No checkpoint can free a segment now: writes waiting for
+                // space must fail rather than wait for ever.
+                self.shared.set_space_state(SpaceState::Exhausted);
+            }
             return self.reply(q.origin, q.reply, Err(e));
         }
         let mut seal = None;
@@ -219,6 +309,10 @@ impl Shard {
                 return self.write_checkpoint(false);
             }
             Op::Close => close = true,
+            Op::Clean(target) => {
+                let target = *target;
+                self.ctl().clean = Some(CleanJob::new(target));
+            }
             Op::Flush | Op::LogRead { .. } => {}
         }
         let c = self.ctl();
@@ -228,7 +322,7 @@ impl Shard {
         let stage = Stage::Barrier { id, acks: 0, seq_mark, status: Ok(()) };
         self.ctl().current = Some(Current { q, stage, volume: None, log: None });
         for core in 0..self.shared.cores {
-            self.send(core, Msg::Barrier { id, seal, close });
+            self.send(core, Msg::Barrier { id, seal, close, close_sealed: false });
         }
     }
 
@@ -301,10 +395,11 @@ impl Shard {
                 self.start_log_read(cursor, count, with_data);
             }
             Op::Delete(_) => unreachable!("deletes take no barrier"),
+            Op::Clean(_) => self.clean_after_barrier(),
         }
     }
 
-    fn write_checkpoint(&mut self, clean: bool) {
+    pub(super) fn write_checkpoint(&mut self, clean: bool) {
         let (uuid, epoch, bs) = (self.shared.uuid, self.shared.epoch, self.shared.geo.block_size as usize);
         let geo = self.shared.geo;
         let c = self.ctl();
@@ -362,7 +457,10 @@ impl Shard {
                     }
                 }
             }
-            Stage::Barrier { .. } | Stage::Publish { .. } => unreachable!("no control I/O in this stage"),
+            Stage::CleanRead => self.clean_read_done(status),
+            Stage::Barrier { .. } | Stage::Publish { .. } | Stage::CleanEvacuate => {
+                unreachable!("no control I/O in this stage")
+            }
         }
     }
 
@@ -378,9 +476,13 @@ impl Shard {
             }
             log::error!("checkpoint write failed (errno {e}): refusing metadata changes until remounted");
             c.failed = Some(Error::Io(e));
+            c.clean = None;
             return self.finish(Err(Error::Io(e)));
         }
         c.generation += 1;
+        if matches!(cur.q.op, Op::Clean(_)) {
+            return self.clean_checkpointed();
+        }
         let live = c.live_partitions();
         let result = match (&cur.q.op, &cur.volume) {
             (Op::Snapshot(_), Some(v)) => {
@@ -410,7 +512,17 @@ impl Shard {
         *acks += 1;
         if *acks == cores {
             let result = std::mem::replace(result, Reply::Done);
+            // A deleted volume's partition merges into the next one: its
+            // blocks no view reads any more are dropped by compacting it.
+            let merge = match (&cur.q.op, &cur.volume) {
+                (Op::Delete(_), Some(v)) => Some(v.partition),
+                _ => None,
+            };
             self.finish(Ok(result));
+            if let Some(p) = merge {
+                let q = Queued { origin: self.core, reply: ReplyTo::Nobody, op: Op::Clean(CleanTarget::Partition(p)) };
+                self.ctl().queue.push_back(q);
+            }
         }
     }
 
@@ -439,8 +551,6 @@ impl Shard {
     /// Reads the summaries of the next segment, or answers.
     fn log_read_next_segment(&mut self) {
         let geo = self.shared.geo;
-        let bs = geo.block_size as usize;
-        let per_group = geo.entries_per_summary();
         let c = self.ctl();
         let cur = c.current.as_mut().expect("running");
         let log = cur.log.as_mut().expect("log read state");
@@ -449,29 +559,49 @@ impl Shard {
             let next_cursor = log.entries.last().map_or(log.cursor, |e| e.sequence + 1);
             return self.finish(Ok(Reply::Log(LogBatch { entries: log.entries, next_cursor })));
         };
-        let groups = seg.trusted_entries.div_ceil(per_group);
-        log.bufs = (0..2 * groups).map(|_| DmaBuf::new(bs, bs)).collect();
-        cur.stage = Stage::LogSummaries { outstanding: 2 * groups };
-        let start = geo.segment_start(seg.segno);
-        let reqs: Vec<DevRequest> = log
-            .bufs
-            .iter_mut()
-            .enumerate()
-            .map(|(i, b)| {
-                let (g, slot) = (i as u32 / 2, i as u32 % 2);
-                let block = start + u64::from(geo.segment_blocks - 2 * g - 2 + slot);
-                DevRequest { op: DevOp::Read, block, nblocks: 1, buf: b.as_mut_ptr(), tag: TAG_CONTROL | i as u64 }
-            })
-            .collect();
-        for r in reqs {
-            self.dev_submit(r);
+        cur.stage = Stage::LogSummaries { outstanding: summary_reads(&geo, &seg) };
+        let bufs = self.read_summary_slots(&seg);
+        let c = self.ctl();
+        c.current.as_mut().expect("running").log.as_mut().expect("log read state").bufs = bufs;
+    }
+
+    /// Reads both slots of every summary group `record` vouches for into
+    /// fresh buffers (tags `TAG_CONTROL | i`, `summary_reads` of them);
+    /// decode them with `trusted_summaries` once all completed.
+    pub(super) fn read_summary_slots(&mut self, record: &SegmentRecord) -> Vec<DmaBuf> {
+        let geo = self.shared.geo;
+        let bs = geo.block_size as usize;
+        let mut bufs: Vec<DmaBuf> = (0..summary_reads(&geo, record)).map(|_| DmaBuf::new(bs, bs)).collect();
+        for (i, b) in bufs.iter_mut().enumerate() {
+            let block = geo.summary_slot(record.segno, i as u32 / 2, i as u32 % 2);
+            let tag = TAG_CONTROL | i as u64;
+            self.dev_submit(DevRequest { op: DevOp::Read, block, nblocks: 1, buf: b.as_mut_ptr(), tag });
         }
+        // The buffers' memory stays put when the vector moves.
+        bufs
+    }
+
+    /// The entries of `record` its checkpoint vouches for, from the slots
+    /// `read_summary_slots` read.
+    pub(super) fn trusted_summaries(&self, record: &SegmentRecord, bufs: &[DmaBuf]) -> Result<Vec<SummaryEntry>> {
+        let id = SegmentId { epoch: record.epoch, seq: record.seq };
+        let mut chain = SummaryChain::new(self.shared.uuid, id, self.shared.geo.entries_per_summary());
+        for pair in bufs.chunks_exact(2) {
+            if !chain.push([&pair[0], &pair[1]]) {
+                break;
+            }
+        }
+        let mut entries = chain.into_entries();
+        if entries.len() < record.trusted_entries as usize {
+            return Err(Error::Corrupt(format!("segment {} lost flushed summaries", record.segno)));
+        }
+        entries.truncate(record.trusted_entries as usize);
+        Ok(entries)
     }
 
     fn log_read_progress(&mut self) {
         let geo = self.shared.geo;
-        let (uuid, bs) = (self.shared.uuid, geo.block_size as usize);
-        let per_group = geo.entries_per_summary() as usize;
+        let bs = geo.block_size as usize;
         let c = self.ctl();
         let names: BTreeMap<u32, String> = c.volumes.iter().map(|v| (v.partition, v.name.clone())).collect();
         let cur = c.current.as_mut().expect("running");
@@ -486,29 +616,14 @@ impl Shard {
             return self.log_read_next_segment();
         }
         let seg = *log.segments.last().expect("a segment is being read");
-        let mut entries = Vec::new();
-        for g in 0..log.bufs.len() / 2 {
-            let pick = [0, 1]
-                .into_iter()
-                .filter_map(|slot| {
-                    SummaryBlock::decode(
-                        &log.bufs[2 * g + slot],
-                        &uuid,
-                        SegmentId { epoch: seg.epoch, seq: seg.seq },
-                        g as u32,
-                    )
-                    .ok()
-                    .flatten()
-                })
-                .max_by_key(|s| s.version);
-            let Some(sum) = pick else { break };
-            let full = sum.entries.len() == per_group;
-            entries.extend(sum.entries);
-            if !full {
-                break;
-            }
-        }
-        entries.truncate(seg.trusted_entries as usize);
+        let bufs = std::mem::take(&mut log.bufs);
+        let entries = match self.trusted_summaries(&seg, &bufs) {
+            Ok(entries) => entries,
+            Err(e) => return self.finish(Err(e)),
+        };
+        let c = self.ctl();
+        let cur = c.current.as_mut().expect("running");
+        let log = cur.log.as_mut().expect("log read state");
         let start = geo.segment_start(seg.segno);
         log.pending_data.clear();
         for (idx, e) in entries.into_iter().enumerate() {

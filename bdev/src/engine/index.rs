@@ -21,18 +21,19 @@ pub struct BlockIndex {
     leaves: Vec<Leaf>,
     stripe_blocks: u32,
     cores: u32,
+    core: u32,
     mapped: u64,
 }
 
 impl BlockIndex {
-    /// An empty index for a core owning every `cores`-th stripe of a volume
-    /// of `volume_blocks`.
-    pub fn new(volume_blocks: u64, stripe_blocks: u32, cores: u32) -> BlockIndex {
+    /// An empty index for core `core`, which owns every `cores`-th stripe
+    /// (from stripe `core` on) of a volume of `volume_blocks`.
+    pub fn new(volume_blocks: u64, stripe_blocks: u32, cores: u32, core: u32) -> BlockIndex {
         let stripes = volume_blocks.div_ceil(u64::from(stripe_blocks));
         let owned = stripes.div_ceil(u64::from(cores)) as usize;
         let mut leaves = Vec::with_capacity(owned);
         leaves.resize_with(owned, || Leaf::Sparse(Vec::new()));
-        BlockIndex { leaves, stripe_blocks, cores, mapped: 0 }
+        BlockIndex { leaves, stripe_blocks, cores, core, mapped: 0 }
     }
 
     fn locate(&self, lba: u64) -> (usize, u32) {
@@ -91,6 +92,21 @@ impl BlockIndex {
         }
     }
 
+    /// Calls `f(lba, addr)` for every mapped block.
+    pub fn for_each(&self, mut f: impl FnMut(u64, LogAddr)) {
+        let (stripe, cores) = (u64::from(self.stripe_blocks), u64::from(self.cores));
+        for (i, leaf) in self.leaves.iter().enumerate() {
+            // Leaf i covers the core's i-th stripe: stripe i * cores + core.
+            let base = |off: u64| (i as u64 * cores + u64::from(self.core)) * stripe + off;
+            match leaf {
+                Leaf::Sparse(v) => v.iter().for_each(|w| f(base(w >> 32), *w as u32)),
+                Leaf::Dense(d) => {
+                    d.iter().enumerate().filter(|(_, a)| **a != NONE).for_each(|(o, a)| f(base(o as u64), *a))
+                }
+            }
+        }
+    }
+
     /// Blocks with a version.
     pub fn mapped(&self) -> u64 {
         self.mapped
@@ -104,13 +120,13 @@ mod tests {
 
     #[test]
     fn unset_blocks_have_no_version() {
-        let ix = BlockIndex::new(1 << 20, 256, 2);
+        let ix = BlockIndex::new(1 << 20, 256, 2, 0);
         assert_eq!(ix.get(12345 * 2), None);
     }
 
     #[test]
     fn set_then_get_across_the_sparse_to_dense_switch() {
-        let mut ix = BlockIndex::new(4096, 256, 1);
+        let mut ix = BlockIndex::new(4096, 256, 1, 0);
         for off in (0..256).rev() {
             ix.set(256 + off, off as u32 * 3);
             assert_eq!(ix.get(256 + off), Some(off as u32 * 3));
@@ -126,9 +142,12 @@ mod tests {
     #[test]
     fn a_core_only_indexes_its_own_stripes_densely() {
         // Core 1 of 2 owns stripes 1, 3, 5...: local leaf = stripe / 2.
-        let mut ix = BlockIndex::new(8 * 16, 16, 2);
+        let mut ix = BlockIndex::new(8 * 16, 16, 2, 1);
         ix.set(16 + 5, 7);
         ix.set(48 + 5, 8);
         assert_eq!((ix.get(16 + 5), ix.get(48 + 5)), (Some(7), Some(8)));
+        let mut seen = Vec::new();
+        ix.for_each(|lba, addr| seen.push((lba, addr)));
+        assert_eq!(seen, [(21, 7), (53, 8)]);
     }
 }

@@ -8,15 +8,18 @@
 //! to `poll`, on the core the request was submitted to.
 
 pub(crate) mod addr;
+mod clean;
 mod control;
+mod evacuate;
 mod index;
 mod mount;
 mod partition;
 mod request;
 mod shard;
 mod shared;
+mod space;
 
 pub use mount::{format, mount, Mounted};
 pub use request::{LogBatch, LogEntry, LogEntryKind, Reply, Request, Stats, View, VolumeInfo};
-pub use shard::Shard;
+pub use shard::{audit_space, Shard};
 pub use shared::Submitter;

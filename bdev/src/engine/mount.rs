@@ -5,20 +5,22 @@
 //! Mount runs before the reactors start, so it drives one device channel
 //! synchronously.
 
+use super::addr::ZERO;
 use super::control::Control;
 use super::index::BlockIndex;
 use super::partition::Partitions;
 use super::shard::{Shard, ShardInit};
 use super::shared::{Shared, Submitter, QUEUE_DEPTH};
+use super::space::{count_live, Counters, SegmentSpace};
 use crate::device::{BlockDevice, DevChannel, DevOp, DevRequest, DmaBuf};
 use crate::error::{Error, Result};
 use crate::format::{
-    Checkpoint, EntryKind, FormatOptions, Geometry, SegmentHeader, SegmentId, SegmentRecord, SummaryBlock,
+    Checkpoint, EntryKind, FormatOptions, Geometry, SegmentHeader, SegmentId, SegmentRecord, SummaryChain,
     SummaryEntry, Superblock,
 };
 use crossbeam_queue::ArrayQueue;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// A mounted bdev, ready for a runtime to drive.
@@ -143,24 +145,15 @@ fn read_summaries(
     segno: u32,
     id: SegmentId,
 ) -> Result<Vec<SummaryEntry>> {
-    let per_group = geo.entries_per_summary() as usize;
-    let start = geo.segment_start(segno);
-    let mut entries = Vec::new();
+    let mut chain = SummaryChain::new(*uuid, id, geo.entries_per_summary());
     for g in 0..geo.segment_blocks / 2 {
-        let pair = io.read(start + u64::from(geo.segment_blocks - 2 * g - 2), 2)?;
+        let pair = io.read(geo.summary_slot(segno, g, 0), 2)?;
         let (a, b) = pair.split_at(io.bs);
-        let pick = [a, b]
-            .into_iter()
-            .filter_map(|blk| SummaryBlock::decode(blk, uuid, id, g).ok().flatten())
-            .max_by_key(|s| s.version);
-        let Some(sum) = pick else { break };
-        let full = sum.entries.len() == per_group;
-        entries.extend(sum.entries);
-        if !full {
+        if !chain.push([a, b]) {
             break;
         }
     }
-    Ok(entries)
+    Ok(chain.into_entries())
 }
 
 /// Whether an entry of a segment holding `count` entries lies where entries
@@ -288,7 +281,7 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
     order.sort_by_key(|l| (l.record.partition, l.record.seq));
     let first_partition = order.first().map_or(open_partition, |l| l.record.partition);
     let mut indexes: Vec<BlockIndex> =
-        (0..cores).map(|_| BlockIndex::new(geo.volume_blocks, geo.stripe_blocks, cores)).collect();
+        (0..cores).map(|c| BlockIndex::new(geo.volume_blocks, geo.stripe_blocks, cores, c)).collect();
     let mut parts: Vec<Partitions> = (0..cores).map(|_| Partitions::new(first_partition)).collect();
     let mut partition_of = vec![0u32; geo.segment_count as usize];
     for l in &order {
@@ -298,7 +291,7 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
             for b in 0..e.blocks {
                 let lba = e.lba + u64::from(b);
                 let owner = ((lba / u64::from(geo.stripe_blocks)) % u64::from(cores)) as usize;
-                let addr = if e.kind == EntryKind::Data { base + e.data_offset + b } else { super::addr::ZERO };
+                let addr = if e.kind == EntryKind::Data { base + e.data_offset + b } else { ZERO };
                 indexes[owner].set(lba, addr);
                 parts[owner].record(l.record.partition, lba as u32, addr);
             }
@@ -306,6 +299,16 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
     }
     for p in &mut parts {
         p.seal_up_to(open_partition);
+    }
+    let space: Vec<SegmentSpace> = (0..geo.segment_count).map(|_| SegmentSpace::default()).collect();
+    for l in loaded.values() {
+        let used = l.entries.iter().filter(|e| e.kind != EntryKind::Zero).map(|e| e.data_offset + e.blocks - 1).max();
+        space[l.record.segno as usize].used.store(used.unwrap_or(0), Relaxed);
+    }
+    let volumes: Vec<u32> = ckpt.volumes.iter().map(|v| v.partition).collect();
+    for (live, count) in space.iter().zip(count_live(&geo, indexes.iter().zip(&parts), &volumes, open_partition)) {
+        live.current.store(count.0, Relaxed);
+        live.pinned.store(count.1, Relaxed);
     }
 
     // Fence: a new checkpoint lists exactly what was accepted, so nothing
@@ -341,6 +344,9 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
         inbox: (0..cores).map(|_| ArrayQueue::new(QUEUE_DEPTH)).collect(),
         clients: (0..cores).map(|_| ArrayQueue::new(QUEUE_DEPTH)).collect(),
         closed: AtomicBool::new(false),
+        space,
+        counters: Counters::default(),
+        space_state: AtomicU8::new(0),
     });
     let live_volumes = Arc::new(next.volumes.iter().map(|v| v.partition).collect::<Vec<_>>());
     let mut shards = Vec::with_capacity(cores as usize);

@@ -6,14 +6,16 @@
 //! sealing sorts it by LBA and keeps the last entry of each block, giving a
 //! frozen table searched by bisection.
 
-use super::addr::LogAddr;
+use super::addr::{LogAddr, ZERO};
+use std::collections::HashSet;
+use std::ops::Range;
 
 pub struct Partitions {
     open_partition: u32,
     /// `lba << 32 | addr` words in append order (lba local to the core).
     open: Vec<u64>,
     /// (partition, sorted words), ascending by partition.
-    sealed: Vec<(u32, Box<[u64]>)>,
+    sealed: Vec<(u32, Vec<u64>)>,
 }
 
 impl Partitions {
@@ -45,9 +47,83 @@ impl Partitions {
                     _ => frozen.push(w),
                 }
             }
-            self.sealed.push((self.open_partition, frozen.into_boxed_slice()));
+            self.sealed.push((self.open_partition, frozen));
         }
         self.open_partition = partition;
+    }
+
+    /// Sealed partitions, ascending, with their sorted `lba << 32 | addr` words.
+    pub fn sealed(&self) -> &[(u32, Vec<u64>)] {
+        &self.sealed
+    }
+
+    /// `local`'s newest version within sealed partition `p` exactly.
+    pub fn lookup_in(&self, p: u32, local: u32) -> Option<LogAddr> {
+        let i = self.sealed.binary_search_by_key(&p, |(q, _)| *q).ok()?;
+        let words = &self.sealed[i].1;
+        words.binary_search_by_key(&local, |w| (w >> 32) as u32).ok().map(|j| words[j] as u32)
+    }
+
+    /// Applies the cleaner's moves out of partition `from` into `to` (see
+    /// `Shard::relocate`), and drops `from`'s entries left in `victim`.
+    pub fn relocate(&mut self, from: u32, to: u32, moves: &[(u32, LogAddr, LogAddr)], victim: Option<Range<LogAddr>>) {
+        let moved: HashSet<(u32, LogAddr)> =
+            moves.iter().filter(|m| m.1 != ZERO).map(|&(lba, src, _)| (lba, src)).collect();
+        let keep = |w: &u64| {
+            let (lba, addr) = ((w >> 32) as u32, *w as u32);
+            !victim.as_ref().is_some_and(|v| v.contains(&addr)) && !moved.contains(&(lba, addr))
+        };
+        if from == self.open_partition {
+            self.open.retain(keep);
+        } else if let Ok(i) = self.sealed.binary_search_by_key(&from, |(q, _)| *q) {
+            self.sealed[i].1.retain(keep);
+        }
+        let mut inserts: Vec<u64> = moves
+            .iter()
+            .filter(|m| m.1 == ZERO || m.2 != ZERO)
+            .map(|&(lba, src, dst)| u64::from(lba) << 32 | u64::from(if src == ZERO { ZERO } else { dst }))
+            .collect();
+        if inserts.is_empty() || to == self.open_partition {
+            return;
+        }
+        let i = match self.sealed.binary_search_by_key(&to, |(q, _)| *q) {
+            Ok(i) => i,
+            Err(i) => {
+                self.sealed.insert(i, (to, Vec::new()));
+                i
+            }
+        };
+        // A move enters a partition only where it holds no version of the
+        // LBA; should one be there, it wins.
+        inserts.sort_by_key(|w| w >> 32);
+        inserts.dedup_by_key(|w| *w >> 32);
+        let old = std::mem::take(&mut self.sealed[i].1);
+        let mut merged = Vec::with_capacity(old.len() + inserts.len());
+        let (mut a, mut b) = (old.into_iter().peekable(), inserts.into_iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (Some(x), Some(y)) if x >> 32 == y >> 32 => {
+                    b.next();
+                    a.next()
+                }
+                (Some(x), Some(y)) if x >> 32 < y >> 32 => a.next(),
+                _ => b.next(),
+            };
+            merged.push(next.expect("peeked"));
+        }
+        self.sealed[i].1 = merged;
+    }
+
+    /// The first sealed partition in `(after, upto]` holding `local`.
+    pub fn next_holder(&self, local: u32, after: u32, upto: u32) -> Option<u32> {
+        self.sealed
+            .iter()
+            .filter(|(p, _)| *p > after && *p <= upto)
+            .find(|(_, words)| words.binary_search_by_key(&local, |w| (w >> 32) as u32).is_ok())
+            .map(|(p, _)| *p)
     }
 
     /// The newest version of `local` in a sealed partition at or below

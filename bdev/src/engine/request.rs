@@ -54,6 +54,12 @@ pub enum Request {
         with_data: bool,
     },
     Stats,
+    /// Compacts in place: rewrites the live blocks of `volume`'s partition
+    /// (of every partition if `None`) into fresh segments and frees the old
+    /// ones. Views do not change.
+    Compact {
+        volume: Option<String>,
+    },
     /// Flushes, writes a clean checkpoint and stops taking requests.
     Close,
 }
@@ -114,7 +120,24 @@ pub struct Stats {
     pub segments_total: u32,
     pub segments_free: u32,
     pub volumes: u32,
+    /// Partitions holding log segments.
+    pub partitions: u32,
     pub open_partition: u32,
+    pub log_capacity_bytes: u64,
+    /// Bytes of the segments in use.
+    pub log_used_bytes: u64,
+    /// Data still read by the current image or a volume.
+    pub live_bytes: u64,
+    /// Data written to segments in use that nothing reads any more.
+    pub garbage_bytes: u64,
+    /// Bytes clients wrote, and bytes the bdev wrote to the device for them
+    /// (data, metadata, compaction): their ratio is the write amplification.
+    pub user_bytes_written: u64,
+    pub device_bytes_written: u64,
+    pub compactions: u64,
+    pub bytes_moved: u64,
+    pub segments_freed: u64,
+    pub policy_actions: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,14 +12,17 @@
 //! (flush, snapshot, close), which also flush the device.
 
 use super::addr::{LogAddr, ZERO};
+use super::evacuate::{Evacuation, Run};
 use super::index::BlockIndex;
 use super::partition::Partitions;
 use super::request::{Reply, Request, View};
-use super::shared::Shared;
+use super::shared::{Shared, SpaceState};
+use super::space::{pinned_after_overwrite, Counters};
 use crate::device::{DevChannel, DevOp, DevRequest, DevStatus, DmaBuf};
 use crate::error::{Error, Result};
 use crate::format::{EntryKind, SegmentHeader, SegmentId, SegmentRecord, SummaryBlock, SummaryEntry};
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 /// Requests in flight that one core submitted, and pieces it is serving.
@@ -37,6 +40,9 @@ const TAG_READ: u64 = 2 << 56;
 const TAG_META: u64 = 3 << 56;
 const TAG_FLUSH: u64 = 4 << 56;
 pub(super) const TAG_CONTROL: u64 = 5 << 56;
+pub(super) const TAG_GC_READ: u64 = 6 << 56;
+/// Cleaner buffers per core, each for one run (at most a stripe).
+const GC_BUFS: usize = 8;
 const TAG_KIND: u64 = 0xff << 56;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +75,9 @@ pub(crate) enum ReplyTo {
     Client(u64),
     /// An origin slot (a flush forwarded by the data path).
     Slot(u32),
+    /// Work the bdev started itself (reclaiming space, merging a deleted
+    /// volume): nobody waits for it.
+    Nobody,
 }
 
 pub(crate) enum Msg {
@@ -84,6 +93,9 @@ pub(crate) enum Msg {
         id: u64,
         seal: Option<u32>,
         close: bool,
+        /// Close the segments of sealed partitions (the cleaner's moves)
+        /// first, so they become cleanable and the checkpoint lists them.
+        close_sealed: bool,
     },
     BarrierDone {
         id: u64,
@@ -103,6 +115,20 @@ pub(crate) enum Msg {
     ControlDone {
         reply: ReplyTo,
         result: Result<Reply>,
+    },
+    /// From core 0: move this core's live blocks out of segment `segno`
+    /// (of partition `src_partition`) into partition `dest`. Answered with
+    /// `EvacuateDone` once every move retired.
+    Evacuate {
+        job: u64,
+        segno: u32,
+        src_partition: u32,
+        dest: u32,
+        entries: Vec<SummaryEntry>,
+    },
+    EvacuateDone {
+        job: u64,
+        status: Result<()>,
     },
 }
 
@@ -133,8 +159,18 @@ struct RobEntry {
     blocks: u32,
     /// First block's log address, or `ZERO`.
     addr: LogAddr,
-    origin: u32,
-    slot: u32,
+    purpose: Purpose,
+}
+
+/// Why an entry was appended.
+#[derive(Clone, Copy)]
+pub(super) enum Purpose {
+    /// A piece of a client request, completed on `origin` in `slot`.
+    Client { origin: u32, slot: u32 },
+    /// The cleaner's copy of the live block at `src` (`ZERO` for a zero
+    /// entry) of partition `src_partition`; `buf` is the cleaner buffer
+    /// holding its data.
+    Move { src: LogAddr, src_partition: u32, buf: Option<u16> },
 }
 
 #[derive(Clone, Copy, Default)]
@@ -153,6 +189,9 @@ struct Segment {
     seq: u64,
     partition: u32,
     closing: bool,
+    /// Opened by the cleaner out of its reserve: client writes stay out of
+    /// it while the log is that short, or they would eat the reserve.
+    reserved: bool,
     next_data: u32,
     entries: Vec<SummaryEntry>,
     retired: u32,
@@ -206,7 +245,7 @@ pub struct Shard {
     /// Partition of each segment this core may point into.
     partition_of: Vec<u32>,
     open_partition: u32,
-    live_volumes: Arc<Vec<u32>>,
+    pub(super) live_volumes: Arc<Vec<u32>>,
     slots: Vec<Option<Slot>>,
     free_slots: Vec<u32>,
     reads: Vec<Option<ReadCtx>>,
@@ -230,6 +269,12 @@ pub struct Shard {
     completions: Vec<(u64, Result<Reply>)>,
     dev_done: Vec<(u64, DevStatus)>,
     pub(super) ctl: Option<Box<super::control::Control>>,
+    pub(super) evac: Option<Evacuation>,
+    pub(super) gc_bufs: Vec<DmaBuf>,
+    pub(super) gc_free: Vec<u16>,
+    /// The run each cleaner buffer holds, and the moves still using it.
+    pub(super) gc_pending: Vec<Run>,
+    pub(super) gc_refs: Vec<u32>,
 }
 
 pub(super) struct ShardInit {
@@ -277,6 +322,11 @@ impl Shard {
             completions: Vec::with_capacity(BATCH * 2),
             dev_done: Vec::with_capacity(SLOTS),
             ctl: None,
+            evac: None,
+            gc_bufs: (0..GC_BUFS).map(|_| DmaBuf::new(bs * shared.geo.stripe_blocks as usize, bs)).collect(),
+            gc_free: (0..GC_BUFS as u16).collect(),
+            gc_pending: vec![Run::default(); GC_BUFS],
+            gc_refs: vec![0; GC_BUFS],
             shared,
         }
     }
@@ -313,6 +363,7 @@ impl Shard {
             work += 1;
         }
         work += self.retire();
+        work += self.advance_evacuation();
         self.advance_barrier();
         if self.ctl.is_some() {
             self.control_step();
@@ -328,15 +379,38 @@ impl Shard {
     /// Whether anything is in flight on this core (for runtimes that want
     /// to know when a bdev has gone quiet).
     pub fn is_idle(&self) -> bool {
-        self.rob.is_empty()
-            && self.dev.outstanding() == 0
-            && self.dev_retry.is_empty()
-            && self.deferred.is_empty()
-            && self.outbox.is_empty()
-            && self.barrier.is_none()
-            && self.shared.inbox[self.core as usize].is_empty()
-            && self.shared.clients[self.core as usize].is_empty()
-            && self.ctl.as_ref().is_none_or(|c| c.is_idle())
+        self.busy_reasons().all(|(busy, _)| !busy) && self.ctl.as_ref().is_none_or(|c| c.is_idle())
+    }
+
+    fn busy_reasons(&self) -> impl Iterator<Item = (bool, &'static str)> {
+        let core = self.core as usize;
+        [
+            (!self.rob.is_empty(), "writes to retire"),
+            (self.dev.outstanding() > 0, "device requests"),
+            (!self.dev_retry.is_empty(), "device requests to resubmit"),
+            (!self.deferred.is_empty(), "deferred pieces"),
+            (!self.outbox.is_empty(), "messages to send"),
+            (self.barrier.is_some(), "a barrier"),
+            (self.evac.is_some(), "an evacuation"),
+            (!self.shared.inbox[core].is_empty(), "inbound messages"),
+            (!self.shared.clients[core].is_empty(), "client requests"),
+        ]
+        .into_iter()
+    }
+
+    /// What keeps this core busy, if anything (for diagnostics).
+    pub fn busy_with(&self) -> Option<String> {
+        let control = self.ctl.as_ref().and_then(|c| c.busy_with());
+        let what: Vec<String> =
+            self.busy_reasons().filter(|(busy, _)| *busy).map(|(_, what)| what.to_owned()).chain(control).collect();
+        (!what.is_empty()).then(|| {
+            format!(
+                "{} (space {:?}, {} free segments)",
+                what.join(", "),
+                self.shared.space_state(),
+                self.shared.free_segments.len()
+            )
+        })
     }
 
     // ---- messaging -------------------------------------------------------
@@ -367,15 +441,26 @@ impl Shard {
         match msg {
             Msg::Piece(p) => self.on_piece(p),
             Msg::PieceDone { slot, status } => self.piece_done(slot, status),
-            Msg::Barrier { id, seal, close } => self.start_barrier(id, seal, close),
+            Msg::Barrier { id, seal, close, close_sealed } => self.start_barrier(id, seal, close, close_sealed),
             Msg::BarrierDone { id, segments, status } => self.on_barrier_done(id, segments, status),
             Msg::Volumes(v) => {
-                self.live_volumes = v;
+                let old = std::mem::replace(&mut self.live_volumes, v);
+                for added in self.live_volumes.iter().filter(|p| !old.contains(p)) {
+                    self.repin(*added, true);
+                }
+                for gone in old.iter().filter(|p| !self.live_volumes.contains(p)) {
+                    self.repin(*gone, false);
+                }
                 self.send(0, Msg::VolumesAck);
             }
             Msg::VolumesAck => self.on_volumes_ack(),
             Msg::Control { origin, reply, req } => self.control_enqueue(origin, reply, req),
             Msg::ControlDone { reply, result } => self.deliver(reply, result),
+            Msg::Evacuate { job, segno, src_partition, dest, entries } => {
+                let base = segno * self.shared.geo.segment_blocks;
+                self.start_evacuation(Evacuation::new(job, segno, src_partition, dest, &entries, base));
+            }
+            Msg::EvacuateDone { job, status } => self.on_evacuate_done(job, status),
         }
     }
 
@@ -384,6 +469,11 @@ impl Shard {
         match reply {
             ReplyTo::Client(token) => self.completions.push((token, result)),
             ReplyTo::Slot(slot) => self.piece_done(slot, result.map(|_| ())),
+            ReplyTo::Nobody => {
+                if let Err(e) = result {
+                    log::warn!("background operation failed: {e}");
+                }
+            }
         }
     }
 
@@ -428,6 +518,7 @@ impl Shard {
             TAG_META => self.meta_done(value as usize, status),
             TAG_FLUSH => self.barrier_flushed(status),
             TAG_CONTROL => self.control_device_done(value, status),
+            TAG_GC_READ => self.gc_read_done(value as u16, status),
             _ => unreachable!("unknown device tag {tag:#x}"),
         }
     }
@@ -575,7 +666,7 @@ impl Shard {
             this.dev_submit(req);
         };
         for i in 0..p.blocks {
-            match self.resolve(p.lba + u64::from(i), p.view) {
+            match self.resolve_view(p.lba + u64::from(i), p.view) {
                 Some(addr) if addr != ZERO => match run {
                     Some((f, a, n)) if f + n == i && a + n == addr => run = Some((f, a, n + 1)),
                     _ => {
@@ -602,7 +693,7 @@ impl Shard {
 
     /// Where `lba` lives in `view`: a log address, `ZERO`, or `None` (the
     /// baseline, which reads as zeros until compaction populates it).
-    fn resolve(&self, lba: u64, view: View) -> Option<LogAddr> {
+    pub(super) fn resolve_view(&self, lba: u64, view: View) -> Option<LogAddr> {
         let newest = self.index.get(lba)?;
         match view {
             View::Current => Some(newest),
@@ -640,86 +731,105 @@ impl Shard {
             self.finish_piece(p.origin, p.slot, Err(e));
             return true;
         }
-        if self.rob.len() == ROB_DEPTH {
-            return false;
-        }
-        let data_blocks = if p.op == PieceOp::Write { p.blocks } else { 0 };
-        let seg = match self.segment_with_room(data_blocks) {
-            Ok(Some(i)) => i,
-            Ok(None) => return false,
+        let kind = if p.op == PieceOp::Write { EntryKind::Data } else { EntryKind::Zero };
+        let purpose = Purpose::Client { origin: p.origin, slot: p.slot };
+        match self.append_entry(kind, p.lba, p.blocks, p.buf, self.open_partition, purpose) {
+            Ok(appended) => appended,
             Err(e) => {
                 self.finish_piece(p.origin, p.slot, Err(e));
-                return true;
+                true
             }
-        };
+        }
+    }
+
+    /// Appends an entry to the open segment of `partition` and starts its
+    /// data write. `Ok(false)`: not now (reorder buffer, metadata buffers or
+    /// free segments short); try again later.
+    pub(super) fn append_entry(
+        &mut self,
+        kind: EntryKind,
+        lba: u64,
+        blocks: u32,
+        buf: *const u8,
+        partition: u32,
+        purpose: Purpose,
+    ) -> Result<bool> {
+        if self.rob.len() == ROB_DEPTH {
+            return Ok(false);
+        }
+        let data_blocks = if kind == EntryKind::Data { blocks } else { 0 };
+        let reserve_ok = matches!(purpose, Purpose::Move { .. });
+        let Some(seg) = self.segment_with_room(data_blocks, partition, reserve_ok)? else { return Ok(false) };
         let geo = &self.shared.geo;
         let bs = geo.block_size as usize;
         let s = &mut self.segs[seg];
         let entry = s.entries.len() as u32;
-        let (addr, summary) = if p.op == PieceOp::Write {
+        let (addr, summary) = if kind == EntryKind::Data {
             let offset = s.next_data;
-            s.next_data += p.blocks;
-            // SAFETY: the piece's buffer holds `blocks` blocks.
-            let data = unsafe { std::slice::from_raw_parts(p.buf, p.blocks as usize * bs) };
+            s.next_data += blocks;
+            // SAFETY: the entry's buffer holds `blocks` blocks.
+            let data = unsafe { std::slice::from_raw_parts(buf, blocks as usize * bs) };
             let crc = crc32c::crc32c(data);
-            let e = SummaryEntry {
-                lba: p.lba,
-                blocks: p.blocks,
-                data_offset: offset,
-                data_crc: crc,
-                kind: EntryKind::Data,
-            };
+            let e = SummaryEntry { lba, blocks, data_offset: offset, data_crc: crc, kind };
             (s.segno * geo.segment_blocks + offset, e)
         } else {
-            let e = SummaryEntry {
-                lba: p.lba,
-                blocks: p.blocks,
-                data_offset: u32::MAX,
-                data_crc: 0,
-                kind: EntryKind::Zero,
-            };
-            (ZERO, e)
+            (ZERO, SummaryEntry { lba, blocks, data_offset: u32::MAX, data_crc: 0, kind })
         };
         s.entries.push(summary);
-        let (segno, partition) = (s.segno, s.partition);
+        let segno = s.segno;
+        if kind == EntryKind::Data {
+            self.shared.space[segno as usize].used.store(s.next_data - 1, Relaxed);
+            let counters = &self.shared.counters;
+            Counters::add(&counters.device_blocks, u64::from(blocks));
+            match purpose {
+                Purpose::Client { .. } => Counters::add(&counters.user_blocks, u64::from(blocks)),
+                Purpose::Move { .. } => Counters::add(&counters.moved_blocks, u64::from(blocks)),
+            }
+        }
         let seq = self.alloc_seq;
         self.alloc_seq += 1;
         self.rob.push_back(RobEntry {
-            done: p.op == PieceOp::Zero,
+            done: kind == EntryKind::Zero,
             status: Ok(()),
             segno,
             entry,
             partition,
-            lba: p.lba,
-            blocks: p.blocks,
+            lba,
+            blocks,
             addr,
-            origin: p.origin,
-            slot: p.slot,
+            purpose,
         });
-        if p.op == PieceOp::Write {
+        if kind == EntryKind::Data {
             let block = self.shared.geo.log_start + u64::from(addr);
-            self.dev_submit(DevRequest {
-                op: DevOp::Write,
-                block,
-                nblocks: p.blocks,
-                buf: p.buf,
-                tag: TAG_WRITE | seq,
-            });
+            let req =
+                DevRequest { op: DevOp::Write, block, nblocks: blocks, buf: buf as *mut u8, tag: TAG_WRITE | seq };
+            self.dev_submit(req);
         }
-        true
+        Ok(true)
     }
 
-    /// The open segment if the next entry (with `data_blocks`) fits, else a
-    /// new one. `Ok(None)`: wait (no metadata buffer for the new header).
-    fn segment_with_room(&mut self, data_blocks: u32) -> Result<Option<usize>> {
+    /// The open segment of `partition` if the next entry (with
+    /// `data_blocks`) fits, else a new one. `Ok(None)`: wait (no metadata
+    /// buffer, or free segments down to the cleaner's reserve while it
+    /// reclaims space). Only the cleaner (`reserve_ok`) may use the reserve.
+    fn segment_with_room(&mut self, data_blocks: u32, partition: u32, reserve_ok: bool) -> Result<Option<usize>> {
         let geo = self.shared.geo;
         let per_group = geo.entries_per_summary();
-        if let Some(i) = self.segs.iter().position(|s| !s.closing) {
+        // Down to the reserve, client writes wait for the cleaner; once it
+        // found nothing to reclaim they may use the reserve too (ENOSPC only
+        // when no segment is left), as the cleaner could not use it anyway.
+        let short = self.shared.free_segments.len() <= self.shared.reserve()
+            && self.shared.space_state() != SpaceState::Exhausted;
+        if let Some(i) = self.segs.iter().position(|s| !s.closing && s.partition == partition) {
             let s = &self.segs[i];
+            if s.reserved && short && !reserve_ok {
+                self.shared.want_space();
+                return Ok(None);
+            }
             let n = s.entries.len();
             let fits = n < geo.segment_blocks as usize
                 && s.next_data + data_blocks + s.summary_blocks(n + 1, per_group) <= geo.segment_blocks;
-            if fits && s.partition == self.open_partition {
+            if fits {
                 return Ok(Some(i));
             }
             self.segs[i].closing = true;
@@ -728,9 +838,14 @@ impl Shard {
         if self.meta.iter().all(|m| m.busy) {
             return Ok(None);
         }
-        let segno = self.shared.free_segments.pop().ok_or(Error::NoSpace)?;
+        if !reserve_ok && short {
+            self.shared.want_space();
+            return Ok(None);
+        }
+        // Out of segments, nothing frees one while this write waits (for a
+        // move, the cleaner's commit waits for it).
+        let Some(segno) = self.shared.free_segments.pop() else { return Err(Error::NoSpace) };
         let seq = self.shared.alloc_seq();
-        let partition = self.open_partition;
         self.partition_of[segno as usize] = partition;
         let max_groups = (geo.segment_blocks / 2) as usize;
         let mut groups = Vec::with_capacity(max_groups);
@@ -740,6 +855,7 @@ impl Shard {
             seq,
             partition,
             closing: false,
+            reserved: short,
             next_data: 1,
             entries: Vec::with_capacity(geo.segment_blocks as usize),
             retired: 0,
@@ -780,6 +896,7 @@ impl Shard {
     }
 
     fn submit_meta(&mut self, m: usize, block: u64) {
+        Counters::add(&self.shared.counters.device_blocks, 1);
         let buf = self.meta[m].buf.as_mut_ptr();
         self.dev_submit(DevRequest { op: DevOp::Write, block, nblocks: 1, buf, tag: TAG_META | m as u64 });
     }
@@ -811,23 +928,84 @@ impl Shard {
             n += 1;
             let i =
                 self.segs.iter().position(|s| s.segno == e.segno).expect("an entry's segment stays until it retires");
-            if e.status.is_ok() {
-                for b in 0..e.blocks {
-                    let addr = if e.addr == ZERO { ZERO } else { e.addr + b };
-                    let lba = e.lba + u64::from(b);
-                    self.index.set(lba, addr);
-                    self.parts.record(e.partition, lba as u32, addr);
+            let applied = match (e.purpose, &e.status) {
+                (Purpose::Client { .. }, Ok(())) => {
+                    for b in 0..e.blocks {
+                        let addr = if e.addr == ZERO { ZERO } else { e.addr + b };
+                        let lba = e.lba + u64::from(b);
+                        self.supersede(lba, e.partition);
+                        if addr != ZERO {
+                            self.shared.segment_of(addr).current.fetch_add(1, Relaxed);
+                        }
+                        self.index.set(lba, addr);
+                        self.parts.record(e.partition, lba as u32, addr);
+                    }
+                    true
                 }
-            } else {
+                (Purpose::Move { src, src_partition, .. }, Ok(())) => {
+                    self.retire_move(e.lba, e.blocks, src, src_partition, e.addr, e.partition);
+                    true
+                }
+                (_, Err(_)) => false,
+            };
+            if !applied {
                 // Replay must skip it, not stop at its missing data.
                 self.segs[i].entries[e.entry as usize].kind = EntryKind::Hole;
             }
             self.segs[i].retired += 1;
             self.summarize_full_groups(i);
             self.try_close(i);
-            self.finish_piece(e.origin, e.slot, e.status);
+            match e.purpose {
+                Purpose::Client { origin, slot } => self.finish_piece(origin, slot, e.status),
+                Purpose::Move { buf, .. } => self.move_done(buf, e.status),
+            }
         }
         n
+    }
+
+    /// Accounts for `lba`'s current version being replaced by one in
+    /// `partition`: it stops being current, and stays live only if a volume
+    /// pins it.
+    fn supersede(&self, lba: u64, partition: u32) {
+        let Some(old) = self.index.get(lba).filter(|&a| a != ZERO) else { return };
+        let space = self.shared.segment_of(old);
+        space.current.fetch_sub(1, Relaxed);
+        let old_partition = self.partition_of[(old / self.shared.geo.segment_blocks) as usize];
+        if pinned_after_overwrite(old_partition, partition, &self.live_volumes) {
+            space.pinned.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Accounts for volume `v` being added (`added`) or deleted: the blocks
+    /// whose pinning depends on `v` alone. Before the change they were
+    /// pinned iff a volume other than `v` lay in `[p, n)` (`n`: the next
+    /// partition holding their LBA); only sealed partitions between the
+    /// next lower volume and `v` can hold them, and `v` decides exactly when
+    /// `v < n <= upper` (the next higher volume, if any).
+    fn repin(&self, v: u32, added: bool) {
+        let others: Vec<u32> = self.live_volumes.iter().copied().filter(|&x| x != v).collect();
+        let lower = others.iter().rev().find(|&&x| x < v).copied().unwrap_or(0);
+        let upper = others.iter().find(|&&x| x > v).copied();
+        for (p, words) in self.parts.sealed().iter().filter(|(p, _)| *p > lower && *p <= v) {
+            for w in words.iter() {
+                let (lba, addr) = (w >> 32, *w as u32);
+                if addr == ZERO || self.index.get(lba) == Some(addr) {
+                    continue;
+                }
+                let newer = match upper {
+                    Some(u) => self.parts.next_holder(lba as u32, *p, u),
+                    None => Some(self.parts.next_holder(lba as u32, *p, u32::MAX).unwrap_or(self.open_partition)),
+                };
+                if newer.is_some_and(|n| n > v) {
+                    let pinned = &self.shared.segment_of(addr).pinned;
+                    if added {
+                        pinned.fetch_add(1, Relaxed);
+                    } else {
+                        pinned.fetch_sub(1, Relaxed);
+                    }
+                }
+            }
+        }
     }
 
     /// Writes the summary of every group whose entries have all retired.
@@ -900,13 +1078,13 @@ impl Shard {
 
     // ---- barriers ------------------------------------------------------------
 
-    fn start_barrier(&mut self, id: u64, seal: Option<u32>, close: bool) {
+    fn start_barrier(&mut self, id: u64, seal: Option<u32>, close: bool, close_sealed: bool) {
         debug_assert!(self.barrier.is_none(), "core 0 runs one barrier at a time");
         if let Some(p) = seal {
             self.open_partition = p;
         }
-        if seal.is_some() || close {
-            for i in (0..self.segs.len()).rev() {
+        for i in (0..self.segs.len()).rev() {
+            if seal.is_some() || close || (close_sealed && self.segs[i].partition != self.open_partition) {
                 self.segs[i].closing = true;
                 self.try_close(i);
             }
@@ -988,8 +1166,82 @@ impl Shard {
 
     // ---- accounting ------------------------------------------------------------
 
+    /// Whether a client write of `lba` waits in the reorder buffer.
+    pub(super) fn client_write_pending(&self, lba: u64) -> bool {
+        self.rob
+            .iter()
+            .any(|e| matches!(e.purpose, Purpose::Client { .. }) && (e.lba..e.lba + u64::from(e.blocks)).contains(&lba))
+    }
+
+    pub(super) fn index_get(&self, lba: u64) -> Option<LogAddr> {
+        self.index.get(lba)
+    }
+
+    pub(super) fn index_set(&mut self, lba: u64, addr: LogAddr) {
+        self.index.set(lba, addr);
+    }
+
+    /// The partition this core appends client writes to.
+    pub(super) fn open_partition(&self) -> u32 {
+        self.open_partition
+    }
+
+    /// `lba`'s newest version within sealed partition `p` exactly.
+    pub(super) fn partition_entry(&self, p: u32, lba: u64) -> Option<LogAddr> {
+        self.parts.lookup_in(p, lba as u32)
+    }
+
+    /// The first sealed partition in `(after, upto]` holding `lba`.
+    pub(super) fn next_holder(&self, lba: u64, after: u32, upto: u32) -> Option<u32> {
+        self.parts.next_holder(lba as u32, after, upto)
+    }
+
+    /// Records a version of `lba` in the open partition `p`.
+    pub(super) fn record_open(&mut self, p: u32, lba: u64, addr: LogAddr) {
+        self.parts.record(p, lba as u32, addr);
+    }
+
+    /// Applies an evacuation to the partition tables: each moved data block
+    /// leaves `src_partition`'s table and, unless it went to the open
+    /// partition (`dst == ZERO`), enters `dest`'s; zero moves (`src ==
+    /// ZERO`) enter `dest`'s. Whatever else still points into the victim
+    /// (when it is to be freed) is dead and is dropped.
+    pub(super) fn relocate(
+        &mut self,
+        src_partition: u32,
+        dest: u32,
+        moves: &[(u32, LogAddr, LogAddr)],
+        victim: Option<std::ops::Range<LogAddr>>,
+    ) {
+        self.parts.relocate(src_partition, dest, moves, victim);
+    }
+
     /// Blocks this core's index shard maps.
     pub fn mapped_blocks(&self) -> u64 {
         self.index.mapped()
     }
+}
+
+/// Checks, with every shard idle, that the live-block counts kept as blocks
+/// change equal a recount from scratch. For tests: an error names the first
+/// segment that differs.
+pub fn audit_space(shards: &[Shard]) -> std::result::Result<(), String> {
+    let Some(first) = shards.first() else { return Ok(()) };
+    if let Some(busy) = shards.iter().find(|s| !s.is_idle()) {
+        return Err(format!("core {} is not idle", busy.core));
+    }
+    let shared = &first.shared;
+    let recount = super::space::count_live(
+        &shared.geo,
+        shards.iter().map(|s| (&s.index, &s.parts)),
+        &first.live_volumes,
+        first.open_partition,
+    );
+    for (segno, (space, (current, pinned))) in shared.space.iter().zip(recount).enumerate() {
+        let kept = (space.current.load(Relaxed), space.pinned.load(Relaxed));
+        if kept != (current, pinned) {
+            return Err(format!("segment {segno}: kept (current, pinned) = {kept:?}, recounted ({current}, {pinned})"));
+        }
+    }
+    Ok(())
 }

@@ -3,10 +3,11 @@
 
 use super::request::Request;
 use super::shard::Msg;
+use super::space::{Counters, SegmentSpace};
 use crate::error::{Error, Result};
 use crate::format::Geometry;
 use crossbeam_queue::ArrayQueue;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 /// Inbound queue depth per core, for core-to-core messages and for clients.
@@ -23,11 +24,54 @@ pub(crate) struct Shared {
     pub clients: Vec<ArrayQueue<(u64, Request)>>,
     /// Set once the bdev is closed: submitters are refused.
     pub closed: AtomicBool,
+    /// Per segment: used and live data blocks.
+    pub space: Vec<SegmentSpace>,
+    pub counters: Counters,
+    /// `SpaceState`: whether writes wait for the cleaner.
+    pub space_state: AtomicU8,
+}
+
+/// Whether the log has room for client writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpaceState {
+    Ok = 0,
+    /// A core's writes wait for the cleaner to free segments.
+    Wanted = 1,
+    /// The cleaner found nothing to reclaim: client writes may use the
+    /// reserve, and fail with ENOSPC once no free segment is left.
+    Exhausted = 2,
 }
 
 impl Shared {
     pub fn owner(&self, lba: u64) -> u32 {
         ((lba / u64::from(self.geo.stripe_blocks)) % u64::from(self.cores)) as u32
+    }
+
+    pub fn segment_of(&self, addr: super::addr::LogAddr) -> &SegmentSpace {
+        &self.space[(addr / self.geo.segment_blocks) as usize]
+    }
+
+    /// Free segments kept for the cleaner: it needs room to move live data
+    /// before it can free anything (two segments per core).
+    pub fn reserve(&self) -> usize {
+        2 * self.cores as usize
+    }
+
+    pub fn space_state(&self) -> SpaceState {
+        match self.space_state.load(Ordering::Acquire) {
+            1 => SpaceState::Wanted,
+            2 => SpaceState::Exhausted,
+            _ => SpaceState::Ok,
+        }
+    }
+
+    pub fn set_space_state(&self, state: SpaceState) {
+        self.space_state.store(state as u8, Ordering::Release);
+    }
+
+    /// Asks the cleaner for space (unless it already gave up).
+    pub fn want_space(&self) {
+        let _ = self.space_state.compare_exchange(0, SpaceState::Wanted as u8, Ordering::AcqRel, Ordering::Acquire);
     }
 
     pub fn alloc_seq(&self) -> u64 {

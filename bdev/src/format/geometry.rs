@@ -166,6 +166,12 @@ impl Geometry {
         self.log_start + u64::from(segno) * u64::from(self.segment_blocks)
     }
 
+    /// Device block of slot `slot` (0 or 1) of summary group `group` of
+    /// segment `segno`: groups grow down from the segment's end.
+    pub fn summary_slot(&self, segno: u32, group: u32, slot: u32) -> u64 {
+        self.segment_start(segno) + u64::from(self.segment_blocks - 2 * group - 2 + slot)
+    }
+
     /// Summary entries one summary block holds.
     pub fn entries_per_summary(&self) -> u32 {
         ((self.block_size as usize - super::SUMMARY_HEADER_LEN) / super::SUMMARY_ENTRY_LEN) as u32

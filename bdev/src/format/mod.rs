@@ -19,7 +19,8 @@ mod superblock;
 pub use checkpoint::{Checkpoint, SegmentRecord, VolumeRecord, MAX_VOLUME_NAME};
 pub use geometry::{FormatOptions, Geometry};
 pub use segment::{
-    EntryKind, SegmentHeader, SegmentId, SummaryBlock, SummaryEntry, SUMMARY_ENTRY_LEN, SUMMARY_HEADER_LEN,
+    EntryKind, SegmentHeader, SegmentId, SummaryBlock, SummaryChain, SummaryEntry, SUMMARY_ENTRY_LEN,
+    SUMMARY_HEADER_LEN,
 };
 pub use superblock::Superblock;
 

@@ -182,6 +182,50 @@ impl SummaryBlock {
     }
 }
 
+/// A segment's summary entries, read group by group in order: the newest
+/// valid slot of each group, up to the first group that is missing or not
+/// full (the end of what was summarized).
+pub struct SummaryChain {
+    uuid: [u8; 16],
+    segment: SegmentId,
+    per_group: usize,
+    next_group: u32,
+    entries: Vec<SummaryEntry>,
+    ended: bool,
+}
+
+impl SummaryChain {
+    pub fn new(uuid: [u8; 16], segment: SegmentId, entries_per_summary: u32) -> SummaryChain {
+        let per_group = entries_per_summary as usize;
+        SummaryChain { uuid, segment, per_group, next_group: 0, entries: Vec::new(), ended: false }
+    }
+
+    /// Takes the next group's two slots; `false` once the chain has ended.
+    pub fn push(&mut self, slots: [&[u8]; 2]) -> bool {
+        if self.ended {
+            return false;
+        }
+        let (uuid, segment, group) = (&self.uuid, self.segment, self.next_group);
+        let newest = slots
+            .into_iter()
+            .filter_map(|b| SummaryBlock::decode(b, uuid, segment, group).ok().flatten())
+            .max_by_key(|s| s.version);
+        self.next_group += 1;
+        match newest {
+            Some(sum) => {
+                self.ended = sum.entries.len() != self.per_group;
+                self.entries.extend(sum.entries);
+            }
+            None => self.ended = true,
+        }
+        !self.ended
+    }
+
+    pub fn into_entries(self) -> Vec<SummaryEntry> {
+        self.entries
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,7 +92,9 @@ impl Sim {
                 return;
             }
         }
-        panic!("simulation did not go idle");
+        let busy: Vec<String> =
+            self.shards().iter().filter_map(|s| s.busy_with().map(|w| format!("core {}: {w}", s.core()))).collect();
+        panic!("simulation did not go idle: {}", busy.join("; "));
     }
 
     /// Cuts power: the shards die with their in-flight work, the disk keeps

@@ -1,0 +1,319 @@
+//! Core 0's cleaner: reclaims log segments by evacuating victims.
+//!
+//! A job (emergency reclaim, in-place compaction of a partition, or a
+//! compaction of everything) runs as a control operation:
+//! 1. a barrier, so the segment registry knows every closed segment;
+//! 2. per victim: read its summaries, send each core the entries it owns
+//!    (`Msg::Evacuate`), wait until every core moved its live blocks;
+//! 3. per batch of victims: a barrier (the moved blocks are durable), a
+//!    checkpoint that no longer lists the victims, then the victims return
+//!    to the free pool. A crash before the checkpoint leaves both copies of
+//!    a moved block, which replay orders correctly (the copy is newer in the
+//!    same partition, or in a later one no view lies before).
+//!
+//! Victims are chosen by LFS's cost-benefit: free space gained times age,
+//! over the cost of reading and rewriting the live part.
+
+use super::control::Stage;
+use super::shard::{Msg, Shard};
+use super::shared::SpaceState;
+use crate::device::{DevStatus, DmaBuf};
+use crate::error::{Error, Result};
+use crate::format::{SegmentRecord, SummaryEntry};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Victims evacuated between two checkpoints.
+const BATCH: usize = 4;
+
+/// What a cleaning job reclaims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CleanTarget {
+    /// Segments until writes have room again (the log filled up).
+    Reclaim,
+    /// Every closed segment of one partition: in-place compaction of a
+    /// volume, or the merge of a deleted volume's partition into the next.
+    Partition(u32),
+    /// Every closed segment holding garbage.
+    All,
+}
+
+pub(super) struct CleanJob {
+    pub target: CleanTarget,
+    /// Victims chosen up front (all but `Reclaim`).
+    victims: VecDeque<u32>,
+    /// Evacuated victims waiting for the next checkpoint.
+    freed: Vec<u32>,
+    /// The victim being evacuated, its summary slots, and cores yet to answer.
+    victim: Option<SegmentRecord>,
+    bufs: Vec<DmaBuf>,
+    outstanding: u32,
+    started: bool,
+    committing: bool,
+    /// Cores may hold open segments of sealed partitions that moves went to.
+    open_moves: bool,
+    /// Free segments when the current batch started: a reclaim batch that
+    /// gains nothing (the live data just moved) ends the job.
+    free_at_batch: Option<usize>,
+    stalled: bool,
+    /// Free segments when the job started.
+    free_at_start: usize,
+    /// Segments freed by this job.
+    pub reclaimed: u32,
+    pub error: Option<Error>,
+}
+
+impl CleanJob {
+    pub(super) fn new(target: CleanTarget) -> CleanJob {
+        CleanJob {
+            target,
+            victims: VecDeque::new(),
+            freed: Vec::new(),
+            victim: None,
+            bufs: Vec::new(),
+            outstanding: 0,
+            started: false,
+            committing: false,
+            open_moves: false,
+            free_at_batch: None,
+            stalled: false,
+            free_at_start: 0,
+            reclaimed: 0,
+            error: None,
+        }
+    }
+}
+
+impl Shard {
+    fn job(&mut self) -> &mut CleanJob {
+        self.ctl_mut().clean.as_mut().expect("a cleaning job runs")
+    }
+
+    /// Data blocks a segment can hold, roughly: for utilization.
+    fn segment_capacity(&self) -> u32 {
+        self.shared.geo.segment_blocks - 1
+    }
+
+    /// Closed segments worth evacuating for `target`, best first.
+    fn candidates(&mut self, target: CleanTarget) -> Vec<u32> {
+        let cap = self.segment_capacity();
+        let next_seq = self.shared.next_seq.load(Relaxed);
+        let space: Vec<u32> = self.shared.space.iter().map(|s| s.live()).collect();
+        let mut scored: Vec<(f64, u32)> = self
+            .ctl_mut()
+            .registry()
+            .values()
+            .filter(|s| !s.open && space[s.segno as usize] < cap)
+            .filter(|s| match target {
+                CleanTarget::Partition(p) => s.partition == p,
+                CleanTarget::Reclaim | CleanTarget::All => true,
+            })
+            .map(|s| {
+                let u = f64::from(space[s.segno as usize]) / f64::from(cap);
+                let age = next_seq.saturating_sub(s.seq) as f64;
+                ((1.0 - u) * age / (1.0 + u), s.segno)
+            })
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        scored.into_iter().map(|(_, segno)| segno).collect()
+    }
+
+    /// The partition live blocks of partition `p` move to: `p`'s own if it
+    /// is a volume, else the next view's (a later volume, or the open
+    /// partition), since no view lies in between.
+    fn canonical(&mut self, p: u32) -> u32 {
+        let open = self.ctl_mut().open_partition();
+        self.live_volumes.iter().copied().find(|&v| v >= p).unwrap_or(open).min(open)
+    }
+
+    /// After a barrier of a cleaning job: start it, or commit its batch.
+    pub(super) fn clean_after_barrier(&mut self) {
+        let free = self.shared.free_segments.len();
+        let job = self.job();
+        if job.committing {
+            let freed = job.freed.clone();
+            for segno in freed {
+                self.ctl_mut().registry_mut().remove(&segno);
+            }
+            return self.write_checkpoint(false);
+        }
+        if !job.started {
+            job.started = true;
+            job.free_at_start = free;
+            let target = job.target;
+            if target != CleanTarget::Reclaim {
+                let victims = self.candidates(target);
+                self.job().victims = victims.into();
+            }
+        }
+        self.clean_next();
+    }
+
+    /// Evacuates the next victim, commits a full batch, or ends the job.
+    fn clean_next(&mut self) {
+        let cores = self.shared.cores as usize;
+        let want_more = match self.job().target {
+            // Enough room for writes again, with headroom for the next moves.
+            CleanTarget::Reclaim => self.shared.free_segments.len() <= self.shared.reserve() + cores,
+            _ => true,
+        };
+        let job = self.job();
+        let next = if job.error.is_some() || job.stalled || !want_more {
+            None
+        } else if job.target == CleanTarget::Reclaim {
+            let busy: Vec<u32> = job.freed.clone();
+            self.candidates(CleanTarget::Reclaim).into_iter().find(|s| !busy.contains(s))
+        } else {
+            job.victims.pop_front()
+        };
+        // Moves need free segments (up to two per core for a victim: moved
+        // runs split into more entries than they came in): commit what is
+        // evacuated before the cleaner's own room runs out.
+        let room = self.shared.free_segments.len() >= 2 * cores;
+        let job = self.job();
+        let ending = next.is_none() || !room;
+        if (!job.freed.is_empty() && (ending || job.freed.len() >= BATCH)) || (ending && job.open_moves) {
+            if let Some(segno) = next {
+                job.victims.push_front(segno);
+            }
+            job.committing = true;
+            job.open_moves &= !ending;
+            return self.start_clean_barrier(ending);
+        }
+        let Some(segno) = next.filter(|_| room) else { return self.clean_finish() };
+        let free = self.shared.free_segments.len();
+        let job = self.job();
+        job.free_at_batch.get_or_insert(free);
+        let record = *self.ctl_mut().registry().get(&segno).expect("victims are registered");
+        self.read_victim(record);
+    }
+
+    /// `last`: the job may end after this commit, so every core closes the
+    /// segments of sealed partitions it moved blocks into.
+    fn start_clean_barrier(&mut self, last: bool) {
+        let id = self.ctl_mut().next_barrier_id();
+        let seq_mark = self.shared.next_seq.load(Relaxed);
+        self.ctl_mut().set_stage(Stage::Barrier { id, acks: 0, seq_mark, status: Ok(()) });
+        for core in 0..self.shared.cores {
+            self.send(core, Msg::Barrier { id, seal: None, close: false, close_sealed: last });
+        }
+    }
+
+    fn read_victim(&mut self, record: SegmentRecord) {
+        self.job().victim = Some(record);
+        if record.trusted_entries == 0 {
+            return self.evacuate_victim(Vec::new());
+        }
+        self.ctl_mut().set_stage(Stage::CleanRead);
+        let bufs = self.read_summary_slots(&record);
+        let job = self.job();
+        job.outstanding = bufs.len() as u32;
+        job.bufs = bufs;
+    }
+
+    pub(super) fn clean_read_done(&mut self, status: DevStatus) {
+        let job = self.job();
+        job.outstanding -= 1;
+        if let Err(e) = status {
+            job.error.get_or_insert(Error::Io(e));
+        }
+        if job.outstanding > 0 {
+            return;
+        }
+        let rec = job.victim.expect("reading a victim");
+        let bufs = std::mem::take(&mut job.bufs);
+        let entries = match job.error {
+            Some(_) => None,
+            None => self.trusted_summaries(&rec, &bufs).map_err(|e| self.job().error.get_or_insert(e).clone()).ok(),
+        };
+        match entries {
+            Some(entries) => self.evacuate_victim(entries),
+            None => {
+                self.job().victim = None;
+                self.clean_next()
+            }
+        }
+    }
+
+    /// Sends each core the victim's entries it owns.
+    fn evacuate_victim(&mut self, entries: Vec<SummaryEntry>) {
+        let rec = self.job().victim.expect("evacuating a victim");
+        let dest = self.canonical(rec.partition);
+        let mut per_core: Vec<Vec<SummaryEntry>> = vec![Vec::new(); self.shared.cores as usize];
+        for e in entries {
+            per_core[self.shared.owner(e.lba) as usize].push(e);
+        }
+        let job_id = u64::from(rec.segno);
+        let cores = self.shared.cores;
+        let job = self.job();
+        job.outstanding = cores;
+        job.open_moves = true;
+        self.ctl_mut().set_stage(Stage::CleanEvacuate);
+        for (core, entries) in per_core.into_iter().enumerate() {
+            let msg = Msg::Evacuate { job: job_id, segno: rec.segno, src_partition: rec.partition, dest, entries };
+            self.send(core as u32, msg);
+        }
+    }
+
+    pub(super) fn on_evacuate_done(&mut self, _job: u64, status: Result<()>) {
+        let job = self.job();
+        job.outstanding -= 1;
+        if let Err(e) = status {
+            job.error.get_or_insert(e);
+        }
+        if job.outstanding > 0 {
+            return;
+        }
+        let rec = job.victim.take().expect("evacuating a victim");
+        if job.error.is_none() {
+            job.freed.push(rec.segno);
+        }
+        self.clean_next();
+    }
+
+    /// The checkpoint without the batch is durable: free its segments.
+    pub(super) fn clean_checkpointed(&mut self) {
+        let freed = std::mem::take(&mut self.job().freed);
+        for &segno in &freed {
+            self.shared.space[segno as usize].reset();
+            self.shared.free_segments.push(segno).expect("a freed segment fits the pool");
+        }
+        let counters = &self.shared.counters;
+        counters.segments_freed.fetch_add(freed.len() as u64, Relaxed);
+        log::info!("cleaner freed {} segment(s): {:?}", freed.len(), freed);
+        let free = self.shared.free_segments.len();
+        let job = self.job();
+        job.reclaimed += freed.len() as u32;
+        job.committing = false;
+        if job.target == CleanTarget::Reclaim && job.free_at_batch.take().is_some_and(|before| free <= before) {
+            log::warn!("cleaner: a batch gained no space; stopping");
+            job.stalled = true;
+        }
+        self.clean_next();
+    }
+
+    fn clean_finish(&mut self) {
+        let job = self.ctl_mut().clean.take().expect("a cleaning job runs");
+        self.shared.counters.compactions.fetch_add(1, Relaxed);
+        let free = self.shared.free_segments.len();
+        let room = free > self.shared.reserve();
+        if job.target == CleanTarget::Reclaim {
+            // Reclaiming must gain room: moving live data around without a
+            // net gain would only starve writes for ever.
+            let state = if room && free > job.free_at_start {
+                SpaceState::Ok
+            } else {
+                log::warn!("cleaner: nothing left to reclaim; writes needing space fail with ENOSPC");
+                SpaceState::Exhausted
+            };
+            self.shared.set_space_state(state);
+        } else if room && job.reclaimed > 0 {
+            self.shared.set_space_state(SpaceState::Ok);
+        }
+        let result = match job.error {
+            Some(e) => Err(e),
+            None => Ok(super::request::Reply::Done),
+        };
+        self.finish_control(result);
+    }
+}

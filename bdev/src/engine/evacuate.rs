@@ -1,0 +1,322 @@
+//! The cleaner's work on one core: moving the live blocks this core owns out
+//! of a victim segment, so core 0 can free it.
+//!
+//! Each run of blocks of the victim is checked against the views (see
+//! `space.rs`): live data is read into a cleaner buffer and appended again as
+//! a *move* entry in the destination partition (the victim's own, or the next
+//! view's when the victim's partition lost its volume: that is how a deleted
+//! volume merges into the next partition); live zero blocks are appended
+//! again as a zero entry. Liveness is decided when the move is appended:
+//! views cannot change meanwhile (volume changes are control operations, and
+//! core 0 runs one at a time), and a client write of the block either waits
+//! in the reorder buffer (then the block is not moved into the open
+//! partition, see `live_parts`) or is appended later and wins, in memory and
+//! on replay alike. A retiring move repoints the index only if the block is
+//! still current. Sealed partition tables are updated when the core is done, before
+//! it answers: until the victim is freed, its old addresses stay readable.
+
+use super::addr::{LogAddr, ZERO};
+use super::request::View;
+use super::shard::{Msg, Purpose, Shard, TAG_GC_READ};
+use crate::device::{DevOp, DevRequest, DevStatus};
+use crate::error::{Error, Result};
+use crate::format::{EntryKind, SummaryEntry};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// A run of consecutive blocks of one victim entry: `addr` is the first
+/// block's address, or `ZERO` for a zero entry.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Run {
+    lba: u64,
+    addr: LogAddr,
+    blocks: u32,
+}
+
+/// One victim segment being evacuated on this core.
+pub(super) struct Evacuation {
+    job: u64,
+    segno: u32,
+    src_partition: u32,
+    dest: u32,
+    /// Runs to examine, and the block to resume from.
+    todo: VecDeque<(Run, u32)>,
+    /// Runs read into cleaner buffer `.0`, appended up to block `.2`.
+    ready: VecDeque<(u16, Run, u32)>,
+    /// Reads and moves not finished.
+    inflight: u32,
+    /// Retired moves whose partition tables are sealed: (lba, source,
+    /// destination address, or `ZERO` when it went to the open partition).
+    relocated: Vec<(u32, LogAddr, LogAddr)>,
+    error: Option<Error>,
+}
+
+impl Evacuation {
+    pub(super) fn new(
+        job: u64,
+        segno: u32,
+        src_partition: u32,
+        dest: u32,
+        entries: &[SummaryEntry],
+        base: LogAddr,
+    ) -> Self {
+        let todo = entries
+            .iter()
+            .filter_map(|e| match e.kind {
+                EntryKind::Data => Some((Run { lba: e.lba, addr: base + e.data_offset, blocks: e.blocks }, 0)),
+                EntryKind::Zero => Some((Run { lba: e.lba, addr: ZERO, blocks: e.blocks }, 0)),
+                EntryKind::Hole => None,
+            })
+            .collect();
+        Evacuation {
+            job,
+            segno,
+            src_partition,
+            dest,
+            todo,
+            ready: VecDeque::new(),
+            inflight: 0,
+            relocated: Vec::new(),
+            error: None,
+        }
+    }
+}
+
+impl Run {
+    fn block(&self, b: u32) -> (u64, LogAddr) {
+        (self.lba + u64::from(b), if self.addr == ZERO { ZERO } else { self.addr + b })
+    }
+}
+
+impl Shard {
+    /// The first live volume at or above partition `p`: the oldest view
+    /// that can still read `p`'s blocks besides the current image.
+    fn first_volume_from(&self, p: u32) -> Option<u32> {
+        self.live_volumes.iter().copied().find(|&v| v >= p)
+    }
+
+    /// Whether block `addr` of partition `p` holding `lba` must move to
+    /// `dest` (the first view's partition from `p` on).
+    ///
+    /// Data is live when a view reads that very address (later volumes than
+    /// the first one from `p` see the same version or a newer one). A zero
+    /// entry has no address: it is live when it is `p`'s newest version of
+    /// the LBA and no newer one lies up to the view it serves (`dest`, or the
+    /// current image when `dest` is the open partition).
+    fn block_live(&self, lba: u64, addr: LogAddr, p: u32, dest: u32) -> bool {
+        if addr != ZERO {
+            return self.index_get(lba) == Some(addr)
+                || self.first_volume_from(p).is_some_and(|v| self.resolve_view(lba, View::Volume(v)) == Some(addr));
+        }
+        let open = self.open_partition();
+        if p == open {
+            return self.index_get(lba) == Some(ZERO);
+        }
+        if self.partition_entry(p, lba) != Some(ZERO) {
+            return false;
+        }
+        if dest == open {
+            self.next_holder(lba, p, u32::MAX).is_none() && self.index_get(lba) == Some(ZERO)
+        } else {
+            self.next_holder(lba, p, dest).is_none()
+        }
+    }
+
+    /// The live sub-runs of `run` (`offset` into it, length). Into the open
+    /// partition, a block a client write waits to replace is skipped: only
+    /// the current image reads that partition, and a move appended after the
+    /// write would replay after it. Into a sealed partition the move is
+    /// needed (a volume reads it) and safe (the write's partition is newer).
+    fn live_parts(&self, run: &Run, src_partition: u32, dest: u32) -> Vec<(u32, u32)> {
+        let into_open = dest == self.open_partition();
+        let mut parts: Vec<(u32, u32)> = Vec::new();
+        for b in 0..run.blocks {
+            let (lba, addr) = run.block(b);
+            if !self.block_live(lba, addr, src_partition, dest) || (into_open && self.client_write_pending(lba)) {
+                continue;
+            }
+            match parts.last_mut() {
+                Some((start, n)) if *start + *n == b => *n += 1,
+                _ => parts.push((b, 1)),
+            }
+        }
+        parts
+    }
+
+    pub(super) fn start_evacuation(&mut self, evac: Evacuation) {
+        debug_assert!(self.evac.is_none(), "core 0 runs one evacuation at a time");
+        self.evac = Some(evac);
+        self.advance_evacuation();
+    }
+
+    /// Appends the live parts of `run` from block `from` on; returns where
+    /// to resume (`run.blocks` when done) as soon as the log cannot take
+    /// more for now.
+    fn append_run(&mut self, run: &Run, from: u32, buf: Option<u16>) -> u32 {
+        let (src_partition, dest) = {
+            let ev = self.evac.as_ref().expect("running");
+            (ev.src_partition, ev.dest)
+        };
+        let bs = self.shared.geo.block_size as usize;
+        for (off, n) in self.live_parts(run, src_partition, dest) {
+            let (off, n) = match (off, off + n) {
+                (_, end) if end <= from => continue,
+                (o, end) if o < from => (from, end - from),
+                (o, _) => (o, n),
+            };
+            let (lba, src) = run.block(off);
+            let (kind, data) = match buf {
+                // SAFETY: the buffer holds the run's blocks; `off + n` is within it.
+                Some(b) => (EntryKind::Data, unsafe { self.gc_bufs[b as usize].as_ptr().add(off as usize * bs) }),
+                None => (EntryKind::Zero, std::ptr::null()),
+            };
+            let purpose = Purpose::Move { src, src_partition, buf };
+            match self.append_entry(kind, lba, n, data, dest, purpose) {
+                Ok(false) => return off,
+                Ok(true) => match buf {
+                    Some(b) => self.gc_refs[b as usize] += 1,
+                    None => self.evac.as_mut().expect("running").inflight += 1,
+                },
+                Err(e) => {
+                    self.evac.as_mut().expect("running").error.get_or_insert(e);
+                }
+            }
+        }
+        run.blocks
+    }
+
+    /// Moves as much as buffers and the log allow; answers core 0 when every
+    /// run is dealt with.
+    pub(super) fn advance_evacuation(&mut self) -> usize {
+        if self.evac.is_none() {
+            return 0;
+        }
+        let mut work = 0;
+        while let Some(&(buf, run, from)) = self.evac.as_ref().and_then(|e| e.ready.front()) {
+            // Checked now: a client may have rewritten blocks during the read.
+            let next = self.append_run(&run, from, Some(buf));
+            if next < run.blocks {
+                self.evac.as_mut().expect("running").ready.front_mut().expect("peeked").2 = next;
+                break;
+            }
+            self.evac.as_mut().expect("running").ready.pop_front();
+            self.release_gc_buf(buf);
+            work += 1;
+        }
+        while let Some(&(run, from)) = self.evac.as_ref().and_then(|e| e.todo.front()) {
+            if run.addr == ZERO {
+                let next = self.append_run(&run, from, None);
+                if next < run.blocks {
+                    self.evac.as_mut().expect("running").todo.front_mut().expect("peeked").1 = next;
+                    break;
+                }
+            } else {
+                let (src_partition, dest) = {
+                    let ev = self.evac.as_ref().expect("running");
+                    (ev.src_partition, ev.dest)
+                };
+                if !self.live_parts(&run, src_partition, dest).is_empty() {
+                    let Some(buf) = self.gc_free.pop() else { break };
+                    // The run holds the buffer until all its moves retired.
+                    self.gc_refs[buf as usize] = 1;
+                    self.gc_pending[buf as usize] = run;
+                    self.evac.as_mut().expect("running").inflight += 1;
+                    let block = self.shared.geo.log_start + u64::from(run.addr);
+                    let ptr = self.gc_bufs[buf as usize].as_mut_ptr();
+                    let tag = TAG_GC_READ | u64::from(buf);
+                    self.dev_submit(DevRequest { op: DevOp::Read, block, nblocks: run.blocks, buf: ptr, tag });
+                }
+            }
+            self.evac.as_mut().expect("running").todo.pop_front();
+            work += 1;
+        }
+        let ev = self.evac.as_ref().expect("running");
+        if ev.todo.is_empty() && ev.ready.is_empty() && ev.inflight == 0 {
+            self.finish_evacuation();
+        }
+        work
+    }
+
+    fn release_gc_buf(&mut self, buf: u16) {
+        self.gc_refs[buf as usize] -= 1;
+        if self.gc_refs[buf as usize] == 0 {
+            self.gc_free.push(buf);
+            self.evac.as_mut().expect("running").inflight -= 1;
+        }
+    }
+
+    pub(super) fn gc_read_done(&mut self, buf: u16, status: DevStatus) {
+        let run = self.gc_pending[buf as usize];
+        match status {
+            Ok(()) => self.evac.as_mut().expect("reads belong to an evacuation").ready.push_back((buf, run, 0)),
+            Err(e) => {
+                self.evac.as_mut().expect("running").error.get_or_insert(Error::Io(e));
+                self.release_gc_buf(buf);
+            }
+        }
+    }
+
+    /// A move retired.
+    pub(super) fn move_done(&mut self, buf: Option<u16>, status: Result<()>) {
+        if let Err(e) = status {
+            self.evac.as_mut().expect("moves belong to an evacuation").error.get_or_insert(e);
+        }
+        match buf {
+            Some(b) => self.release_gc_buf(b),
+            None => self.evac.as_mut().expect("moves belong to an evacuation").inflight -= 1,
+        }
+    }
+
+    /// Applies a retired move of `blocks` blocks of `lba..` from `src`
+    /// (partition `src_partition`, or zeros) to `dst` in `dest`.
+    pub(super) fn retire_move(
+        &mut self,
+        lba: u64,
+        blocks: u32,
+        src: LogAddr,
+        src_partition: u32,
+        dst: LogAddr,
+        dest: u32,
+    ) {
+        let open = dest == self.open_partition();
+        for b in 0..blocks {
+            let x = lba + u64::from(b);
+            if src == ZERO {
+                if open {
+                    self.record_open(dest, x, ZERO);
+                } else {
+                    self.evac.as_mut().expect("running").relocated.push((x as u32, ZERO, ZERO));
+                }
+                continue;
+            }
+            let (from, to) = (src + b, dst + b);
+            let (old, new) = (self.shared.segment_of(from), self.shared.segment_of(to));
+            if self.index_get(x) == Some(from) {
+                old.current.fetch_sub(1, Relaxed);
+                new.current.fetch_add(1, Relaxed);
+                self.index_set(x, to);
+            } else {
+                old.pinned.fetch_sub(1, Relaxed);
+                new.pinned.fetch_add(1, Relaxed);
+            }
+            if open {
+                self.record_open(dest, x, to);
+            }
+            let moved_to = if open { ZERO } else { to };
+            if src_partition != dest || !open {
+                self.evac.as_mut().expect("running").relocated.push((x as u32, from, moved_to));
+            }
+        }
+    }
+
+    fn finish_evacuation(&mut self) {
+        let ev = self.evac.take().expect("running");
+        let seg_blocks = self.shared.geo.segment_blocks;
+        // After a failure the victim stays: only the moves that retired apply,
+        // and what did not move keeps its place.
+        let victim = ev.error.is_none().then(|| ev.segno * seg_blocks..(ev.segno + 1) * seg_blocks);
+        self.relocate(ev.src_partition, ev.dest, &ev.relocated, victim);
+        let status = ev.error.map_or(Ok(()), Err);
+        self.send(0, Msg::EvacuateDone { job: ev.job, status });
+    }
+}
