@@ -16,7 +16,7 @@
 //! `ILOG_SIM_SEED=S` runs seed S alone. A failure prints its seed.
 
 use ilog_bdev::device::sim::Faults;
-use ilog_bdev::engine::{audit_space, LogEntryKind, Reply, Request, View};
+use ilog_bdev::engine::{audit_space, CompactMode, LogEntryKind, Reply, Request, View};
 use ilog_bdev::format::FormatOptions;
 use ilog_bdev::runtime::sim::{Rng, Sim};
 use ilog_bdev::Error;
@@ -102,6 +102,11 @@ enum Op {
     },
     Compact {
         volume: Option<String>,
+    },
+    /// Baseline compaction of `volume`, retiring the older `retired`.
+    Fold {
+        volume: String,
+        retired: Vec<String>,
     },
     Stats,
 }
@@ -305,13 +310,26 @@ impl Harness {
     }
 
     fn start_compact(&mut self) {
+        let live: Vec<String> = self.volumes.keys().filter(|n| !self.deleting.contains(*n)).cloned().collect();
+        if !live.is_empty() && self.rng.below(3) == 0 {
+            let volume = live[self.rng.below(live.len() as u64) as usize].clone();
+            let partition = self.volumes[&volume].partition;
+            let retired: Vec<String> =
+                self.volumes.iter().filter(|(_, v)| v.partition < partition).map(|(n, _)| n.clone()).collect();
+            for name in &retired {
+                self.deleting.insert(name.clone());
+                self.delete_issued.insert(name.clone());
+            }
+            let req = Request::Compact { volume: Some(volume.clone()), mode: CompactMode::Baseline };
+            return self.submit(req, Op::Fold { volume, retired });
+        }
         let volume = if !self.volumes.is_empty() && self.rng.below(2) == 0 {
             let i = self.rng.below(self.volumes.len() as u64) as usize;
             self.volumes.keys().nth(i).cloned()
         } else {
             None
         };
-        self.submit(Request::Compact { volume: volume.clone() }, Op::Compact { volume });
+        self.submit(Request::Compact { volume: volume.clone(), mode: CompactMode::InPlace }, Op::Compact { volume });
     }
 
     fn start_log_read(&mut self) {
@@ -452,6 +470,19 @@ impl Harness {
                 Err(Error::NoSpace) => {}
                 Err(Error::NoSuchVolume(_)) if volume.as_ref().is_some_and(|v| self.delete_issued.contains(v)) => {}
                 other => self.fail(format!("compaction of {volume:?} answered {other:?}")),
+            },
+            Op::Fold { volume, retired } => match result {
+                Ok(_) => {
+                    FOLDS.fetch_add(1, Relaxed);
+                    for name in &retired {
+                        self.volumes.remove(name);
+                        self.deleting.remove(name);
+                    }
+                }
+                // A retired volume may be gone even if the fold failed.
+                Err(Error::Io(_)) if self.write_eio => {}
+                Err(Error::NoSuchVolume(_)) if self.delete_issued.contains(&volume) => {}
+                other => self.fail(format!("baseline compaction of {volume} answered {other:?}")),
             },
             Op::Stats => match result {
                 Ok(Reply::Stats(st)) => {
@@ -602,6 +633,10 @@ impl Harness {
         let faults_were = self.write_eio;
         // Verification must see every block: no read faults now.
         self.sim.disk.set_faults(Default::default());
+        // A volume a failed fold may have retired: settle whether it is gone.
+        let listed = self.list_volumes();
+        let deleting = &self.deleting;
+        self.volumes.retain(|name, _| listed.contains_key(name) || !deleting.contains(name));
         let views: Vec<Option<String>> = std::iter::once(None).chain(self.volumes.keys().cloned().map(Some)).collect();
         for view in views {
             let mut lba = 0;
@@ -698,6 +733,7 @@ impl Harness {
 /// Segments the cleaner freed and bytes it moved, over every seed run.
 static FREED: AtomicU64 = AtomicU64::new(0);
 static MOVED: AtomicU64 = AtomicU64::new(0);
+static FOLDS: AtomicU64 = AtomicU64::new(0);
 
 fn run_seed(seed: u64) {
     let mut h = Harness::new(seed);
@@ -722,13 +758,14 @@ fn random_workloads_match_the_model_across_crashes() {
             std::panic::resume_unwind(panic);
         }
     }
-    let (freed, moved) = (FREED.load(Relaxed), MOVED.load(Relaxed));
+    let (freed, moved, folds) = (FREED.load(Relaxed), MOVED.load(Relaxed), FOLDS.load(Relaxed));
     eprintln!(
-        "sim: {} seeds passed in {:.1?}; the cleaner freed {freed} segments, moved {moved} bytes",
+        "sim: {} seeds passed in {:.1?}; the cleaner freed {freed} segments, moved {moved} bytes; {folds} folds into the baseline",
         seeds.len(),
         started.elapsed()
     );
     if seeds.len() >= 50 {
         assert!(freed > 0 && moved > 0, "the workloads must exercise the cleaner (freed {freed}, moved {moved})");
+        assert!(folds > 0, "the workloads must fold volumes into the baseline");
     }
 }

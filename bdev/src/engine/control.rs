@@ -7,7 +7,10 @@
 //! -> device flush -> the volume becomes readable everywhere -> reply.
 
 use super::clean::{CleanJob, CleanTarget};
-use super::request::{check_volume_name, LogBatch, LogEntry, LogEntryKind, Reply, Request, Stats, VolumeInfo};
+use super::fold::FoldJob;
+use super::request::{
+    check_volume_name, CompactMode, LogBatch, LogEntry, LogEntryKind, Reply, Request, Stats, VolumeInfo,
+};
 use super::shard::{Msg, ReplyTo, Shard, TAG_CONTROL};
 use super::shared::SpaceState;
 use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf};
@@ -32,9 +35,15 @@ pub(super) enum Op {
     Flush,
     Snapshot(Option<String>),
     Delete(String),
-    LogRead { cursor: u64, count: u32, with_data: bool },
+    LogRead {
+        cursor: u64,
+        count: u32,
+        with_data: bool,
+    },
     Close,
     Clean(CleanTarget),
+    /// Baseline compaction of a volume (the oldest if `None`).
+    Fold(Option<String>),
 }
 
 struct Queued {
@@ -68,6 +77,10 @@ pub(super) enum Stage {
     CleanRead,
     /// The cleaner waits for every core to evacuate a victim.
     CleanEvacuate,
+    /// A fold waits for every core.
+    Fold,
+    /// A fold flushes the baseline it wrote.
+    FoldFlush,
 }
 
 /// Progress of one `LogRead`.
@@ -112,6 +125,11 @@ pub(crate) struct Control {
     /// good one.
     failed: Option<Error>,
     pub(super) clean: Option<CleanJob>,
+    pub(super) fold: Option<FoldJob>,
+    /// Partitions up to this one live in the baseline.
+    baseline_partition: u32,
+    /// A fold was recorded as started and has not committed.
+    folding: Option<u32>,
 }
 
 impl Control {
@@ -127,6 +145,22 @@ impl Control {
         self.open_partition
     }
 
+    pub(super) fn volume_records(&self) -> &[VolumeRecord] {
+        &self.volumes
+    }
+
+    pub(super) fn baseline_partition(&self) -> u32 {
+        self.baseline_partition
+    }
+
+    pub(super) fn set_baseline_partition(&mut self, p: u32) {
+        self.baseline_partition = p;
+    }
+
+    pub(super) fn set_folding(&mut self, p: Option<u32>) {
+        self.folding = p;
+    }
+
     pub(super) fn next_barrier_id(&mut self) -> u64 {
         self.next_barrier += 1;
         self.next_barrier - 1
@@ -137,8 +171,14 @@ impl Control {
     }
 
     pub(super) fn new(ckpt: &Checkpoint, open_partition: u32, ckpt_buf: DmaBuf) -> Control {
+        let mut queue = VecDeque::new();
+        // A fold the last mount started and did not commit: finish it.
+        if let Some(v) = ckpt.folding.and_then(|p| ckpt.volumes.iter().find(|v| v.partition == p)) {
+            log::info!("finishing the fold of volume {} into the baseline", v.name);
+            queue.push_back(Queued { origin: 0, reply: ReplyTo::Nobody, op: Op::Fold(Some(v.name.clone())) });
+        }
         Control {
-            queue: VecDeque::new(),
+            queue,
             current: None,
             registry: ckpt.segments.iter().map(|s| (s.segno, *s)).collect(),
             volumes: ckpt.volumes.clone(),
@@ -150,6 +190,9 @@ impl Control {
             ckpt_buf,
             failed: None,
             clean: None,
+            fold: None,
+            baseline_partition: ckpt.baseline_partition,
+            folding: ckpt.folding,
         }
     }
 
@@ -196,13 +239,14 @@ impl Shard {
             Request::DeleteVolume { name } => Op::Delete(name),
             Request::LogRead { cursor, count, with_data } => Op::LogRead { cursor, count, with_data },
             Request::Close => Op::Close,
-            Request::Compact { volume: None } => Op::Clean(CleanTarget::All),
-            Request::Compact { volume: Some(name) } => {
+            Request::Compact { volume: None, mode: CompactMode::InPlace } => Op::Clean(CleanTarget::All),
+            Request::Compact { volume: Some(name), mode: CompactMode::InPlace } => {
                 let Some(v) = self.ctl().volumes.iter().find(|v| v.name == name) else {
                     return self.reply(origin, reply, Err(Error::NoSuchVolume(name)));
                 };
                 Op::Clean(CleanTarget::Partition(v.partition))
             }
+            Request::Compact { volume, mode: CompactMode::Baseline } => Op::Fold(volume),
             Request::ListVolumes => {
                 let list = self.ctl().volumes.iter().map(Control::info).collect();
                 return self.reply(origin, reply, Ok(Reply::Volumes(list)));
@@ -286,7 +330,7 @@ impl Shard {
             return self.reply(q.origin, q.reply, Err(e));
         }
         let mut seal = None;
-        let mut close = false;
+        let (mut close, mut close_sealed) = (false, false);
         match &q.op {
             Op::Snapshot(name) => {
                 if let Err(e) = self.check_new_volume(name.as_deref()) {
@@ -309,6 +353,28 @@ impl Shard {
                 return self.write_checkpoint(false);
             }
             Op::Close => close = true,
+            Op::Fold(volume) => {
+                let (partition, older) = match self.fold_target(volume.as_deref()) {
+                    Ok(t) => t,
+                    Err(e) => return self.reply(q.origin, q.reply, Err(e)),
+                };
+                if partition <= self.ctl().baseline_partition {
+                    return self.reply(q.origin, q.reply, Ok(Reply::Done));
+                }
+                if !older.is_empty() {
+                    // The baseline is about to hold a newer image: the
+                    // volumes older than the folded one are retired first.
+                    let core = self.core;
+                    let c = self.ctl();
+                    c.queue.push_front(q);
+                    for name in older.into_iter().rev() {
+                        log::info!("retiring volume {name}: a newer volume folds into the baseline");
+                        c.queue.push_front(Queued { origin: core, reply: ReplyTo::Nobody, op: Op::Delete(name) });
+                    }
+                    return;
+                }
+                close_sealed = true;
+            }
             Op::Clean(target) => {
                 let target = *target;
                 self.ctl().clean = Some(CleanJob::new(target));
@@ -322,7 +388,7 @@ impl Shard {
         let stage = Stage::Barrier { id, acks: 0, seq_mark, status: Ok(()) };
         self.ctl().current = Some(Current { q, stage, volume: None, log: None });
         for core in 0..self.shared.cores {
-            self.send(core, Msg::Barrier { id, seal, close, close_sealed: false });
+            self.send(core, Msg::Barrier { id, seal, close, close_sealed });
         }
     }
 
@@ -396,12 +462,20 @@ impl Shard {
             }
             Op::Delete(_) => unreachable!("deletes take no barrier"),
             Op::Clean(_) => self.clean_after_barrier(),
+            Op::Fold(volume) => {
+                let volume = volume.clone();
+                let Ok((partition, _)) = self.fold_target(volume.as_deref()) else {
+                    unreachable!("checked when it started; volumes change only in control operations")
+                };
+                self.fold_after_barrier(partition)
+            }
         }
     }
 
     pub(super) fn write_checkpoint(&mut self, clean: bool) {
         let (uuid, epoch, bs) = (self.shared.uuid, self.shared.epoch, self.shared.geo.block_size as usize);
         let geo = self.shared.geo;
+        let baseline_stripes = self.shared.baseline.to_bytes();
         let c = self.ctl();
         let ckpt = Checkpoint {
             generation: c.generation + 1,
@@ -411,6 +485,10 @@ impl Shard {
             next_partition: c.open_partition,
             next_snapshot_number: c.next_snapshot_number,
             clean,
+            baseline_partition: c.baseline_partition,
+            folding: c.folding,
+            policy: String::new(),
+            baseline_stripes,
             volumes: c.volumes.clone(),
             segments: c.registry.values().copied().collect(),
         };
@@ -458,7 +536,8 @@ impl Shard {
                 }
             }
             Stage::CleanRead => self.clean_read_done(status),
-            Stage::Barrier { .. } | Stage::Publish { .. } | Stage::CleanEvacuate => {
+            Stage::FoldFlush => self.fold_flushed(status),
+            Stage::Barrier { .. } | Stage::Publish { .. } | Stage::CleanEvacuate | Stage::Fold => {
                 unreachable!("no control I/O in this stage")
             }
         }
@@ -477,11 +556,15 @@ impl Shard {
             log::error!("checkpoint write failed (errno {e}): refusing metadata changes until remounted");
             c.failed = Some(Error::Io(e));
             c.clean = None;
+            c.fold = None;
             return self.finish(Err(Error::Io(e)));
         }
         c.generation += 1;
         if matches!(cur.q.op, Op::Clean(_)) {
             return self.clean_checkpointed();
+        }
+        if matches!(cur.q.op, Op::Fold(_)) {
+            return self.fold_checkpointed();
         }
         let live = c.live_partitions();
         let result = match (&cur.q.op, &cur.volume) {

@@ -92,6 +92,28 @@ impl BlockIndex {
         }
     }
 
+    /// Unmaps every block whose address `drop` selects (their segments are
+    /// being freed); they read from the baseline again.
+    pub fn unmap_where(&mut self, drop: impl Fn(LogAddr) -> bool) {
+        let mut dropped = 0;
+        for leaf in &mut self.leaves {
+            match leaf {
+                Leaf::Sparse(v) => {
+                    let before = v.len();
+                    v.retain(|w| !drop(*w as u32));
+                    dropped += before - v.len();
+                }
+                Leaf::Dense(d) => {
+                    for a in d.iter_mut().filter(|a| **a != NONE && drop(**a)) {
+                        *a = NONE;
+                        dropped += 1;
+                    }
+                }
+            }
+        }
+        self.mapped -= dropped as u64;
+    }
+
     /// Calls `f(lba, addr)` for every mapped block.
     pub fn for_each(&self, mut f: impl FnMut(u64, LogAddr)) {
         let (stripe, cores) = (u64::from(self.stripe_blocks), u64::from(self.cores));

@@ -11,6 +11,7 @@ pub(crate) mod addr;
 mod clean;
 mod control;
 mod evacuate;
+mod fold;
 mod index;
 mod mount;
 mod partition;
@@ -20,6 +21,6 @@ mod shared;
 mod space;
 
 pub use mount::{format, mount, Mounted};
-pub use request::{LogBatch, LogEntry, LogEntryKind, Reply, Request, Stats, View, VolumeInfo};
+pub use request::{CompactMode, LogBatch, LogEntry, LogEntryKind, Reply, Request, Stats, View, VolumeInfo};
 pub use shard::{audit_space, Shard};
 pub use shared::Submitter;

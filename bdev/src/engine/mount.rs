@@ -7,6 +7,7 @@
 
 use super::addr::ZERO;
 use super::control::Control;
+use super::fold::BaselineMap;
 use super::index::BlockIndex;
 use super::partition::Partitions;
 use super::shard::{Shard, ShardInit};
@@ -323,6 +324,10 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
         next_partition: open_partition,
         next_snapshot_number: ckpt.next_snapshot_number,
         clean: false,
+        baseline_partition: ckpt.baseline_partition,
+        folding: ckpt.folding,
+        policy: ckpt.policy.clone(),
+        baseline_stripes: ckpt.baseline_stripes.clone(),
         volumes: ckpt.volumes.clone(),
         segments: loaded.values().map(|l| l.record).collect(),
     };
@@ -347,6 +352,7 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
         space,
         counters: Counters::default(),
         space_state: AtomicU8::new(0),
+        baseline: BaselineMap::new(&next.baseline_stripes, geo.stripe_count()),
     });
     let live_volumes = Arc::new(next.volumes.iter().map(|v| v.partition).collect::<Vec<_>>());
     let mut shards = Vec::with_capacity(cores as usize);

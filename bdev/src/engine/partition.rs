@@ -57,6 +57,11 @@ impl Partitions {
         &self.sealed
     }
 
+    /// Forgets the sealed partitions up to `p` (folded into the baseline).
+    pub fn drop_up_to(&mut self, p: u32) {
+        self.sealed.retain(|(q, _)| *q > p);
+    }
+
     /// `local`'s newest version within sealed partition `p` exactly.
     pub fn lookup_in(&self, p: u32, local: u32) -> Option<LogAddr> {
         let i = self.sealed.binary_search_by_key(&p, |(q, _)| *q).ok()?;

@@ -11,6 +11,19 @@ pub enum View {
     Volume(u32),
 }
 
+/// How a compaction frees log space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CompactMode {
+    /// Rewrite the live blocks into fresh segments of the same partition and
+    /// free the old segments.
+    #[default]
+    InPlace,
+    /// Apply the partitions up to the volume (the oldest one if none is
+    /// named) to the baseline region and free them: that volume then reads
+    /// from the baseline, and an older volume already there is retired.
+    Baseline,
+}
+
 /// A request. Buffers are raw: the submitter keeps them valid (and does not
 /// touch them) until the request's completion, as with SPDK's bdev I/O.
 #[derive(Debug, Clone)]
@@ -54,11 +67,11 @@ pub enum Request {
         with_data: bool,
     },
     Stats,
-    /// Compacts in place: rewrites the live blocks of `volume`'s partition
-    /// (of every partition if `None`) into fresh segments and frees the old
-    /// ones. Views do not change.
+    /// Compacts `volume`'s partition (every partition if `None`), as
+    /// `mode` says. Views do not change.
     Compact {
         volume: Option<String>,
+        mode: CompactMode,
     },
     /// Flushes, writes a clean checkpoint and stops taking requests.
     Close,

@@ -13,6 +13,7 @@
 
 use super::addr::{LogAddr, ZERO};
 use super::evacuate::{Evacuation, Run};
+use super::fold::Fold;
 use super::index::BlockIndex;
 use super::partition::Partitions;
 use super::request::{Reply, Request, View};
@@ -41,6 +42,7 @@ const TAG_META: u64 = 3 << 56;
 const TAG_FLUSH: u64 = 4 << 56;
 pub(super) const TAG_CONTROL: u64 = 5 << 56;
 pub(super) const TAG_GC_READ: u64 = 6 << 56;
+pub(super) const TAG_FOLD: u64 = 7 << 56;
 /// Cleaner buffers per core, each for one run (at most a stripe).
 const GC_BUFS: usize = 8;
 const TAG_KIND: u64 = 0xff << 56;
@@ -130,6 +132,21 @@ pub(crate) enum Msg {
         job: u64,
         status: Result<()>,
     },
+    /// Rewrite the owned baseline stripes that partitions up to
+    /// `partition` touch (see `fold.rs`). Answered with `FoldDone`.
+    Fold {
+        partition: u32,
+    },
+    FoldDone {
+        status: Result<()>,
+    },
+    /// The fold is committed: forget the partitions up to `partition` and
+    /// index entries into `segments`. Answered with `FoldedAck`.
+    Folded {
+        partition: u32,
+        segments: Arc<Vec<u32>>,
+    },
+    FoldedAck,
 }
 
 // SAFETY: pieces and requests are Send (see there); the rest is owned data.
@@ -240,8 +257,8 @@ pub struct Shard {
     pub(super) core: u32,
     pub(super) shared: Arc<Shared>,
     pub(super) dev: Box<dyn DevChannel>,
-    index: BlockIndex,
-    parts: Partitions,
+    pub(super) index: BlockIndex,
+    pub(super) parts: Partitions,
     /// Partition of each segment this core may point into.
     partition_of: Vec<u32>,
     open_partition: u32,
@@ -270,6 +287,7 @@ pub struct Shard {
     dev_done: Vec<(u64, DevStatus)>,
     pub(super) ctl: Option<Box<super::control::Control>>,
     pub(super) evac: Option<Evacuation>,
+    pub(super) fold: Option<Fold>,
     pub(super) gc_bufs: Vec<DmaBuf>,
     pub(super) gc_free: Vec<u16>,
     /// The run each cleaner buffer holds, and the moves still using it.
@@ -323,6 +341,7 @@ impl Shard {
             dev_done: Vec::with_capacity(SLOTS),
             ctl: None,
             evac: None,
+            fold: None,
             gc_bufs: (0..GC_BUFS).map(|_| DmaBuf::new(bs * shared.geo.stripe_blocks as usize, bs)).collect(),
             gc_free: (0..GC_BUFS as u16).collect(),
             gc_pending: vec![Run::default(); GC_BUFS],
@@ -364,6 +383,7 @@ impl Shard {
         }
         work += self.retire();
         work += self.advance_evacuation();
+        work += self.advance_fold();
         self.advance_barrier();
         if self.ctl.is_some() {
             self.control_step();
@@ -392,6 +412,7 @@ impl Shard {
             (!self.outbox.is_empty(), "messages to send"),
             (self.barrier.is_some(), "a barrier"),
             (self.evac.is_some(), "an evacuation"),
+            (self.fold.is_some(), "a fold"),
             (!self.shared.inbox[core].is_empty(), "inbound messages"),
             (!self.shared.clients[core].is_empty(), "client requests"),
         ]
@@ -461,6 +482,10 @@ impl Shard {
                 self.start_evacuation(Evacuation::new(job, segno, src_partition, dest, &entries, base));
             }
             Msg::EvacuateDone { job, status } => self.on_evacuate_done(job, status),
+            Msg::Fold { partition } => self.start_fold(partition),
+            Msg::FoldDone { status } => self.on_fold_done(status),
+            Msg::Folded { partition, segments } => self.forget_folded(partition, &segments),
+            Msg::FoldedAck => self.on_folded_ack(),
         }
     }
 
@@ -519,6 +544,7 @@ impl Shard {
             TAG_FLUSH => self.barrier_flushed(status),
             TAG_CONTROL => self.control_device_done(value, status),
             TAG_GC_READ => self.gc_read_done(value as u16, status),
+            TAG_FOLD => self.fold_io_done(status),
             _ => unreachable!("unknown device tag {tag:#x}"),
         }
     }
@@ -649,34 +675,34 @@ impl Shard {
         }
         self.reads[ctx as usize] = Some(ReadCtx { origin: p.origin, slot: p.slot, outstanding: 0, status: Ok(()) });
         let bs = self.shared.geo.block_size as usize;
-        let log_start = self.shared.geo.log_start;
-        // Coalesce blocks at consecutive log addresses into one device read.
-        let mut run: Option<(u32, LogAddr, u32)> = None; // (first block, addr, blocks)
-        let issue = |this: &mut Shard, (first, addr, n): (u32, LogAddr, u32)| {
+        let geo = self.shared.geo;
+        // Coalesce blocks at consecutive device blocks into one read.
+        let mut run: Option<(u32, u64, u32)> = None; // (first block, device block, blocks)
+        let issue = |this: &mut Shard, (first, block, n): (u32, u64, u32)| {
             this.reads[ctx as usize].as_mut().expect("live read").outstanding += 1;
             // SAFETY: `first + n` is within the piece's buffer.
             let buf = unsafe { p.buf.add(first as usize * bs) };
-            let req = DevRequest {
-                op: DevOp::Read,
-                block: log_start + u64::from(addr),
-                nblocks: n,
-                buf,
-                tag: TAG_READ | u64::from(ctx),
-            };
+            let req = DevRequest { op: DevOp::Read, block, nblocks: n, buf, tag: TAG_READ | u64::from(ctx) };
             this.dev_submit(req);
         };
         for i in 0..p.blocks {
-            match self.resolve_view(p.lba + u64::from(i), p.view) {
-                Some(addr) if addr != ZERO => match run {
-                    Some((f, a, n)) if f + n == i && a + n == addr => run = Some((f, a, n + 1)),
+            let lba = p.lba + u64::from(i);
+            let source = match self.resolve_view(lba, p.view) {
+                Some(ZERO) => None,
+                Some(addr) => Some(geo.log_start + u64::from(addr)),
+                None => self.shared.baseline.has(lba / u64::from(geo.stripe_blocks)).then(|| geo.baseline_start + lba),
+            };
+            match source {
+                Some(block) => match run {
+                    Some((f, b, n)) if f + n == i && b + u64::from(n) == block => run = Some((f, b, n + 1)),
                     _ => {
                         if let Some(r) = run.take() {
                             issue(self, r);
                         }
-                        run = Some((i, addr, 1));
+                        run = Some((i, block, 1));
                     }
                 },
-                _ => {
+                None => {
                     // SAFETY: block `i` is within the piece's buffer.
                     unsafe { std::ptr::write_bytes(p.buf.add(i as usize * bs), 0, bs) };
                 }
@@ -692,7 +718,7 @@ impl Shard {
     }
 
     /// Where `lba` lives in `view`: a log address, `ZERO`, or `None` (the
-    /// baseline, which reads as zeros until compaction populates it).
+    /// baseline region; zeros where no fold wrote its stripe yet).
     pub(super) fn resolve_view(&self, lba: u64, view: View) -> Option<LogAddr> {
         let newest = self.index.get(lba)?;
         match view {

@@ -1,6 +1,7 @@
 //! State every core of one ilog bdev shares: the geometry, the free segment
 //! pool and sequence counter (lock-free), and each core's inbound queues.
 
+use super::fold::BaselineMap;
 use super::request::Request;
 use super::shard::Msg;
 use super::space::{Counters, SegmentSpace};
@@ -29,6 +30,8 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// `SpaceState`: whether writes wait for the cleaner.
     pub space_state: AtomicU8,
+    /// Stripes of the baseline region that hold data.
+    pub baseline: BaselineMap,
 }
 
 /// Whether the log has room for client writes.

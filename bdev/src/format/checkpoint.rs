@@ -5,18 +5,24 @@
 //! above `seq_high` found by scanning segment headers.
 //!
 //! ```text
-//! header (80 bytes)
+//! header (96 bytes)
 //!   0  8 magic "ILOGCKPT"     8  4 version       12  4 flags (bit 0: clean)
 //!  16  8 generation          24 16 uuid          40  8 seq_high
 //!  48  4 epoch               52  4 next partition
 //!  56  8 next snapshot number
 //!  64  4 volume count        68  4 segment count 72  4 payload CRC32C
-//!  76  4 header CRC32C (of bytes 0..76)
+//!  76  4 baseline partition (partitions up to it live in the baseline)
+//!  80  4 folding (partition being folded into the baseline, or 2^32-1)
+//!  84  4 policy length       88  4 baseline bitmap length
+//!  92  4 header CRC32C (of bytes 0..92)
 //! payload
 //!   volume records (96 bytes): partition u32, zero u32, created (unix s) u64,
 //!                              name length u16, name (UTF-8, zero-padded to 78)
 //!   segment records (32 bytes): segno u32, stream u32, epoch u32, partition u32,
 //!                               seq u64, trusted entries u32, flags u32 (bit 0: open)
+//!   policy: the storage-management policy, JSON (UTF-8)
+//!   baseline bitmap: bit s set when stripe s of the baseline region holds
+//!                    data (unset stripes read as zeros)
 //! ```
 
 use super::codec::{Reader, Writer};
@@ -24,13 +30,16 @@ use super::{record_crc, FORMAT_VERSION};
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"ILOGCKPT";
-const HEADER_LEN: usize = 80;
-const HEADER_CRC_AT: usize = 76;
+const HEADER_LEN: usize = 96;
+const HEADER_CRC_AT: usize = 92;
 pub(super) const VOLUME_RECORD_LEN: usize = 96;
 const SEGMENT_RECORD_LEN: usize = 32;
 /// Longest volume id, in bytes.
 pub const MAX_VOLUME_NAME: usize = 78;
 const FLAG_OPEN: u32 = 1;
+/// Longest policy document, in bytes.
+pub const MAX_POLICY_LEN: usize = 8192;
+const NOT_FOLDING: u32 = u32::MAX;
 
 /// A snapshot volume: a name for a sealed partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,17 +79,30 @@ pub struct Checkpoint {
     /// Written by a clean close: no segment was opened after it, so mount
     /// needs neither a header scan nor data CRC checks.
     pub clean: bool,
+    /// Partitions up to this one were folded into the baseline region (0:
+    /// none; partitions are numbered from 1).
+    pub baseline_partition: u32,
+    /// A fold into the baseline that started: mount finishes it.
+    pub folding: Option<u32>,
+    /// The storage-management policy (JSON; empty for none).
+    pub policy: String,
+    /// Stripes of the baseline region that hold data, a bit each.
+    pub baseline_stripes: Vec<u8>,
     pub volumes: Vec<VolumeRecord>,
     pub segments: Vec<SegmentRecord>,
 }
 
 impl Checkpoint {
-    pub fn max_encoded_len(max_volumes: usize, max_segments: usize) -> usize {
-        HEADER_LEN + max_volumes * VOLUME_RECORD_LEN + max_segments * SEGMENT_RECORD_LEN
+    pub fn max_encoded_len(max_volumes: usize, max_segments: usize, stripes: u64) -> usize {
+        Checkpoint::len_of(max_volumes, max_segments, MAX_POLICY_LEN, stripes.div_ceil(8) as usize)
+    }
+
+    fn len_of(volumes: usize, segments: usize, policy: usize, bitmap: usize) -> usize {
+        HEADER_LEN + volumes * VOLUME_RECORD_LEN + segments * SEGMENT_RECORD_LEN + policy + bitmap
     }
 
     pub fn encoded_len(&self) -> usize {
-        Checkpoint::max_encoded_len(self.volumes.len(), self.segments.len())
+        Checkpoint::len_of(self.volumes.len(), self.segments.len(), self.policy.len(), self.baseline_stripes.len())
     }
 
     /// Encodes into `buf` (at least `encoded_len` bytes).
@@ -105,6 +127,8 @@ impl Checkpoint {
             w.u32(s.trusted_entries);
             w.u32(if s.open { FLAG_OPEN } else { 0 });
         }
+        w.bytes(self.policy.as_bytes());
+        w.bytes(&self.baseline_stripes);
         let payload_crc = crc32c::crc32c(payload);
         let mut w = Writer::new(header);
         w.bytes(MAGIC);
@@ -119,6 +143,10 @@ impl Checkpoint {
         w.u32(self.volumes.len() as u32);
         w.u32(self.segments.len() as u32);
         w.u32(payload_crc);
+        w.u32(self.baseline_partition);
+        w.u32(self.folding.unwrap_or(NOT_FOLDING));
+        w.u32(self.policy.len() as u32);
+        w.u32(self.baseline_stripes.len() as u32);
         let crc = record_crc(header, HEADER_CRC_AT);
         header[HEADER_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
     }
@@ -126,12 +154,13 @@ impl Checkpoint {
     /// The header's declared total length, to know how much of a slot to
     /// read. `Ok(None)`: no checkpoint in this slot.
     pub fn peek_len(first_block: &[u8]) -> Result<Option<usize>> {
-        let Some(h) = Checkpoint::header(first_block)? else { return Ok(None) };
-        Ok(Some(Checkpoint::max_encoded_len(h.0 as usize, h.1 as usize)))
+        let Some((nvol, nseg, npol, nmap)) = Checkpoint::header(first_block)? else { return Ok(None) };
+        Ok(Some(Checkpoint::len_of(nvol as usize, nseg as usize, npol as usize, nmap as usize)))
     }
 
-    /// (volume count, segment count) from a valid header.
-    fn header(buf: &[u8]) -> Result<Option<(u32, u32)>> {
+    /// (volume count, segment count, policy length, bitmap length) from a
+    /// valid header.
+    fn header(buf: &[u8]) -> Result<Option<(u32, u32, u32, u32)>> {
         if buf.len() < HEADER_LEN || &buf[..8] != MAGIC {
             return Ok(None);
         }
@@ -140,13 +169,16 @@ impl Checkpoint {
             return Err(Error::Corrupt("checkpoint header CRC mismatch".into()));
         }
         let counts = |at: usize| u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
-        Ok(Some((counts(64), counts(68))))
+        if counts(84) as usize > MAX_POLICY_LEN {
+            return Err(Error::Corrupt("checkpoint policy too long".into()));
+        }
+        Ok(Some((counts(64), counts(68), counts(84), counts(88))))
     }
 
     /// Decodes a slot. `Ok(None)`: the slot holds no checkpoint.
     pub fn decode(buf: &[u8]) -> Result<Option<Checkpoint>> {
-        let Some((nvol, nseg)) = Checkpoint::header(buf)? else { return Ok(None) };
-        let len = Checkpoint::max_encoded_len(nvol as usize, nseg as usize);
+        let Some((nvol, nseg, npol, nmap)) = Checkpoint::header(buf)? else { return Ok(None) };
+        let len = Checkpoint::len_of(nvol as usize, nseg as usize, npol as usize, nmap as usize);
         if len > buf.len() {
             return Err(Error::Corrupt("checkpoint is longer than its slot".into()));
         }
@@ -168,6 +200,8 @@ impl Checkpoint {
         };
         r.skip(8)?;
         let payload_crc = r.u32()?;
+        c.baseline_partition = r.u32()?;
+        c.folding = Some(r.u32()?).filter(|&p| p != NOT_FOLDING);
         let payload = &buf[HEADER_LEN..len];
         if crc32c::crc32c(payload) != payload_crc {
             return Err(Error::Corrupt("checkpoint payload CRC mismatch".into()));
@@ -196,6 +230,10 @@ impl Checkpoint {
                 open: r.u32()? & FLAG_OPEN != 0,
             });
         }
+        c.policy = std::str::from_utf8(r.bytes(npol as usize)?)
+            .map_err(|_| Error::Corrupt("checkpoint policy is not UTF-8".into()))?
+            .to_owned();
+        c.baseline_stripes = r.bytes(nmap as usize)?.to_vec();
         Ok(Some(c))
     }
 }
@@ -213,6 +251,10 @@ mod tests {
             next_partition: 5,
             next_snapshot_number: 4,
             clean: true,
+            baseline_partition: 2,
+            folding: Some(3),
+            policy: r#"{"snapshot":{"interval_s":60}}"#.into(),
+            baseline_stripes: vec![0b101, 0, 0x80],
             volumes: vec![VolumeRecord { name: "snap-1".into(), partition: 1, created_unix_s: 1_700_000_000 }],
             segments: vec![SegmentRecord {
                 segno: 3,

@@ -78,7 +78,8 @@ impl Geometry {
         }
         // The checkpoint slot is sized for the most segments the device could hold.
         let max_segments = device_blocks / segment_blocks;
-        let slot_bytes = Checkpoint::max_encoded_len(opts.max_volumes as usize, max_segments as usize);
+        let max_stripes = device_blocks.div_ceil(stripe_blocks);
+        let slot_bytes = Checkpoint::max_encoded_len(opts.max_volumes as usize, max_segments as usize, max_stripes);
         let ckpt_slot_blocks = slot_bytes.div_ceil(bs as usize) as u64;
         let ckpt_start = SUPERBLOCK_BLOCKS;
         let meta_end = ckpt_start + 2 * ckpt_slot_blocks;
@@ -133,7 +134,9 @@ impl Geometry {
         {
             return bad("volume or log size");
         }
-        let slot_needed = Checkpoint::max_encoded_len(self.max_volumes as usize, self.segment_count as usize) as u64;
+        let slot_needed =
+            Checkpoint::max_encoded_len(self.max_volumes as usize, self.segment_count as usize, self.stripe_count())
+                as u64;
         if u64::from(self.ckpt_slot_blocks) * u64::from(self.block_size) < slot_needed {
             return bad("checkpoint slot too small");
         }
@@ -170,6 +173,11 @@ impl Geometry {
     /// segment `segno`: groups grow down from the segment's end.
     pub fn summary_slot(&self, segno: u32, group: u32, slot: u32) -> u64 {
         self.segment_start(segno) + u64::from(self.segment_blocks - 2 * group - 2 + slot)
+    }
+
+    /// Stripes of the volume (the last one may be partial).
+    pub fn stripe_count(&self) -> u64 {
+        self.volume_blocks.div_ceil(u64::from(self.stripe_blocks))
     }
 
     /// Summary entries one summary block holds.

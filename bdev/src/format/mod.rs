@@ -16,7 +16,7 @@ mod geometry;
 mod segment;
 mod superblock;
 
-pub use checkpoint::{Checkpoint, SegmentRecord, VolumeRecord, MAX_VOLUME_NAME};
+pub use checkpoint::{Checkpoint, SegmentRecord, VolumeRecord, MAX_POLICY_LEN, MAX_VOLUME_NAME};
 pub use geometry::{FormatOptions, Geometry};
 pub use segment::{
     EntryKind, SegmentHeader, SegmentId, SummaryBlock, SummaryChain, SummaryEntry, SUMMARY_ENTRY_LEN,
