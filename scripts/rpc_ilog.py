@@ -137,3 +137,54 @@ def spdk_rpc_plugin_initialize(subparsers):
         log segments (total and free), snapshot volumes and the open partition.""")
     p.add_argument('name', help='ilog bdev name')
     p.set_defaults(func=bdev_ilog_get_stats)
+
+    def bdev_ilog_compact(args):
+        _print(_call(args, 'bdev_ilog_compact', name=args.name, volume=args.volume, mode=args.mode,
+                     background=args.background))
+
+    p = subparsers.add_parser(
+        'bdev_ilog_compact', help='Compact the log of an ilog bdev',
+        description="""Compact in place (rewrite the live blocks of the volume's partition, or of
+        every partition, and free the old segments) or into the baseline (fold the partitions up
+        to the volume, the oldest if none is named, into the baseline region; older volumes are
+        retired). Prints true when done, or the job id with --background.""")
+    p.add_argument('name', help='ilog bdev name')
+    p.add_argument('-v', '--volume', help='Volume id (default: every partition, or the oldest volume)')
+    p.add_argument('-m', '--mode', choices=['in_place', 'baseline'], help='How (default in_place)')
+    p.add_argument('--background', action='store_true', default=None,
+                   help='Return at once with a job id; progress shows in bdev_ilog_get_stats')
+    p.set_defaults(func=bdev_ilog_compact)
+
+    def bdev_ilog_set_policy(args):
+        try:
+            policy = json.loads(args.policy)
+        except ValueError as e:
+            raise SystemExit(f'bdev_ilog_set_policy: the policy is not JSON: {e}')
+        _call(args, 'bdev_ilog_set_policy', name=args.name, policy=policy)
+
+    p = subparsers.add_parser(
+        'bdev_ilog_set_policy', help='Set the storage-management policy of an ilog bdev',
+        description="""Set the policy (a JSON object, see the README; {} for none). It is stored
+        durably with the bdev. An invalid policy is refused with the field named.""")
+    p.add_argument('name', help='ilog bdev name')
+    p.add_argument('policy', help='The policy, JSON, e.g. \'{"snapshot": {"interval_s": 3600}}\'')
+    p.set_defaults(func=bdev_ilog_set_policy)
+
+    def bdev_ilog_get_policy(args):
+        _print(_call(args, 'bdev_ilog_get_policy', name=args.name))
+
+    p = subparsers.add_parser(
+        'bdev_ilog_get_policy', help='Display the storage-management policy of an ilog bdev',
+        description="""Display the policy of an ilog bdev ({} for none).""")
+    p.add_argument('name', help='ilog bdev name')
+    p.set_defaults(func=bdev_ilog_get_policy)
+
+    def bdev_ilog_event(args):
+        _call(args, 'bdev_ilog_event', name=args.name, event=args.event)
+
+    p = subparsers.add_parser(
+        'bdev_ilog_event', help='Deliver a named event to the policy of an ilog bdev',
+        description="""Run the actions the policy binds to EVENT under events.on.""")
+    p.add_argument('name', help='ilog bdev name')
+    p.add_argument('event', help='Event name, e.g. backup-done')
+    p.set_defaults(func=bdev_ilog_event)

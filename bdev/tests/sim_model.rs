@@ -103,6 +103,7 @@ enum Op {
     Compact {
         volume: Option<String>,
     },
+    SetPolicy,
     /// Baseline compaction of `volume`, retiring the older `retired`.
     Fold {
         volume: String,
@@ -164,7 +165,7 @@ impl Harness {
         let blocks = (0..volume_blocks)
             .map(|_| Block { cur: Cand::from([0]), floor: Cand::from([0]), ..Block::default() })
             .collect();
-        let h = Harness {
+        let mut h = Harness {
             seed,
             sim,
             rng,
@@ -187,6 +188,14 @@ impl Harness {
             trace: std::env::var_os("ILOG_SIM_TRACE").is_some(),
         };
         h.set_faults();
+        // A status policy compacts on its own (views do not change); the
+        // clock ticks as the workload runs.
+        if h.rng.below(2) == 0 {
+            let (used, garbage) = (20 + h.rng.below(70), 10 + h.rng.below(80));
+            let policy = format!(r#"{{"compaction": {{"log_used_pct": {used}, "garbage_pct": {garbage}}}}}"#);
+            h.submit(Request::SetPolicy { policy }, Op::SetPolicy);
+            h.drain();
+        }
         h
     }
 
@@ -471,6 +480,11 @@ impl Harness {
                 Err(Error::NoSuchVolume(_)) if volume.as_ref().is_some_and(|v| self.delete_issued.contains(v)) => {}
                 other => self.fail(format!("compaction of {volume:?} answered {other:?}")),
             },
+            Op::SetPolicy => match result {
+                Ok(_) => {}
+                Err(Error::Io(_)) if self.write_eio => {}
+                other => self.fail(format!("set_policy answered {other:?}")),
+            },
             Op::Fold { volume, retired } => match result {
                 Ok(_) => {
                     FOLDS.fetch_add(1, Relaxed);
@@ -488,6 +502,7 @@ impl Harness {
                 Ok(Reply::Stats(st)) => {
                     FREED.fetch_add(st.segments_freed, Relaxed);
                     MOVED.fetch_add(st.bytes_moved, Relaxed);
+                    POLICY_ACTIONS.fetch_add(st.policy_actions, Relaxed);
                 }
                 other => self.fail(format!("stats answered {other:?}")),
             },
@@ -693,6 +708,9 @@ impl Harness {
 
     fn run(&mut self, ops: u32) {
         for _ in 0..ops {
+            if self.rng.below(16) == 0 {
+                self.sim.clock.advance(1);
+            }
             let outstanding = self.inflight.len();
             if outstanding >= 12 || self.rng.below(3) == 0 {
                 self.step();
@@ -734,6 +752,7 @@ impl Harness {
 static FREED: AtomicU64 = AtomicU64::new(0);
 static MOVED: AtomicU64 = AtomicU64::new(0);
 static FOLDS: AtomicU64 = AtomicU64::new(0);
+static POLICY_ACTIONS: AtomicU64 = AtomicU64::new(0);
 
 fn run_seed(seed: u64) {
     let mut h = Harness::new(seed);
@@ -759,13 +778,15 @@ fn random_workloads_match_the_model_across_crashes() {
         }
     }
     let (freed, moved, folds) = (FREED.load(Relaxed), MOVED.load(Relaxed), FOLDS.load(Relaxed));
+    let policy_actions = POLICY_ACTIONS.load(Relaxed);
     eprintln!(
-        "sim: {} seeds passed in {:.1?}; the cleaner freed {freed} segments, moved {moved} bytes; {folds} folds into the baseline",
+        "sim: {} seeds passed in {:.1?}; the cleaner freed {freed} segments, moved {moved} bytes; {folds} folds into the baseline; {policy_actions} policy compactions",
         seeds.len(),
         started.elapsed()
     );
     if seeds.len() >= 50 {
         assert!(freed > 0 && moved > 0, "the workloads must exercise the cleaner (freed {freed}, moved {moved})");
         assert!(folds > 0, "the workloads must fold volumes into the baseline");
+        assert!(policy_actions > 0, "the status policies must act");
     }
 }

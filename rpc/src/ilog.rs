@@ -21,6 +21,17 @@
 //! | `bdev_ilog_delete_volume` | `name`: string; `volume`: string, a volume id | `true` |
 //! | `bdev_ilog_log_read` | `name`: string; `cursor`: int (0); `count`: int, 1..=4096, required; `with_data`: bool (false) | [log batch](#log-batch) |
 //! | `bdev_ilog_get_stats` | `name`: string | [stats object](#stats-object) |
+//! | `bdev_ilog_compact` | `name`: string; `volume`: string (every partition); `mode`: `"in_place"` or `"baseline"` (`"in_place"`); `background`: bool (false) | `true` when done, or `{"job": int}` with `background` |
+//! | `bdev_ilog_set_policy` | `name`: string; `policy`: object, the [policy document](#policy-document) (`{}` for none) | `true` |
+//! | `bdev_ilog_get_policy` | `name`: string | the policy document |
+//! | `bdev_ilog_event` | `name`: string; `event`: string, a name the policy binds under `events.on` | `true` (its actions are queued) |
+//!
+//! `bdev_ilog_compact` in place rewrites the live blocks of the volume's
+//! partition (every partition if none is named) and frees the old segments;
+//! `baseline` folds the partitions up to the volume (the oldest one if none
+//! is named) into the baseline region: that volume then reads from the
+//! baseline, and older volumes are retired. A background job's state shows
+//! in the stats (`jobs`).
 //!
 //! The formatting parameters of `bdev_ilog_create` apply when the base bdev
 //! is formatted; `log_percent` is the log's share of the device, the rest is
@@ -75,10 +86,20 @@
 //! `user_bytes_written`, `device_bytes_written`, `write_amplification`
 //! (device / user), `compactions`, `bytes_moved`, `segments_freed`,
 //! `policy_actions`.
+//!
+//! ## Policy document
+//!
+//! See the README ("Storage-management policies"); every key is optional:
+//! `{"snapshot": {"interval_s"}, "retention": {"keep_last", "max_age_s",
+//! "action": "delete" | "baseline"}, "compaction": {"log_used_pct",
+//! "max_partitions", "garbage_pct"}, "events": {"on_snapshot": [..],
+//! "on_delete": [..], "on": {"<event>": [..]}}, "volume_id": {"scheme":
+//! "sequential" | "timestamp" | "template", "template"}}`. An invalid document
+//! is refused (`-EINVAL`, naming the field) and changes nothing.
 
 use crate::error::RpcError;
 use base64::Engine as _;
-use ilog_bdev::engine::{LogBatch, LogEntry, LogEntryKind, Stats, VolumeInfo};
+use ilog_bdev::engine::{CompactMode, LogBatch, LogEntry, LogEntryKind, Stats, VolumeInfo};
 use ilog_bdev::format::FormatOptions;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -94,6 +115,10 @@ pub const METHODS: &[&str] = &[
     "bdev_ilog_delete_volume",
     "bdev_ilog_log_read",
     "bdev_ilog_get_stats",
+    "bdev_ilog_compact",
+    "bdev_ilog_set_policy",
+    "bdev_ilog_get_policy",
+    "bdev_ilog_event",
 ];
 
 /// Most entries one `bdev_ilog_log_read` returns: bounds the reply (with
@@ -182,6 +207,57 @@ pub enum Command {
     GetStats {
         name: String,
     },
+    Compact {
+        name: String,
+        volume: Option<String>,
+        mode: CompactMode,
+        background: bool,
+    },
+    SetPolicy {
+        name: String,
+        /// The document, as JSON text for the engine to validate.
+        policy: String,
+    },
+    GetPolicy {
+        name: String,
+    },
+    Event {
+        name: String,
+        event: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompactParams {
+    name: String,
+    volume: Option<String>,
+    #[serde(default)]
+    mode: CompactModeParam,
+    #[serde(default)]
+    background: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+enum CompactModeParam {
+    #[default]
+    InPlace,
+    Baseline,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetPolicyParams {
+    name: String,
+    policy: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventParams {
+    name: String,
+    event: String,
 }
 
 #[derive(Deserialize)]
@@ -260,6 +336,30 @@ pub fn parse(method: &str, params: Option<&Value>) -> Option<Result<Command, Rpc
             Ok(Command::LogRead { name: p.name, cursor: p.cursor, count: p.count, with_data: p.with_data })
         }),
         "bdev_ilog_get_stats" => name_only(params).map(|name| Command::GetStats { name }),
+        "bdev_ilog_compact" => decode::<CompactParams>(params).and_then(|p| {
+            non_empty("name", &p.name)?;
+            if let Some(volume) = &p.volume {
+                non_empty("volume", volume)?;
+            }
+            let mode = match p.mode {
+                CompactModeParam::InPlace => CompactMode::InPlace,
+                CompactModeParam::Baseline => CompactMode::Baseline,
+            };
+            Ok(Command::Compact { name: p.name, volume: p.volume, mode, background: p.background })
+        }),
+        "bdev_ilog_set_policy" => decode::<SetPolicyParams>(params).and_then(|p| {
+            non_empty("name", &p.name)?;
+            if !p.policy.is_object() {
+                return Err(RpcError::invalid_params("Invalid parameters: policy must be an object"));
+            }
+            Ok(Command::SetPolicy { name: p.name, policy: p.policy.to_string() })
+        }),
+        "bdev_ilog_get_policy" => name_only(params).map(|name| Command::GetPolicy { name }),
+        "bdev_ilog_event" => decode::<EventParams>(params).and_then(|p| {
+            non_empty("name", &p.name)?;
+            non_empty("event", &p.event)?;
+            Ok(Command::Event { name: p.name, event: p.event })
+        }),
         _ => return None,
     };
     Some(command)
@@ -376,6 +476,17 @@ fn log_entry(e: &LogEntry) -> Value {
     entry
 }
 
+/// `true` for a compaction that ran to the end, `{"job": id}` for one left
+/// running in the background.
+pub fn compact_result(job: Option<u64>) -> Value {
+    job.map_or(Value::Bool(true), |id| json!({ "job": id }))
+}
+
+/// The policy document the engine keeps (valid JSON: it validated it).
+pub fn policy_result(policy: &str) -> Value {
+    serde_json::from_str(policy).unwrap_or_else(|_| json!({}))
+}
+
 pub fn stats_result(name: &str, s: &Stats) -> Value {
     let ratio = |num: u64, den: u64| if den == 0 { 0.0 } else { num as f64 / den as f64 };
     json!({
@@ -420,6 +531,39 @@ mod tests {
             Some(Err(e)) if e.code == RpcError::INVALID_PARAMS => e.message,
             other => panic!("{method} {params:?}: expected invalid params, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn compaction_and_policy_methods_parse() {
+        assert_eq!(
+            ok("bdev_ilog_compact", json!({"name": "i", "volume": "v", "mode": "baseline"})),
+            Command::Compact {
+                name: "i".into(),
+                volume: Some("v".into()),
+                mode: CompactMode::Baseline,
+                background: false
+            }
+        );
+        assert_eq!(
+            ok("bdev_ilog_compact", json!({"name": "i", "background": true})),
+            Command::Compact { name: "i".into(), volume: None, mode: CompactMode::InPlace, background: true }
+        );
+        assert!(invalid("bdev_ilog_compact", Some(json!({"name": "i", "mode": "defrag"}))).contains("defrag"));
+        let policy = json!({"snapshot": {"interval_s": 60}});
+        assert_eq!(
+            ok("bdev_ilog_set_policy", json!({"name": "i", "policy": policy})),
+            Command::SetPolicy { name: "i".into(), policy: policy.to_string() }
+        );
+        assert!(invalid("bdev_ilog_set_policy", Some(json!({"name": "i", "policy": "x"}))).contains("policy"));
+        assert!(invalid("bdev_ilog_set_policy", Some(json!({"name": "i"}))).contains("policy"));
+        assert_eq!(ok("bdev_ilog_get_policy", json!({"name": "i"})), Command::GetPolicy { name: "i".into() });
+        assert_eq!(
+            ok("bdev_ilog_event", json!({"name": "i", "event": "backup-done"})),
+            Command::Event { name: "i".into(), event: "backup-done".into() }
+        );
+        assert!(invalid("bdev_ilog_event", Some(json!({"name": "i", "event": ""}))).contains("event"));
+        assert_eq!(compact_result(None), json!(true));
+        assert_eq!(compact_result(Some(3)), json!({"job": 3}));
     }
 
     #[test]

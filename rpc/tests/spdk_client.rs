@@ -60,6 +60,9 @@ impl Handler for Recorder {
                 next_cursor: cursor + 1,
             }),
             Command::GetStats { name } => ilog::stats_result(&name, &Stats { block_size: 4096, ..Stats::default() }),
+            Command::Compact { background, .. } => ilog::compact_result(background.then_some(7)),
+            Command::SetPolicy { .. } | Command::Event { .. } => ilog::done_result(),
+            Command::GetPolicy { .. } => ilog::policy_result(r#"{"snapshot":{"interval_s":60}}"#),
         })
     }
 }
@@ -257,6 +260,24 @@ fn spdk_rpc_with_the_plugin_drives_every_method() {
     assert_eq!(method, "bdev_ilog_delete");
     assert_eq!(params, Some(json!({"name": "ilog0"})));
     assert_eq!(out, "");
+}
+
+#[test]
+fn spdk_rpc_drives_compaction_and_policies() {
+    let f = Fixture::start("policy");
+    let (_, params, command, out) = f.ok(&["bdev_ilog_compact", "ilog0", "-v", "snap-1", "-m", "baseline"]);
+    assert_eq!(params, Some(json!({"name": "ilog0", "volume": "snap-1", "mode": "baseline"})));
+    assert!(matches!(command, Command::Compact { background: false, .. }));
+    assert_eq!(out.trim(), "true");
+    let (_, params, _, out) = f.ok(&["bdev_ilog_compact", "ilog0", "--background"]);
+    assert_eq!(params, Some(json!({"name": "ilog0", "background": true})));
+    assert_eq!(json_out(&out), json!({"job": 7}));
+    let (_, params, _, _) = f.ok(&["bdev_ilog_set_policy", "ilog0", r#"{"retention": {"keep_last": 3}}"#]);
+    assert_eq!(params, Some(json!({"name": "ilog0", "policy": {"retention": {"keep_last": 3}}})));
+    let (_, _, _, out) = f.ok(&["bdev_ilog_get_policy", "ilog0"]);
+    assert_eq!(json_out(&out), json!({"snapshot": {"interval_s": 60}}));
+    let (_, params, _, _) = f.ok(&["bdev_ilog_event", "ilog0", "backup-done"]);
+    assert_eq!(params, Some(json!({"name": "ilog0", "event": "backup-done"})));
 }
 
 #[test]

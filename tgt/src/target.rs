@@ -6,8 +6,8 @@
 use crate::export::{BaseExport, IlogExport};
 use crate::nbd::{Export, Listen, NbdServer};
 use ilog_bdev::device::{BlockDevice, FileDevice, MallocDevice};
-use ilog_bdev::engine::View;
-use ilog_bdev::runtime::native::{Ilog, Reactors};
+use ilog_bdev::engine::{Request, View};
+use ilog_bdev::runtime::native::{Callback, Ilog, Reactors};
 use ilog_bdev::Error;
 use ilog_rpc::ilog::{self as methods, Command, CreateParams, IlogBdevInfo};
 use ilog_rpc::{Handler, RpcError};
@@ -74,6 +74,15 @@ struct State {
 pub struct Target {
     reactors: Arc<Reactors>,
     state: Mutex<State>,
+    jobs: Arc<Mutex<Jobs>>,
+}
+
+/// Background compactions (`bdev_ilog_compact` with `background`), by id.
+#[derive(Default)]
+struct Jobs {
+    next: u64,
+    /// (ilog bdev, state): "running", "done", or "failed: <why>".
+    all: BTreeMap<u64, (String, String)>,
 }
 
 fn params<T: for<'de> Deserialize<'de>>(params: Option<Value>) -> Result<T, RpcError> {
@@ -199,7 +208,7 @@ struct MaybeNbdDevice {
 
 impl Target {
     pub fn new(cores: u32) -> Target {
-        Target { reactors: Reactors::start(cores), state: Mutex::new(State::default()) }
+        Target { reactors: Reactors::start(cores), state: Mutex::new(State::default()), jobs: Arc::default() }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -400,7 +409,57 @@ impl Target {
             }
             Command::GetStats { name } => {
                 let ilog = self.ilog(&self.lock(), &name)?;
-                Ok(methods::stats_result(&name, &ilog.stats()?))
+                let mut stats = methods::stats_result(&name, &ilog.stats()?);
+                let jobs = self.jobs.lock().expect("job table");
+                let mine: Vec<Value> = jobs
+                    .all
+                    .iter()
+                    .filter(|(_, (bdev, _))| *bdev == name)
+                    .map(|(id, (_, state))| json!({"job": id, "state": state}))
+                    .collect();
+                stats["jobs"] = Value::Array(mine);
+                Ok(stats)
+            }
+            Command::Compact { name, volume, mode, background } => {
+                let ilog = self.ilog(&self.lock(), &name)?;
+                if !background {
+                    ilog.compact(volume.as_deref(), mode)?;
+                    return Ok(methods::compact_result(None));
+                }
+                let id = {
+                    let mut jobs = self.jobs.lock().expect("job table");
+                    jobs.next += 1;
+                    let id = jobs.next;
+                    jobs.all.insert(id, (name.clone(), "running".into()));
+                    id
+                };
+                let table = self.jobs.clone();
+                let req = Request::Compact { volume, mode };
+                let done: Callback = Box::new(move |result| {
+                    let state = match result {
+                        Ok(_) => "done".to_owned(),
+                        Err(e) => format!("failed: {e}"),
+                    };
+                    log::info!("compaction job {id}: {state}");
+                    table.lock().expect("job table").all.insert(id, (name, state));
+                });
+                if let Err(refused) = ilog.submit(None, req, done) {
+                    self.jobs.lock().expect("job table").all.remove(&id);
+                    return Err(refused.error.into());
+                }
+                Ok(methods::compact_result(Some(id)))
+            }
+            Command::SetPolicy { name, policy } => {
+                self.ilog(&self.lock(), &name)?.set_policy(&policy)?;
+                Ok(methods::done_result())
+            }
+            Command::GetPolicy { name } => {
+                let ilog = self.ilog(&self.lock(), &name)?;
+                Ok(methods::policy_result(&ilog.policy()?))
+            }
+            Command::Event { name, event } => {
+                self.ilog(&self.lock(), &name)?.event(&event)?;
+                Ok(methods::done_result())
             }
         }
     }

@@ -414,3 +414,77 @@ fn bad_requests_get_spdk_errors_and_the_target_keeps_serving() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Compaction (in place, in the background, into the baseline) and
+/// policies through the real client; the exports read back exactly.
+#[test]
+fn compaction_and_policies_through_rpc_keep_every_image() {
+    let dir = scratch_dir("compact");
+    let tgt = Tgt::start(&dir, "0x3", None);
+    tgt.ok(&["bdev_malloc_create", "-b", "Malloc0", "64", "4096"]);
+    tgt.ok(&[
+        "bdev_ilog_create",
+        "-b",
+        "Malloc0",
+        "-p",
+        "ilog0",
+        "--segment-size-kib",
+        "256",
+        "--stripe-size-kib",
+        "64",
+    ]);
+    let size = volume_bytes(&tgt, "ilog0");
+    let cur = dir.join("ilog0.nbd");
+    tgt.ok(&["nbd_start_disk", "ilog0", cur.to_str().unwrap()]);
+
+    let step1 = ["write -P 0x11 0 2M", "write -P 0x12 1M 512k"];
+    let step2 = ["write -P 0x21 512k 1M", "write -z 3M 64k"];
+    qemu_io(&cur, false, &step1);
+    tgt.ok(&["bdev_ilog_snapshot", "ilog0", "-n", "a"]);
+    qemu_io(&cur, false, &step2);
+    tgt.ok(&["bdev_ilog_snapshot", "ilog0", "-n", "b"]);
+    qemu_io(&cur, false, &["write -P 0x31 0 256k"]);
+
+    // In place, in the background: a job id, then its state in the stats.
+    let job = tgt.ok(&["bdev_ilog_compact", "ilog0", "--background"]);
+    let id = job["job"].as_u64().expect("a job id");
+    let done = (0..100).any(|_| {
+        let stats = tgt.ok(&["bdev_ilog_get_stats", "ilog0"]);
+        let state = stats["jobs"].as_array().unwrap().iter().find(|j| j["job"] == id).unwrap()["state"].clone();
+        assert!(state == "running" || state == "done", "job state {state}");
+        std::thread::sleep(Duration::from_millis(50));
+        state == "done"
+    });
+    assert!(done, "the background compaction finished");
+    // Folding b into the baseline retires a; b reads from the baseline.
+    assert_eq!(tgt.ok(&["bdev_ilog_compact", "ilog0", "-v", "b", "-m", "baseline"]), json!(true));
+    let vols = tgt.ok(&["bdev_ilog_get_volumes", "ilog0"]);
+    assert_eq!(vols.as_array().unwrap().iter().map(|v| v["volume_id"].clone()).collect::<Vec<_>>(), [json!("b")]);
+    let stats = tgt.ok(&["bdev_ilog_get_stats", "ilog0"]);
+    assert!(stats["compactions"].as_u64().unwrap() >= 2 && stats["segments_freed"].as_u64().unwrap() > 0, "{stats}");
+
+    let (eb, ec) = (dir.join("b.raw"), dir.join("current.raw"));
+    expected_image(&eb, size, &[&step1[..], &step2[..]].concat());
+    expected_image(&ec, size, &[&step1[..], &step2[..], &["write -P 0x31 0 256k"][..]].concat());
+    let xb = dir.join("b.nbd");
+    tgt.ok(&["nbd_start_disk", "ilog0@b", xb.to_str().unwrap()]);
+    assert_same_image(&xb, &eb);
+    assert_same_image(&cur, &ec);
+
+    // Policies: an invalid one names the field and changes nothing.
+    let err = tgt.rpc(&["bdev_ilog_set_policy", "ilog0", r#"{"retention": {"keep_last": "all"}}"#]).unwrap_err();
+    assert!(err.contains("-22") && err.contains("retention.keep_last"), "{err}");
+    assert_eq!(tgt.ok(&["bdev_ilog_get_policy", "ilog0"]), json!({}));
+    let policy = json!({"events": {"on": {"backup-done": ["snapshot"]}}, "volume_id": {"scheme": "template", "template": "bk-%n"}});
+    tgt.ok(&["bdev_ilog_set_policy", "ilog0", &policy.to_string()]);
+    assert_eq!(tgt.ok(&["bdev_ilog_get_policy", "ilog0"]), policy);
+    tgt.ok(&["bdev_ilog_event", "ilog0", "backup-done"]);
+    let appeared = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        let vols = tgt.ok(&["bdev_ilog_get_volumes", "ilog0"]);
+        vols.as_array().unwrap().iter().any(|v| v["volume_id"].as_str().unwrap().starts_with("bk-"))
+    });
+    assert!(appeared, "the event's snapshot was taken");
+    let err = tgt.rpc(&["bdev_ilog_event", "ilog0", "restore-done"]).unwrap_err();
+    assert!(err.contains("-22") && err.contains("restore-done"), "{err}");
+}

@@ -52,12 +52,12 @@ pub(super) struct CleanJob {
     committing: bool,
     /// Cores may hold open segments of sealed partitions that moves went to.
     open_moves: bool,
-    /// Free segments when the current batch started: a reclaim batch that
-    /// gains nothing (the live data just moved) ends the job.
-    free_at_batch: Option<usize>,
-    stalled: bool,
-    /// Free segments when the job started.
-    free_at_start: usize,
+    /// Segments opened from here on (by the job's own moves among others)
+    /// are not its victims, a job must not chase its own tail: until a
+    /// commit leaves more free segments than ever in the job (`best_free`),
+    /// which moves the bound on. Free segments are bounded, so is the job.
+    start_seq: u64,
+    best_free: usize,
     /// Segments freed by this job.
     pub reclaimed: u32,
     pub error: Option<Error>,
@@ -75,9 +75,8 @@ impl CleanJob {
             started: false,
             committing: false,
             open_moves: false,
-            free_at_batch: None,
-            stalled: false,
-            free_at_start: 0,
+            start_seq: 0,
+            best_free: 0,
             reclaimed: 0,
             error: None,
         }
@@ -89,29 +88,38 @@ impl Shard {
         self.ctl_mut().clean.as_mut().expect("a cleaning job runs")
     }
 
-    /// Data blocks a segment can hold, roughly: for utilization.
-    fn segment_capacity(&self) -> u32 {
-        self.shared.geo.segment_blocks - 1
-    }
-
     /// Closed segments worth evacuating for `target`, best first.
+    ///
+    /// What evacuating a segment gains is the room its data area had minus
+    /// what stays live: garbage, and the unused tail of a segment closed
+    /// early (at a snapshot, or the end of a cleaning job).
     fn candidates(&mut self, target: CleanTarget) -> Vec<u32> {
-        let cap = self.segment_capacity();
+        let geo = self.shared.geo;
+        let per_group = geo.entries_per_summary();
         let next_seq = self.shared.next_seq.load(Relaxed);
-        let space: Vec<u32> = self.shared.space.iter().map(|s| s.live()).collect();
+        let live: Vec<u32> = self.shared.space.iter().map(|s| s.live()).collect();
+        // Moved runs may need more summary room than they had: a smaller
+        // gain can vanish in the move.
+        let min_gain = (geo.segment_blocks / 16).max(1);
         let mut scored: Vec<(f64, u32)> = self
             .ctl_mut()
             .registry()
             .values()
-            .filter(|s| !s.open && space[s.segno as usize] < cap)
-            .filter(|s| match target {
-                CleanTarget::Partition(p) => s.partition == p,
-                CleanTarget::Reclaim | CleanTarget::All => true,
-            })
-            .map(|s| {
-                let u = f64::from(space[s.segno as usize]) / f64::from(cap);
+            .filter(|s| !s.open)
+            .filter_map(|s| {
+                let summaries = 2 * s.trusted_entries.div_ceil(per_group);
+                let room = geo.segment_blocks.saturating_sub(1 + summaries).max(1);
+                let live = live[s.segno as usize].min(room);
+                let gain = room - live;
+                let wanted = match target {
+                    CleanTarget::Partition(p) => s.partition == p && gain > 0,
+                    // Reclaiming space: a segment must give back enough to
+                    // be worth rewriting the rest.
+                    CleanTarget::Reclaim | CleanTarget::All => gain >= min_gain,
+                };
+                let u = f64::from(live) / f64::from(room);
                 let age = next_seq.saturating_sub(s.seq) as f64;
-                ((1.0 - u) * age / (1.0 + u), s.segno)
+                wanted.then_some(((1.0 - u) * age / (1.0 + u), s.segno))
             })
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -128,7 +136,6 @@ impl Shard {
 
     /// After a barrier of a cleaning job: start it, or commit its batch.
     pub(super) fn clean_after_barrier(&mut self) {
-        let free = self.shared.free_segments.len();
         let job = self.job();
         if job.committing {
             let freed = job.freed.clone();
@@ -139,7 +146,12 @@ impl Shard {
         }
         if !job.started {
             job.started = true;
-            job.free_at_start = free;
+            self.shared.counters.compactions.fetch_add(1, Relaxed);
+            let next_seq = self.shared.next_seq.load(Relaxed);
+            let free = self.shared.free_segments.len();
+            let job = self.job();
+            job.start_seq = next_seq;
+            job.best_free = free;
             let target = job.target;
             if target != CleanTarget::Reclaim {
                 let victims = self.candidates(target);
@@ -158,21 +170,26 @@ impl Shard {
             _ => true,
         };
         let job = self.job();
-        let next = if job.error.is_some() || job.stalled || !want_more {
+        let next = if job.error.is_some() || !want_more {
             None
         } else if job.target == CleanTarget::Reclaim {
-            let busy: Vec<u32> = job.freed.clone();
-            self.candidates(CleanTarget::Reclaim).into_iter().find(|s| !busy.contains(s))
+            let (busy, start_seq) = (job.freed.clone(), job.start_seq);
+            let candidates: Vec<u32> = self.candidates(CleanTarget::Reclaim);
+            let registry = self.ctl_mut().registry();
+            candidates.into_iter().find(|s| !busy.contains(s) && registry.get(s).is_some_and(|r| r.seq < start_seq))
         } else {
             job.victims.pop_front()
         };
-        // Moves need free segments (up to two per core for a victim: moved
-        // runs split into more entries than they came in): commit what is
-        // evacuated before the cleaner's own room runs out.
-        let room = self.shared.free_segments.len() >= 2 * cores;
+        // Moves need free segments (a victim's live blocks, spread over the
+        // cores, may open a segment on each and fill one more): commit what
+        // is evacuated before the cleaner's own room runs out.
+        let room = self.shared.free_segments.len() > cores;
         let job = self.job();
-        let ending = next.is_none() || !room;
-        if (!job.freed.is_empty() && (ending || job.freed.len() >= BATCH)) || (ending && job.open_moves) {
+        // Moves keep filling the same segments across commits (closing them
+        // at each would leave a partial segment per batch): only the end of
+        // the job closes them.
+        let ending = next.is_none() || (!room && job.freed.is_empty());
+        if (!job.freed.is_empty() && (ending || !room || job.freed.len() >= BATCH)) || (ending && job.open_moves) {
             if let Some(segno) = next {
                 job.victims.push_front(segno);
             }
@@ -181,9 +198,6 @@ impl Shard {
             return self.start_clean_barrier(ending);
         }
         let Some(segno) = next.filter(|_| room) else { return self.clean_finish() };
-        let free = self.shared.free_segments.len();
-        let job = self.job();
-        job.free_at_batch.get_or_insert(free);
         let record = *self.ctl_mut().registry().get(&segno).expect("victims are registered");
         self.read_victim(record);
     }
@@ -280,27 +294,27 @@ impl Shard {
         }
         let counters = &self.shared.counters;
         counters.segments_freed.fetch_add(freed.len() as u64, Relaxed);
-        log::info!("cleaner freed {} segment(s): {:?}", freed.len(), freed);
-        let free = self.shared.free_segments.len();
+        log::debug!("cleaner freed {} segment(s): {:?}", freed.len(), freed);
+        let (free, next_seq) = (self.shared.free_segments.len(), self.shared.next_seq.load(Relaxed));
         let job = self.job();
         job.reclaimed += freed.len() as u32;
         job.committing = false;
-        if job.target == CleanTarget::Reclaim && job.free_at_batch.take().is_some_and(|before| free <= before) {
-            log::warn!("cleaner: a batch gained no space; stopping");
-            job.stalled = true;
+        if free > job.best_free {
+            job.best_free = free;
+            job.start_seq = next_seq;
         }
         self.clean_next();
     }
 
     fn clean_finish(&mut self) {
         let job = self.ctl_mut().clean.take().expect("a cleaning job runs");
-        self.shared.counters.compactions.fetch_add(1, Relaxed);
         let free = self.shared.free_segments.len();
         let room = free > self.shared.reserve();
+        log::info!("cleaner {:?} done: {} segment(s) freed, {free} free", job.target, job.reclaimed);
         if job.target == CleanTarget::Reclaim {
             // Reclaiming must gain room: moving live data around without a
             // net gain would only starve writes for ever.
-            let state = if room && free > job.free_at_start {
+            let state = if room {
                 SpaceState::Ok
             } else {
                 log::warn!("cleaner: nothing left to reclaim; writes needing space fail with ENOSPC");

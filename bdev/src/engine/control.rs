@@ -8,6 +8,7 @@
 
 use super::clean::{CleanJob, CleanTarget};
 use super::fold::FoldJob;
+use super::policy::Policy;
 use super::request::{
     check_volume_name, CompactMode, LogBatch, LogEntry, LogEntryKind, Reply, Request, Stats, VolumeInfo,
 };
@@ -44,6 +45,7 @@ pub(super) enum Op {
     Clean(CleanTarget),
     /// Baseline compaction of a volume (the oldest if `None`).
     Fold(Option<String>),
+    SetPolicy(Box<Policy>),
 }
 
 struct Queued {
@@ -130,6 +132,12 @@ pub(crate) struct Control {
     baseline_partition: u32,
     /// A fold was recorded as started and has not committed.
     folding: Option<u32>,
+    pub(super) policy: Policy,
+    /// When the last snapshot was taken (unix s), for the snapshot interval.
+    pub(super) last_snapshot_at: u64,
+    /// When the policy was last consulted (unix s), and how many actions it
+    /// took in that second.
+    pub(super) policy_checked: (u64, u32),
 }
 
 impl Control {
@@ -143,6 +151,30 @@ impl Control {
 
     pub(super) fn open_partition(&self) -> u32 {
         self.open_partition
+    }
+
+    /// The id of the next snapshot taken without a name, as the policy
+    /// directs; a suffix keeps it unique.
+    fn next_volume_id(&mut self, now: u64) -> String {
+        self.next_snapshot_number = self.next_snapshot_number.saturating_add(1);
+        let base = self.policy.volume_id(now, self.next_snapshot_number);
+        let taken = |n: &str| self.volumes.iter().any(|v| v.name == n);
+        let mut name = base.clone();
+        let mut k = 2;
+        while taken(&name) {
+            name = format!("{base}-{k}");
+            k += 1;
+        }
+        name
+    }
+
+    /// Queues an operation nobody waits for (policy actions, follow-ups).
+    pub(super) fn enqueue_background(&mut self, origin: u32, op: Op) {
+        self.queue.push_back(Queued { origin, reply: ReplyTo::Nobody, op });
+    }
+
+    pub(super) fn is_busy(&self) -> bool {
+        self.current.is_some() || !self.queue.is_empty()
     }
 
     pub(super) fn volume_records(&self) -> &[VolumeRecord] {
@@ -170,8 +202,13 @@ impl Control {
         self.current.as_mut().expect("an operation is running").stage = stage;
     }
 
-    pub(super) fn new(ckpt: &Checkpoint, open_partition: u32, ckpt_buf: DmaBuf) -> Control {
+    pub(super) fn new(ckpt: &Checkpoint, open_partition: u32, ckpt_buf: DmaBuf, now: u64) -> Control {
         let mut queue = VecDeque::new();
+        let policy = Policy::parse(&ckpt.policy).unwrap_or_else(|e| {
+            log::error!("ignoring the stored policy: {e}");
+            Policy::default()
+        });
+        let last_snapshot_at = ckpt.volumes.iter().map(|v| v.created_unix_s).max().unwrap_or(now);
         // A fold the last mount started and did not commit: finish it.
         if let Some(v) = ckpt.folding.and_then(|p| ckpt.volumes.iter().find(|v| v.partition == p)) {
             log::info!("finishing the fold of volume {} into the baseline", v.name);
@@ -193,6 +230,9 @@ impl Control {
             fold: None,
             baseline_partition: ckpt.baseline_partition,
             folding: ckpt.folding,
+            policy,
+            last_snapshot_at,
+            policy_checked: (0, 0),
         }
     }
 
@@ -213,10 +253,6 @@ impl Control {
     fn info(v: &VolumeRecord) -> VolumeInfo {
         VolumeInfo { name: v.name.clone(), partition: v.partition, created_unix_s: v.created_unix_s }
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl Shard {
@@ -247,6 +283,19 @@ impl Shard {
                 Op::Clean(CleanTarget::Partition(v.partition))
             }
             Request::Compact { volume, mode: CompactMode::Baseline } => Op::Fold(volume),
+            Request::SetPolicy { policy } => match Policy::parse(&policy) {
+                Ok(p) => Op::SetPolicy(Box::new(p)),
+                Err(e) => return self.reply(origin, reply, Err(e)),
+            },
+            Request::GetPolicy => {
+                let json = self.ctl().policy.json.clone();
+                let json = if json.is_empty() { "{}".to_owned() } else { json };
+                return self.reply(origin, reply, Ok(Reply::Policy(json)));
+            }
+            Request::Event { name } => {
+                let result = self.policy_event(&name);
+                return self.reply(origin, reply, result);
+            }
             Request::ListVolumes => {
                 let list = self.ctl().volumes.iter().map(Control::info).collect();
                 return self.reply(origin, reply, Ok(Reply::Volumes(list)));
@@ -315,6 +364,9 @@ impl Shard {
         if self.ctl().current.is_some() {
             return;
         }
+        if self.ctl().queue.is_empty() {
+            self.policy_tick();
+        }
         if self.ctl().queue.is_empty() && self.shared.space_state() == SpaceState::Wanted {
             log::info!("log full: reclaiming space");
             let q = Queued { origin: self.core, reply: ReplyTo::Nobody, op: Op::Clean(CleanTarget::Reclaim) };
@@ -350,6 +402,13 @@ impl Shard {
                 };
                 let removed = c.volumes.remove(i);
                 c.current = Some(Current { q, stage: Stage::CheckpointWrite, volume: Some(removed), log: None });
+                return self.write_checkpoint(false);
+            }
+            Op::SetPolicy(_) => {
+                let c = self.ctl();
+                let Some(Queued { op: Op::SetPolicy(p), .. }) = Some(&q) else { unreachable!() };
+                c.policy = (**p).clone();
+                c.current = Some(Current { q, stage: Stage::CheckpointWrite, volume: None, log: None });
                 return self.write_checkpoint(false);
             }
             Op::Close => close = true,
@@ -443,16 +502,14 @@ impl Shard {
         match &cur.q.op {
             Op::Flush => self.finish(Ok(Reply::Done)),
             Op::Snapshot(name) => {
-                let name = match name {
-                    Some(n) => n.clone(),
-                    None => {
-                        c.next_snapshot_number = c.next_snapshot_number.saturating_add(1);
-                        format!("snap-{}", c.next_snapshot_number)
-                    }
-                };
-                let record = VolumeRecord { name, partition: c.open_partition - 1, created_unix_s: unix_now() };
+                let name = name.clone();
+                let now = self.shared.clock.now_unix_s();
+                let c = self.ctl();
+                let name = name.unwrap_or_else(|| c.next_volume_id(now));
+                c.last_snapshot_at = now;
+                let record = VolumeRecord { name, partition: c.open_partition - 1, created_unix_s: now };
                 c.volumes.push(record.clone());
-                cur.volume = Some(record);
+                c.current.as_mut().expect("checked").volume = Some(record);
                 self.write_checkpoint(false);
             }
             Op::Close => self.write_checkpoint(true),
@@ -460,7 +517,7 @@ impl Shard {
                 let (cursor, count, with_data) = (*cursor, *count, *with_data);
                 self.start_log_read(cursor, count, with_data);
             }
-            Op::Delete(_) => unreachable!("deletes take no barrier"),
+            Op::Delete(_) | Op::SetPolicy(_) => unreachable!("no barrier: a checkpoint only"),
             Op::Clean(_) => self.clean_after_barrier(),
             Op::Fold(volume) => {
                 let volume = volume.clone();
@@ -487,7 +544,7 @@ impl Shard {
             clean,
             baseline_partition: c.baseline_partition,
             folding: c.folding,
-            policy: String::new(),
+            policy: c.policy.json.clone(),
             baseline_stripes,
             volumes: c.volumes.clone(),
             segments: c.registry.values().copied().collect(),
@@ -601,10 +658,18 @@ impl Shard {
                 (Op::Delete(_), Some(v)) => Some(v.partition),
                 _ => None,
             };
+            let hook = match &cur.q.op {
+                Op::Snapshot(_) => Some(true),
+                Op::Delete(_) => Some(false),
+                _ => None,
+            };
             self.finish(Ok(result));
             if let Some(p) = merge {
-                let q = Queued { origin: self.core, reply: ReplyTo::Nobody, op: Op::Clean(CleanTarget::Partition(p)) };
-                self.ctl().queue.push_back(q);
+                let core = self.core;
+                self.ctl().enqueue_background(core, Op::Clean(CleanTarget::Partition(p)));
+            }
+            if let Some(snapshot) = hook {
+                self.policy_hook(snapshot);
             }
         }
     }

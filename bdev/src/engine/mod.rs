@@ -15,12 +15,14 @@ mod fold;
 mod index;
 mod mount;
 mod partition;
+pub mod policy;
 mod request;
 mod shard;
 mod shared;
 mod space;
 
-pub use mount::{format, mount, Mounted};
+pub use mount::{format, mount, mount_with_clock, Mounted};
+pub use policy::Policy;
 pub use request::{CompactMode, LogBatch, LogEntry, LogEntryKind, Reply, Request, Stats, View, VolumeInfo};
 pub use shard::{audit_space, Shard};
-pub use shared::Submitter;
+pub use shared::{Clock, Submitter, SystemClock};

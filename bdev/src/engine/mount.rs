@@ -11,7 +11,7 @@ use super::fold::BaselineMap;
 use super::index::BlockIndex;
 use super::partition::Partitions;
 use super::shard::{Shard, ShardInit};
-use super::shared::{Shared, Submitter, QUEUE_DEPTH};
+use super::shared::{Clock, Shared, Submitter, SystemClock, QUEUE_DEPTH};
 use super::space::{count_live, Counters, SegmentSpace};
 use crate::device::{BlockDevice, DevChannel, DevOp, DevRequest, DmaBuf};
 use crate::error::{Error, Result};
@@ -184,6 +184,11 @@ fn entry_intact(io: &mut SyncIo, geo: &Geometry, segno: u32, e: &SummaryEntry, c
 
 /// Mounts a formatted device for `cores` cores.
 pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
+    mount_with_clock(dev, cores, Arc::new(SystemClock))
+}
+
+/// [`mount`] with the clock policies and volume times follow.
+pub fn mount_with_clock(dev: Arc<dyn BlockDevice>, cores: u32, clock: Arc<dyn Clock>) -> Result<Mounted> {
     if cores == 0 || cores > 1024 {
         return Err(Error::InvalidArgument(format!("{cores} cores: need 1..=1024")));
     }
@@ -353,6 +358,7 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
         counters: Counters::default(),
         space_state: AtomicU8::new(0),
         baseline: BaselineMap::new(&next.baseline_stripes, geo.stripe_count()),
+        clock,
     });
     let live_volumes = Arc::new(next.volumes.iter().map(|v| v.partition).collect::<Vec<_>>());
     let mut shards = Vec::with_capacity(cores as usize);
@@ -368,7 +374,9 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
         shards.push(Shard::new(core as u32, shared.clone(), chan, init));
     }
     let bs = geo.block_size as usize;
-    shards[0].ctl = Some(Box::new(Control::new(&next, open_partition, DmaBuf::new(geo.ckpt_slot_bytes(), bs))));
+    let now = shared.clock.now_unix_s();
+    let ckpt_buf = DmaBuf::new(geo.ckpt_slot_bytes(), bs);
+    shards[0].ctl = Some(Box::new(Control::new(&next, open_partition, ckpt_buf, now)));
     log::info!(
         "mounted: {} segments in use, {} volumes, open partition {open_partition}{}",
         loaded.len(),

@@ -73,6 +73,17 @@ pub enum Request {
         volume: Option<String>,
         mode: CompactMode,
     },
+    /// Replaces the storage-management policy (a JSON document, see
+    /// `policy.rs`; empty for none); durable when it completes.
+    SetPolicy {
+        policy: String,
+    },
+    /// Answers `Reply::Policy`.
+    GetPolicy,
+    /// Runs the actions the policy binds to a named event.
+    Event {
+        name: String,
+    },
     /// Flushes, writes a clean checkpoint and stops taking requests.
     Close,
 }
@@ -160,6 +171,8 @@ pub enum Reply {
     Volumes(Vec<VolumeInfo>),
     Log(LogBatch),
     Stats(Stats),
+    /// The policy document (`{}` for none).
+    Policy(String),
 }
 
 /// Volume ids are used in bdev names (`<bdev>@<volume>`): keep them plain.

@@ -868,6 +868,9 @@ impl Shard {
             self.shared.want_space();
             return Ok(None);
         }
+        if !reserve_ok && self.shared.space_state() == SpaceState::Exhausted {
+            self.shared.rearm_cleaner();
+        }
         // Out of segments, nothing frees one while this write waits (for a
         // move, the cleaner's commit waits for it).
         let Some(segno) = self.shared.free_segments.pop() else { return Err(Error::NoSpace) };

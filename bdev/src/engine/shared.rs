@@ -32,6 +32,21 @@ pub(crate) struct Shared {
     pub space_state: AtomicU8,
     /// Stripes of the baseline region that hold data.
     pub baseline: BaselineMap,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Wall-clock time for policies and volume creation times: real in the
+/// native and SPDK runtimes, simulated in the simulator.
+pub trait Clock: Send + Sync {
+    fn now_unix_s(&self) -> u64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_unix_s(&self) -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
 }
 
 /// Whether the log has room for client writes.
@@ -75,6 +90,22 @@ impl Shared {
     /// Asks the cleaner for space (unless it already gave up).
     pub fn want_space(&self) {
         let _ = self.space_state.compare_exchange(0, SpaceState::Wanted as u8, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Once the log was found exhausted, writes may have turned data into
+    /// garbage since: while the cleaner still has room to work, ask it again
+    /// when a segment's worth is there to reclaim.
+    pub fn rearm_cleaner(&self) {
+        let free = self.free_segments.len();
+        if free > self.reserve() || free <= self.cores as usize {
+            return;
+        }
+        let garbage: u64 =
+            self.space.iter().map(|s| u64::from(s.used.load(Ordering::Relaxed).saturating_sub(s.live()))).sum();
+        if garbage >= u64::from(self.geo.segment_blocks) * u64::from(self.cores) {
+            let (from, to) = (SpaceState::Exhausted as u8, SpaceState::Wanted as u8);
+            let _ = self.space_state.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire);
+        }
     }
 
     pub fn alloc_seq(&self) -> u64 {

@@ -4,7 +4,7 @@
 //! ([`Ilog::submit`]) and blocking methods.
 
 use crate::device::{BlockDevice, DmaBuf};
-use crate::engine::{mount, LogBatch, Reply, Request, Shard, Stats, Submitter, View, VolumeInfo};
+use crate::engine::{mount, CompactMode, LogBatch, Reply, Request, Shard, Stats, Submitter, View, VolumeInfo};
 use crate::error::{Error, Result};
 use crossbeam_queue::SegQueue;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -295,6 +295,30 @@ impl Ilog {
             Reply::Stats(s) => Ok(s),
             other => unreachable!("stats answered {other:?}"),
         }
+    }
+
+    /// Compacts `volume` (every partition if `None`) as `mode` says; returns
+    /// when done.
+    pub fn compact(&self, volume: Option<&str>, mode: CompactMode) -> Result<()> {
+        self.call(Request::Compact { volume: volume.map(str::to_owned), mode }).map(drop)
+    }
+
+    /// Replaces the storage-management policy (JSON; empty for none).
+    pub fn set_policy(&self, policy: &str) -> Result<()> {
+        self.call(Request::SetPolicy { policy: policy.to_owned() }).map(drop)
+    }
+
+    /// The policy document (`{}` for none).
+    pub fn policy(&self) -> Result<String> {
+        match self.call(Request::GetPolicy)? {
+            Reply::Policy(p) => Ok(p),
+            other => unreachable!("get_policy answered {other:?}"),
+        }
+    }
+
+    /// Delivers a named event to the policy.
+    pub fn event(&self, name: &str) -> Result<()> {
+        self.call(Request::Event { name: name.to_owned() }).map(drop)
     }
 
     /// Flushes, writes a clean checkpoint and detaches from the reactors.

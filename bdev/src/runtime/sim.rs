@@ -3,9 +3,10 @@
 //! completions and injects faults. The same seed replays the same run.
 
 use crate::device::sim::SimDisk;
-use crate::engine::{format, mount, Reply, Request, Shard, Submitter};
+use crate::engine::{format, mount_with_clock, Clock, Reply, Request, Shard, Submitter};
 use crate::error::Result;
 use crate::format::FormatOptions;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// SplitMix64: small, fast, and good enough to drive a simulation.
@@ -37,16 +38,40 @@ impl Rng {
     }
 }
 
-/// A simulated ilog bdev: a disk, and (while mounted) its shards.
+/// Simulated wall-clock time: moves only when the test advances it.
+pub struct SimClock(AtomicU64);
+
+impl SimClock {
+    /// Seconds since the epoch the simulation starts at (2023-11-14).
+    pub const START: u64 = 1_700_000_000;
+
+    pub fn advance(&self, secs: u64) {
+        self.0.fetch_add(secs, Ordering::Relaxed);
+    }
+}
+
+impl Clock for SimClock {
+    fn now_unix_s(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A simulated ilog bdev: a disk, a clock, and (while mounted) its shards.
 pub struct Sim {
     pub disk: SimDisk,
+    pub clock: Arc<SimClock>,
     rng: Rng,
     mounted: Option<(Submitter, Vec<Shard>)>,
 }
 
 impl Sim {
     pub fn new(seed: u64, num_blocks: u64, block_size: u32) -> Sim {
-        Sim { disk: SimDisk::new(num_blocks, block_size, seed), rng: Rng::new(seed), mounted: None }
+        Sim {
+            disk: SimDisk::new(num_blocks, block_size, seed),
+            clock: Arc::new(SimClock(AtomicU64::new(SimClock::START))),
+            rng: Rng::new(seed),
+            mounted: None,
+        }
     }
 
     pub fn rng(&mut self) -> &mut Rng {
@@ -60,7 +85,7 @@ impl Sim {
 
     /// Mounts on `cores` simulated cores; `Ok(true)` if the log was replayed.
     pub fn mount(&mut self, cores: u32) -> Result<bool> {
-        let m = mount(Arc::new(self.disk.clone()), cores)?;
+        let m = mount_with_clock(Arc::new(self.disk.clone()), cores, self.clock.clone())?;
         self.mounted = Some((m.submitter, m.shards));
         Ok(m.replayed)
     }

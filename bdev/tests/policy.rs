@@ -1,0 +1,252 @@
+//! Storage-management policies in the simulator, on its clock: temporal
+//! snapshots and retention, status compaction, events, volume ids, and
+//! the policy document's validation and persistence.
+
+use ilog_bdev::engine::{CompactMode, Reply, Request, View};
+use ilog_bdev::format::FormatOptions;
+use ilog_bdev::runtime::sim::Sim;
+use ilog_bdev::Error;
+
+const BS: usize = 4096;
+
+struct Bdev {
+    sim: Sim,
+    cores: u32,
+    next_token: u64,
+}
+
+impl Bdev {
+    fn new(seed: u64, cores: u32) -> Bdev {
+        let mut sim = Sim::new(seed, 4096, BS as u32);
+        let opts = FormatOptions {
+            stripe_bytes: 16 * BS as u64,
+            segment_bytes: 64 * BS as u64,
+            log_percent: 50,
+            max_volumes: 16,
+        };
+        sim.format(&opts).unwrap();
+        sim.mount(cores).unwrap();
+        Bdev { sim, cores, next_token: 1 }
+    }
+
+    /// Submits and runs until every core is idle; polls some more first so
+    /// core 0 consults the policy at the current simulated time.
+    fn call(&mut self, req: Request) -> Result<Reply, Error> {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.sim.submit(token as u32 % self.cores, token, req).unwrap();
+        let mut out = None;
+        self.sim.run_until_idle(&mut |t, r| {
+            if t == token {
+                out = Some(r);
+            }
+        });
+        out.expect("completed")
+    }
+
+    /// Lets simulated time pass, `secs` at a time, `times` times.
+    fn wait(&mut self, secs: u64, times: u32) {
+        for _ in 0..times {
+            self.sim.clock.advance(secs);
+            for _ in 0..16 * self.cores {
+                self.sim.step(&mut |_, r| r.map(drop).expect("no client request is in flight"));
+            }
+            self.sim.run_until_idle(&mut |_, r| r.map(drop).expect("no client request is in flight"));
+        }
+    }
+
+    fn write(&mut self, lba: u64, fill: u8) {
+        let buf = vec![fill; BS];
+        self.call(Request::Write { lba, blocks: 1, buf: buf.as_ptr() }).unwrap();
+    }
+
+    fn read(&mut self, lba: u64, view: View) -> u8 {
+        let mut buf = vec![0xee; BS];
+        self.call(Request::Read { lba, blocks: 1, buf: buf.as_mut_ptr(), view }).unwrap();
+        assert!(buf.iter().all(|&b| b == buf[0]), "block {lba} is not one fill byte");
+        buf[0]
+    }
+
+    fn set_policy(&mut self, json: &str) -> Result<Reply, Error> {
+        self.call(Request::SetPolicy { policy: json.into() })
+    }
+
+    /// (name, partition) of every volume, oldest first.
+    fn volumes(&mut self) -> Vec<(String, u32)> {
+        let Ok(Reply::Volumes(mut v)) = self.call(Request::ListVolumes) else { panic!("list") };
+        v.sort_by_key(|v| v.partition);
+        v.into_iter().map(|v| (v.name, v.partition)).collect()
+    }
+
+    fn names(&mut self) -> Vec<String> {
+        self.volumes().into_iter().map(|v| v.0).collect()
+    }
+
+    fn partition(&mut self, name: &str) -> u32 {
+        self.volumes().into_iter().find(|v| v.0 == name).unwrap_or_else(|| panic!("no volume {name}")).1
+    }
+
+    fn stats(&mut self) -> ilog_bdev::engine::Stats {
+        let Ok(Reply::Stats(s)) = self.call(Request::Stats) else { panic!("stats") };
+        s
+    }
+
+    fn remount(&mut self) {
+        self.call(Request::Close).unwrap();
+        self.sim.unmount();
+        self.sim.mount(self.cores).unwrap();
+    }
+}
+
+#[test]
+fn interval_snapshots_keep_the_last_k() {
+    let mut b = Bdev::new(1, 2);
+    b.set_policy(r#"{"snapshot": {"interval_s": 60}, "retention": {"keep_last": 3}}"#).unwrap();
+    b.wait(30, 1);
+    assert!(b.names().is_empty(), "no snapshot before the interval");
+    for i in 1..=5u8 {
+        b.write(7, i);
+        b.wait(60, 1);
+        let names = b.names();
+        let expect: Vec<String> = (i.saturating_sub(2).max(1)..=i).map(|n| format!("snap-{n}")).collect();
+        assert_eq!(names, expect, "after {i} intervals");
+    }
+    // Each kept volume holds what was current when it was taken.
+    for n in 3..=5u8 {
+        let p = b.partition(&format!("snap-{n}"));
+        assert_eq!(b.read(7, View::Volume(p)), n);
+    }
+    assert!(b.stats().policy_actions >= 7, "5 snapshots and 2 deletes were policy actions");
+}
+
+#[test]
+fn expired_volumes_fold_into_the_baseline() {
+    let mut b = Bdev::new(2, 1);
+    b.set_policy(r#"{"snapshot": {"interval_s": 10}, "retention": {"max_age_s": 35, "action": "baseline"}}"#).unwrap();
+    for i in 1..=6u8 {
+        b.write(u64::from(i), i);
+        b.write(100, i);
+        b.wait(10, 1);
+    }
+    // Taken at 10, 20, .., 60 s; at 60 s those of 10 and 20 are expired: the
+    // newest of them (snap-2) went to the baseline, snap-1 was retired.
+    let names = b.names();
+    assert_eq!(names, ["snap-2", "snap-3", "snap-4", "snap-5", "snap-6"]);
+    let p2 = b.partition("snap-2");
+    assert_eq!((b.read(1, View::Volume(p2)), b.read(2, View::Volume(p2)), b.read(3, View::Volume(p2))), (1, 2, 0));
+    assert_eq!(b.read(100, View::Volume(p2)), 2);
+    let p4 = b.partition("snap-4");
+    assert_eq!((b.read(1, View::Volume(p4)), b.read(4, View::Volume(p4)), b.read(100, View::Volume(p4))), (1, 4, 4));
+    assert_eq!((b.read(1, View::Current), b.read(6, View::Current), b.read(100, View::Current)), (1, 6, 6));
+    let s = b.stats();
+    assert!(s.segments_freed > 0, "the fold freed the folded partitions' segments");
+    // Time passes with no new snapshots due to expire: the baseline volume
+    // stays, others fold in turn, and contents survive a remount.
+    b.set_policy(r#"{"retention": {"max_age_s": 35, "action": "baseline"}}"#).unwrap();
+    b.wait(10, 2);
+    assert_eq!(b.names(), ["snap-4", "snap-5", "snap-6"]);
+    b.remount();
+    let p4 = b.partition("snap-4");
+    assert_eq!((b.read(1, View::Volume(p4)), b.read(4, View::Volume(p4)), b.read(5, View::Volume(p4))), (1, 4, 0));
+    assert_eq!((b.read(2, View::Current), b.read(6, View::Current)), (2, 6));
+}
+
+#[test]
+fn named_events_and_snapshot_events_run_their_actions() {
+    let mut b = Bdev::new(3, 2);
+    let policy = r#"{"events": {"on": {"backup-done": ["snapshot"]},
+                                 "on_snapshot": ["compact_oldest_into_baseline"]}}"#;
+    b.set_policy(policy).unwrap();
+    b.write(5, 1);
+    b.call(Request::Event { name: "backup-done".into() }).unwrap();
+    b.wait(1, 1);
+    assert_eq!(b.names(), ["snap-1"]);
+    b.write(5, 2);
+    b.call(Request::Event { name: "backup-done".into() }).unwrap();
+    b.wait(1, 1);
+    // Each snapshot folds the oldest volume above the baseline: snap-2 is
+    // the baseline volume now, snap-1 retired.
+    assert_eq!(b.names(), ["snap-2"]);
+    let p = b.partition("snap-2");
+    assert_eq!((b.read(5, View::Volume(p)), b.read(5, View::Current)), (2, 2));
+    let err = b.call(Request::Event { name: "backup-failed".into() }).unwrap_err();
+    assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("backup-failed")), "{err}");
+}
+
+#[test]
+fn volume_ids_follow_the_scheme() {
+    let mut b = Bdev::new(4, 1);
+    b.set_policy(r#"{"volume_id": {"scheme": "timestamp"}}"#).unwrap();
+    b.call(Request::Snapshot { name: None }).unwrap();
+    b.call(Request::Snapshot { name: None }).unwrap();
+    assert_eq!(b.names(), ["20231114T221320Z", "20231114T221320Z-2"], "same second: made unique");
+    b.set_policy(r#"{"volume_id": {"scheme": "template", "template": "nightly-%Y%m%d-%n"}}"#).unwrap();
+    b.wait(86_400, 1);
+    b.call(Request::Snapshot { name: Some("by-hand".into()) }).unwrap();
+    b.call(Request::Snapshot { name: None }).unwrap();
+    assert_eq!(b.names()[2..], ["by-hand", "nightly-20231115-3"]);
+}
+
+#[test]
+fn an_invalid_policy_is_refused_and_changes_nothing() {
+    let mut b = Bdev::new(5, 1);
+    let good = r#"{"snapshot":{"interval_s":3600}}"#;
+    b.set_policy(good).unwrap();
+    for (bad, field) in [
+        (r#"{"snapshot": {"interval_s": "hourly"}}"#, "snapshot.interval_s"),
+        (r#"{"retention": {"keep": 3}}"#, "retention.keep"),
+        (r#"{"events": {"on_snapshot": ["snapshot"]}}"#, "events.on_snapshot"),
+        ("{not json", "not JSON"),
+    ] {
+        let err = b.set_policy(bad).unwrap_err();
+        assert!(matches!(&err, Error::InvalidArgument(m) if m.contains(field)), "{bad}: {err}");
+    }
+    assert_eq!(b.call(Request::GetPolicy).unwrap(), Reply::Policy(good.into()));
+    b.remount();
+    assert_eq!(b.call(Request::GetPolicy).unwrap(), Reply::Policy(good.into()), "the policy is in the checkpoint");
+    b.set_policy("").unwrap();
+    assert_eq!(b.call(Request::GetPolicy).unwrap(), Reply::Policy("{}".into()));
+}
+
+#[test]
+fn a_garbage_ratio_policy_compacts_partitions() {
+    let mut b = Bdev::new(6, 2);
+    // Overwrite a small range many times: most of the log is garbage.
+    for round in 0..40u8 {
+        for lba in 0..32 {
+            b.write(lba, round);
+        }
+    }
+    b.call(Request::Snapshot { name: Some("s".into()) }).unwrap();
+    let before = b.stats();
+    assert!(before.garbage_bytes > before.live_bytes, "the workload made garbage");
+    b.set_policy(r#"{"compaction": {"garbage_pct": 50}}"#).unwrap();
+    b.wait(1, 5);
+    let after = b.stats();
+    assert!(after.compactions > before.compactions && after.policy_actions > 0, "{after:?}");
+    assert!(after.garbage_bytes * 2 < before.garbage_bytes, "{before:?} -> {after:?}");
+    let p = b.partition("s");
+    for lba in 0..32 {
+        assert_eq!((b.read(lba, View::Volume(p)), b.read(lba, View::Current)), (39, 39));
+    }
+}
+
+#[test]
+fn baseline_compaction_by_request() {
+    let mut b = Bdev::new(7, 2);
+    b.write(1, 1);
+    b.call(Request::Snapshot { name: Some("a".into()) }).unwrap();
+    b.write(1, 2);
+    b.write(2, 2);
+    b.call(Request::Snapshot { name: Some("b".into()) }).unwrap();
+    b.write(2, 3);
+    b.call(Request::Compact { volume: None, mode: CompactMode::Baseline }).unwrap();
+    assert_eq!(b.names(), ["a", "b"], "the oldest volume folds; none is older");
+    b.call(Request::Compact { volume: Some("b".into()), mode: CompactMode::Baseline }).unwrap();
+    assert_eq!(b.names(), ["b"], "folding b retires a");
+    let p = b.partition("b");
+    assert_eq!((b.read(1, View::Volume(p)), b.read(2, View::Volume(p))), (2, 2));
+    assert_eq!((b.read(1, View::Current), b.read(2, View::Current)), (2, 3));
+    let err = b.call(Request::Compact { volume: None, mode: CompactMode::Baseline }).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "nothing left to fold: {err}");
+}
