@@ -50,16 +50,9 @@ pub fn register_methods() {
         };
         let name = CString::new(method).expect("method names have no NUL");
         // SAFETY: SPDK copies the name; the handler is a valid trampoline.
-        // `bdev_ilog_create` may run from a JSON config at startup, the rest
-        // once the app runs (SPDK's own bdev create methods do the same).
-        unsafe {
-            let mask = if method == "bdev_ilog_create" {
-                sys::SPDK_RPC_STARTUP | sys::SPDK_RPC_RUNTIME
-            } else {
-                sys::SPDK_RPC_RUNTIME
-            };
-            sys::spdk_rpc_register_method(name.as_ptr(), Some(handler), mask);
-        }
+        // Runtime only, like SPDK's own bdev methods: a JSON config runs them
+        // after the subsystems (and the base bdevs' modules) are up.
+        unsafe { sys::spdk_rpc_register_method(name.as_ptr(), Some(handler), sys::SPDK_RPC_RUNTIME) };
     }
 }
 

@@ -53,6 +53,7 @@ pub(crate) fn module() -> *mut sys::spdk_bdev_module {
 
 /// What `SPDK_BDEV_MODULE_REGISTER` does; call once, at load time.
 pub fn register_module() {
+    super::logger::init();
     let m = module();
     // SAFETY: at load time nothing else uses MODULE yet.
     unsafe {

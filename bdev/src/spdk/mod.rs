@@ -16,6 +16,7 @@
 mod bdev;
 mod device;
 mod io;
+mod logger;
 mod reactor;
 mod thread;
 
