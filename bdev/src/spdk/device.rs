@@ -50,8 +50,12 @@ impl SpdkDevice {
         // SAFETY: valid C string and out-pointer; on the app thread.
         let rc = unsafe { sys::spdk_bdev_open_ext(cname.as_ptr(), true, on_event, remove_ctx, &mut desc) };
         if rc != 0 {
-            let msg = if rc == -libc::ENODEV { format!("bdev {name} not found") } else { format!("cannot open bdev {name}") };
-            return Err((-rc, msg));
+            return Err(match -rc {
+                libc::ENODEV => (libc::ENODEV, format!("bdev {name} not found")),
+                // A write claim by another module refuses writers.
+                libc::EPERM => (libc::EBUSY, format!("bdev {name} is already claimed")),
+                e => (e, format!("cannot open bdev {name}")),
+            });
         }
         // SAFETY: desc was just opened.
         let bdev = unsafe { sys::spdk_bdev_desc_get_bdev(desc) };
