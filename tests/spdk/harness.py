@@ -13,7 +13,9 @@ SPDK = os.environ.get("SPDK_DIR", "/opt/spdk")
 LIB = os.environ.get("ILOG_SPDK_LIB", os.path.join(REPO, "target", "release", "libilog_spdk.so"))
 RPC_PY = os.path.join(SPDK, "scripts", "rpc.py")
 BDEVPERF_PY = os.path.join(SPDK, "examples", "bdev", "bdevperf", "bdevperf.py")
-APP_ARGS = ["--no-huge", "-u"]
+# No hugepages on CI machines; several apps share core 0 in one test.
+APP_ARGS = ["--no-huge", "-u", "--disable-cpumask-locks"]
+RUNNING = []
 
 
 def env(preload=True):
@@ -76,6 +78,7 @@ class App:
         self.log = open(self.log_path, "w")
         cmd = [binary, *APP_ARGS, "-s", str(mem), "-m", cores, "-r", self.sock, *map(str, args)]
         self.proc = subprocess.Popen(cmd, env=env(preload), stdout=self.log, stderr=subprocess.STDOUT)
+        RUNNING.append(self)
         deadline = time.time() + 30
         while True:
             if self.proc.poll() is not None:
@@ -139,3 +142,9 @@ def write_config(workdir, name, bdev_config):
 
 def workdir():
     return tempfile.mkdtemp(prefix="ilog-spdk-")
+
+
+def kill_all():
+    """Kills every app a test left running (after a failure)."""
+    while RUNNING:
+        RUNNING.pop().kill()

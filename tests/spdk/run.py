@@ -13,7 +13,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import BDEVPERF_PY, SPDK, App, RpcError, env, expect_error, run_app, workdir, write_config  # noqa: E402
+from harness import BDEVPERF_PY, SPDK, App, env, expect_error, kill_all, run_app, workdir, write_config  # noqa: E402
 
 SPDK_TGT = f"{SPDK}/build/bin/spdk_tgt"
 NVMF_TGT = f"{SPDK}/build/bin/nvmf_tgt"
@@ -48,7 +48,8 @@ def same(a, b):
 
 
 def test_snapshots_under_verify_and_reload():
-    """bdevperf verify on ilog while snapshots are taken; every snapshot is
+    """bdevperf verify (unique data per write) on ilog while snapshots are
+    taken; every snapshot is
     read back (in later processes, after re-opening the base) and compared:
     with the image at a quiescent point, with known data written by spdk_dd,
     and with its own earlier reads. save_config then brings it all back."""
@@ -58,8 +59,9 @@ def test_snapshots_under_verify_and_reload():
         f.truncate(1 << 30)
     cfg = write_config(wd, "aio.json", aio_config(base))
 
-    perf = App(wd, BDEVPERF, "-z", "--json", cfg, "-q", 32, "-o", 4096, "-w", "verify", "-t", 3, name="bdevperf")
-    run = subprocess.Popen(["python3", BDEVPERF_PY, "-s", perf.sock, "-t", 120, "perform_tests"],
+    perf = App(wd, BDEVPERF, "-z", "--json", cfg, "-q", 32, "-o", 4096, "-w", "verify", "-t", 3, "-U",
+                name="bdevperf")
+    run = subprocess.Popen(["python3", BDEVPERF_PY, "-s", perf.sock, "-t", "120", "perform_tests"],
                            env=env(preload=False), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(1.0)
     snaps = []
@@ -244,6 +246,8 @@ def main():
         except Exception as e:  # noqa: BLE001 - report every test
             failed.append(t.__name__)
             print(f"FAIL {t.__name__}: {e}", flush=True)
+        finally:
+            kill_all()
     if failed:
         print(f"{len(failed)} SPDK test(s) failed: {', '.join(failed)}")
         sys.exit(1)
