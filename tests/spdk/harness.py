@@ -148,3 +148,12 @@ def kill_all():
     """Kills every app a test left running (after a failure)."""
     while RUNNING:
         RUNNING.pop().kill()
+
+
+def bdevperf_total(out):
+    """(IOPS, Fail/s) of bdevperf's last "Total" line."""
+    import re
+    rows = re.findall(r"^\s*Total\s*:\s*([\d.]+)\s+([\d.]+)\s+([\d.]+)", out, re.M)
+    assert rows, f"no bdevperf result in:\n{out[-2000:]}"
+    iops, _mib, fails = rows[-1]
+    return float(iops), float(fails)
