@@ -8,7 +8,10 @@ fn main() {
     }
     let libs = std::env::var("DEP_SPDK_LIBS").expect("ilog-sys exports SPDK's libraries");
     println!("cargo:rustc-link-arg-cdylib=-Wl,--no-as-needed");
-    for lib in libs.split_whitespace().filter(|l| l.starts_with("spdk_env_dpdk") || l.starts_with("rte_") || !l.starts_with("spdk_")) {
+    for lib in libs
+        .split_whitespace()
+        .filter(|l| l.starts_with("spdk_env_dpdk") || l.starts_with("rte_") || !l.starts_with("spdk_"))
+    {
         println!("cargo:rustc-link-arg-cdylib=-l{lib}");
     }
     println!("cargo:rustc-link-arg-cdylib=-Wl,--as-needed");

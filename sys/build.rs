@@ -79,8 +79,11 @@ mod spdk {
         };
 
         let cflags = pkg(&["--cflags"]);
-        let include_args: Vec<String> =
-            cflags.split_whitespace().filter(|f| f.starts_with("-I") || f.starts_with("-D")).map(str::to_owned).collect();
+        let include_args: Vec<String> = cflags
+            .split_whitespace()
+            .filter(|f| f.starts_with("-I") || f.starts_with("-D"))
+            .map(str::to_owned)
+            .collect();
         let mut builder = bindgen::Builder::default()
             .header("wrapper.h")
             .clang_args(&include_args)

@@ -122,7 +122,9 @@ unsafe impl Send for DiskPtr {}
 
 enum State {
     /// Opened and claimed; mounting on a plain thread.
-    Creating { removed: bool },
+    Creating {
+        removed: bool,
+    },
     Ready(Arc<Ilog>),
 }
 
@@ -180,7 +182,11 @@ fn submit_control(submitter: &Submitter, req: Request, done: impl FnOnce(Result<
 }
 
 /// Runs a control request on ilog bdev `name`; `done` runs on the app thread.
-pub fn call(name: &str, req: Request, done: impl FnOnce(Result<Reply>) + Send + 'static) -> std::result::Result<(), SpdkError> {
+pub fn call(
+    name: &str,
+    req: Request,
+    done: impl FnOnce(Result<Reply>) + Send + 'static,
+) -> std::result::Result<(), SpdkError> {
     let ilog = lookup(name)?;
     submit_control(&ilog.submitter, req, done);
     Ok(())
@@ -292,7 +298,9 @@ fn finish_create(
     let removed = registry().iter().any(|e| e.id == id && matches!(e.state, State::Creating { removed: true }));
     let registered = (|| {
         let mounted = match mounted {
-            Ok(_) if removed => return Err(SpdkError::new(libc::ENODEV, format!("base bdev {} was removed", dev.name))),
+            Ok(_) if removed => {
+                return Err(SpdkError::new(libc::ENODEV, format!("base bdev {} was removed", dev.name)))
+            }
             Ok(m) => m,
             Err(e) => return Err(SpdkError::new(e.errno(), format!("cannot mount {}: {e}", dev.name))),
         };
@@ -438,7 +446,8 @@ pub fn delete(name: &str, done: impl FnOnce(std::result::Result<(), SpdkError>) 
         Err(e) => return done(Err(e)),
     };
     let main = *ilog.main.lock().expect("main");
-    let open_volume = ilog.volumes.lock().expect("volumes").iter().find(|(_, d)| is_open(*d)).map(|(v, _)| v.name.clone());
+    let open_volume =
+        ilog.volumes.lock().expect("volumes").iter().find(|(_, d)| is_open(*d)).map(|(v, _)| v.name.clone());
     if main.is_some_and(is_open) {
         return done(Err(SpdkError::new(libc::EBUSY, format!("bdev {name} is open"))));
     }
@@ -455,7 +464,11 @@ pub fn delete(name: &str, done: impl FnOnce(std::result::Result<(), SpdkError>) 
 }
 
 /// Takes a snapshot and registers its volume bdev; `done` on the app thread.
-pub fn snapshot(name: &str, volume: Option<String>, done: impl FnOnce(std::result::Result<VolumeInfo, SpdkError>) + Send + 'static) {
+pub fn snapshot(
+    name: &str,
+    volume: Option<String>,
+    done: impl FnOnce(std::result::Result<VolumeInfo, SpdkError>) + Send + 'static,
+) {
     let ilog = match lookup(name) {
         Ok(i) => i,
         Err(e) => return done(Err(e)),

@@ -117,11 +117,8 @@ unsafe fn rw(disk: &Disk, ctx: *mut IoCtx, read: bool) {
             for v in iovs.iter().filter(|v| v.iov_len > 0) {
                 let blocks = (v.iov_len / bs) as u32;
                 let buf = v.iov_base.cast::<u8>();
-                let req = if read {
-                    Request::Read { lba, blocks, buf, view }
-                } else {
-                    Request::Write { lba, blocks, buf }
-                };
+                let req =
+                    if read { Request::Read { lba, blocks, buf, view } } else { Request::Write { lba, blocks, buf } };
                 submit(disk, ctx, req);
                 lba += u64::from(blocks);
             }

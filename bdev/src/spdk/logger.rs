@@ -26,7 +26,14 @@ impl log::Log for SpdkLogger {
         let file = CString::new(record.file().unwrap_or("ilog")).unwrap_or_default();
         // SAFETY: a "%s" format with one C string argument.
         unsafe {
-            sys::spdk_log(level, file.as_ptr(), record.line().unwrap_or(0) as i32, c"ilog".as_ptr(), c"%s".as_ptr(), msg.as_ptr())
+            sys::spdk_log(
+                level,
+                file.as_ptr(),
+                record.line().unwrap_or(0) as i32,
+                c"ilog".as_ptr(),
+                c"%s".as_ptr(),
+                msg.as_ptr(),
+            )
         };
     }
 

@@ -87,16 +87,14 @@ impl Reactors {
                 sys::spdk_thread_create(name.as_ptr(), &mask)
             };
             assert!(!t.is_null(), "cannot create SPDK thread {name:?}");
-            let state =
-                Box::into_raw(Box::new(Poller { shards: Vec::new(), poller: std::ptr::null_mut(), sink }));
+            let state = Box::into_raw(Box::new(Poller { shards: Vec::new(), poller: std::ptr::null_mut(), sink }));
             let r = Reactor { thread: Thread(t), state };
             let addr = state as usize;
             r.thread.send(move || {
                 let state = addr as *mut Poller;
                 // SAFETY: on the reactor's thread; state lives until `stop`.
                 unsafe {
-                    (*state).poller =
-                        sys::spdk_poller_register(Some(poll), state.cast(), 0);
+                    (*state).poller = sys::spdk_poller_register(Some(poll), state.cast(), 0);
                 }
             });
             reactors.push(r);
