@@ -98,7 +98,8 @@ class App:
         return rpc(self.sock, *args, **kw)
 
     def tail(self, n=40):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log_path) as f:
             return "".join(f.readlines()[-n:])
 
