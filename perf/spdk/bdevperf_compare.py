@@ -5,6 +5,9 @@ perf/RESULTS.md.
 
 1. ilog vs bdev_passthru: randread (after a sequential pass writes the whole
    volume, so that reads hit the base) and randwrite.
+Each session first writes the whole malloc base through a passthru (see
+`session`), so that no run pays for page faults.
+
 2. Snapshot under load: a 1 s randwrite run, then a 1 s randwrite run with a
    snapshot taken 50 ms in (bdev_ilog_snapshot / bdev_lvol_snapshot); IOPS
    and max latency of the second against the first.
@@ -35,22 +38,36 @@ def perform(sock, *args):
     return r
 
 
-def session(wd, name, config, target):
+def session(wd, name, target, setup):
+    """bdevperf on a malloc base whose memory is touched first: without
+    hugepages, SPDK's memory is faulted in on first use, and a log-structured
+    bdev writes fresh memory all the time. A passthru named `target` writes
+    the whole base once, then gives way to the bdev under test (`setup`:
+    rpc.py argument lists), which takes its name."""
     cfg = write_config(wd, f"{name}.json", [
         {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": MALLOC_MIB * 256, "block_size": 4096}},
-        *config,
+        {"method": "bdev_passthru_create", "params": {"name": target, "base_bdev_name": "Malloc0"}},
         {"method": "bdev_wait_for_examine"},
     ])
-    return App(wd, BDEVPERF, "-z", "--json", cfg, "-T", target, "-q", 32, "-o", 4096, "-w", "randread",
-               "-t", SECONDS, mem=MALLOC_MIB + 2048, name=name)
+    app = App(wd, BDEVPERF, "-z", "--json", cfg, "-T", target, "-q", 32, "-o", 4096, "-w", "randread",
+              "-t", SECONDS, mem=MALLOC_MIB + 2048, name=name)
+    fault_in = perform(app.sock, "-w", "write", "-o", 1 << 20, "-q", 4, "-t", 10)
+    assert fault_in["mibps"] * 10 > MALLOC_MIB * 1.2, f"fault-in pass too slow to cover the base: {fault_in}"
+    rpc(app.sock, "bdev_passthru_delete", target)
+    for args in setup:
+        rpc(app.sock, *args)
+    return app
 
 
-def read_write(wd, name, config, target):
-    app = session(wd, name, config, target)
+def read_write(wd, name, target, setup):
+    app = session(wd, name, target, setup)
     try:
-        # One second of 128 KiB sequential writes covers the ilog volume (10 % of
-        # the base) at least twice; longer would eat the log randwrite needs.
+        # A sequential pass writes the volume (10 % of the base) before reads,
+        # so that they hit the base; QoS caps it at 1000 MiB/s, which covers
+        # ilog's volume in one second without eating the log randwrite needs.
+        rpc(app.sock, "bdev_set_qos_limit", target, "--rw-mbytes-per-sec", 1000)
         fill = perform(app.sock, "-w", "write", "-o", 131072, "-q", 8, "-t", 1)
+        rpc(app.sock, "bdev_set_qos_limit", target, "--rw-mbytes-per-sec", 0)
         read = perform(app.sock, "-w", "randread", "-o", 4096, "-q", 32, "-t", SECONDS)
         write = perform(app.sock, "-w", "randwrite", "-o", 4096, "-q", 32, "-t", SECONDS)
     finally:
@@ -58,40 +75,38 @@ def read_write(wd, name, config, target):
     return fill, read, write
 
 
-def snapshot_under_load(wd, name, config, target, snapshot_args):
-    app = session(wd, name, config, target)
+def snapshot_under_load(wd, name, target, setup, snapshot_args):
+    app = session(wd, name, target, setup)
     try:
-        perform(app.sock, "-w", "randwrite", "-o", 4096, "-q", 32, "-t", 1)  # warm up
         steady = perform(app.sock, "-w", "randwrite", "-o", 4096, "-q", 32, "-t", 1)
         out = {}
         t = threading.Thread(target=lambda: out.update(r=perform(app.sock, "-w", "randwrite", "-o", 4096, "-q", 32,
                                                                  "-t", 1)))
         t.start()
         time.sleep(0.05)
-        snap = rpc(app.sock, *snapshot_args)
+        rpc(app.sock, *snapshot_args)
         t.join()
     finally:
         app.stop()
-    return steady, out["r"], snap
+    return steady, out["r"]
 
 
 def main():
     wd = workdir()
     log_percent = 90
-    ilog = [{"method": "bdev_ilog_create",
-             "params": {"name": "ilog0", "base_bdev_name": "Malloc0", "log_percent": log_percent}}]
-    pt = [{"method": "bdev_passthru_create", "params": {"name": "pt0", "base_bdev_name": "Malloc0"}}]
+    parts = 100 // (100 - log_percent)
+    ilog = [["bdev_ilog_create", "-b", "Malloc0", "-p", "ilog0", "--log-percent", log_percent]]
+    pt = [["bdev_passthru_create", "-b", "Malloc0", "-p", "pt0"]]
     # The same base cut to ilog's volume size: passthru over the same working
-    # set (with 4 KiB pages, random access over 6 GiB is TLB-bound).
-    pt_split = [{"method": "bdev_split_create", "params": {"base_bdev": "Malloc0", "split_count": 100 // (100 - log_percent)}},
-                {"method": "bdev_passthru_create", "params": {"name": "pt0", "base_bdev_name": "Malloc0p0"}}]
-    lvol = [{"method": "bdev_lvol_create_lvstore", "params": {"bdev_name": "Malloc0", "lvs_name": "lvs0"}},
-            {"method": "bdev_lvol_create", "params": {"lvol_name": "lv0", "size_in_mib": MALLOC_MIB * (100 - log_percent) // 100,
-                                                        "lvs_name": "lvs0", "thin_provision": False}}]
-    rows = []
+    # set (with 4 KiB pages, random access over all of the base is TLB-bound).
+    pt_split = [["bdev_split_create", "Malloc0", parts], ["bdev_passthru_create", "-b", "Malloc0p0", "-p", "pt0"]]
+    lvol_mib = MALLOC_MIB // parts
+    lvol = [["bdev_lvol_create_lvstore", "Malloc0", "lvs0"], ["bdev_lvol_create", "-l", "lvs0", "lv0", lvol_mib]]
     try:
-        res = {n: read_write(wd, n, c, t)
-               for n, c, t in (("passthru", pt, "pt0"), ("passthru-split", pt_split, "pt0"), ("ilog", ilog, "ilog0"))}
+        res = {n: read_write(wd, n, t, c)
+               for n, t, c in (("passthru", "pt0", pt), ("passthru-split", "pt0", pt_split), ("ilog", "ilog0", ilog))}
+        print(f"malloc base {MALLOC_MIB} MiB; ilog volume and split part {100 - log_percent} % of it; "
+              f"{SECONDS} s per run\n")
         print("| bdev | fill MiB/s | randread IOPS | randwrite IOPS | randread avg/max us | randwrite avg/max us |")
         print("| --- | --- | --- | --- | --- | --- |")
         for n, (fill, read, write) in res.items():
@@ -106,15 +121,15 @@ def main():
         print()
 
         snaps = {
-            "ilog": snapshot_under_load(wd, "ilog-snap", ilog, "ilog0", ["bdev_ilog_snapshot", "ilog0", "-n", "s1"]),
-            "lvol": snapshot_under_load(wd, "lvol-snap", lvol, "lvs0/lv0", ["bdev_lvol_snapshot", "lvs0/lv0", "snap0"]),
+            "ilog": snapshot_under_load(wd, "ilog-snap", "ilog0", ilog, ["bdev_ilog_snapshot", "ilog0", "-n", "s1"]),
+            "lvol": snapshot_under_load(wd, "lvol-snap", "lvs0/lv0", lvol, ["bdev_lvol_snapshot", "lvs0/lv0", "snap0"]),
         }
         print("| bdev | steady IOPS | steady max us | first second after snapshot IOPS | max us | IOPS ratio | max latency ratio |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
-        for n, (steady, after, _) in snaps.items():
-            rows.append((n, after["iops"] / steady["iops"], after["max_latency_us"] / steady["max_latency_us"]))
+        for n, (steady, after) in snaps.items():
             print(f"| {n} | {steady['iops']:.0f} | {steady['max_latency_us']:.0f} | {after['iops']:.0f} | "
-                  f"{after['max_latency_us']:.0f} | {rows[-1][1]:.2f} | {rows[-1][2]:.2f} |")
+                  f"{after['max_latency_us']:.0f} | {after['iops'] / steady['iops']:.2f} | "
+                  f"{after['max_latency_us'] / steady['max_latency_us']:.2f} |")
     finally:
         kill_all()
 

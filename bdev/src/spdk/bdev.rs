@@ -66,6 +66,8 @@ pub fn register_module() {
 }
 
 unsafe extern "C" fn module_init() -> c_int {
+    // The env is up: engine buffers can come from DMA-safe memory.
+    crate::device::dma::SPDK_MEMORY.store(true, std::sync::atomic::Ordering::Release);
     0
 }
 
