@@ -123,9 +123,9 @@ class App:
             self.proc.wait()
 
 
-def run_app(workdir, binary, *args, mem=1024, timeout=120, name="run"):
+def run_app(workdir, binary, *args, mem=1024, cores="0x1", timeout=120, name="run"):
     """Runs an app to completion (spdk_dd, bdevperf); returns its output."""
-    cmd = [binary, *APP_ARGS, "-s", str(mem), "-m", "0x1", *map(str, args)]
+    cmd = [binary, *APP_ARGS, "-s", str(mem), "-m", cores, *map(str, args)]
     p = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout)
     out = p.stdout + p.stderr
     with open(os.path.join(workdir, f"{name}.log"), "a") as f:
