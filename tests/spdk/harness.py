@@ -126,8 +126,13 @@ class App:
 def run_app(workdir, binary, *args, mem=1024, cores="0x1", timeout=120, name="run"):
     """Runs an app to completion (spdk_dd, bdevperf); returns its output."""
     cmd = [binary, *APP_ARGS, "-s", str(mem), "-m", cores, *map(str, args)]
-    p = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout)
-    out = p.stdout + p.stderr
+    p = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, _ = p.communicate()
+        out += f"\n(killed after {timeout} s)"
     with open(os.path.join(workdir, f"{name}.log"), "a") as f:
         f.write(out)
     assert p.returncode == 0, f"{os.path.basename(binary)} {' '.join(map(str, args))} exited {p.returncode}:\n{out[-3000:]}"

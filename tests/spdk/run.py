@@ -231,18 +231,18 @@ def test_nvme_tcp_base_and_export():
 
 
 def test_two_cores_split_forward_and_complete_on_the_submitter():
-    """Two cores, both submitting (-C), stripes of 16 KiB and I/Os of 64 KiB:
+    """Two cores, both submitting (-C), stripes of 8 KiB and I/Os of 32 KiB:
     every I/O is split across both shards, pieces are forwarded between the
     shard threads, and each completes on the thread that submitted it."""
     wd = workdir()
     cfg = write_config(wd, "two.json", [
-        {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 262144, "block_size": 4096}},
+        {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 524288, "block_size": 4096}},
         {"method": "bdev_ilog_create",
-         "params": {"name": "ilog0", "base_bdev_name": "Malloc0", "stripe_size_kib": 16, "log_percent": 90}},
+         "params": {"name": "ilog0", "base_bdev_name": "Malloc0", "stripe_size_kib": 8, "log_percent": 90}},
         {"method": "bdev_wait_for_examine"},
     ])
-    out = run_app(wd, BDEVPERF, "--json", cfg, "-T", "ilog0", "-C", "-q", 16, "-o", 65536, "-w", "verify", "-t", 1,
-                  "-U", mem=2048, cores="0x3", name="two")
+    out = run_app(wd, BDEVPERF, "--json", cfg, "-T", "ilog0", "-C", "-q", 8, "-o", 32768, "-w", "verify", "-t", 1,
+                  "-U", mem=3072, cores="0x3", name="two")
     iops, fails = bdevperf_total(out)
     assert iops > 0 and fails == 0.0, out[-3000:]
     assert "ilog: 2 shard reactor threads" in out, out[-3000:]
