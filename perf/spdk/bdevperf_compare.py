@@ -83,11 +83,13 @@ def snapshot_under_load(wd, name, target, setup, snapshot_args):
                                                                  "-t", 1)))
         t.start()
         time.sleep(0.05)
+        start = time.monotonic()
         rpc(app.sock, *snapshot_args)
+        took = time.monotonic() - start
         t.join()
     finally:
         app.stop()
-    return steady, out["r"]
+    return steady, out["r"], took
 
 
 def main():
@@ -123,12 +125,13 @@ def main():
             "ilog": snapshot_under_load(wd, "ilog-snap", "ilog0", ilog, ["bdev_ilog_snapshot", "ilog0", "-n", "s1"]),
             "lvol": snapshot_under_load(wd, "lvol-snap", "lvs0/lv0", lvol, ["bdev_lvol_snapshot", "lvs0/lv0", "snap0"]),
         }
-        print("| bdev | steady IOPS | steady max us | first second after snapshot IOPS | max us | IOPS ratio | max latency ratio |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
-        for n, (steady, after) in snaps.items():
+        print("| bdev | steady IOPS | steady max us | first second after snapshot IOPS | max us | IOPS ratio | "
+              "max latency ratio | snapshot RPC s (incl. rpc.py start) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for n, (steady, after, took) in snaps.items():
             print(f"| {n} | {steady['iops']:.0f} | {steady['max_latency_us']:.0f} | {after['iops']:.0f} | "
                   f"{after['max_latency_us']:.0f} | {after['iops'] / steady['iops']:.2f} | "
-                  f"{after['max_latency_us'] / steady['max_latency_us']:.2f} |")
+                  f"{after['max_latency_us'] / steady['max_latency_us']:.2f} | {took:.2f} |")
     finally:
         kill_all()
 
