@@ -302,9 +302,11 @@ impl DevChannel for SpdkChannel {
             done(tag, status);
             n += 1;
         }
-        while let Some((tag, status)) = self.done.pop() {
-            done(tag, status);
-            n += 1;
+        if matches!(self.mode, Mode::Remote) {
+            while let Some((tag, status)) = self.done.pop() {
+                done(tag, status);
+                n += 1;
+            }
         }
         self.outstanding -= n;
         n

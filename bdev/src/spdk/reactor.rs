@@ -24,6 +24,8 @@ struct Poller {
     shards: Vec<Attached>,
     poller: *mut sys::spdk_poller,
     sink: Sink,
+    /// Shards waiting to be dropped once idle.
+    detaching: usize,
 }
 
 struct Reactor {
@@ -52,13 +54,19 @@ unsafe extern "C" fn poll(arg: *mut c_void) -> i32 {
     for a in &mut p.shards {
         work += a.shard.poll(&mut |token, result| sink(token, result));
     }
+    if p.detaching == 0 {
+        return i32::from(work > 0);
+    }
+    let mut detached = 0;
     p.shards.retain_mut(|a| {
         if a.detach.is_some() && a.shard.is_idle() {
             (a.detach.take().expect("checked"))();
+            detached += 1;
             return false;
         }
         true
     });
+    p.detaching -= detached;
     i32::from(work > 0)
 }
 
@@ -87,7 +95,12 @@ impl Reactors {
                 sys::spdk_thread_create(name.as_ptr(), &mask)
             };
             assert!(!t.is_null(), "cannot create SPDK thread {name:?}");
-            let state = Box::into_raw(Box::new(Poller { shards: Vec::new(), poller: std::ptr::null_mut(), sink }));
+            let state = Box::into_raw(Box::new(Poller {
+                shards: Vec::new(),
+                poller: std::ptr::null_mut(),
+                sink,
+                detaching: 0,
+            }));
             let r = Reactor { thread: Thread(t), state };
             let addr = state as usize;
             r.thread.send(move || {
@@ -138,6 +151,7 @@ impl Reactors {
                 // SAFETY: on the reactor's thread.
                 let p = unsafe { &mut *(addr as *mut Poller) };
                 let Some(a) = p.shards.iter_mut().find(|a| a.id == id) else { return };
+                p.detaching += 1;
                 a.detach = Some(Box::new(move || {
                     if left.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
                         if let Some(done) = done.lock().expect("detach").take() {
