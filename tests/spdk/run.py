@@ -9,6 +9,7 @@ own apps; `run.py NAME...` runs only those tests.
 import filecmp
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -149,6 +150,14 @@ def test_bad_rpc_input_keeps_the_app_running():
         tgt.rpc("bdev_passthru_delete", "pt0")
         expect_error(EBUSY, tgt.sock, "bdev_ilog_delete", "ilog0")
         tgt.rpc("bdev_passthru_delete", "pt1")
+        # PyPI's client (scripts/install-deps.sh installs it) takes the same plugin.
+        spdk_rpc = shutil.which("spdk-rpc")
+        if spdk_rpc:
+            p = subprocess.run([spdk_rpc, "-s", tgt.sock, "--plugin", "rpc_ilog", "bdev_ilog_get_volumes", "ilog0"],
+                               env=env(preload=False), capture_output=True, text=True, timeout=60)
+            assert p.returncode == 0 and json.loads(p.stdout)[0]["bdev"] == "ilog0@s1", p.stdout + p.stderr
+        else:
+            print("note: spdk-rpc (PyPI) not installed: checked with SPDK's rpc.py only")
         stats = tgt.rpc("bdev_ilog_get_stats", "ilog0")
         assert stats["volumes"] == 1 and stats["block_size"] == 4096, stats
         log = tgt.rpc("bdev_ilog_log_read", "ilog0", "-n", 16)
