@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import BDEVPERF_PY, SPDK, App, bdevperf_total, env, expect_error, kill_all, run_app, workdir, write_config  # noqa: E402
+from harness import BDEVPERF_PY, REPO, SPDK, App, bdevperf_total, env, expect_error, kill_all, run_app, workdir, write_config  # noqa: E402
 
 SPDK_TGT = f"{SPDK}/build/bin/spdk_tgt"
 NVMF_TGT = f"{SPDK}/build/bin/nvmf_tgt"
@@ -28,7 +28,8 @@ ENODEV, EBUSY, EEXIST, ENOENT = -19, -16, -17, -2
 def aio_config(path, extra=()):
     return [
         {"method": "bdev_aio_create", "params": {"name": "Aio0", "filename": path, "block_size": 4096}},
-        {"method": "bdev_ilog_create", "params": {"name": "ilog0", "base_bdev_name": "Aio0", "log_percent": 90}},
+        # A large log: writes fail with ENOSPC once it is full (no compaction yet).
+        {"method": "bdev_ilog_create", "params": {"name": "ilog0", "base_bdev_name": "Aio0", "log_percent": 95}},
         *extra,
         {"method": "bdev_wait_for_examine"},
     ]
@@ -58,7 +59,7 @@ def test_snapshots_under_verify_and_reload():
     wd = workdir()
     base = os.path.join(wd, "base.img")
     with open(base, "wb") as f:
-        f.truncate(1 << 30)
+        f.truncate(2 << 30)
     cfg = write_config(wd, "aio.json", aio_config(base))
 
     perf = App(wd, BDEVPERF, "-z", "--json", cfg, "-q", 32, "-o", 4096, "-w", "verify", "-t", 3, "-U",
@@ -153,8 +154,9 @@ def test_bad_rpc_input_keeps_the_app_running():
         # PyPI's client (scripts/install-deps.sh installs it) takes the same plugin.
         spdk_rpc = shutil.which("spdk-rpc")
         if spdk_rpc:
+            pypi_env = dict(env(preload=False), PYTHONPATH=os.path.join(REPO, "scripts"))  # not SPDK's own python/
             p = subprocess.run([spdk_rpc, "-s", tgt.sock, "--plugin", "rpc_ilog", "bdev_ilog_get_volumes", "ilog0"],
-                               env=env(preload=False), capture_output=True, text=True, timeout=60)
+                               env=pypi_env, capture_output=True, text=True, timeout=60)
             assert p.returncode == 0 and json.loads(p.stdout)[0]["bdev"] == "ilog0@s1", p.stdout + p.stderr
         else:
             print("note: spdk-rpc (PyPI) not installed: checked with SPDK's rpc.py only")
