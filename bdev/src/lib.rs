@@ -34,5 +34,7 @@ pub mod engine;
 pub mod error;
 pub mod format;
 pub mod runtime;
+#[cfg(feature = "spdk")]
+pub mod spdk;
 
 pub use error::{Error, Result};

@@ -10,6 +10,8 @@
 pub mod error;
 pub mod ilog;
 pub mod server;
+#[cfg(feature = "spdk")]
+pub mod spdk;
 
 pub use error::RpcError;
 pub use server::{Handler, Server};

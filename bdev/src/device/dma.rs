@@ -1,12 +1,22 @@
-//! Aligned, zeroed I/O buffers (SPDK's `spdk_dma_zmalloc`).
+//! Aligned, zeroed I/O buffers (SPDK's `spdk_dma_zmalloc`). Under SPDK
+//! (feature `spdk`, once the module is initialised) they come from SPDK's
+//! DMA-safe memory, which bases such as PCIe NVMe need; elsewhere from the
+//! heap.
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
+
+/// Set by the SPDK module once SPDK's env is up: buffers come from it.
+#[cfg(feature = "spdk")]
+pub(crate) static SPDK_MEMORY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// A heap buffer aligned for direct I/O, zero-filled at allocation.
 pub struct DmaBuf {
     ptr: NonNull<u8>,
     layout: Layout,
+    /// Allocated with `spdk_zmalloc` (freed with `spdk_free`).
+    #[cfg(feature = "spdk")]
+    spdk: bool,
 }
 
 // SAFETY: DmaBuf owns its allocation exclusively, like a Box<[u8]>.
@@ -18,10 +28,30 @@ impl DmaBuf {
     /// `len` bytes aligned to `align` (a power of two); `len` may be 0.
     pub fn new(len: usize, align: usize) -> DmaBuf {
         let layout = Layout::from_size_align(len.max(1), align.max(1)).expect("valid DMA buffer layout");
+        #[cfg(feature = "spdk")]
+        if SPDK_MEMORY.load(std::sync::atomic::Ordering::Acquire) {
+            // SAFETY: plain allocation; SPDK's env is initialised (see SPDK_MEMORY).
+            let p = unsafe {
+                ilog_sys::spdk_zmalloc(
+                    layout.size(),
+                    layout.align(),
+                    std::ptr::null_mut(),
+                    ilog_sys::SPDK_ENV_NUMA_ID_ANY,
+                    ilog_sys::SPDK_MALLOC_DMA,
+                )
+            };
+            let ptr = NonNull::new(p.cast::<u8>()).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+            return DmaBuf { ptr, layout, spdk: true };
+        }
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { alloc::alloc_zeroed(layout) };
         let ptr = NonNull::new(ptr).unwrap_or_else(|| alloc::handle_alloc_error(layout));
-        DmaBuf { ptr, layout }
+        DmaBuf {
+            ptr,
+            layout,
+            #[cfg(feature = "spdk")]
+            spdk: false,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -54,6 +84,12 @@ impl std::ops::DerefMut for DmaBuf {
 
 impl Drop for DmaBuf {
     fn drop(&mut self) {
+        #[cfg(feature = "spdk")]
+        if self.spdk {
+            // SAFETY: allocated with spdk_zmalloc in `new`.
+            unsafe { ilog_sys::spdk_free(self.ptr.as_ptr().cast()) };
+            return;
+        }
         // SAFETY: allocated in `new` with this layout.
         unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) }
     }

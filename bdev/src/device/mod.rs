@@ -5,7 +5,7 @@
 //! submits requests tagged with a `u64` and collects completions by polling.
 //! Nothing here blocks.
 
-mod dma;
+pub(crate) mod dma;
 mod file;
 mod malloc;
 pub mod sim;

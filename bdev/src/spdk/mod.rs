@@ -1,0 +1,28 @@
+//! The SPDK runtime (feature `spdk`): ilog as an SPDK bdev module.
+//!
+//! - [`bdev`]: the module and the life of an ilog bdev (create, volumes,
+//!   delete, hot-remove, save_config).
+//! - `io`: the data path (bdev_io in, engine requests, completion on the
+//!   submitting thread).
+//! - `reactor`: one SPDK thread per core polling shard `i` of every bdev.
+//! - `device`: a claimed base bdev as the engine's block device.
+//! - `thread`: SPDK threads and messages.
+//!
+//! Stripe ownership is the engine's: a bdev I/O is submitted to the shard
+//! of the submitting thread's core, which splits it and forwards the pieces
+//! to their owners through the engine's lock-free queues (the same role
+//! `spdk_thread_send_msg` plays in SPDK's own modules).
+
+mod bdev;
+mod device;
+mod io;
+mod logger;
+mod reactor;
+mod thread;
+
+pub use bdev::{bdevs, call, create, delete, delete_volume, register_module, snapshot, BdevInfo, SpdkError};
+
+/// Runs `f` on the SPDK app thread (RPC handlers, bdev registration).
+pub fn on_app_thread(f: impl FnOnce() + Send + 'static) {
+    thread::Thread::app().send(f);
+}

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""ilog vs SPDK's own vbdevs under bdevperf (1 core, 4 KiB, QD 32), on the
+same malloc base, each bdev in its own bdevperf session, one run of this
+script; prints the Markdown tables of perf/RESULTS.md.
+
+Every session first writes the whole malloc base through a passthru (see
+`session`), so that no run pays for first-touch page faults (no hugepages).
+
+1. ilog vs bdev_passthru, on the whole base and on a split of it the size of
+   ilog's volume (same working set): 1 s of randwrite (which writes every
+   block of the volume, so that reads hit the base), then randread.
+2. Snapshot under load: a 1 s randwrite run (steady state), then a 1 s
+   randwrite run with a snapshot taken 50 ms in (bdev_ilog_snapshot vs
+   bdev_lvol_snapshot); IOPS and max latency of the second against the first.
+
+Needs `cargo build --release --features spdk`; SPDK_DIR (default /opt/spdk).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "spdk"))
+from harness import BDEVPERF_PY, SPDK, App, env, kill_all, rpc, workdir, write_config  # noqa: E402
+
+BDEVPERF = f"{SPDK}/build/examples/bdevperf"
+MALLOC_MIB = int(os.environ.get("MALLOC_MIB", "6144"))
+LOG_PERCENT = 95
+SECONDS = int(os.environ.get("SECONDS_PER_RUN", "2"))  # randread; randwrite runs 1 s (log space)
+
+
+def perform(sock, *args):
+    p = subprocess.run(["python3", BDEVPERF_PY, "-s", sock, "-t", "300", "perform_tests", *map(str, args)],
+                       env=env(preload=False), capture_output=True, text=True, check=True)
+    r = json.loads(p.stdout)["results"][0]
+    assert r["io_failed"] == 0, r
+    return r
+
+
+def session(wd, name, target, setup):
+    """bdevperf on a malloc base whose memory is touched first: without
+    hugepages, SPDK's memory is faulted in on first use, and a log-structured
+    bdev writes fresh memory all the time. A passthru named `target` writes
+    the whole base once, then gives way to the bdev under test (`setup`:
+    rpc.py argument lists), which takes its name."""
+    cfg = write_config(wd, f"{name}.json", [
+        {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": MALLOC_MIB * 256, "block_size": 4096}},
+        {"method": "bdev_passthru_create", "params": {"name": target, "base_bdev_name": "Malloc0"}},
+        {"method": "bdev_wait_for_examine"},
+    ])
+    app = App(wd, BDEVPERF, "-z", "--json", cfg, "-T", target, "-q", 32, "-o", 4096, "-w", "randread",
+              "-t", SECONDS, mem=MALLOC_MIB + 2048, name=name)
+    fault_in = perform(app.sock, "-w", "write", "-o", 1 << 20, "-q", 4, "-t", 20)
+    assert fault_in["mibps"] * 20 > MALLOC_MIB * 1.1, f"fault-in pass too slow to cover the base: {fault_in}"
+    rpc(app.sock, "bdev_passthru_delete", target)
+    for args in setup:
+        rpc(app.sock, *args)
+    return app
+
+
+def read_write(wd, name, target, setup):
+    app = session(wd, name, target, setup)
+    try:
+        # randwrite first: a second of it writes every block of ilog's volume
+        # (5 % of the base) many times over, so that randread then hits the
+        # base, not unwritten blocks (which ilog answers without I/O).
+        write = perform(app.sock, "-w", "randwrite", "-o", 4096, "-q", 32, "-t", 1)
+        read = perform(app.sock, "-w", "randread", "-o", 4096, "-q", 32, "-t", SECONDS)
+    finally:
+        app.stop()
+    return read, write
+
+
+def snapshot_under_load(wd, name, target, setup, snapshot_args):
+    app = session(wd, name, target, setup)
+    try:
+        steady = perform(app.sock, "-w", "randwrite", "-o", 4096, "-q", 32, "-t", 1)
+        out = {}
+        t = threading.Thread(target=lambda: out.update(r=perform(app.sock, "-w", "randwrite", "-o", 4096, "-q", 32,
+                                                                 "-t", 1)))
+        t.start()
+        time.sleep(0.05)
+        start = time.monotonic()
+        rpc(app.sock, *snapshot_args)
+        took = time.monotonic() - start
+        t.join()
+    finally:
+        app.stop()
+    return steady, out["r"], took
+
+
+def main():
+    wd = workdir()
+    log_percent = LOG_PERCENT
+    parts = 100 // (100 - log_percent)
+    ilog = [["bdev_ilog_create", "-b", "Malloc0", "-p", "ilog0", "--log-percent", log_percent]]
+    pt = [["bdev_passthru_create", "-b", "Malloc0", "-p", "pt0"]]
+    # The same base cut to ilog's volume size: passthru over the same working
+    # set (with 4 KiB pages, random access over all of the base is TLB-bound).
+    pt_split = [["bdev_split_create", "Malloc0", parts], ["bdev_passthru_create", "-b", "Malloc0p0", "-p", "pt0"]]
+    lvol_mib = MALLOC_MIB // parts
+    lvol = [["bdev_lvol_create_lvstore", "Malloc0", "lvs0"], ["bdev_lvol_create", "-l", "lvs0", "lv0", lvol_mib]]
+    try:
+        res = {n: read_write(wd, n, t, c)
+               for n, t, c in (("passthru", "pt0", pt), ("passthru-split", "pt0", pt_split), ("ilog", "ilog0", ilog))}
+        print(f"malloc base {MALLOC_MIB} MiB; ilog volume and split part {100 - log_percent} % of it; "
+              f"{SECONDS} s per run\n")
+        print("| bdev | randread IOPS | randwrite IOPS | randread avg/max us | randwrite avg/max us |")
+        print("| --- | --- | --- | --- | --- |")
+        for n, (read, write) in res.items():
+            print(f"| {n} | {read['iops']:.0f} | {write['iops']:.0f} | "
+                  f"{read['avg_latency_us']:.1f}/{read['max_latency_us']:.0f} | "
+                  f"{write['avg_latency_us']:.1f}/{write['max_latency_us']:.0f} |")
+        print()
+        for base in ("passthru", "passthru-split"):
+            rr = res["ilog"][0]["iops"] / res[base][0]["iops"]
+            rw = res["ilog"][1]["iops"] / res[base][1]["iops"]
+            print(f"ilog/{base}: randread {rr:.2f}x (target >= 0.80), randwrite {rw:.2f}x (target >= 0.85)")
+        print()
+
+        snaps = {
+            "ilog": snapshot_under_load(wd, "ilog-snap", "ilog0", ilog, ["bdev_ilog_snapshot", "ilog0", "-n", "s1"]),
+            "lvol": snapshot_under_load(wd, "lvol-snap", "lvs0/lv0", lvol, ["bdev_lvol_snapshot", "lvs0/lv0", "snap0"]),
+        }
+        print("| bdev | steady IOPS | steady max us | first second after snapshot IOPS | max us | IOPS ratio | "
+              "max latency ratio | snapshot RPC s (incl. rpc.py start) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for n, (steady, after, took) in snaps.items():
+            print(f"| {n} | {steady['iops']:.0f} | {steady['max_latency_us']:.0f} | {after['iops']:.0f} | "
+                  f"{after['max_latency_us']:.0f} | {after['iops'] / steady['iops']:.2f} | "
+                  f"{after['max_latency_us'] / steady['max_latency_us']:.2f} | {took:.2f} |")
+    finally:
+        kill_all()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""SPDK integration tests for libilog_spdk.so in stock SPDK apps.
+
+Run by ci/run when an SPDK build is found (SPDK_DIR, default /opt/spdk);
+needs `cargo build --release --features spdk` first. Each test starts its
+own apps; `run.py NAME...` runs only those tests.
+"""
+
+import filecmp
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import BDEVPERF_PY, REPO, SPDK, App, bdevperf_total, env, expect_error, kill_all, run_app, workdir, write_config  # noqa: E402
+
+SPDK_TGT = f"{SPDK}/build/bin/spdk_tgt"
+NVMF_TGT = f"{SPDK}/build/bin/nvmf_tgt"
+SPDK_DD = f"{SPDK}/build/bin/spdk_dd"
+BDEVPERF = f"{SPDK}/build/examples/bdevperf"
+
+ENODEV, EBUSY, EEXIST, ENOENT = -19, -16, -17, -2
+
+
+def aio_config(path, extra=()):
+    return [
+        {"method": "bdev_aio_create", "params": {"name": "Aio0", "filename": path, "block_size": 4096}},
+        # A large log: writes fail with ENOSPC once it is full (no compaction yet).
+        {"method": "bdev_ilog_create", "params": {"name": "ilog0", "base_bdev_name": "Aio0", "log_percent": 95}},
+        *extra,
+        {"method": "bdev_wait_for_examine"},
+    ]
+
+
+def dd_read(wd, cfg, bdev, out, count=None):
+    args = ["--json", cfg, "--ib", bdev, "--of", out, "--bs", 65536, "--qd", 8]
+    if count is not None:
+        args += ["--count", count]
+    run_app(wd, SPDK_DD, *args, name="dd")
+
+
+def dd_write(wd, cfg, src, bdev):
+    run_app(wd, SPDK_DD, "--json", cfg, "--if", src, "--ob", bdev, "--bs", 65536, "--qd", 8, name="dd")
+
+
+def same(a, b):
+    return filecmp.cmp(a, b, shallow=False)
+
+
+def test_snapshots_under_verify_and_reload():
+    """bdevperf verify (unique data per write) on ilog while snapshots are
+    taken; every snapshot is
+    read back (in later processes, after re-opening the base) and compared:
+    with the image at a quiescent point, with known data written by spdk_dd,
+    and with its own earlier reads. save_config then brings it all back."""
+    wd = workdir()
+    base = os.path.join(wd, "base.img")
+    with open(base, "wb") as f:
+        f.truncate(2 << 30)
+    cfg = write_config(wd, "aio.json", aio_config(base))
+
+    perf = App(wd, BDEVPERF, "-z", "--json", cfg, "-q", 32, "-o", 4096, "-w", "verify", "-t", 3, "-U",
+                name="bdevperf")
+    run = subprocess.Popen(["python3", BDEVPERF_PY, "-s", perf.sock, "-t", "120", "perform_tests"],
+                           env=env(preload=False), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1.0)
+    snaps = []
+    for name in ("mid1", "mid2"):
+        r = perf.rpc("bdev_ilog_snapshot", "ilog0", "-n", name)
+        assert r == {"volume_id": name, "bdev": f"ilog0@{name}"}, r
+        snaps.append(name)
+        time.sleep(0.7)
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode == 0, f"perform_tests failed:\n{out}\n{perf.tail()}"
+    results = json.loads(out)["results"]
+    assert results and all(r["status"] == "finished" and r["io_failed"] == 0 and r["iops"] > 0 for r in results), out
+    perf.rpc("bdev_ilog_snapshot", "ilog0", "-n", "after")
+    vols = [v["volume_id"] for v in perf.rpc("bdev_ilog_get_volumes", "ilog0")]
+    assert vols == ["mid1", "mid2", "after"], vols
+    perf.stop()
+
+    # Re-open in another process: the image at the last snapshot is the current one.
+    files = {}
+    for bdev in ("ilog0", "ilog0@mid1", "ilog0@mid2", "ilog0@after"):
+        files[bdev] = os.path.join(wd, bdev.replace("@", "_") + ".1")
+        dd_read(wd, cfg, bdev, files[bdev])
+        assert os.path.getsize(files[bdev]) == os.path.getsize(files["ilog0"])
+    assert same(files["ilog0"], files["ilog0@after"]), "ilog0@after differs from the image it was taken of"
+    assert not same(files["ilog0@mid1"], files["ilog0@after"]), "verify kept writing after mid1, yet no change"
+
+    # Known data: snapshot it, overwrite it, read both versions back.
+    known, newer = os.path.join(wd, "known.bin"), os.path.join(wd, "newer.bin")
+    for path in (known, newer):
+        with open(path, "wb") as f:
+            f.write(os.urandom(4 << 20))
+    dd_write(wd, cfg, known, "ilog0")
+    tgt = App(wd, SPDK_TGT, "--json", cfg, name="tgt")
+    tgt.rpc("bdev_ilog_snapshot", "ilog0", "-n", "known")
+    saved = os.path.join(wd, "saved.json")
+    with open(saved, "w") as f:
+        f.write(subprocess.run(["python3", f"{SPDK}/scripts/rpc.py", "-s", tgt.sock, "save_config"],
+                               env=env(preload=False), capture_output=True, text=True, check=True).stdout)
+    tgt.stop()
+    dd_write(wd, cfg, newer, "ilog0")
+    got = os.path.join(wd, "got.bin")
+    dd_read(wd, cfg, "ilog0@known", got, count=64)
+    assert same(got, known), "ilog0@known does not hold the data written before it"
+    dd_read(wd, cfg, "ilog0", got, count=64)
+    assert same(got, newer), "ilog0 does not hold the data written last"
+    for bdev in ("ilog0@mid1", "ilog0@mid2", "ilog0@after"):
+        again = files[bdev][:-2] + ".2"
+        dd_read(wd, cfg, bdev, again)
+        assert same(files[bdev], again), f"{bdev} changed after later writes and restarts"
+
+    # save_config round trip: --json with the saved config brings the volumes back.
+    tgt = App(wd, SPDK_TGT, "--json", saved, name="tgt2")
+    names = {b["name"] for b in tgt.rpc("bdev_get_bdevs")}
+    want = {"ilog0", "ilog0@mid1", "ilog0@mid2", "ilog0@after", "ilog0@known"}
+    assert want <= names, f"after reload: {names}"
+    ilog = tgt.rpc("bdev_ilog_get_bdevs", "-b", "ilog0")
+    assert [v["volume_id"] for v in ilog[0]["volumes"]] == ["mid1", "mid2", "after", "known"], ilog
+    tgt.stop()
+
+
+def test_bad_rpc_input_keeps_the_app_running():
+    """Unknown base, claimed base, duplicate name, deleting open bdevs: errors,
+    and the app goes on serving."""
+    wd = workdir()
+    tgt = App(wd, SPDK_TGT, name="tgt")
+    try:
+        tgt.rpc("bdev_malloc_create", "-b", "Malloc0", 64, 4096)
+        tgt.rpc("bdev_malloc_create", "-b", "Malloc1", 64, 4096)
+        expect_error(ENODEV, tgt.sock, "bdev_ilog_create", "-b", "NoSuchBdev", "-p", "ilog0")
+        assert tgt.rpc("bdev_ilog_create", "-b", "Malloc0", "-p", "ilog0") == "ilog0"
+        expect_error(EBUSY, tgt.sock, "bdev_ilog_create", "-b", "Malloc0", "-p", "ilog1")
+        expect_error(EEXIST, tgt.sock, "bdev_ilog_create", "-b", "Malloc1", "-p", "ilog0")
+        expect_error(EEXIST, tgt.sock, "bdev_ilog_create", "-b", "Malloc1", "-p", "Malloc0")
+        expect_error(-32602, tgt.sock, "bdev_ilog_snapshot", "")
+        expect_error(ENODEV, tgt.sock, "bdev_ilog_snapshot", "nope")
+        tgt.rpc("bdev_ilog_snapshot", "ilog0", "-n", "s1")
+        expect_error(EEXIST, tgt.sock, "bdev_ilog_snapshot", "ilog0", "-n", "s1")
+        expect_error(ENOENT, tgt.sock, "bdev_ilog_delete_volume", "ilog0", "nope")
+        # An open descriptor (a passthru bdev on top) blocks deletion.
+        tgt.rpc("bdev_passthru_create", "-b", "ilog0", "-p", "pt0")
+        expect_error(EBUSY, tgt.sock, "bdev_ilog_delete", "ilog0")
+        tgt.rpc("bdev_passthru_create", "-b", "ilog0@s1", "-p", "pt1")
+        expect_error(EBUSY, tgt.sock, "bdev_ilog_delete_volume", "ilog0", "s1")
+        tgt.rpc("bdev_passthru_delete", "pt0")
+        expect_error(EBUSY, tgt.sock, "bdev_ilog_delete", "ilog0")
+        tgt.rpc("bdev_passthru_delete", "pt1")
+        # PyPI's client (scripts/install-deps.sh installs it) takes the same plugin.
+        spdk_rpc = shutil.which("spdk-rpc")
+        if spdk_rpc:
+            pypi_env = dict(env(preload=False), PYTHONPATH=os.path.join(REPO, "scripts"))  # not SPDK's own python/
+            p = subprocess.run([spdk_rpc, "-s", tgt.sock, "--plugin", "rpc_ilog", "bdev_ilog_get_volumes", "ilog0"],
+                               env=pypi_env, capture_output=True, text=True, timeout=60)
+            assert p.returncode == 0 and json.loads(p.stdout)[0]["bdev"] == "ilog0@s1", p.stdout + p.stderr
+        else:
+            print("note: spdk-rpc (PyPI) not installed: checked with SPDK's rpc.py only")
+        stats = tgt.rpc("bdev_ilog_get_stats", "ilog0")
+        assert stats["volumes"] == 1 and stats["block_size"] == 4096, stats
+        log = tgt.rpc("bdev_ilog_log_read", "ilog0", "-n", 16)
+        assert "entries" in log and "next_cursor" in log, log
+        r = tgt.rpc("bdev_ilog_delete_volume", "ilog0", "s1")
+        assert r is None, r  # rpc.py prints nothing for a successful delete
+        names = {b["name"] for b in tgt.rpc("bdev_get_bdevs")}
+        assert "ilog0@s1" not in names, names
+        r = tgt.rpc("bdev_ilog_delete", "ilog0")
+        assert r is None, r  # rpc.py prints nothing for a successful delete
+        expect_error(ENODEV, tgt.sock, "bdev_ilog_delete", "ilog0")
+        # The base is free again, and re-opens with its contents.
+        assert tgt.rpc("bdev_ilog_create", "-b", "Malloc0", "-p", "ilog0") == "ilog0"
+        tgt.rpc("bdev_ilog_snapshot", "ilog0", "-n", "s2")
+        # Hot-remove of the base: ilog and its volumes go away cleanly.
+        tgt.rpc("bdev_malloc_delete", "Malloc0")
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            names = {b["name"] for b in tgt.rpc("bdev_get_bdevs")}
+            if not names & {"ilog0", "ilog0@s2", "Malloc0"}:
+                break
+            time.sleep(0.2)
+        assert not names & {"ilog0", "ilog0@s2", "Malloc0"}, names
+        r = tgt.rpc("bdev_ilog_get_bdevs")
+        assert r == [], r
+        assert tgt.alive()
+        tgt.rpc("spdk_get_version")
+    except BaseException:
+        print(tgt.tail(), file=sys.stderr)
+        tgt.kill()
+        raise
+    tgt.stop()
+
+
+def test_nvme_tcp_base_and_export():
+    """ilog on an NVMe/TCP namespace (exported by a second SPDK process from
+    a malloc bdev), itself exported over NVMe/TCP and verified by bdevperf
+    through SPDK's NVMe/TCP initiator."""
+    wd = workdir()
+    far = App(wd, NVMF_TGT, preload=False, name="far")
+    near = None
+    try:
+        far.rpc("nvmf_create_transport", "-t", "TCP")
+        far.rpc("bdev_malloc_create", "-b", "Malloc0", 256, 4096)
+        far.rpc("nvmf_create_subsystem", "nqn.2016-06.io.spdk:far", "-a", "-s", "FAR001")
+        far.rpc("nvmf_subsystem_add_ns", "nqn.2016-06.io.spdk:far", "Malloc0")
+        far.rpc("nvmf_subsystem_add_listener", "nqn.2016-06.io.spdk:far", "-t", "tcp", "-a", "127.0.0.1", "-s", 4430)
+
+        near = App(wd, SPDK_TGT, name="near")
+        near.rpc("bdev_nvme_attach_controller", "-b", "Nvme0", "-t", "tcp", "-a", "127.0.0.1", "-s", 4430, "-f", "ipv4",
+                 "-n", "nqn.2016-06.io.spdk:far")
+        assert near.rpc("bdev_ilog_create", "-b", "Nvme0n1", "-p", "ilog0", "--log-percent", 80) == "ilog0"
+        near.rpc("nvmf_create_transport", "-t", "TCP")
+        near.rpc("nvmf_create_subsystem", "nqn.2016-06.io.spdk:ilog", "-a", "-s", "ILOG001")
+        near.rpc("nvmf_subsystem_add_ns", "nqn.2016-06.io.spdk:ilog", "ilog0")
+        near.rpc("nvmf_subsystem_add_listener", "nqn.2016-06.io.spdk:ilog", "-t", "tcp", "-a", "127.0.0.1", "-s", 4431)
+
+        initiator = write_config(wd, "initiator.json", [
+            {"method": "bdev_nvme_attach_controller", "params": {
+                "name": "Ilog", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": "4431",
+                "subnqn": "nqn.2016-06.io.spdk:ilog"}},
+            {"method": "bdev_wait_for_examine"},
+        ])
+        out = run_app(wd, BDEVPERF, "--json", initiator, "-q", 16, "-o", 4096, "-w", "verify", "-t", 2,
+                      name="initiator")
+        iops, fails = bdevperf_total(out)
+        assert iops > 0 and fails == 0.0, out[-2000:]
+        # The volume is in use by the export: deleting ilog0 must be refused.
+        expect_error(EBUSY, near.sock, "bdev_ilog_delete", "ilog0")
+        near.rpc("bdev_ilog_snapshot", "ilog0", "-n", "over-tcp")
+        near.stop()
+        near = None
+        far.stop()
+        far = None
+    finally:
+        for app in (near, far):
+            if app is not None:
+                print(app.tail(), file=sys.stderr)
+                app.kill()
+
+
+def test_two_cores_split_forward_and_complete_on_the_submitter():
+    """Two cores, both submitting (-C), stripes of 8 KiB and I/Os of 32 KiB:
+    every I/O is split across both shards, pieces are forwarded between the
+    shard threads, and each completes on the thread that submitted it."""
+    wd = workdir()
+    cfg = write_config(wd, "two.json", [
+        {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 524288, "block_size": 4096}},
+        {"method": "bdev_ilog_create",
+         "params": {"name": "ilog0", "base_bdev_name": "Malloc0", "stripe_size_kib": 8, "log_percent": 90}},
+        {"method": "bdev_wait_for_examine"},
+    ])
+    out = run_app(wd, BDEVPERF, "--json", cfg, "-T", "ilog0", "-C", "-q", 8, "-o", 32768, "-w", "verify", "-t", 1,
+                  "-U", mem=3072, cores="0x3", name="two")
+    iops, fails = bdevperf_total(out)
+    assert iops > 0 and fails == 0.0, out[-3000:]
+    assert "ilog: 2 shard reactor threads" in out, out[-3000:]
+
+
+TESTS = [test_snapshots_under_verify_and_reload, test_two_cores_split_forward_and_complete_on_the_submitter, test_bad_rpc_input_keeps_the_app_running, test_nvme_tcp_base_and_export]
+
+
+def main():
+    wanted = sys.argv[1:]
+    failed = []
+    for t in TESTS:
+        if wanted and t.__name__ not in wanted:
+            continue
+        start = time.time()
+        try:
+            t()
+            print(f"ok   {t.__name__} ({time.time() - start:.1f}s)", flush=True)
+        except Exception as e:  # noqa: BLE001 - report every test
+            failed.append(t.__name__)
+            print(f"FAIL {t.__name__}: {e}", flush=True)
+        finally:
+            kill_all()
+    if failed:
+        print(f"{len(failed)} SPDK test(s) failed: {', '.join(failed)}")
+        sys.exit(1)
+    print("all SPDK integration tests passed")
+
+
+if __name__ == "__main__":
+    main()
