@@ -228,7 +228,9 @@ fn snapshots_taken_through_rpc_read_back_exactly_over_nbd() {
     let log = tgt.ok(&["bdev_ilog_log_read", "ilog0", "-n", "1000"]);
     let entries = log["entries"].as_array().unwrap();
     assert!(!entries.is_empty() && entries.windows(2).all(|w| w[0]["sequence"].as_u64() < w[1]["sequence"].as_u64()));
-    assert_eq!(entries[0]["volume_id"], json!("first"));
+    // The cleaner may have moved first's entries to newer segments (this
+    // log has only 8): log order is segment order, not partition order.
+    assert!(entries.iter().any(|e| e["volume_id"] == json!("first")), "first's entries are in the log");
 
     // A volume in use cannot be deleted; once unexported it can.
     assert!(tgt.rpc(&["bdev_ilog_delete_volume", "ilog0", "first"]).is_err());
