@@ -17,6 +17,9 @@
 //! overlapping writes in flight, so the expected content is deterministic.
 //! Set `ILOG_SPACE_SEED` to replay one seed.
 
+mod common;
+
+use common::blocks::{decode, fill, tag_of, Seen, Tag};
 use ilog_bdev::device::{BlockDevice, MallocDevice};
 use ilog_bdev::engine::{Reply, Request, Stats, View};
 use ilog_bdev::format::FormatOptions;
@@ -71,46 +74,6 @@ impl fmt::Display for Ctx {
 
 // ---- block contents ---------------------------------------------------------
 
-/// A write's identity; 0 stands for zeros (never written).
-type Tag = u64;
-
-fn word(lba: u64, tag: Tag, i: usize) -> u64 {
-    (tag ^ lba.rotate_left(29) ^ (i as u64).rotate_left(47)).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(23)
-}
-
-/// Block `lba` as write `tag` wrote it: the LBA, the tag, then words of both.
-fn fill(block: &mut [u8], lba: u64, tag: Tag) {
-    for (i, w) in block.chunks_exact_mut(8).enumerate() {
-        let v = match i {
-            0 => lba,
-            1 => tag,
-            _ => word(lba, tag, i),
-        };
-        w.copy_from_slice(&v.to_le_bytes());
-    }
-}
-
-/// The tag a block read back at `lba` holds, or a description of garbage.
-fn decode(block: &[u8], lba: u64) -> Result<Tag, String> {
-    let w = |i: usize| u64::from_le_bytes(block[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-    if block.iter().all(|&b| b == 0) {
-        return Ok(0);
-    }
-    let tag = w(1);
-    match (0..block.len() / 8).find(|&i| match i {
-        0 => w(0) != lba,
-        1 => tag == 0,
-        _ => w(i) != word(lba, tag, i),
-    }) {
-        None => Ok(tag),
-        Some(bad) => Err(format!("garbage (claims lba {} tag {tag:#x}, word {bad} wrong)", w(0))),
-    }
-}
-
-fn tag_of(thread: usize, n: u64) -> Tag {
-    ((thread as u64 + 1) << 56) | n
-}
-
 fn write_buf(lba: u64, blocks: u64, tag: Tag) -> Vec<u8> {
     let mut buf = vec![0; blocks as usize * BS];
     for (i, block) in buf.chunks_exact_mut(BS).enumerate() {
@@ -134,7 +97,7 @@ fn check_range(ilog: &Ilog, ctx: &Ctx, what: &str, view: Option<&str>, lba: u64,
         .unwrap_or_else(|e| panic!("{ctx} {what}: read {} blocks at {at}: {e}", exp.len()));
         for (i, (block, &e)) in buf.chunks_exact(BS).zip(exp).enumerate() {
             let got = decode(block, at + i as u64);
-            assert_eq!(got, Ok(e), "{ctx} {what}: block {} (view {view:?})", at + i as u64);
+            assert_eq!(got, Seen::Tag(e), "{ctx} {what}: block {} (view {view:?})", at + i as u64);
         }
     }
 }
