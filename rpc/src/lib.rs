@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod ilog;
+pub mod jobs;
 pub mod server;
 #[cfg(feature = "spdk")]
 pub mod spdk;

@@ -7,6 +7,7 @@
 //! by `trampolines!`, that names the method to [`dispatch`].
 
 use crate::ilog::{self as methods, Command, IlogBdevInfo};
+use crate::jobs::Jobs;
 use crate::RpcError;
 use ilog_bdev::engine::{Reply, Request};
 use ilog_bdev::spdk::{self as module, SpdkError};
@@ -237,37 +238,6 @@ fn execute(cmd: Command, r: Responder) {
         Command::Event { name, event } => {
             engine_call(name, Request::Event { name: event }, r, |_, _| methods::done_result())
         }
-    }
-}
-
-/// Background compactions (`bdev_ilog_compact` with `background`), by id.
-#[derive(Default)]
-struct Jobs {
-    next: u64,
-    /// (ilog bdev, state): "running", "done", or "failed: <why>".
-    all: std::collections::BTreeMap<u64, (String, String)>,
-}
-
-impl Jobs {
-    fn start(&mut self, bdev: &str) -> u64 {
-        self.next += 1;
-        self.all.insert(self.next, (bdev.to_owned(), "running".into()));
-        self.next
-    }
-
-    fn finish(&mut self, id: u64, state: String) {
-        if let Some(job) = self.all.get_mut(&id) {
-            job.1 = state;
-        }
-    }
-
-    fn forget(&mut self, id: u64) {
-        self.all.remove(&id);
-    }
-
-    fn of(&self, bdev: &str) -> Value {
-        let mine = self.all.iter().filter(|(_, (b, _))| b == bdev);
-        Value::Array(mine.map(|(id, (_, state))| serde_json::json!({"job": id, "state": state})).collect())
     }
 }
 

@@ -10,6 +10,7 @@ use ilog_bdev::engine::{Request, View};
 use ilog_bdev::runtime::native::{Callback, Ilog, Reactors};
 use ilog_bdev::Error;
 use ilog_rpc::ilog::{self as methods, Command, CreateParams, IlogBdevInfo};
+use ilog_rpc::jobs::Jobs;
 use ilog_rpc::{Handler, RpcError};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -75,14 +76,6 @@ pub struct Target {
     reactors: Arc<Reactors>,
     state: Mutex<State>,
     jobs: Arc<Mutex<Jobs>>,
-}
-
-/// Background compactions (`bdev_ilog_compact` with `background`), by id.
-#[derive(Default)]
-struct Jobs {
-    next: u64,
-    /// (ilog bdev, state): "running", "done", or "failed: <why>".
-    all: BTreeMap<u64, (String, String)>,
 }
 
 fn params<T: for<'de> Deserialize<'de>>(params: Option<Value>) -> Result<T, RpcError> {
@@ -410,14 +403,7 @@ impl Target {
             Command::GetStats { name } => {
                 let ilog = self.ilog(&self.lock(), &name)?;
                 let mut stats = methods::stats_result(&name, &ilog.stats()?);
-                let jobs = self.jobs.lock().expect("job table");
-                let mine: Vec<Value> = jobs
-                    .all
-                    .iter()
-                    .filter(|(_, (bdev, _))| *bdev == name)
-                    .map(|(id, (_, state))| json!({"job": id, "state": state}))
-                    .collect();
-                stats["jobs"] = Value::Array(mine);
+                stats["jobs"] = self.jobs.lock().expect("job table").of(&name);
                 Ok(stats)
             }
             Command::Compact { name, volume, mode, background } => {
@@ -426,13 +412,7 @@ impl Target {
                     ilog.compact(volume.as_deref(), mode)?;
                     return Ok(methods::compact_result(None));
                 }
-                let id = {
-                    let mut jobs = self.jobs.lock().expect("job table");
-                    jobs.next += 1;
-                    let id = jobs.next;
-                    jobs.all.insert(id, (name.clone(), "running".into()));
-                    id
-                };
+                let id = self.jobs.lock().expect("job table").start(&name);
                 let table = self.jobs.clone();
                 let req = Request::Compact { volume, mode };
                 let done: Callback = Box::new(move |result| {
@@ -441,10 +421,10 @@ impl Target {
                         Err(e) => format!("failed: {e}"),
                     };
                     log::info!("compaction job {id}: {state}");
-                    table.lock().expect("job table").all.insert(id, (name, state));
+                    table.lock().expect("job table").finish(id, state);
                 });
                 if let Err(refused) = ilog.submit(None, req, done) {
-                    self.jobs.lock().expect("job table").all.remove(&id);
+                    self.jobs.lock().expect("job table").forget(id);
                     return Err(refused.error.into());
                 }
                 Ok(methods::compact_result(Some(id)))
