@@ -344,13 +344,11 @@ fn overwrite_run(cores: u32, seed: u64) {
 }
 
 #[test]
-#[ignore = "open (issue 3): on 1 core with 64-block segments the cleaner does not keep up at 70 % live: ENOSPC after 2-7x the log's capacity"]
 fn overwrite_10x_capacity_one_core() {
     overwrite_run(1, seed_or(0x5ace_0001));
 }
 
 #[test]
-#[ignore = "open (issue 3): the cleaner does not yet keep up reliably at this live ratio: intermittent ENOSPC or a stall"]
 fn overwrite_10x_capacity_two_cores() {
     overwrite_run(2, seed_or(0x5ace_0002));
 }
@@ -360,7 +358,6 @@ fn overwrite_10x_capacity_two_cores() {
 /// deleted (merged) once a newer one exists. Current image plus one volume
 /// stay within 70 % of the log.
 #[test]
-#[ignore = "open (issue 3): the cleaner does not yet keep up reliably at this live ratio: intermittent ENOSPC or a stall"]
 fn snapshots_during_overwrites() {
     let _ = env_logger::builder().is_test(true).try_init();
     let seed = seed_or(0x5ace_0003);

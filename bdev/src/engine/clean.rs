@@ -58,6 +58,10 @@ pub(super) struct CleanJob {
     /// which moves the bound on. Free segments are bounded, so is the job.
     start_seq: u64,
     best_free: usize,
+    /// Free segments, and segments client writes had opened, when the job
+    /// started: what tells whether it gained room for writes.
+    start_free: usize,
+    write_segments_at_start: u64,
     /// Segments freed by this job.
     pub reclaimed: u32,
     pub error: Option<Error>,
@@ -77,6 +81,8 @@ impl CleanJob {
             open_moves: false,
             start_seq: 0,
             best_free: 0,
+            start_free: 0,
+            write_segments_at_start: 0,
             reclaimed: 0,
             error: None,
         }
@@ -149,9 +155,12 @@ impl Shard {
             self.shared.counters.compactions.fetch_add(1, Relaxed);
             let next_seq = self.shared.next_seq.load(Relaxed);
             let free = self.shared.free_segments.len();
+            let write_segments = self.shared.counters.write_segments.load(Relaxed);
             let job = self.job();
             job.start_seq = next_seq;
             job.best_free = free;
+            job.start_free = free;
+            job.write_segments_at_start = write_segments;
             let target = job.target;
             if target != CleanTarget::Reclaim {
                 let victims = self.candidates(target);
@@ -312,10 +321,17 @@ impl Shard {
         let room = free > self.shared.reserve();
         log::info!("cleaner {:?} done: {} segment(s) freed, {free} free", job.target, job.reclaimed);
         if job.target == CleanTarget::Reclaim {
-            // Reclaiming must gain room: moving live data around without a
-            // net gain would only starve writes for ever.
+            // Writes waiting for space may have taken what the job freed as
+            // fast as it freed it: a job that gained room for them (more
+            // free segments, counting those writes took) hands over to a
+            // fresh one, with the segments written meanwhile as candidates.
+            // Moving live data around without a net gain would only starve
+            // writes for ever.
+            let taken = self.shared.counters.write_segments.load(Relaxed) - job.write_segments_at_start;
             let state = if room {
                 SpaceState::Ok
+            } else if free as u64 + taken > job.start_free as u64 {
+                SpaceState::Wanted
             } else {
                 log::warn!("cleaner: nothing left to reclaim; writes needing space fail with ENOSPC");
                 SpaceState::Exhausted

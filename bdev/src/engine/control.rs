@@ -364,10 +364,12 @@ impl Shard {
         if self.ctl().current.is_some() {
             return;
         }
-        if self.ctl().queue.is_empty() {
+        // A closed bdev starts no background work: cores detach once idle.
+        let open = !self.shared.closed.load(Ordering::Acquire);
+        if open && self.ctl().queue.is_empty() {
             self.policy_tick();
         }
-        if self.ctl().queue.is_empty() && self.shared.space_state() == SpaceState::Wanted {
+        if open && self.ctl().queue.is_empty() && self.shared.space_state() == SpaceState::Wanted {
             log::info!("log full: reclaiming space");
             let q = Queued { origin: self.core, reply: ReplyTo::Nobody, op: Op::Clean(CleanTarget::Reclaim) };
             self.ctl().queue.push_back(q);

@@ -874,6 +874,9 @@ impl Shard {
         // Out of segments, nothing frees one while this write waits (for a
         // move, the cleaner's commit waits for it).
         let Some(segno) = self.shared.free_segments.pop() else { return Err(Error::NoSpace) };
+        if !reserve_ok {
+            Counters::add(&self.shared.counters.write_segments, 1);
+        }
         let seq = self.shared.alloc_seq();
         self.partition_of[segno as usize] = partition;
         let max_groups = (geo.segment_blocks / 2) as usize;

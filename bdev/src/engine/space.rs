@@ -48,6 +48,9 @@ pub(crate) struct Counters {
     pub compactions: AtomicU64,
     pub moved_blocks: AtomicU64,
     pub segments_freed: AtomicU64,
+    /// Segments opened for client writes (the cleaner's measure of room
+    /// taken while it works).
+    pub write_segments: AtomicU64,
     pub policy_actions: AtomicU64,
 }
 
