@@ -147,8 +147,10 @@ impl Harness {
     fn new(seed: u64) -> Harness {
         let mut rng = Rng::new(seed);
         let bs = if rng.below(4) == 0 { 4096 } else { 512 };
-        let stripe_blocks = [4u64, 8, 16][rng.below(3) as usize];
-        let segment_blocks = stripe_blocks + 3 + rng.below(3 * stripe_blocks);
+        // Stripes of 64 small blocks: entries longer than the cleaner's
+        // move runs, which it splits.
+        let stripe_blocks = [4u64, 8, 16, 64][rng.below(if bs == 512 { 4 } else { 3 }) as usize];
+        let segment_blocks = stripe_blocks + 3 + rng.below(3 * stripe_blocks.min(16));
         let device_blocks = if bs == 512 { 6000 } else { 2000 };
         let opts = FormatOptions {
             stripe_bytes: stripe_blocks * bs as u64,
@@ -225,7 +227,9 @@ impl Harness {
     }
 
     fn random_range(&mut self) -> (u64, u32) {
-        let n = 1 + self.rng.below(20) as u32;
+        // Now and then a long one: entries longer than a cleaner's move run.
+        let longest = if self.rng.below(8) == 0 { 80 } else { 20 };
+        let n = 1 + self.rng.below(longest) as u32;
         let lba = self.rng.below(self.volume_blocks - u64::from(n) + 1);
         (lba, n)
     }

@@ -24,6 +24,13 @@ use crate::format::{EntryKind, SummaryEntry};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 
+/// Longest run read and moved at once (128 KiB of 4 KiB blocks): the size of
+/// a cleaner buffer.
+pub(super) const MOVE_RUN_BLOCKS: u32 = 32;
+/// Blocks a core reads or moves for the cleaner per poll: what bounds the
+/// delay moves add to client I/O on the same core.
+const MOVE_BLOCKS_PER_POLL: u32 = 64;
+
 /// A run of consecutive blocks of one victim entry: `addr` is the first
 /// block's address, or `ZERO` for a zero entry.
 #[derive(Clone, Copy, Default)]
@@ -60,14 +67,19 @@ impl Evacuation {
         entries: &[SummaryEntry],
         base: LogAddr,
     ) -> Self {
-        let todo = entries
-            .iter()
-            .filter_map(|e| match e.kind {
-                EntryKind::Data => Some((Run { lba: e.lba, addr: base + e.data_offset, blocks: e.blocks }, 0)),
-                EntryKind::Zero => Some((Run { lba: e.lba, addr: ZERO, blocks: e.blocks }, 0)),
-                EntryKind::Hole => None,
-            })
-            .collect();
+        let mut todo = VecDeque::new();
+        for e in entries {
+            let addr = match e.kind {
+                EntryKind::Data => base + e.data_offset,
+                EntryKind::Zero => ZERO,
+                EntryKind::Hole => continue,
+            };
+            for off in (0..e.blocks).step_by(MOVE_RUN_BLOCKS as usize) {
+                let run = Run { lba: e.lba, addr, blocks: e.blocks }.block(off);
+                let blocks = (e.blocks - off).min(MOVE_RUN_BLOCKS);
+                todo.push_back((Run { lba: run.0, addr: run.1, blocks }, 0));
+            }
+        }
         Evacuation {
             job,
             segno,
@@ -192,7 +204,12 @@ impl Shard {
             return 0;
         }
         let mut work = 0;
+        let mut spent = 0;
         while let Some(&(buf, run, from)) = self.evac.as_ref().and_then(|e| e.ready.front()) {
+            if spent >= MOVE_BLOCKS_PER_POLL {
+                return work.max(1);
+            }
+            spent += run.blocks - from;
             // Checked now: a client may have rewritten blocks during the read.
             let next = self.append_run(&run, from, Some(buf));
             if next < run.blocks {
@@ -204,6 +221,9 @@ impl Shard {
             work += 1;
         }
         while let Some(&(run, from)) = self.evac.as_ref().and_then(|e| e.todo.front()) {
+            if spent >= MOVE_BLOCKS_PER_POLL {
+                return work.max(1);
+            }
             if run.addr == ZERO {
                 let next = self.append_run(&run, from, None);
                 if next < run.blocks {
@@ -223,6 +243,7 @@ impl Shard {
                     self.evac.as_mut().expect("running").inflight += 1;
                     let block = self.shared.geo.log_start + u64::from(run.addr);
                     let ptr = self.gc_bufs[buf as usize].as_mut_ptr();
+                    spent += run.blocks;
                     let tag = TAG_GC_READ | u64::from(buf);
                     self.dev_submit(DevRequest { op: DevOp::Read, block, nblocks: run.blocks, buf: ptr, tag });
                 }

@@ -12,7 +12,7 @@
 //! (flush, snapshot, close), which also flush the device.
 
 use super::addr::{LogAddr, ZERO};
-use super::evacuate::{Evacuation, Run};
+use super::evacuate::{Evacuation, Run, MOVE_RUN_BLOCKS};
 use super::fold::Fold;
 use super::index::BlockIndex;
 use super::partition::Partitions;
@@ -43,7 +43,7 @@ const TAG_FLUSH: u64 = 4 << 56;
 pub(super) const TAG_CONTROL: u64 = 5 << 56;
 pub(super) const TAG_GC_READ: u64 = 6 << 56;
 pub(super) const TAG_FOLD: u64 = 7 << 56;
-/// Cleaner buffers per core, each for one run (at most a stripe).
+/// Cleaner buffers per core, each for one run (`MOVE_RUN_BLOCKS`).
 const GC_BUFS: usize = 8;
 const TAG_KIND: u64 = 0xff << 56;
 
@@ -342,7 +342,7 @@ impl Shard {
             ctl: None,
             evac: None,
             fold: None,
-            gc_bufs: (0..GC_BUFS).map(|_| DmaBuf::new(bs * shared.geo.stripe_blocks as usize, bs)).collect(),
+            gc_bufs: (0..GC_BUFS).map(|_| DmaBuf::new(bs * MOVE_RUN_BLOCKS as usize, bs)).collect(),
             gc_free: (0..GC_BUFS as u16).collect(),
             gc_pending: vec![Run::default(); GC_BUFS],
             gc_refs: vec![0; GC_BUFS],
