@@ -2,25 +2,51 @@
 //! as of a snapshot volume finds the newest version at or below the
 //! volume's partition.
 //!
-//! The open partition is an append-only list (a push per block written);
-//! sealing sorts it by LBA and keeps the last entry of each block, giving a
-//! frozen table searched by bisection.
+//! A table maps each block a partition holds to its newest version there.
+//! The open partition's table takes a block per retired write (a rewrite
+//! replaces the entry, so it grows with the blocks written, not with the
+//! writes); sealing it freezes it as it is, in constant time: a snapshot
+//! does no per-block work on the I/O path.
 
 use super::addr::{LogAddr, ZERO};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
+
+/// Hashes a block number with one multiplication: keys are small integers,
+/// not attacker-chosen strings, and the table is on the write path.
+#[derive(Default)]
+pub struct BlockHasher(u64);
+
+impl Hasher for BlockHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u32(u32::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0.rotate_left(5) ^ u64::from(n)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+/// A partition's blocks: local block number to the newest version's address.
+pub type Table = HashMap<u32, LogAddr, BuildHasherDefault<BlockHasher>>;
 
 pub struct Partitions {
     open_partition: u32,
-    /// `lba << 32 | addr` words in append order (lba local to the core).
-    open: Vec<u64>,
-    /// (partition, sorted words), ascending by partition.
-    sealed: Vec<(u32, Vec<u64>)>,
+    open: Table,
+    /// (partition, table), ascending by partition.
+    sealed: Vec<(u32, Table)>,
 }
 
 impl Partitions {
     pub fn new(open_partition: u32) -> Partitions {
-        Partitions { open_partition, open: Vec::new(), sealed: Vec::new() }
+        Partitions { open_partition, open: Table::default(), sealed: Vec::new() }
     }
 
     /// Records a retired entry. Entries retire in log order, so a newer
@@ -29,7 +55,7 @@ impl Partitions {
         if partition != self.open_partition {
             self.seal_up_to(partition);
         }
-        self.open.push(u64::from(local) << 32 | u64::from(addr));
+        self.open.insert(local, addr);
     }
 
     /// Freezes the open partition if `partition` is newer, opening `partition`.
@@ -38,22 +64,14 @@ impl Partitions {
             return;
         }
         if !self.open.is_empty() {
-            let mut words = std::mem::take(&mut self.open);
-            words.sort_by_key(|w| w >> 32); // stable: equal LBAs stay in log order
-            let mut frozen: Vec<u64> = Vec::with_capacity(words.len());
-            for w in words {
-                match frozen.last_mut() {
-                    Some(last) if *last >> 32 == w >> 32 => *last = w,
-                    _ => frozen.push(w),
-                }
-            }
+            let frozen = std::mem::take(&mut self.open);
             self.sealed.push((self.open_partition, frozen));
         }
         self.open_partition = partition;
     }
 
-    /// Sealed partitions, ascending, with their sorted `lba << 32 | addr` words.
-    pub fn sealed(&self) -> &[(u32, Vec<u64>)] {
+    /// Sealed partitions, ascending, with their tables.
+    pub fn sealed(&self) -> &[(u32, Table)] {
         &self.sealed
     }
 
@@ -62,11 +80,14 @@ impl Partitions {
         self.sealed.retain(|(q, _)| *q > p);
     }
 
+    fn table(&self, p: u32) -> Option<&Table> {
+        let i = self.sealed.binary_search_by_key(&p, |(q, _)| *q).ok()?;
+        Some(&self.sealed[i].1)
+    }
+
     /// `local`'s newest version within sealed partition `p` exactly.
     pub fn lookup_in(&self, p: u32, local: u32) -> Option<LogAddr> {
-        let i = self.sealed.binary_search_by_key(&p, |(q, _)| *q).ok()?;
-        let words = &self.sealed[i].1;
-        words.binary_search_by_key(&local, |w| (w >> 32) as u32).ok().map(|j| words[j] as u32)
+        self.table(p)?.get(&local).copied()
     }
 
     /// Applies the cleaner's moves out of partition `from` into `to` (see
@@ -74,52 +95,35 @@ impl Partitions {
     pub fn relocate(&mut self, from: u32, to: u32, moves: &[(u32, LogAddr, LogAddr)], victim: Option<Range<LogAddr>>) {
         let moved: HashSet<(u32, LogAddr)> =
             moves.iter().filter(|m| m.1 != ZERO).map(|&(lba, src, _)| (lba, src)).collect();
-        let keep = |w: &u64| {
-            let (lba, addr) = ((w >> 32) as u32, *w as u32);
-            !victim.as_ref().is_some_and(|v| v.contains(&addr)) && !moved.contains(&(lba, addr))
+        let keep = |lba: &u32, addr: &mut LogAddr| {
+            !victim.as_ref().is_some_and(|v| v.contains(addr)) && !moved.contains(&(*lba, *addr))
         };
         if from == self.open_partition {
             self.open.retain(keep);
         } else if let Ok(i) = self.sealed.binary_search_by_key(&from, |(q, _)| *q) {
             self.sealed[i].1.retain(keep);
         }
-        let mut inserts: Vec<u64> = moves
+        let mut inserts = moves
             .iter()
             .filter(|m| m.1 == ZERO || m.2 != ZERO)
-            .map(|&(lba, src, dst)| u64::from(lba) << 32 | u64::from(if src == ZERO { ZERO } else { dst }))
-            .collect();
-        if inserts.is_empty() || to == self.open_partition {
+            .map(|&(lba, src, dst)| (lba, if src == ZERO { ZERO } else { dst }))
+            .peekable();
+        if inserts.peek().is_none() || to == self.open_partition {
             return;
         }
         let i = match self.sealed.binary_search_by_key(&to, |(q, _)| *q) {
             Ok(i) => i,
             Err(i) => {
-                self.sealed.insert(i, (to, Vec::new()));
+                self.sealed.insert(i, (to, Table::default()));
                 i
             }
         };
         // A move enters a partition only where it holds no version of the
         // LBA; should one be there, it wins.
-        inserts.sort_by_key(|w| w >> 32);
-        inserts.dedup_by_key(|w| *w >> 32);
-        let old = std::mem::take(&mut self.sealed[i].1);
-        let mut merged = Vec::with_capacity(old.len() + inserts.len());
-        let (mut a, mut b) = (old.into_iter().peekable(), inserts.into_iter().peekable());
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (None, None) => break,
-                (Some(_), None) => a.next(),
-                (None, Some(_)) => b.next(),
-                (Some(x), Some(y)) if x >> 32 == y >> 32 => {
-                    b.next();
-                    a.next()
-                }
-                (Some(x), Some(y)) if x >> 32 < y >> 32 => a.next(),
-                _ => b.next(),
-            };
-            merged.push(next.expect("peeked"));
+        let table = &mut self.sealed[i].1;
+        for (lba, addr) in inserts {
+            table.entry(lba).or_insert(addr);
         }
-        self.sealed[i].1 = merged;
     }
 
     /// The first sealed partition in `(after, upto]` holding `local`.
@@ -127,16 +131,14 @@ impl Partitions {
         self.sealed
             .iter()
             .filter(|(p, _)| *p > after && *p <= upto)
-            .find(|(_, words)| words.binary_search_by_key(&local, |w| (w >> 32) as u32).is_ok())
+            .find(|(_, table)| table.contains_key(&local))
             .map(|(p, _)| *p)
     }
 
     /// The newest version of `local` in a sealed partition at or below
     /// `partition`.
     pub fn lookup_as_of(&self, local: u32, partition: u32) -> Option<LogAddr> {
-        self.sealed.iter().rev().filter(|(p, _)| *p <= partition).find_map(|(_, words)| {
-            words.binary_search_by_key(&local, |w| (w >> 32) as u32).ok().map(|i| words[i] as u32)
-        })
+        self.sealed.iter().rev().filter(|(p, _)| *p <= partition).find_map(|(_, table)| table.get(&local).copied())
     }
 }
 

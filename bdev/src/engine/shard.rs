@@ -1018,15 +1018,14 @@ impl Shard {
         let others: Vec<u32> = self.live_volumes.iter().copied().filter(|&x| x != v).collect();
         let lower = others.iter().rev().find(|&&x| x < v).copied().unwrap_or(0);
         let upper = others.iter().find(|&&x| x > v).copied();
-        for (p, words) in self.parts.sealed().iter().filter(|(p, _)| *p > lower && *p <= v) {
-            for w in words.iter() {
-                let (lba, addr) = (w >> 32, *w as u32);
-                if addr == ZERO || self.index.get(lba) == Some(addr) {
+        for (p, table) in self.parts.sealed().iter().filter(|(p, _)| *p > lower && *p <= v) {
+            for (&lba, &addr) in table {
+                if addr == ZERO || self.index.get(u64::from(lba)) == Some(addr) {
                     continue;
                 }
                 let newer = match upper {
-                    Some(u) => self.parts.next_holder(lba as u32, *p, u),
-                    None => Some(self.parts.next_holder(lba as u32, *p, u32::MAX).unwrap_or(self.open_partition)),
+                    Some(u) => self.parts.next_holder(lba, *p, u),
+                    None => Some(self.parts.next_holder(lba, *p, u32::MAX).unwrap_or(self.open_partition)),
                 };
                 if newer.is_some_and(|n| n > v) {
                     let pinned = &self.shared.segment_of(addr).pinned;

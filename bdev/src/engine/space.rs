@@ -86,13 +86,12 @@ pub(crate) fn count_live<'a>(
                 counts[seg(addr)].0 += 1;
             }
         });
-        for (p, words) in parts.sealed() {
-            for w in words.iter() {
-                let (lba, addr) = (w >> 32, *w as u32);
-                if addr == ZERO || index.get(lba) == Some(addr) {
+        for (p, table) in parts.sealed() {
+            for (&lba, &addr) in table {
+                if addr == ZERO || index.get(u64::from(lba)) == Some(addr) {
                     continue;
                 }
-                let newer = parts.next_holder(lba as u32, *p, u32::MAX).unwrap_or(open_partition);
+                let newer = parts.next_holder(lba, *p, u32::MAX).unwrap_or(open_partition);
                 if pinned_after_overwrite(*p, newer, &volumes) {
                     counts[seg(addr)].1 += 1;
                 }
