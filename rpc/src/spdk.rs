@@ -189,9 +189,9 @@ fn execute(cmd: Command, r: Responder) {
             }
         }
         Command::Snapshot { name, snapshot_name } => {
-            let bdev = name.clone();
-            module::snapshot(&name, snapshot_name, move |res| {
-                r.answer(res.map(|v| methods::snapshot_result(&bdev, &v)).map_err(rpc_error))
+            engine_call(name, Request::Snapshot { name: snapshot_name }, r, |bdev, reply| match reply {
+                Reply::Volume(v) => methods::snapshot_result(bdev, &v),
+                other => unreachable!("snapshot answered {other:?}"),
             })
         }
         Command::GetVolumes { name } => engine_call(name, Request::ListVolumes, r, |bdev, reply| match reply {
