@@ -250,3 +250,54 @@ fn baseline_compaction_by_request() {
     let err = b.call(Request::Compact { volume: None, mode: CompactMode::Baseline }).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "nothing left to fold: {err}");
 }
+
+#[test]
+fn the_volumes_generation_moves_with_every_change_of_the_table() {
+    let mut b = Bdev::new(8, 2);
+    let generation = |b: &Bdev| b.sim.submitter().volumes_generation();
+    let g = generation(&b);
+    b.call(Request::Snapshot { name: Some("a".into()) }).unwrap();
+    assert_eq!(generation(&b), g + 1, "a snapshot by request");
+    b.write(3, 1);
+    b.call(Request::Compact { volume: None, mode: CompactMode::InPlace }).unwrap();
+    b.call(Request::Flush).unwrap();
+    b.stats();
+    assert_eq!(generation(&b), g + 1, "nothing else changes the table");
+    b.set_policy(r#"{"events": {"on": {"backup-done": ["snapshot"]}}, "retention": {"keep_last": 1}}"#).unwrap();
+    b.call(Request::Event { name: "backup-done".into() }).unwrap();
+    b.wait(1, 1);
+    assert_eq!(b.names(), ["snap-1"]);
+    assert_eq!(generation(&b), g + 3, "the policy's snapshot, then its retention delete");
+}
+
+/// Lists the volumes after every simulator step while `req` runs: no list
+/// may show its change before `req` completes, every list after it must.
+fn listed_only_once_published(b: &mut Bdev, req: Request, name: &str, added: bool) {
+    b.sim.submit(0, 1, req).unwrap();
+    let (mut done, mut token) = (false, 2);
+    while !done {
+        b.sim.submit(1, token, Request::ListVolumes).unwrap();
+        token += 1;
+        b.sim.step(&mut |t, r| match r {
+            _ if t == 1 => done = true,
+            Ok(Reply::Volumes(_)) if done => {}
+            Ok(Reply::Volumes(vs)) => {
+                let listed = vs.iter().any(|v| v.name == name);
+                assert_eq!(listed, !added, "{name} listed before its change was published");
+            }
+            other => panic!("{other:?}"),
+        });
+    }
+    b.sim.run_until_idle(&mut |_, r| assert!(matches!(r, Ok(Reply::Volumes(_))), "{r:?}"));
+    assert_eq!(b.names().contains(&name.to_owned()), added);
+}
+
+#[test]
+fn volumes_are_listed_once_every_core_reads_by_them() {
+    for seed in 0..8 {
+        let mut b = Bdev::new(100 + seed, 2);
+        b.write(1, 1);
+        listed_only_once_published(&mut b, Request::Snapshot { name: Some("s".into()) }, "s", true);
+        listed_only_once_published(&mut b, Request::DeleteVolume { name: "s".into() }, "s", false);
+    }
+}

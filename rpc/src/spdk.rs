@@ -38,7 +38,15 @@ trampolines! {
     "bdev_ilog_delete_volume" => rpc_bdev_ilog_delete_volume,
     "bdev_ilog_log_read" => rpc_bdev_ilog_log_read,
     "bdev_ilog_get_stats" => rpc_bdev_ilog_get_stats,
+    "bdev_ilog_compact" => rpc_bdev_ilog_compact,
+    "bdev_ilog_set_policy" => rpc_bdev_ilog_set_policy,
+    "bdev_ilog_get_policy" => rpc_bdev_ilog_get_policy,
+    "bdev_ilog_event" => rpc_bdev_ilog_event,
 }
+
+// A method added to METHODS without a trampoline would be left out at run
+// time; catch it when building instead.
+const _: () = assert!(TRAMPOLINES.len() == methods::METHODS.len());
 
 /// Registers every method of [`methods::METHODS`] (what `SPDK_RPC_REGISTER`
 /// does); call once, at load time. A method without a trampoline is logged
@@ -181,9 +189,9 @@ fn execute(cmd: Command, r: Responder) {
             }
         }
         Command::Snapshot { name, snapshot_name } => {
-            let bdev = name.clone();
-            module::snapshot(&name, snapshot_name, move |res| {
-                r.answer(res.map(|v| methods::snapshot_result(&bdev, &v)).map_err(rpc_error))
+            engine_call(name, Request::Snapshot { name: snapshot_name }, r, |bdev, reply| match reply {
+                Reply::Volume(v) => methods::snapshot_result(bdev, &v),
+                other => unreachable!("snapshot answered {other:?}"),
             })
         }
         Command::GetVolumes { name } => engine_call(name, Request::ListVolumes, r, |bdev, reply| match reply {

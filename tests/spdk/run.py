@@ -22,13 +22,13 @@ NVMF_TGT = f"{SPDK}/build/bin/nvmf_tgt"
 SPDK_DD = f"{SPDK}/build/bin/spdk_dd"
 BDEVPERF = f"{SPDK}/build/examples/bdevperf"
 
-ENODEV, EBUSY, EEXIST, ENOENT = -19, -16, -17, -2
+ENODEV, EBUSY, EEXIST, ENOENT, EINVAL = -19, -16, -17, -2, -22
 
 
 def aio_config(path, extra=()):
     return [
         {"method": "bdev_aio_create", "params": {"name": "Aio0", "filename": path, "block_size": 4096}},
-        # A large log: writes fail with ENOSPC once it is full (no compaction yet).
+        # A large log: the verify run and its snapshots fit without waiting for the cleaner.
         {"method": "bdev_ilog_create", "params": {"name": "ilog0", "base_bdev_name": "Aio0", "log_percent": 95}},
         *extra,
         {"method": "bdev_wait_for_examine"},
@@ -48,6 +48,17 @@ def dd_write(wd, cfg, src, bdev):
 
 def same(a, b):
     return filecmp.cmp(a, b, shallow=False)
+
+
+def wait_until(what, check, timeout=20):
+    """Polls `check` until it returns something true; returns that."""
+    deadline = time.time() + timeout
+    while True:
+        got = check()
+        if got or time.time() > deadline:
+            assert got, f"timed out waiting for {what}"
+            return got
+        time.sleep(0.2)
 
 
 def test_snapshots_under_verify_and_reload():
@@ -259,7 +270,181 @@ def test_two_cores_split_forward_and_complete_on_the_submitter():
     assert "ilog: 2 shard reactor threads" in out, out[-3000:]
 
 
-TESTS = [test_snapshots_under_verify_and_reload, test_two_cores_split_forward_and_complete_on_the_submitter, test_bad_rpc_input_keeps_the_app_running, test_nvme_tcp_base_and_export]
+def test_policies_and_compaction_keep_volume_bdevs_in_step():
+    """bdev_ilog_set_policy/get_policy/event/compact in spdk_tgt, with data
+    written and read over NVMe/TCP by spdk_dd while it runs: the volume
+    bdevs follow what the policy does (a named event's snapshot appears,
+    retention and baseline folds make old ones disappear, one of them while
+    exported), and compaction in place and into the baseline, synchronous
+    and in the background, keeps every surviving view's data."""
+    wd = workdir()
+    base = os.path.join(wd, "base.img")
+    with open(base, "wb") as f:
+        f.truncate(512 << 20)
+    cfg = write_config(wd, "aio.json", aio_config(base))
+    initiator = write_config(wd, "initiator.json", [
+        {"method": "bdev_nvme_attach_controller", "params": {
+            "name": "Ilog", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": "4432",
+            "subnqn": "nqn.2016-06.io.spdk:policy"}},
+        {"method": "bdev_wait_for_examine"},
+    ])
+    data = {}
+    for v in "ABCDE":
+        data[v] = os.path.join(wd, f"{v}.bin")
+        with open(data[v], "wb") as f:
+            f.write(os.urandom(2 << 20))
+    got = os.path.join(wd, "got.bin")
+
+    def write(v):  # over NVMe/TCP: namespace 1 is ilog0
+        dd_write(wd, initiator, data[v], "Ilogn1")
+
+    def holds(config, bdev, v):
+        dd_read(wd, config, bdev, got, count=32)
+        return same(got, data[v])
+
+    tgt = App(wd, SPDK_TGT, "--json", cfg, name="tgt")
+    try:
+        nqn = "nqn.2016-06.io.spdk:policy"
+        tgt.rpc("nvmf_create_transport", "-t", "TCP")
+        tgt.rpc("nvmf_create_subsystem", nqn, "-a", "-s", "POLICY001")
+        tgt.rpc("nvmf_subsystem_add_ns", nqn, "ilog0", "-n", 1)
+        tgt.rpc("nvmf_subsystem_add_listener", nqn, "-t", "tcp", "-a", "127.0.0.1", "-s", 4432)
+
+        def volumes():
+            return [v["volume_id"] for v in tgt.rpc("bdev_ilog_get_volumes", "ilog0")]
+
+        def volume_bdevs():
+            return sorted(b["name"] for b in tgt.rpc("bdev_get_bdevs") if b["name"].startswith("ilog0@"))
+
+        def settled(what, done):
+            """The volumes once `done(volumes)` holds and each is exported (and no other)."""
+            def check():
+                vs = volumes()
+                return done(vs) and volume_bdevs() == sorted(f"ilog0@{v}" for v in vs) and vs
+            return wait_until(what, check)
+
+        write("A")
+        tgt.rpc("bdev_ilog_snapshot", "ilog0", "-n", "a")
+        policy = {"events": {"on": {"backup-done": ["snapshot"]}}, "retention": {"keep_last": 2}}
+        tgt.rpc("bdev_ilog_set_policy", "ilog0", json.dumps(policy))
+        assert tgt.rpc("bdev_ilog_get_policy", "ilog0") == policy
+        for bad, field in (({"retention": {"keep_last": "two"}}, "retention.keep_last"),
+                           ({"events": {"on": {"backup-done": ["explode"]}}}, "backup-done"),
+                           ({"snapshots": {"interval_s": 60}}, "snapshots")):
+            msg = expect_error(EINVAL, tgt.sock, "bdev_ilog_set_policy", "ilog0", json.dumps(bad))
+            assert field in msg, f"{bad}: {msg}"
+        assert tgt.rpc("bdev_ilog_get_policy", "ilog0") == policy, "a refused policy changed the policy"
+        expect_error(EINVAL, tgt.sock, "bdev_ilog_event", "ilog0", "backup-failed")
+
+        # A named event takes a snapshot: its bdev appears.
+        write("B")
+        tgt.rpc("bdev_ilog_event", "ilog0", "backup-done")
+        x1 = settled("the event's snapshot", lambda vs: len(vs) == 2)[1]
+        # The next one exceeds keep_last: "a" is deleted, its bdev goes.
+        write("C")
+        tgt.rpc("bdev_ilog_event", "ilog0", "backup-done")
+        x1_, x2 = settled("a deleted", lambda vs: "a" not in vs and len(vs) == 2)
+        assert x1_ == x1
+        write("D")
+
+        # In place, every partition then one volume's, then in the background.
+        assert tgt.rpc("bdev_ilog_compact", "ilog0") is True
+        assert tgt.rpc("bdev_ilog_compact", "ilog0", "-v", x1, "-m", "in_place") is True
+        job = tgt.rpc("bdev_ilog_compact", "ilog0", "--background")["job"]
+
+        def job_state(job):
+            jobs = tgt.rpc("bdev_ilog_get_stats", "ilog0")["jobs"]
+            state = next(j["state"] for j in jobs if j["job"] == job)
+            return state if state != "running" else None
+
+        assert wait_until(f"job {job}", lambda: job_state(job)) == "done"
+        assert volumes() == [x1, x2]
+        tgt.rpc("nvmf_subsystem_add_ns", nqn, f"ilog0@{x1}", "-n", 2)
+        assert holds(initiator, "Ilogn1", "D"), "ilog0 changed in compaction"
+        assert holds(initiator, "Ilogn2", "B"), f"ilog0@{x1} changed in compaction"
+
+        # Each snapshot now folds the oldest volume into the baseline; with
+        # keep_last 2, x1 (exported over NVMe/TCP, so open) is deleted.
+        policy["events"]["on_snapshot"] = ["compact_oldest_into_baseline"]
+        tgt.rpc("bdev_ilog_set_policy", "ilog0", json.dumps(policy))
+        assert tgt.rpc("bdev_ilog_get_policy", "ilog0") == policy
+        tgt.rpc("bdev_ilog_event", "ilog0", "backup-done")
+        x2_, x3 = settled(f"{x1} deleted", lambda vs: x1 not in vs and len(vs) == 2)
+        assert x2_ == x2
+        try:
+            dd_read(wd, initiator, "Ilogn2", got, count=32)
+            read = "its old data" if same(got, data["B"]) else "other data"
+        except AssertionError:
+            read = None
+        assert read is None, f"read {read} from ilog0@{x1} after it was deleted"
+        subsystem = next(s for s in tgt.rpc("nvmf_get_subsystems") if s["nqn"] == nqn)
+        assert [ns["nsid"] for ns in subsystem["namespaces"]] == [1], "the deleted volume's namespace stayed"
+
+        # Into the baseline: the oldest (x2), then x3 in the background,
+        # which retires x2.
+        write("E")
+        assert tgt.rpc("bdev_ilog_compact", "ilog0", "-m", "baseline") is True
+        assert volumes() == [x2, x3]
+        job = tgt.rpc("bdev_ilog_compact", "ilog0", "-v", x3, "-m", "baseline", "--background")["job"]
+        assert wait_until(f"job {job}", lambda: job_state(job)) == "done"
+        assert settled(f"{x2} retired", lambda vs: vs == [x3])
+        assert holds(initiator, "Ilogn1", "E")
+        tgt.stop()
+    except BaseException:
+        print(tgt.tail(), file=sys.stderr)
+        tgt.kill()
+        raise
+
+    # Re-opened in another process: the survivor and the current image.
+    assert holds(cfg, "ilog0", "E"), "ilog0 lost data written last"
+    assert holds(cfg, f"ilog0@{x3}", "D"), f"ilog0@{x3} does not hold what it was taken of"
+
+
+def test_a_volume_deleted_while_open_is_hot_removed_and_its_name_reused():
+    """The policy deletes a volume whose bdev a passthru bdev holds open and
+    snapshots a new volume of the same name: the old bdev is hot-removed,
+    and the new one is registered once the name is free, reading the new
+    partition (the passthru, configured by name, attaches to it again)."""
+    wd = workdir()
+    tgt = App(wd, SPDK_TGT, name="tgt")
+    try:
+        tgt.rpc("bdev_malloc_create", "-b", "Malloc0", 64, 4096)
+        tgt.rpc("bdev_ilog_create", "-b", "Malloc0", "-p", "ilog0")
+        tgt.rpc("bdev_ilog_set_policy", "ilog0", json.dumps({
+            "events": {"on": {"redo": ["delete_oldest", "snapshot"]}},
+            "volume_id": {"scheme": "template", "template": "s1"}}))
+        tgt.rpc("bdev_ilog_snapshot", "ilog0")
+        tgt.rpc("bdev_passthru_create", "-b", "ilog0@s1", "-p", "pt1")
+
+        def s1_partition():
+            bdevs = {b["name"]: b for b in tgt.rpc("bdev_get_bdevs")}
+            return "ilog0@s1" in bdevs and bdevs["ilog0@s1"]["driver_specific"]["ilog_volume"]["partition"]
+
+        old = s1_partition()
+
+        def renewed():
+            p = s1_partition()
+            return p != old and p
+
+        tgt.rpc("bdev_ilog_event", "ilog0", "redo")
+        new = wait_until("a new ilog0@s1", renewed)
+        assert new > old, (old, new)
+        assert [v["partition"] for v in tgt.rpc("bdev_ilog_get_volumes", "ilog0")] == [new]
+    except BaseException:
+        print(tgt.tail(), file=sys.stderr)
+        tgt.kill()
+        raise
+    tgt.stop()
+
+
+TESTS = [
+    test_snapshots_under_verify_and_reload,
+    test_two_cores_split_forward_and_complete_on_the_submitter,
+    test_bad_rpc_input_keeps_the_app_running,
+    test_nvme_tcp_base_and_export,
+    test_policies_and_compaction_keep_volume_bdevs_in_step,
+    test_a_volume_deleted_while_open_is_hot_removed_and_its_name_reused,
+]
 
 
 def main():

@@ -253,6 +253,24 @@ impl Control {
     fn info(v: &VolumeRecord) -> VolumeInfo {
         VolumeInfo { name: v.name.clone(), partition: v.partition, created_unix_s: v.created_unix_s }
     }
+
+    /// The volumes every core reads by: the table without the running
+    /// operation's change until it is published (a volume being sealed is
+    /// not readable yet, one being deleted still is).
+    fn published_volumes(&self) -> Vec<VolumeInfo> {
+        let mut list: Vec<VolumeInfo> = self.volumes.iter().map(Control::info).collect();
+        if let Some(Current { q, volume: Some(v), .. }) = &self.current {
+            match q.op {
+                Op::Snapshot(_) => list.retain(|x| x.partition != v.partition),
+                Op::Delete(_) => {
+                    list.push(Control::info(v));
+                    list.sort_by_key(|x| x.partition);
+                }
+                _ => {}
+            }
+        }
+        list
+    }
 }
 
 impl Shard {
@@ -297,7 +315,7 @@ impl Shard {
                 return self.reply(origin, reply, result);
             }
             Request::ListVolumes => {
-                let list = self.ctl().volumes.iter().map(Control::info).collect();
+                let list = self.ctl().published_volumes();
                 return self.reply(origin, reply, Ok(Reply::Volumes(list)));
             }
             Request::Stats => {
@@ -665,6 +683,9 @@ impl Shard {
                 Op::Delete(_) => Some(false),
                 _ => None,
             };
+            if hook.is_some() {
+                self.shared.volumes_generation.fetch_add(1, Ordering::Release);
+            }
             self.finish(Ok(result));
             if let Some(p) = merge {
                 let core = self.core;

@@ -93,6 +93,17 @@ pub enum Request {
 unsafe impl Send for Request {}
 
 impl Request {
+    /// Whether the volume table may differ once this completes (the
+    /// policy's own changes come later, in the background).
+    pub fn changes_volumes(&self) -> bool {
+        matches!(
+            self,
+            Request::Snapshot { .. }
+                | Request::DeleteVolume { .. }
+                | Request::Compact { mode: CompactMode::Baseline, .. }
+        )
+    }
+
     /// Whether this is a data-path request that any core may take.
     pub(crate) fn is_io(&self) -> bool {
         matches!(

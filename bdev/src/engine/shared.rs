@@ -33,6 +33,9 @@ pub(crate) struct Shared {
     /// Stripes of the baseline region that hold data.
     pub baseline: BaselineMap,
     pub clock: Arc<dyn Clock>,
+    /// Counts changes of the volume table (snapshots and deletes, whoever
+    /// asked), each once every core reads by it.
+    pub volumes_generation: AtomicU64,
 }
 
 /// Wall-clock time for policies and volume creation times: real in the
@@ -130,6 +133,12 @@ impl Submitter {
 
     pub fn volume_blocks(&self) -> u64 {
         self.shared.geo.volume_blocks
+    }
+
+    /// Changes whenever the volume table did: a runtime that exports the
+    /// volumes polls it (one atomic load) and lists them again when it moved.
+    pub fn volumes_generation(&self) -> u64 {
+        self.shared.volumes_generation.load(Ordering::Acquire)
     }
 
     /// Queues `req` on `core`; its completion will come out of that core's

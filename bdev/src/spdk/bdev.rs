@@ -1,15 +1,16 @@
 //! The ilog bdev module: the life of an ilog bdev under SPDK. Create opens
 //! and claims the base bdev, mounts it (formatting it first if it holds no
-//! ilog) on a plain thread, then registers an io_device, the bdev and one
-//! read-only bdev per snapshot volume (`<name>@<volume>`), and hands the
-//! shards to the reactors. Delete, hot-remove of the base and app shutdown
-//! all end in `destruct`: a clean close of the engine, the shards detached,
-//! the base released.
+//! ilog) on a plain thread, then registers an io_device and the bdev, hands
+//! the shards to the reactors and exports the snapshot volumes (see
+//! `volumes`). Delete, hot-remove of the base and app shutdown all end in
+//! `destruct`: a clean close of the engine, the shards detached, the base
+//! released.
 
 use super::device::SpdkDevice;
 use super::io::{self, CALLBACK_TAG};
 use super::reactor::Reactors;
 use super::thread::Thread;
+use super::volumes::{self, volume_bdev_name, VolumeBdevs};
 use crate::device::BlockDevice;
 use crate::engine::{self, Mounted, Reply, Request, Submitter, View, VolumeInfo};
 use crate::error::{Error, Result};
@@ -60,6 +61,7 @@ pub fn register_module() {
         (*m).name = c"ilog".as_ptr();
         (*m).module_init = Some(module_init);
         (*m).module_fini = Some(module_fini);
+        (*m).fini_start = Some(fini_start);
         (*m).get_ctx_size = Some(get_ctx_size);
         sys::spdk_bdev_module_list_add(m);
     }
@@ -69,6 +71,22 @@ unsafe extern "C" fn module_init() -> c_int {
     // The env is up: engine buffers can come from DMA-safe memory.
     crate::device::dma::SPDK_MEMORY.store(true, std::sync::atomic::Ordering::Release);
     0
+}
+
+/// App shutdown, before the bdev layer unregisters every bdev: no volume
+/// bdev may appear behind its back.
+unsafe extern "C" fn fini_start() {
+    let ready: Vec<Arc<Ilog>> = registry()
+        .iter()
+        .filter_map(|e| match &e.state {
+            State::Ready(ilog) => Some(ilog.clone()),
+            State::Creating { .. } => None,
+        })
+        .collect();
+    for ilog in ready {
+        // The bdev layer unregisters the volume bdevs itself.
+        volumes::close(&ilog);
+    }
 }
 
 unsafe extern "C" fn module_fini() {
@@ -107,18 +125,18 @@ pub(crate) struct Disk {
 
 /// A mounted ilog bdev.
 pub(crate) struct Ilog {
-    name: String,
+    pub(super) name: String,
     id: u64,
     dev: Arc<SpdkDevice>,
-    submitter: Submitter,
+    pub(super) submitter: Submitter,
     /// `bdev_ilog_create`'s params as JSON, for save_config.
     config: String,
     main: Mutex<Option<DiskPtr>>,
-    volumes: Mutex<Vec<(VolumeInfo, DiskPtr)>>,
+    pub(super) volumes: Mutex<VolumeBdevs>,
 }
 
-#[derive(Clone, Copy)]
-struct DiskPtr(*mut Disk);
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct DiskPtr(*mut Disk);
 // SAFETY: registered disks are only dereferenced on the app thread.
 unsafe impl Send for DiskPtr {}
 
@@ -151,12 +169,6 @@ fn lookup(name: &str) -> std::result::Result<Arc<Ilog>, SpdkError> {
     }
 }
 
-/// The bdev name a snapshot volume is exported as; the same convention as
-/// `ilog_rpc::ilog::volume_bdev_name`.
-fn volume_bdev_name(bdev: &str, volume: &str) -> String {
-    format!("{bdev}@{volume}")
-}
-
 /// Engine completions, on a shard thread: bdev I/Os, or control callbacks.
 fn sink(token: u64, result: Result<Reply>) {
     if token & CALLBACK_TAG != 0 {
@@ -172,7 +184,7 @@ fn sink(token: u64, result: Result<Reply>) {
 
 type Callback = Box<dyn FnOnce(Result<Reply>) + Send>;
 
-fn submit_control(submitter: &Submitter, req: Request, done: impl FnOnce(Result<Reply>) + Send + 'static) {
+pub(super) fn submit_control(submitter: &Submitter, req: Request, done: impl FnOnce(Result<Reply>) + Send + 'static) {
     let cb: Callback = Box::new(move |r| Thread::app().send(move || done(r)));
     let token = Box::into_raw(Box::new(cb)) as u64;
     debug_assert!(token & CALLBACK_TAG == 0);
@@ -183,15 +195,27 @@ fn submit_control(submitter: &Submitter, req: Request, done: impl FnOnce(Result<
     }
 }
 
-/// Runs a control request on ilog bdev `name`; `done` runs on the app thread.
+/// Runs a control request on ilog bdev `name`; `done` runs on the app
+/// thread, after the volume bdevs follow any change it made.
 pub fn call(
     name: &str,
     req: Request,
     done: impl FnOnce(Result<Reply>) + Send + 'static,
 ) -> std::result::Result<(), SpdkError> {
-    let ilog = lookup(name)?;
-    submit_control(&ilog.submitter, req, done);
+    call_on(lookup(name)?, req, done);
     Ok(())
+}
+
+fn call_on(ilog: Arc<Ilog>, req: Request, done: impl FnOnce(Result<Reply>) + Send + 'static) {
+    let follow = req.changes_volumes();
+    let submitter = ilog.submitter.clone();
+    submit_control(&submitter, req, move |r| {
+        if follow {
+            volumes::reconcile(&ilog, Some(Box::new(move || done(r))));
+        } else {
+            done(r)
+        }
+    });
 }
 
 /// What `bdev_ilog_get_bdevs` reports about one bdev.
@@ -216,7 +240,7 @@ pub fn bdevs() -> Vec<BdevInfo> {
                 block_size: ilog.submitter.block_size(),
                 num_blocks: ilog.submitter.volume_blocks(),
                 cores: ilog.submitter.cores(),
-                volumes: ilog.volumes.lock().expect("volumes").iter().map(|(v, _)| v.clone()).collect(),
+                volumes: volumes::exported(ilog),
             }),
             State::Creating { .. } => None,
         })
@@ -313,7 +337,7 @@ fn finish_create(
             submitter: mounted.submitter.clone(),
             config,
             main: Mutex::new(None),
-            volumes: Mutex::new(Vec::new()),
+            volumes: Mutex::new(VolumeBdevs::default()),
         });
         let io_device = Arc::as_ptr(&ilog) as *mut c_void;
         let dev_name = CString::new(format!("ilog_{name}")).expect("no NUL");
@@ -346,21 +370,10 @@ fn finish_create(
     }
     log::info!("ilog: created {name} on {} ({} cores)", dev.name, reactors.cores());
     // A re-opened base comes back with its snapshot volumes.
-    submit_control(&ilog.submitter.clone(), Request::ListVolumes, move |r| match r {
-        Ok(Reply::Volumes(vs)) => {
-            for v in vs {
-                if let Err(e) = register_volume(&ilog, v) {
-                    log::error!("ilog: {}", e.message);
-                }
-            }
-            done(Ok(()))
-        }
-        Ok(other) => done(Err(SpdkError::new(libc::EIO, format!("list volumes answered {other:?}")))),
-        Err(e) => done(Err(e.into())),
-    });
+    volumes::start(&ilog, Box::new(move || done(Ok(()))));
 }
 
-fn register_disk(
+pub(super) fn register_disk(
     ilog: &Arc<Ilog>,
     name: &str,
     view: View,
@@ -401,21 +414,14 @@ fn register_disk(
     Ok(DiskPtr(ptr))
 }
 
-fn register_volume(ilog: &Arc<Ilog>, v: VolumeInfo) -> std::result::Result<(), SpdkError> {
-    let reactors = Reactors::running().expect("reactors run while a bdev exists");
-    let disk = register_disk(ilog, &volume_bdev_name(&ilog.name, &v.name), View::Volume(v.partition), reactors)?;
-    ilog.volumes.lock().expect("volumes").push((v, disk));
-    Ok(())
-}
-
 /// Whether anyone has the bdev open.
-fn is_open(disk: DiskPtr) -> bool {
+pub(super) fn is_open(disk: DiskPtr) -> bool {
     // SAFETY: a registered disk, on the app thread; the list head is read
     // only to see whether it is empty.
     unsafe { !(*disk.0).bdev.internal.open_descs.tqh_first.is_null() }
 }
 
-fn unregister(disk: DiskPtr, done: Option<Box<dyn FnOnce(i32)>>) {
+pub(super) fn unregister(disk: DiskPtr, done: Option<Box<dyn FnOnce(i32)>>) {
     unsafe extern "C" fn unregistered(arg: *mut c_void, rc: c_int) {
         // SAFETY: the box leaked below.
         let done = unsafe { Box::from_raw(arg.cast::<Box<dyn FnOnce(i32)>>()) };
@@ -430,9 +436,8 @@ fn unregister(disk: DiskPtr, done: Option<Box<dyn FnOnce(i32)>>) {
 }
 
 /// Unregisters the volumes, then the bdev itself; `done` after destruct.
-fn teardown(ilog: &Ilog, done: Option<Box<dyn FnOnce(i32)>>) {
-    let volumes: Vec<DiskPtr> = ilog.volumes.lock().expect("volumes").iter().map(|(_, d)| *d).collect();
-    for v in volumes {
+fn teardown(ilog: &Arc<Ilog>, done: Option<Box<dyn FnOnce(i32)>>) {
+    for v in volumes::close(ilog) {
         unregister(v, None);
     }
     if let Some(main) = *ilog.main.lock().expect("main") {
@@ -448,8 +453,7 @@ pub fn delete(name: &str, done: impl FnOnce(std::result::Result<(), SpdkError>) 
         Err(e) => return done(Err(e)),
     };
     let main = *ilog.main.lock().expect("main");
-    let open_volume =
-        ilog.volumes.lock().expect("volumes").iter().find(|(_, d)| is_open(*d)).map(|(v, _)| v.name.clone());
+    let open_volume = volumes::open_volume(&ilog);
     if main.is_some_and(is_open) {
         return done(Err(SpdkError::new(libc::EBUSY, format!("bdev {name} is open"))));
     }
@@ -465,43 +469,19 @@ pub fn delete(name: &str, done: impl FnOnce(std::result::Result<(), SpdkError>) 
     );
 }
 
-/// Takes a snapshot and registers its volume bdev; `done` on the app thread.
-pub fn snapshot(
-    name: &str,
-    volume: Option<String>,
-    done: impl FnOnce(std::result::Result<VolumeInfo, SpdkError>) + Send + 'static,
-) {
-    let ilog = match lookup(name) {
-        Ok(i) => i,
-        Err(e) => return done(Err(e)),
-    };
-    submit_control(&ilog.submitter.clone(), Request::Snapshot { name: volume }, move |r| match r {
-        Ok(Reply::Volume(v)) => done(register_volume(&ilog, v.clone()).map(|()| v)),
-        Ok(other) => done(Err(SpdkError::new(libc::EIO, format!("snapshot answered {other:?}")))),
-        Err(e) => done(Err(e.into())),
-    });
-}
-
-/// Deletes a snapshot volume and unregisters its bdev. Refused while the
-/// volume's bdev is open.
+/// Deletes a snapshot volume; its bdev goes with it. Refused while the
+/// volume's bdev is open (the policy's deletes hot-remove it instead).
 pub fn delete_volume(name: &str, volume: &str, done: impl FnOnce(std::result::Result<(), SpdkError>) + Send + 'static) {
     let ilog = match lookup(name) {
         Ok(i) => i,
         Err(e) => return done(Err(e)),
     };
-    let disk = ilog.volumes.lock().expect("volumes").iter().find(|(v, _)| v.name == volume).map(|(_, d)| *d);
-    if disk.is_some_and(is_open) {
+    if volumes::bdev_of(&ilog, volume).is_some_and(is_open) {
         let bdev = volume_bdev_name(name, volume);
         return done(Err(SpdkError::new(libc::EBUSY, format!("bdev {bdev} is open"))));
     }
-    submit_control(&ilog.submitter.clone(), Request::DeleteVolume { name: volume.to_owned() }, move |r| match r {
-        Ok(_) => {
-            if let Some(d) = disk {
-                unregister(d, None);
-            }
-            done(Ok(()))
-        }
-        Err(e) => done(Err(e.into())),
+    call_on(ilog, Request::DeleteVolume { name: volume.to_owned() }, move |r| {
+        done(r.map(drop).map_err(SpdkError::from))
     });
 }
 
@@ -618,11 +598,14 @@ unsafe extern "C" fn destruct(ctx: *mut c_void) -> c_int {
     // SAFETY: a registered Disk being unregistered; on the app thread.
     let (view, ilog) = unsafe { ((*disk).view, (*disk).ilog.clone()) };
     if view != View::Current {
-        ilog.volumes.lock().expect("volumes").retain(|(_, d)| d.0 != disk);
+        volumes::destructed(&ilog, DiskPtr(disk));
         // SAFETY: SPDK is done with this bdev.
         drop(unsafe { Box::from_raw(disk) });
         return 0;
     }
+    // Teardown closed them already; at app shutdown the bdev layer
+    // unregisters the volume bdevs itself.
+    volumes::close(&ilog);
     let closing = ilog.clone();
     submit_control(&ilog.submitter, Request::Close, move |r| {
         if let Err(e) = r {

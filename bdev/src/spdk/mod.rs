@@ -2,6 +2,8 @@
 //!
 //! - [`bdev`]: the module and the life of an ilog bdev (create, volumes,
 //!   delete, hot-remove, save_config).
+//! - `volumes`: the snapshot volumes as bdevs, following the engine's
+//!   volume table whoever changed it.
 //! - `io`: the data path (bdev_io in, engine requests, completion on the
 //!   submitting thread).
 //! - `reactor`: one SPDK thread per core polling shard `i` of every bdev.
@@ -19,8 +21,9 @@ mod io;
 mod logger;
 mod reactor;
 mod thread;
+mod volumes;
 
-pub use bdev::{bdevs, call, create, delete, delete_volume, register_module, snapshot, BdevInfo, SpdkError};
+pub use bdev::{bdevs, call, create, delete, delete_volume, register_module, BdevInfo, SpdkError};
 
 /// Runs `f` on the SPDK app thread (RPC handlers, bdev registration).
 pub fn on_app_thread(f: impl FnOnce() + Send + 'static) {

@@ -1,0 +1,231 @@
+//! The snapshot volumes of an ilog bdev as read-only bdevs named
+//! `<name>@<volume>`, kept equal to the engine's volume table whoever
+//! changed it: an RPC, or the policy (interval snapshots, retention, folds,
+//! event actions). A poller on the app thread watches the engine's volumes
+//! generation (one atomic load); when it moved, and after every control
+//! call that may change the table, a *reconcile* lists the volumes,
+//! unregisters the bdevs of volumes gone and registers the new ones.
+//!
+//! Unregistering a bdev that is open hot-removes its descriptors; until
+//! they close, its reads fail because the engine refuses a deleted
+//! volume's partition (partitions are never reused). Its name stays taken
+//! until its destruct: a new volume of the same name waits for that.
+//!
+//! Everything here runs on the app thread. One reconcile runs at a time; a
+//! caller that asks while one runs waits for the next, since the running
+//! one may have listed the volumes before the caller's change.
+
+use super::bdev::{is_open, register_disk, submit_control, unregister, DiskPtr, Ilog};
+use super::reactor::Reactors;
+use crate::engine::{Reply, Request, View, VolumeInfo};
+use crate::error::Result;
+use ilog_sys as sys;
+use std::ffi::{c_int, c_void};
+use std::sync::{Arc, MutexGuard};
+
+/// How often the poller looks at the volumes generation.
+const WATCH_PERIOD_US: u64 = 100_000;
+
+/// Runs once a reconcile that started after the caller's change is done.
+pub(super) type Waiter = Box<dyn FnOnce() + Send>;
+
+/// The bdev name a snapshot volume is exported as; the same convention as
+/// `ilog_rpc::ilog::volume_bdev_name`.
+pub(super) fn volume_bdev_name(bdev: &str, volume: &str) -> String {
+    format!("{bdev}@{volume}")
+}
+
+/// The volume bdevs of one ilog bdev (in its `Ilog`).
+#[derive(Default)]
+pub(super) struct VolumeBdevs {
+    /// Registered, in the engine's order.
+    live: Vec<(VolumeInfo, DiskPtr)>,
+    /// Unregistered and not destructed yet: their names may still be taken.
+    leaving: Vec<(VolumeInfo, DiskPtr)>,
+    /// The volumes generation the last reconcile started at.
+    seen: u64,
+    /// `Some` while a reconcile runs: who waits for it.
+    running: Option<Vec<Waiter>>,
+    /// `Some` when another must follow it: who waits for that one.
+    queued: Option<Vec<Waiter>>,
+    /// A new volume waits for its name, held by a leaving bdev.
+    blocked: bool,
+    /// The ilog bdev is going away: nothing is registered any more.
+    closed: bool,
+    poller: Poller,
+}
+
+struct Poller(*mut sys::spdk_poller);
+// SAFETY: registered and unregistered on the app thread only.
+unsafe impl Send for Poller {}
+
+impl Default for Poller {
+    fn default() -> Self {
+        Poller(std::ptr::null_mut())
+    }
+}
+
+fn state(ilog: &Ilog) -> MutexGuard<'_, VolumeBdevs> {
+    ilog.volumes.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Exports the volumes of a bdev just created and starts watching the
+/// engine's volume table; `done` once the volumes are registered.
+pub(super) fn start(ilog: &Arc<Ilog>, done: Waiter) {
+    let arg = Arc::into_raw(ilog.clone()).cast_mut().cast::<c_void>();
+    // SAFETY: on the app thread; `arg` holds a reference until `close`
+    // unregisters the poller.
+    let poller =
+        unsafe { sys::spdk_poller_register_named(Some(watch), arg, WATCH_PERIOD_US, c"ilog_volumes".as_ptr()) };
+    state(ilog).poller = Poller(poller);
+    reconcile(ilog, Some(done));
+}
+
+unsafe extern "C" fn watch(arg: *mut c_void) -> c_int {
+    // SAFETY: the reference `start` leaked, kept until `close` unregisters
+    // this poller: borrowed here, not taken over.
+    let ilog = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(arg.cast::<Ilog>().cast_const()) });
+    let moved = {
+        let st = state(&ilog);
+        st.running.is_none() && !st.closed && st.seen != ilog.submitter.volumes_generation()
+    };
+    if moved {
+        reconcile(&ilog, None);
+    }
+    c_int::from(moved)
+}
+
+/// Brings the volume bdevs up to date with the engine; `done` (if any)
+/// once a reconcile that started after this call finished.
+pub(super) fn reconcile(ilog: &Arc<Ilog>, done: Option<Waiter>) {
+    let mut st = state(ilog);
+    if st.running.is_some() {
+        st.queued.get_or_insert_with(Vec::new).extend(done);
+    } else {
+        drop(st);
+        begin(ilog, done.into_iter().collect());
+    }
+}
+
+fn begin(ilog: &Arc<Ilog>, waiters: Vec<Waiter>) {
+    let mut st = state(ilog);
+    if st.closed {
+        drop(st);
+        return waiters.into_iter().for_each(|w| w());
+    }
+    st.running = Some(waiters);
+    // Read before listing: a change after this moves the generation again.
+    st.seen = ilog.submitter.volumes_generation();
+    drop(st);
+    let listing = ilog.clone();
+    submit_control(&ilog.submitter, Request::ListVolumes, move |r| listed(&listing, r));
+}
+
+fn listed(ilog: &Arc<Ilog>, reply: Result<Reply>) {
+    match reply {
+        Ok(Reply::Volumes(volumes)) => apply(ilog, volumes),
+        other => {
+            log::warn!("ilog: listing the volumes of {} answered {other:?}; trying again", ilog.name);
+            // The poller retries: no generation matches this one.
+            state(ilog).seen = u64::MAX;
+        }
+    }
+    let (waiters, next) = {
+        let mut st = state(ilog);
+        (st.running.take().unwrap_or_default(), st.queued.take())
+    };
+    waiters.into_iter().for_each(|w| w());
+    if let Some(next) = next {
+        begin(ilog, next);
+    }
+}
+
+fn same(a: &VolumeInfo, b: &VolumeInfo) -> bool {
+    a.name == b.name && a.partition == b.partition
+}
+
+/// Unregisters the bdevs of volumes gone, then registers the new ones.
+fn apply(ilog: &Arc<Ilog>, volumes: Vec<VolumeInfo>) {
+    let mut st = state(ilog);
+    if st.closed {
+        return;
+    }
+    let (kept, gone): (Vec<_>, Vec<_>) =
+        std::mem::take(&mut st.live).into_iter().partition(|(v, _)| volumes.iter().any(|x| same(v, x)));
+    st.leaving.extend(gone.iter().cloned());
+    let busy: Vec<String> = st.leaving.iter().map(|(v, _)| v.name.clone()).collect();
+    drop(st);
+    for (v, disk) in gone {
+        log::info!("ilog: volume {} is gone: unregistering {}", v.name, volume_bdev_name(&ilog.name, &v.name));
+        unregister(disk, None);
+    }
+    let reactors = Reactors::running().expect("reactors run while a bdev exists");
+    let mut live = Vec::with_capacity(volumes.len());
+    let mut blocked = false;
+    for v in volumes {
+        if let Some(k) = kept.iter().find(|(k, _)| same(k, &v)) {
+            live.push(k.clone());
+        } else if busy.contains(&v.name) {
+            log::info!("ilog: {} waits for its previous bdev to go", volume_bdev_name(&ilog.name, &v.name));
+            blocked = true;
+        } else {
+            let name = volume_bdev_name(&ilog.name, &v.name);
+            match register_disk(ilog, &name, View::Volume(v.partition), reactors) {
+                Ok(disk) => live.push((v, disk)),
+                Err(e) => log::error!("ilog: {}", e.message),
+            }
+        }
+    }
+    let mut st = state(ilog);
+    st.live = live;
+    st.blocked = blocked;
+}
+
+/// Stops following the engine (teardown, app shutdown); returns the
+/// volume bdevs still registered, for the caller to unregister.
+pub(super) fn close(ilog: &Arc<Ilog>) -> Vec<DiskPtr> {
+    let (mut poller, live) = {
+        let mut st = state(ilog);
+        st.closed = true;
+        let live = std::mem::take(&mut st.live);
+        st.leaving.extend(live.iter().cloned());
+        (std::mem::take(&mut st.poller), live)
+    };
+    if !poller.0.is_null() {
+        // SAFETY: registered by `start` on this (the app) thread.
+        unsafe { sys::spdk_poller_unregister(&mut poller.0) };
+        // SAFETY: the poller's reference, leaked by `start`; the caller
+        // holds another.
+        drop(unsafe { Arc::from_raw(Arc::as_ptr(ilog)) });
+    }
+    live.into_iter().map(|(_, d)| d).collect()
+}
+
+/// A volume bdev was destructed: forget it; a volume waiting for its name
+/// is registered now.
+pub(super) fn destructed(ilog: &Arc<Ilog>, disk: DiskPtr) {
+    let mut st = state(ilog);
+    st.leaving.retain(|(_, d)| *d != disk);
+    st.live.retain(|(_, d)| *d != disk);
+    let retry = st.blocked && !st.closed;
+    drop(st);
+    if retry {
+        reconcile(ilog, None);
+    }
+}
+
+/// The volumes exported now.
+pub(super) fn exported(ilog: &Ilog) -> Vec<VolumeInfo> {
+    state(ilog).live.iter().map(|(v, _)| v.clone()).collect()
+}
+
+/// The bdev of `volume`, if exported.
+pub(super) fn bdev_of(ilog: &Ilog, volume: &str) -> Option<DiskPtr> {
+    state(ilog).live.iter().find(|(v, _)| v.name == volume).map(|(_, d)| *d)
+}
+
+/// A volume whose bdev someone has open (leaving ones included).
+pub(super) fn open_volume(ilog: &Ilog) -> Option<String> {
+    let st = state(ilog);
+    st.live.iter().chain(&st.leaving).find(|(_, d)| is_open(*d)).map(|(v, _)| v.name.clone())
+}
