@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering::Relaxed;
 pub(super) const MOVE_RUN_BLOCKS: u32 = 32;
 /// Blocks a core reads or moves for the cleaner per poll: what bounds the
 /// delay moves add to client I/O on the same core.
-const MOVE_BLOCKS_PER_POLL: u32 = 64;
+const MOVE_BLOCKS_PER_POLL: u32 = 32;
 
 /// A run of consecutive blocks of one victim entry: `addr` is the first
 /// block's address, or `ZERO` for a zero entry.
@@ -43,9 +43,11 @@ pub(super) struct Run {
 /// One victim segment being evacuated on this core.
 pub(super) struct Evacuation {
     job: u64,
-    segno: u32,
     src_partition: u32,
     dest: u32,
+    /// The victim's data entries: what its partition's table may still
+    /// list once it is freed.
+    data: Vec<Run>,
     /// Runs to examine, and the block to resume from.
     todo: VecDeque<(Run, u32)>,
     /// Runs read into cleaner buffer `.0`, appended up to block `.2`.
@@ -59,21 +61,18 @@ pub(super) struct Evacuation {
 }
 
 impl Evacuation {
-    pub(super) fn new(
-        job: u64,
-        segno: u32,
-        src_partition: u32,
-        dest: u32,
-        entries: &[SummaryEntry],
-        base: LogAddr,
-    ) -> Self {
+    pub(super) fn new(job: u64, src_partition: u32, dest: u32, entries: &[SummaryEntry], base: LogAddr) -> Self {
         let mut todo = VecDeque::new();
+        let mut data = Vec::new();
         for e in entries {
             let addr = match e.kind {
                 EntryKind::Data => base + e.data_offset,
                 EntryKind::Zero => ZERO,
                 EntryKind::Hole => continue,
             };
+            if addr != ZERO {
+                data.push(Run { lba: e.lba, addr, blocks: e.blocks });
+            }
             for off in (0..e.blocks).step_by(MOVE_RUN_BLOCKS as usize) {
                 let run = Run { lba: e.lba, addr, blocks: e.blocks }.block(off);
                 let blocks = (e.blocks - off).min(MOVE_RUN_BLOCKS);
@@ -82,9 +81,9 @@ impl Evacuation {
         }
         Evacuation {
             job,
-            segno,
             src_partition,
             dest,
+            data,
             todo,
             ready: VecDeque::new(),
             inflight: 0,
@@ -97,6 +96,11 @@ impl Evacuation {
 impl Run {
     fn block(&self, b: u32) -> (u64, LogAddr) {
         (self.lba + u64::from(b), if self.addr == ZERO { ZERO } else { self.addr + b })
+    }
+
+    /// Each block's (lba, address).
+    pub(super) fn blocks(&self) -> impl Iterator<Item = (u64, LogAddr)> + '_ {
+        (0..self.blocks).map(|b| self.block(b))
     }
 }
 
@@ -332,11 +336,10 @@ impl Shard {
 
     fn finish_evacuation(&mut self) {
         let ev = self.evac.take().expect("running");
-        let seg_blocks = self.shared.geo.segment_blocks;
         // After a failure the victim stays: only the moves that retired apply,
         // and what did not move keeps its place.
-        let victim = ev.error.is_none().then(|| ev.segno * seg_blocks..(ev.segno + 1) * seg_blocks);
-        self.relocate(ev.src_partition, ev.dest, &ev.relocated, victim);
+        let freed: &[Run] = if ev.error.is_none() { &ev.data } else { &[] };
+        self.relocate(ev.src_partition, ev.dest, &ev.relocated, freed);
         let status = ev.error.map_or(Ok(()), Err);
         self.send(0, Msg::EvacuateDone { job: ev.job, status });
     }

@@ -9,9 +9,8 @@
 //! does no per-block work on the I/O path.
 
 use super::addr::{LogAddr, ZERO};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::ops::Range;
 
 /// Hashes a block number with one multiplication: keys are small integers,
 /// not attacker-chosen strings, and the table is on the write path.
@@ -91,17 +90,28 @@ impl Partitions {
     }
 
     /// Applies the cleaner's moves out of partition `from` into `to` (see
-    /// `Shard::relocate`), and drops `from`'s entries left in `victim`.
-    pub fn relocate(&mut self, from: u32, to: u32, moves: &[(u32, LogAddr, LogAddr)], victim: Option<Range<LogAddr>>) {
-        let moved: HashSet<(u32, LogAddr)> =
-            moves.iter().filter(|m| m.1 != ZERO).map(|&(lba, src, _)| (lba, src)).collect();
-        let keep = |lba: &u32, addr: &mut LogAddr| {
-            !victim.as_ref().is_some_and(|v| v.contains(addr)) && !moved.contains(&(*lba, *addr))
+    /// `Shard::relocate`): moved blocks leave `from`'s table, and so do the
+    /// `freed` victim's blocks it still lists (dead versions). The work is
+    /// per block of the victim, not per block of the partition.
+    pub fn relocate(
+        &mut self,
+        from: u32,
+        to: u32,
+        moves: &[(u32, LogAddr, LogAddr)],
+        freed: impl Iterator<Item = (u32, LogAddr)>,
+    ) {
+        let table = if from == self.open_partition {
+            Some(&mut self.open)
+        } else {
+            self.sealed.binary_search_by_key(&from, |(q, _)| *q).ok().map(|i| &mut self.sealed[i].1)
         };
-        if from == self.open_partition {
-            self.open.retain(keep);
-        } else if let Ok(i) = self.sealed.binary_search_by_key(&from, |(q, _)| *q) {
-            self.sealed[i].1.retain(keep);
+        if let Some(table) = table {
+            let moved = moves.iter().filter(|m| m.1 != ZERO).map(|&(lba, src, _)| (lba, src));
+            for (lba, addr) in moved.chain(freed) {
+                if table.get(&lba) == Some(&addr) {
+                    table.remove(&lba);
+                }
+            }
         }
         let mut inserts = moves
             .iter()

@@ -479,7 +479,7 @@ impl Shard {
             Msg::ControlDone { reply, result } => self.deliver(reply, result),
             Msg::Evacuate { job, segno, src_partition, dest, entries } => {
                 let base = segno * self.shared.geo.segment_blocks;
-                self.start_evacuation(Evacuation::new(job, segno, src_partition, dest, &entries, base));
+                self.start_evacuation(Evacuation::new(job, src_partition, dest, &entries, base));
             }
             Msg::EvacuateDone { job, status } => self.on_evacuate_done(job, status),
             Msg::Fold { partition } => self.start_fold(partition),
@@ -1236,15 +1236,10 @@ impl Shard {
     /// leaves `src_partition`'s table and, unless it went to the open
     /// partition (`dst == ZERO`), enters `dest`'s; zero moves (`src ==
     /// ZERO`) enter `dest`'s. Whatever else still points into the victim
-    /// (when it is to be freed) is dead and is dropped.
-    pub(super) fn relocate(
-        &mut self,
-        src_partition: u32,
-        dest: u32,
-        moves: &[(u32, LogAddr, LogAddr)],
-        victim: Option<std::ops::Range<LogAddr>>,
-    ) {
-        self.parts.relocate(src_partition, dest, moves, victim);
+    /// (its data runs, when it is to be freed) is dead and is dropped.
+    pub(super) fn relocate(&mut self, src_partition: u32, dest: u32, moves: &[(u32, LogAddr, LogAddr)], freed: &[Run]) {
+        let blocks = freed.iter().flat_map(Run::blocks).map(|(lba, addr)| (lba as u32, addr));
+        self.parts.relocate(src_partition, dest, moves, blocks);
     }
 
     /// Blocks this core's index shard maps.
