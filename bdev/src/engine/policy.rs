@@ -392,12 +392,12 @@ impl Shard {
     /// second at most, so a rule that gains nothing cannot spin.
     pub(super) fn policy_tick(&mut self) {
         const MAX_ACTIONS_PER_SECOND: u32 = 8;
-        let now = self.shared.clock.now_unix_s();
         let c = self.ctl_mut();
         if c.is_busy() || c.policy.json.is_empty() {
             return;
         }
-        let (second, acted) = c.policy_checked;
+        let now = self.shared.clock.now_unix_s();
+        let (second, acted) = self.ctl_mut().policy_checked;
         if second == now && (acted == 0 || acted >= MAX_ACTIONS_PER_SECOND) {
             return;
         }
