@@ -46,6 +46,7 @@ mod spdk {
         "spdk_jsonrpc_.*",
         "spdk_rpc_.*",
         "spdk_strerror",
+        "spdk_crc32c_update",
         "spdk_log",
     ];
 

@@ -795,7 +795,7 @@ impl Shard {
             s.next_data += blocks;
             // SAFETY: the entry's buffer holds `blocks` blocks.
             let data = unsafe { std::slice::from_raw_parts(buf, blocks as usize * bs) };
-            let crc = crc32c::crc32c(data);
+            let crc = crate::format::data_crc(data);
             let e = SummaryEntry { lba, blocks, data_offset: offset, data_crc: crc, kind };
             (s.segno * geo.segment_blocks + offset, e)
         } else {
