@@ -12,7 +12,8 @@
 //! - after a power cut: the value at the last completed flush, or one
 //!   written after it.
 //!
-//! `ILOG_SIM_SEEDS=N` sets how many seeds run (default 200; CI runs more),
+//! `ILOG_SIM_SEEDS=N` sets how many seeds run (default 200; CI runs more) and
+//! `ILOG_SIM_FIRST=F` the first of them (default 0), for soaks over new seeds;
 //! `ILOG_SIM_SEED=S` runs seed S alone. A failure prints its seed.
 
 use ilog_bdev::device::sim::Faults;
@@ -769,7 +770,8 @@ fn random_workloads_match_the_model_across_crashes() {
         Ok(s) => vec![s.parse().expect("ILOG_SIM_SEED is a number")],
         Err(_) => {
             let n: u64 = std::env::var("ILOG_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
-            (0..n).collect()
+            let first: u64 = std::env::var("ILOG_SIM_FIRST").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+            (first..first + n).collect()
         }
     };
     let started = std::time::Instant::now();

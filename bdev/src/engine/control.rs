@@ -382,17 +382,22 @@ impl Shard {
         if self.ctl().current.is_some() {
             return;
         }
-        // A closed bdev starts no background work: cores detach once idle.
-        let open = !self.shared.closed.load(Ordering::Acquire);
-        if open && self.ctl().queue.is_empty() {
+        // Once closed, nothing runs (the checkpoint stays clean, and the
+        // cores go idle and detach): no background work starts, and what
+        // was queued behind the close is refused.
+        let closed = self.shared.closed.load(Ordering::Acquire);
+        if !closed && self.ctl().queue.is_empty() {
             self.policy_tick();
         }
-        if open && self.ctl().queue.is_empty() && self.shared.space_state() == SpaceState::Wanted {
+        if !closed && self.ctl().queue.is_empty() && self.shared.space_state() == SpaceState::Wanted {
             log::info!("log full: reclaiming space");
             let q = Queued { origin: self.core, reply: ReplyTo::Nobody, op: Op::Clean(CleanTarget::Reclaim) };
             self.ctl().queue.push_back(q);
         }
         let Some(q) = self.ctl().queue.pop_front() else { return };
+        if closed {
+            return self.reply(q.origin, q.reply, Err(Error::ShuttingDown));
+        }
         if let Some(e) = self.ctl().failed.clone() {
             if matches!(q.op, Op::Clean(_)) {
                 // No checkpoint can free a segment now: writes waiting for

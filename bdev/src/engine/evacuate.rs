@@ -27,8 +27,8 @@ use std::sync::atomic::Ordering::Relaxed;
 /// Longest run read and moved at once (128 KiB of 4 KiB blocks): the size of
 /// a cleaner buffer.
 pub(super) const MOVE_RUN_BLOCKS: u32 = 32;
-/// Blocks a core reads or moves for the cleaner per poll: what bounds the
-/// delay moves add to client I/O on the same core.
+/// Blocks a core reads or moves for the cleaner per poll (a zero run counts
+/// as one): what bounds the delay moves add to client I/O on the same core.
 const MOVE_BLOCKS_PER_POLL: u32 = 32;
 
 /// A run of consecutive blocks of one victim entry: `addr` is the first
@@ -65,18 +65,20 @@ impl Evacuation {
         let mut todo = VecDeque::new();
         let mut data = Vec::new();
         for e in entries {
-            let addr = match e.kind {
-                EntryKind::Data => base + e.data_offset,
-                EntryKind::Zero => ZERO,
+            let run = match e.kind {
+                EntryKind::Data => Run { lba: e.lba, addr: base + e.data_offset, blocks: e.blocks },
+                EntryKind::Zero => {
+                    // Moved as one entry: a zero run needs no buffer, and
+                    // every entry takes summary room.
+                    todo.push_back((Run { lba: e.lba, addr: ZERO, blocks: e.blocks }, 0));
+                    continue;
+                }
                 EntryKind::Hole => continue,
             };
-            if addr != ZERO {
-                data.push(Run { lba: e.lba, addr, blocks: e.blocks });
-            }
-            for off in (0..e.blocks).step_by(MOVE_RUN_BLOCKS as usize) {
-                let run = Run { lba: e.lba, addr, blocks: e.blocks }.block(off);
-                let blocks = (e.blocks - off).min(MOVE_RUN_BLOCKS);
-                todo.push_back((Run { lba: run.0, addr: run.1, blocks }, 0));
+            data.push(run);
+            for off in (0..run.blocks).step_by(MOVE_RUN_BLOCKS as usize) {
+                let (lba, addr) = run.block(off);
+                todo.push_back((Run { lba, addr, blocks: (run.blocks - off).min(MOVE_RUN_BLOCKS) }, 0));
             }
         }
         Evacuation {
@@ -138,17 +140,12 @@ impl Shard {
         }
     }
 
-    /// The live sub-runs of `run` (`offset` into it, length). Into the open
-    /// partition, a block a client write waits to replace is skipped: only
-    /// the current image reads that partition, and a move appended after the
-    /// write would replay after it. Into a sealed partition the move is
-    /// needed (a volume reads it) and safe (the write's partition is newer).
+    /// The live sub-runs of `run` (`offset` into it, length).
     fn live_parts(&self, run: &Run, src_partition: u32, dest: u32) -> Vec<(u32, u32)> {
-        let into_open = dest == self.open_partition();
         let mut parts: Vec<(u32, u32)> = Vec::new();
         for b in 0..run.blocks {
             let (lba, addr) = run.block(b);
-            if !self.block_live(lba, addr, src_partition, dest) || (into_open && self.client_write_pending(lba)) {
+            if !self.block_live(lba, addr, src_partition, dest) {
                 continue;
             }
             match parts.last_mut() {
@@ -168,6 +165,13 @@ impl Shard {
     /// Appends the live parts of `run` from block `from` on; returns where
     /// to resume (`run.blocks` when done) as soon as the log cannot take
     /// more for now.
+    ///
+    /// Into the open partition, a part with a block a client write waits in
+    /// the reorder buffer to replace waits for that write to retire: a move
+    /// appended after the write would replay after it, and should the write
+    /// fail the block is still live. Liveness is checked again then. Into a
+    /// sealed partition the move is needed (a volume reads it) and safe (the
+    /// write's partition is newer).
     fn append_run(&mut self, run: &Run, from: u32, buf: Option<u16>) -> u32 {
         let (src_partition, dest) = {
             let ev = self.evac.as_ref().expect("running");
@@ -181,6 +185,10 @@ impl Shard {
                 (o, _) => (o, n),
             };
             let (lba, src) = run.block(off);
+            let into_open = dest == self.open_partition();
+            if into_open && (lba..lba + u64::from(n)).any(|x| self.client_write_pending(x)) {
+                return off;
+            }
             let (kind, data) = match buf {
                 // SAFETY: the buffer holds the run's blocks; `off + n` is within it.
                 Some(b) => (EntryKind::Data, unsafe { self.gc_bufs[b as usize].as_ptr().add(off as usize * bs) }),
@@ -229,6 +237,8 @@ impl Shard {
                 return work.max(1);
             }
             if run.addr == ZERO {
+                // An append without data: counted as one block of work.
+                spent += 1;
                 let next = self.append_run(&run, from, None);
                 if next < run.blocks {
                     self.evac.as_mut().expect("running").todo.front_mut().expect("peeked").1 = next;

@@ -18,8 +18,11 @@ use std::hash::{BuildHasherDefault, Hasher};
 pub struct BlockHasher(u64);
 
 impl Hasher for BlockHasher {
+    /// The product's well-mixed high bits, rotated down: the table picks
+    /// buckets by the low bits, which alone depend only on the key's low
+    /// bits (blocks a power of two apart would share a few buckets).
     fn finish(&self) -> u64 {
-        self.0
+        self.0.rotate_left(26)
     }
 
     fn write(&mut self, bytes: &[u8]) {
