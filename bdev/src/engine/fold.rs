@@ -84,7 +84,7 @@ impl Shard {
             .sealed()
             .iter()
             .filter(|(p, _)| *p <= partition)
-            .flat_map(|(_, table)| table.keys().map(|&lba| u64::from(lba) / stripe_blocks))
+            .flat_map(|(_, table)| table.iter().map(|(lba, _)| u64::from(lba) / stripe_blocks))
             .collect();
         let bs = self.shared.geo.block_size as usize;
         let buf = DmaBuf::new(bs * stripe_blocks as usize, bs);

@@ -36,8 +36,68 @@ impl Hasher for BlockHasher {
     }
 }
 
+/// Sub-tables per table. A hash table grows by doubling, rehashing every
+/// entry inline on the write path; split in 64, a table grows one 64th at a
+/// time, so no single write pays for rehashing millions of blocks.
+const SUB_TABLES: usize = 64;
+
+type SubTable = HashMap<u32, LogAddr, BuildHasherDefault<BlockHasher>>;
+
 /// A partition's blocks: local block number to the newest version's address.
-pub type Table = HashMap<u32, LogAddr, BuildHasherDefault<BlockHasher>>;
+#[derive(Default)]
+pub struct Table {
+    /// Empty until the first block, then `SUB_TABLES` of them.
+    subs: Vec<SubTable>,
+}
+
+impl Table {
+    /// The sub-table of `lba`: the top bits of its hash (the sub-tables
+    /// pick buckets by lower ones).
+    fn sub_of(lba: u32) -> usize {
+        let mut h = BlockHasher::default();
+        h.write_u32(lba);
+        (h.0 >> (64 - SUB_TABLES.trailing_zeros())) as usize
+    }
+
+    pub fn get(&self, lba: u32) -> Option<LogAddr> {
+        self.subs.get(Self::sub_of(lba))?.get(&lba).copied()
+    }
+
+    pub fn contains(&self, lba: u32) -> bool {
+        self.get(lba).is_some()
+    }
+
+    fn sub_mut(&mut self, lba: u32) -> &mut SubTable {
+        if self.subs.is_empty() {
+            self.subs.resize_with(SUB_TABLES, SubTable::default);
+        }
+        &mut self.subs[Self::sub_of(lba)]
+    }
+
+    pub fn insert(&mut self, lba: u32, addr: LogAddr) {
+        self.sub_mut(lba).insert(lba, addr);
+    }
+
+    /// Inserts unless `lba` already has a version here.
+    pub fn insert_if_absent(&mut self, lba: u32, addr: LogAddr) {
+        self.sub_mut(lba).entry(lba).or_insert(addr);
+    }
+
+    pub fn remove(&mut self, lba: u32) {
+        if let Some(sub) = self.subs.get_mut(Self::sub_of(lba)) {
+            sub.remove(&lba);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.subs.iter().all(HashMap::is_empty)
+    }
+
+    /// Every (block, address), in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, LogAddr)> + '_ {
+        self.subs.iter().flat_map(|sub| sub.iter().map(|(&lba, &addr)| (lba, addr)))
+    }
+}
 
 pub struct Partitions {
     open_partition: u32,
@@ -89,7 +149,7 @@ impl Partitions {
 
     /// `local`'s newest version within sealed partition `p` exactly.
     pub fn lookup_in(&self, p: u32, local: u32) -> Option<LogAddr> {
-        self.table(p)?.get(&local).copied()
+        self.table(p)?.get(local)
     }
 
     /// Applies the cleaner's moves out of partition `from` into `to` (see
@@ -111,8 +171,8 @@ impl Partitions {
         if let Some(table) = table {
             let moved = moves.iter().filter(|m| m.1 != ZERO).map(|&(lba, src, _)| (lba, src));
             for (lba, addr) in moved.chain(freed) {
-                if table.get(&lba) == Some(&addr) {
-                    table.remove(&lba);
+                if table.get(lba) == Some(addr) {
+                    table.remove(lba);
                 }
             }
         }
@@ -135,7 +195,7 @@ impl Partitions {
         // LBA; should one be there, it wins.
         let table = &mut self.sealed[i].1;
         for (lba, addr) in inserts {
-            table.entry(lba).or_insert(addr);
+            table.insert_if_absent(lba, addr);
         }
     }
 
@@ -144,14 +204,14 @@ impl Partitions {
         self.sealed
             .iter()
             .filter(|(p, _)| *p > after && *p <= upto)
-            .find(|(_, table)| table.contains_key(&local))
+            .find(|(_, table)| table.contains(local))
             .map(|(p, _)| *p)
     }
 
     /// The newest version of `local` in a sealed partition at or below
     /// `partition`.
     pub fn lookup_as_of(&self, local: u32, partition: u32) -> Option<LogAddr> {
-        self.sealed.iter().rev().filter(|(p, _)| *p <= partition).find_map(|(_, table)| table.get(&local).copied())
+        self.sealed.iter().rev().filter(|(p, _)| *p <= partition).find_map(|(_, table)| table.get(local))
     }
 }
 

@@ -1023,7 +1023,7 @@ impl Shard {
         let lower = others.iter().rev().find(|&&x| x < v).copied().unwrap_or(0);
         let upper = others.iter().find(|&&x| x > v).copied();
         for (p, table) in self.parts.sealed().iter().filter(|(p, _)| *p > lower && *p <= v) {
-            for (&lba, &addr) in table {
+            for (lba, addr) in table.iter() {
                 if addr == ZERO || self.index.get(u64::from(lba)) == Some(addr) {
                     continue;
                 }

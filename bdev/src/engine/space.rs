@@ -87,7 +87,7 @@ pub(crate) fn count_live<'a>(
             }
         });
         for (p, table) in parts.sealed() {
-            for (&lba, &addr) in table {
+            for (lba, addr) in table.iter() {
                 if addr == ZERO || index.get(u64::from(lba)) == Some(addr) {
                     continue;
                 }
