@@ -4,7 +4,10 @@
 //! compaction of everything) runs as a control operation:
 //! 1. a barrier, so the segment registry knows every closed segment;
 //! 2. per victim: read its summaries, send each core the entries it owns
-//!    (`Msg::Evacuate`), wait until every core moved its live blocks;
+//!    (`Msg::Evacuate`), wait until every core moved its live blocks. Up to
+//!    `PIPELINE` victims are in flight: the next one's summaries are read
+//!    and sent while the cores still move the last one's blocks, and each
+//!    core queues them and works them in order;
 //! 3. per batch of victims: a barrier (the moved blocks are durable), a
 //!    checkpoint that no longer lists the victims, then the victims return
 //!    to the free pool. A crash before the checkpoint leaves both copies of
@@ -25,6 +28,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 /// Victims evacuated between two checkpoints.
 const BATCH: usize = 4;
+/// Victims evacuated at once.
+const PIPELINE: usize = 2;
 
 /// What a cleaning job reclaims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,16 +43,26 @@ pub(super) enum CleanTarget {
     All,
 }
 
+/// A victim sent to the cores.
+struct InFlight {
+    segno: u32,
+    /// Cores yet to answer.
+    outstanding: u32,
+    failed: bool,
+}
+
 pub(super) struct CleanJob {
     pub target: CleanTarget,
     /// Victims chosen up front (all but `Reclaim`).
     victims: VecDeque<u32>,
     /// Evacuated victims waiting for the next checkpoint.
     freed: Vec<u32>,
-    /// The victim being evacuated, its summary slots, and cores yet to answer.
-    victim: Option<SegmentRecord>,
+    /// The victim whose summaries are read, its slots, and reads outstanding.
+    reading: Option<SegmentRecord>,
     bufs: Vec<DmaBuf>,
-    outstanding: u32,
+    reads: u32,
+    /// Victims the cores evacuate, oldest first.
+    evacuating: VecDeque<InFlight>,
     started: bool,
     committing: bool,
     /// Cores may hold open segments of sealed partitions that moves went to.
@@ -73,9 +88,10 @@ impl CleanJob {
             target,
             victims: VecDeque::new(),
             freed: Vec::new(),
-            victim: None,
+            reading: None,
             bufs: Vec::new(),
-            outstanding: 0,
+            reads: 0,
+            evacuating: VecDeque::new(),
             started: false,
             committing: false,
             open_moves: false,
@@ -172,6 +188,11 @@ impl Shard {
 
     /// Evacuates the next victim, commits a full batch, or ends the job.
     fn clean_next(&mut self) {
+        let job = self.job();
+        // Called again when the read ends or a victim completes.
+        if job.reading.is_some() || job.evacuating.len() >= PIPELINE {
+            return;
+        }
         let cores = self.shared.cores as usize;
         let want_more = match self.job().target {
             // Enough room for writes again, with headroom for the next moves.
@@ -179,10 +200,12 @@ impl Shard {
             _ => true,
         };
         let job = self.job();
+        let in_flight = job.evacuating.len();
         let next = if job.error.is_some() || !want_more {
             None
         } else if job.target == CleanTarget::Reclaim {
-            let (busy, start_seq) = (job.freed.clone(), job.start_seq);
+            let busy: Vec<u32> = job.freed.iter().copied().chain(job.evacuating.iter().map(|v| v.segno)).collect();
+            let start_seq = job.start_seq;
             let candidates: Vec<u32> = self.candidates(CleanTarget::Reclaim);
             let registry = self.ctl_mut().registry();
             candidates.into_iter().find(|s| !busy.contains(s) && registry.get(s).is_some_and(|r| r.seq < start_seq))
@@ -191,9 +214,23 @@ impl Shard {
         };
         // Moves need free segments (a victim's live blocks, spread over the
         // cores, may open a segment on each and fill one more): commit what
-        // is evacuated before the cleaner's own room runs out.
-        let room = self.shared.free_segments.len() > cores;
+        // is evacuated before the cleaner's own room runs out. Each victim
+        // in flight may need that much.
+        let room = self.shared.free_segments.len() > cores * (in_flight + 1);
         let job = self.job();
+        if in_flight > 0 {
+            // A second victim joins if it fits the batch; commits and the
+            // job's end wait until the cores are done.
+            match next {
+                Some(segno) if room && job.freed.len() + in_flight < BATCH => {
+                    let record = *self.ctl_mut().registry().get(&segno).expect("victims are registered");
+                    self.read_victim(record);
+                }
+                Some(segno) if job.target != CleanTarget::Reclaim => job.victims.push_front(segno),
+                _ => {}
+            }
+            return;
+        }
         // Moves keep filling the same segments across commits (closing them
         // at each would leave a partial segment per batch): only the end of
         // the job closes them.
@@ -223,27 +260,27 @@ impl Shard {
     }
 
     fn read_victim(&mut self, record: SegmentRecord) {
-        self.job().victim = Some(record);
+        self.job().reading = Some(record);
         if record.trusted_entries == 0 {
             return self.evacuate_victim(Vec::new());
         }
         self.ctl_mut().set_stage(Stage::CleanRead);
         let bufs = self.read_summary_slots(&record);
         let job = self.job();
-        job.outstanding = bufs.len() as u32;
+        job.reads = bufs.len() as u32;
         job.bufs = bufs;
     }
 
     pub(super) fn clean_read_done(&mut self, status: DevStatus) {
         let job = self.job();
-        job.outstanding -= 1;
+        job.reads -= 1;
         if let Err(e) = status {
             job.error.get_or_insert(Error::Io(e));
         }
-        if job.outstanding > 0 {
+        if job.reads > 0 {
             return;
         }
-        let rec = job.victim.expect("reading a victim");
+        let rec = job.reading.expect("reading a victim");
         let bufs = std::mem::take(&mut job.bufs);
         let entries = match job.error {
             Some(_) => None,
@@ -252,7 +289,9 @@ impl Shard {
         match entries {
             Some(entries) => self.evacuate_victim(entries),
             None => {
-                self.job().victim = None;
+                self.job().reading = None;
+                // Until the cores answer for victims in flight, if any.
+                self.ctl_mut().set_stage(Stage::CleanEvacuate);
                 self.clean_next()
             }
         }
@@ -260,7 +299,7 @@ impl Shard {
 
     /// Sends each core the victim's entries it owns.
     fn evacuate_victim(&mut self, entries: Vec<SummaryEntry>) {
-        let rec = self.job().victim.expect("evacuating a victim");
+        let rec = self.job().reading.take().expect("evacuating a victim");
         let dest = self.canonical(rec.partition);
         let mut per_core: Vec<Vec<SummaryEntry>> = vec![Vec::new(); self.shared.cores as usize];
         for e in entries {
@@ -269,27 +308,32 @@ impl Shard {
         let job_id = u64::from(rec.segno);
         let cores = self.shared.cores;
         let job = self.job();
-        job.outstanding = cores;
+        job.evacuating.push_back(InFlight { segno: rec.segno, outstanding: cores, failed: false });
         job.open_moves = true;
         self.ctl_mut().set_stage(Stage::CleanEvacuate);
         for (core, entries) in per_core.into_iter().enumerate() {
             let msg = Msg::Evacuate { job: job_id, segno: rec.segno, src_partition: rec.partition, dest, entries };
             self.send(core as u32, msg);
         }
+        // The next victim's summaries are read while the cores move these.
+        self.clean_next();
     }
 
-    pub(super) fn on_evacuate_done(&mut self, _job: u64, status: Result<()>) {
+    pub(super) fn on_evacuate_done(&mut self, job_id: u64, status: Result<()>) {
         let job = self.job();
-        job.outstanding -= 1;
+        let victim = job.evacuating.iter_mut().find(|v| u64::from(v.segno) == job_id).expect("a victim in flight");
+        victim.outstanding -= 1;
         if let Err(e) = status {
+            victim.failed = true;
             job.error.get_or_insert(e);
         }
-        if job.outstanding > 0 {
-            return;
-        }
-        let rec = job.victim.take().expect("evacuating a victim");
-        if job.error.is_none() {
-            job.freed.push(rec.segno);
+        // Each core answers in order, so victims complete in order.
+        while job.evacuating.front().is_some_and(|v| v.outstanding == 0) {
+            let victim = job.evacuating.pop_front().expect("checked");
+            // A failed victim stays: what did not move keeps its place.
+            if !victim.failed {
+                job.freed.push(victim.segno);
+            }
         }
         self.clean_next();
     }

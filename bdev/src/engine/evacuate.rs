@@ -40,7 +40,10 @@ pub(super) struct Run {
     blocks: u32,
 }
 
-/// One victim segment being evacuated on this core.
+/// One victim segment being evacuated on this core. A core queues the
+/// victims core 0 sends and works them one at a time, in order: all reads
+/// and moves in flight belong to the first, and each victim's liveness
+/// checks see the partition tables the one before updated.
 pub(super) struct Evacuation {
     job: u64,
     src_partition: u32,
@@ -157,9 +160,10 @@ impl Shard {
     }
 
     pub(super) fn start_evacuation(&mut self, evac: Evacuation) {
-        debug_assert!(self.evac.is_none(), "core 0 runs one evacuation at a time");
-        self.evac = Some(evac);
-        self.advance_evacuation();
+        self.evac.push_back(evac);
+        if self.evac.len() == 1 {
+            self.advance_evacuation();
+        }
     }
 
     /// Appends the live parts of `run` from block `from` on; returns where
@@ -174,7 +178,7 @@ impl Shard {
     /// write's partition is newer).
     fn append_run(&mut self, run: &Run, from: u32, buf: Option<u16>) -> u32 {
         let (src_partition, dest) = {
-            let ev = self.evac.as_ref().expect("running");
+            let ev = self.evac.front().expect("running");
             (ev.src_partition, ev.dest)
         };
         let bs = self.shared.geo.block_size as usize;
@@ -199,10 +203,10 @@ impl Shard {
                 Ok(false) => return off,
                 Ok(true) => match buf {
                     Some(b) => self.gc_refs[b as usize] += 1,
-                    None => self.evac.as_mut().expect("running").inflight += 1,
+                    None => self.evac.front_mut().expect("running").inflight += 1,
                 },
                 Err(e) => {
-                    self.evac.as_mut().expect("running").error.get_or_insert(e);
+                    self.evac.front_mut().expect("running").error.get_or_insert(e);
                 }
             }
         }
@@ -212,12 +216,12 @@ impl Shard {
     /// Moves as much as buffers and the log allow; answers core 0 when every
     /// run is dealt with.
     pub(super) fn advance_evacuation(&mut self) -> usize {
-        if self.evac.is_none() {
+        if self.evac.is_empty() {
             return 0;
         }
         let mut work = 0;
         let mut spent = 0;
-        while let Some(&(buf, run, from)) = self.evac.as_ref().and_then(|e| e.ready.front()) {
+        while let Some(&(buf, run, from)) = self.evac.front().and_then(|e| e.ready.front()) {
             if spent >= MOVE_BLOCKS_PER_POLL {
                 return work.max(1);
             }
@@ -225,14 +229,14 @@ impl Shard {
             // Checked now: a client may have rewritten blocks during the read.
             let next = self.append_run(&run, from, Some(buf));
             if next < run.blocks {
-                self.evac.as_mut().expect("running").ready.front_mut().expect("peeked").2 = next;
+                self.evac.front_mut().expect("running").ready.front_mut().expect("peeked").2 = next;
                 break;
             }
-            self.evac.as_mut().expect("running").ready.pop_front();
+            self.evac.front_mut().expect("running").ready.pop_front();
             self.release_gc_buf(buf);
             work += 1;
         }
-        while let Some(&(run, from)) = self.evac.as_ref().and_then(|e| e.todo.front()) {
+        while let Some(&(run, from)) = self.evac.front().and_then(|e| e.todo.front()) {
             if spent >= MOVE_BLOCKS_PER_POLL {
                 return work.max(1);
             }
@@ -241,12 +245,12 @@ impl Shard {
                 spent += 1;
                 let next = self.append_run(&run, from, None);
                 if next < run.blocks {
-                    self.evac.as_mut().expect("running").todo.front_mut().expect("peeked").1 = next;
+                    self.evac.front_mut().expect("running").todo.front_mut().expect("peeked").1 = next;
                     break;
                 }
             } else {
                 let (src_partition, dest) = {
-                    let ev = self.evac.as_ref().expect("running");
+                    let ev = self.evac.front().expect("running");
                     (ev.src_partition, ev.dest)
                 };
                 if !self.live_parts(&run, src_partition, dest).is_empty() {
@@ -254,7 +258,7 @@ impl Shard {
                     // The run holds the buffer until all its moves retired.
                     self.gc_refs[buf as usize] = 1;
                     self.gc_pending[buf as usize] = run;
-                    self.evac.as_mut().expect("running").inflight += 1;
+                    self.evac.front_mut().expect("running").inflight += 1;
                     let block = self.shared.geo.log_start + u64::from(run.addr);
                     let ptr = self.gc_bufs[buf as usize].as_mut_ptr();
                     spent += run.blocks;
@@ -262,12 +266,16 @@ impl Shard {
                     self.dev_submit(DevRequest { op: DevOp::Read, block, nblocks: run.blocks, buf: ptr, tag });
                 }
             }
-            self.evac.as_mut().expect("running").todo.pop_front();
+            self.evac.front_mut().expect("running").todo.pop_front();
             work += 1;
         }
-        let ev = self.evac.as_ref().expect("running");
+        let ev = self.evac.front().expect("running");
         if ev.todo.is_empty() && ev.ready.is_empty() && ev.inflight == 0 {
             self.finish_evacuation();
+            if !self.evac.is_empty() {
+                // The next victim goes on at the next poll.
+                return work.max(1);
+            }
         }
         work
     }
@@ -276,16 +284,16 @@ impl Shard {
         self.gc_refs[buf as usize] -= 1;
         if self.gc_refs[buf as usize] == 0 {
             self.gc_free.push(buf);
-            self.evac.as_mut().expect("running").inflight -= 1;
+            self.evac.front_mut().expect("running").inflight -= 1;
         }
     }
 
     pub(super) fn gc_read_done(&mut self, buf: u16, status: DevStatus) {
         let run = self.gc_pending[buf as usize];
         match status {
-            Ok(()) => self.evac.as_mut().expect("reads belong to an evacuation").ready.push_back((buf, run, 0)),
+            Ok(()) => self.evac.front_mut().expect("reads belong to an evacuation").ready.push_back((buf, run, 0)),
             Err(e) => {
-                self.evac.as_mut().expect("running").error.get_or_insert(Error::Io(e));
+                self.evac.front_mut().expect("running").error.get_or_insert(Error::Io(e));
                 self.release_gc_buf(buf);
             }
         }
@@ -294,11 +302,11 @@ impl Shard {
     /// A move retired.
     pub(super) fn move_done(&mut self, buf: Option<u16>, status: Result<()>) {
         if let Err(e) = status {
-            self.evac.as_mut().expect("moves belong to an evacuation").error.get_or_insert(e);
+            self.evac.front_mut().expect("moves belong to an evacuation").error.get_or_insert(e);
         }
         match buf {
             Some(b) => self.release_gc_buf(b),
-            None => self.evac.as_mut().expect("moves belong to an evacuation").inflight -= 1,
+            None => self.evac.front_mut().expect("moves belong to an evacuation").inflight -= 1,
         }
     }
 
@@ -320,7 +328,7 @@ impl Shard {
                 if open {
                     self.record_open(dest, x, ZERO);
                 } else {
-                    self.evac.as_mut().expect("running").relocated.push((x as u32, ZERO, ZERO));
+                    self.evac.front_mut().expect("running").relocated.push((x as u32, ZERO, ZERO));
                 }
                 continue;
             }
@@ -339,13 +347,13 @@ impl Shard {
             }
             let moved_to = if open { ZERO } else { to };
             if src_partition != dest || !open {
-                self.evac.as_mut().expect("running").relocated.push((x as u32, from, moved_to));
+                self.evac.front_mut().expect("running").relocated.push((x as u32, from, moved_to));
             }
         }
     }
 
     fn finish_evacuation(&mut self) {
-        let ev = self.evac.take().expect("running");
+        let ev = self.evac.pop_front().expect("running");
         // After a failure the victim stays: only the moves that retired apply,
         // and what did not move keeps its place.
         let freed: &[Run] = if ev.error.is_none() { &ev.data } else { &[] };
