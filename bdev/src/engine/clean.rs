@@ -76,7 +76,7 @@ pub(super) struct CleanJob {
     /// Free segments, and segments client writes had opened, when the job
     /// started: what tells whether it gained room for writes.
     start_free: usize,
-    write_segments_at_start: u64,
+    client_segments_at_start: u64,
     /// Segments freed by this job.
     pub reclaimed: u32,
     pub error: Option<Error>,
@@ -98,7 +98,7 @@ impl CleanJob {
             start_seq: 0,
             best_free: 0,
             start_free: 0,
-            write_segments_at_start: 0,
+            client_segments_at_start: 0,
             reclaimed: 0,
             error: None,
         }
@@ -171,12 +171,12 @@ impl Shard {
             self.shared.counters.compactions.fetch_add(1, Relaxed);
             let next_seq = self.shared.next_seq.load(Relaxed);
             let free = self.shared.free_segments.len();
-            let write_segments = self.shared.counters.write_segments.load(Relaxed);
+            let client_segments = self.shared.counters.client_segments_opened.load(Relaxed);
             let job = self.job();
             job.start_seq = next_seq;
             job.best_free = free;
             job.start_free = free;
-            job.write_segments_at_start = write_segments;
+            job.client_segments_at_start = client_segments;
             let target = job.target;
             if target != CleanTarget::Reclaim {
                 let victims = self.candidates(target);
@@ -305,23 +305,22 @@ impl Shard {
         for e in entries {
             per_core[self.shared.owner(e.lba) as usize].push(e);
         }
-        let job_id = u64::from(rec.segno);
         let cores = self.shared.cores;
         let job = self.job();
         job.evacuating.push_back(InFlight { segno: rec.segno, outstanding: cores, failed: false });
         job.open_moves = true;
         self.ctl_mut().set_stage(Stage::CleanEvacuate);
         for (core, entries) in per_core.into_iter().enumerate() {
-            let msg = Msg::Evacuate { job: job_id, segno: rec.segno, src_partition: rec.partition, dest, entries };
+            let msg = Msg::Evacuate { segno: rec.segno, src_partition: rec.partition, dest, entries };
             self.send(core as u32, msg);
         }
         // The next victim's summaries are read while the cores move these.
         self.clean_next();
     }
 
-    pub(super) fn on_evacuate_done(&mut self, job_id: u64, status: Result<()>) {
+    pub(super) fn on_evacuate_done(&mut self, segno: u32, status: Result<()>) {
         let job = self.job();
-        let victim = job.evacuating.iter_mut().find(|v| u64::from(v.segno) == job_id).expect("a victim in flight");
+        let victim = job.evacuating.iter_mut().find(|v| v.segno == segno).expect("a victim in flight");
         victim.outstanding -= 1;
         if let Err(e) = status {
             victim.failed = true;
@@ -371,7 +370,7 @@ impl Shard {
             // fresh one, with the segments written meanwhile as candidates.
             // Moving live data around without a net gain would only starve
             // writes for ever.
-            let taken = self.shared.counters.write_segments.load(Relaxed) - job.write_segments_at_start;
+            let taken = self.shared.counters.client_segments_opened.load(Relaxed) - job.client_segments_at_start;
             let state = if room {
                 SpaceState::Ok
             } else if free as u64 + taken > job.start_free as u64 {

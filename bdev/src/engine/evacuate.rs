@@ -45,7 +45,8 @@ pub(super) struct Run {
 /// and moves in flight belong to the first, and each victim's liveness
 /// checks see the partition tables the one before updated.
 pub(super) struct Evacuation {
-    job: u64,
+    /// The victim segment.
+    segno: u32,
     src_partition: u32,
     dest: u32,
     /// The victim's data entries: what its partition's table may still
@@ -64,7 +65,7 @@ pub(super) struct Evacuation {
 }
 
 impl Evacuation {
-    pub(super) fn new(job: u64, src_partition: u32, dest: u32, entries: &[SummaryEntry], base: LogAddr) -> Self {
+    pub(super) fn new(segno: u32, src_partition: u32, dest: u32, entries: &[SummaryEntry], base: LogAddr) -> Self {
         let mut todo = VecDeque::new();
         let mut data = Vec::new();
         for e in entries {
@@ -85,7 +86,7 @@ impl Evacuation {
             }
         }
         Evacuation {
-            job,
+            segno,
             src_partition,
             dest,
             data,
@@ -359,6 +360,6 @@ impl Shard {
         let freed: &[Run] = if ev.error.is_none() { &ev.data } else { &[] };
         self.relocate(ev.src_partition, ev.dest, &ev.relocated, freed);
         let status = ev.error.map_or(Ok(()), Err);
-        self.send(0, Msg::EvacuateDone { job: ev.job, status });
+        self.send(0, Msg::EvacuateDone { segno: ev.segno, status });
     }
 }

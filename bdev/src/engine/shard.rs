@@ -122,14 +122,13 @@ pub(crate) enum Msg {
     /// (of partition `src_partition`) into partition `dest`. Answered with
     /// `EvacuateDone` once every move retired.
     Evacuate {
-        job: u64,
         segno: u32,
         src_partition: u32,
         dest: u32,
         entries: Vec<SummaryEntry>,
     },
     EvacuateDone {
-        job: u64,
+        segno: u32,
         status: Result<()>,
     },
     /// Rewrite the owned baseline stripes that partitions up to
@@ -482,11 +481,11 @@ impl Shard {
             Msg::VolumesAck => self.on_volumes_ack(),
             Msg::Control { origin, reply, req } => self.control_enqueue(origin, reply, req),
             Msg::ControlDone { reply, result } => self.deliver(reply, result),
-            Msg::Evacuate { job, segno, src_partition, dest, entries } => {
+            Msg::Evacuate { segno, src_partition, dest, entries } => {
                 let base = segno * self.shared.geo.segment_blocks;
-                self.start_evacuation(Evacuation::new(job, src_partition, dest, &entries, base));
+                self.start_evacuation(Evacuation::new(segno, src_partition, dest, &entries, base));
             }
-            Msg::EvacuateDone { job, status } => self.on_evacuate_done(job, status),
+            Msg::EvacuateDone { segno, status } => self.on_evacuate_done(segno, status),
             Msg::Fold { partition } => self.start_fold(partition),
             Msg::FoldDone { status } => self.on_fold_done(status),
             Msg::Folded { partition, segments } => self.forget_folded(partition, &segments),
@@ -880,7 +879,7 @@ impl Shard {
         // move, the cleaner's commit waits for it).
         let Some(segno) = self.shared.free_segments.pop() else { return Err(Error::NoSpace) };
         if !reserve_ok {
-            Counters::add(&self.shared.counters.write_segments, 1);
+            Counters::add(&self.shared.counters.client_segments_opened, 1);
         }
         let seq = self.shared.alloc_seq();
         self.partition_of[segno as usize] = partition;

@@ -50,7 +50,7 @@ pub(crate) struct Counters {
     pub segments_freed: AtomicU64,
     /// Segments opened for client writes (the cleaner's measure of room
     /// taken while it works).
-    pub write_segments: AtomicU64,
+    pub client_segments_opened: AtomicU64,
     pub policy_actions: AtomicU64,
 }
 
