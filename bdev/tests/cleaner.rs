@@ -1,6 +1,9 @@
 //! The cleaner at its edges: long zero entries, and a client write racing a
 //! move of the block it replaces.
 
+mod common;
+
+use common::sim::small_bdev;
 use ilog_bdev::device::sim::Faults;
 use ilog_bdev::device::MallocDevice;
 use ilog_bdev::engine::{audit_space, CompactMode, Request, View};
@@ -55,15 +58,7 @@ fn a_failed_write_racing_a_move_keeps_the_old_block() {
     let (old, new, other) = (vec![0x11u8; 16 * BS], vec![0x22u8; 16 * BS], vec![0x33u8; 16 * BS]);
     let mut raced = 0;
     for seed in 0..400 {
-        let mut sim = Sim::new(seed, 4000, BS as u32);
-        let opts = FormatOptions {
-            stripe_bytes: 16 * BS as u64,
-            segment_bytes: 64 * BS as u64,
-            log_percent: 50,
-            max_volumes: 16,
-        };
-        sim.format(&opts).unwrap();
-        sim.mount(1).unwrap();
+        let mut sim = small_bdev(seed, 4000, BS as u32, 1);
         let mut token = 100;
         let mut call = |sim: &mut Sim, req: Request| {
             token += 1;

@@ -1,8 +1,11 @@
 //! Close: what was queued behind it is refused, and its checkpoint stays
 //! the last one, clean.
 
+mod common;
+
+use common::sim::small_bdev;
 use ilog_bdev::engine::{CompactMode, Request};
-use ilog_bdev::format::{Checkpoint, FormatOptions, Superblock};
+use ilog_bdev::format::{Checkpoint, Superblock};
 use ilog_bdev::runtime::sim::Sim;
 use ilog_bdev::Error;
 
@@ -24,11 +27,7 @@ fn newest_checkpoint(sim: &Sim) -> Checkpoint {
 
 #[test]
 fn operations_queued_behind_a_close_are_refused() {
-    let mut sim = Sim::new(1, 32768, BS as u32);
-    let opts =
-        FormatOptions { stripe_bytes: 16 * BS as u64, segment_bytes: 64 * BS as u64, log_percent: 50, max_volumes: 16 };
-    sim.format(&opts).unwrap();
-    sim.mount(1).unwrap();
+    let mut sim = small_bdev(1, 32768, BS as u32, 1);
     let buf = vec![0xabu8; 16 * BS];
     let mut token = 100;
     for _ in 0..6 {

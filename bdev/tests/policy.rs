@@ -2,8 +2,10 @@
 //! snapshots and retention, status compaction, events, volume ids, and
 //! the policy document's validation and persistence.
 
+mod common;
+
+use common::sim::small_bdev;
 use ilog_bdev::engine::{CompactMode, Reply, Request, View};
-use ilog_bdev::format::FormatOptions;
 use ilog_bdev::runtime::sim::Sim;
 use ilog_bdev::Error;
 
@@ -17,16 +19,7 @@ struct Bdev {
 
 impl Bdev {
     fn new(seed: u64, cores: u32) -> Bdev {
-        let mut sim = Sim::new(seed, 4096, BS as u32);
-        let opts = FormatOptions {
-            stripe_bytes: 16 * BS as u64,
-            segment_bytes: 64 * BS as u64,
-            log_percent: 50,
-            max_volumes: 16,
-        };
-        sim.format(&opts).unwrap();
-        sim.mount(cores).unwrap();
-        Bdev { sim, cores, next_token: 1 }
+        Bdev { sim: small_bdev(seed, 4096, BS as u32, cores), cores, next_token: 1 }
     }
 
     /// Submits and runs until every core is idle; polls some more first so
