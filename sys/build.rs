@@ -46,7 +46,6 @@ mod spdk {
         "spdk_jsonrpc_.*",
         "spdk_rpc_.*",
         "spdk_strerror",
-        "spdk_crc32c_update",
         "spdk_log",
     ];
 

@@ -2,7 +2,6 @@
 #include <spdk/stdinc.h>
 #include <spdk/bdev.h>
 #include <spdk/bdev_module.h>
-#include <spdk/crc32.h>
 #include <spdk/env.h>
 #include <spdk/json.h>
 #include <spdk/jsonrpc.h>

@@ -179,7 +179,7 @@ fn entry_intact(io: &mut SyncIo, geo: &Geometry, segno: u32, e: &SummaryEntry, c
         return Ok(true);
     }
     let data = io.read(geo.segment_start(segno) + u64::from(e.data_offset), e.blocks)?;
-    Ok(crate::format::data_crc(&data) == e.data_crc)
+    Ok(crate::format::crc32c(&data) == e.data_crc)
 }
 
 /// Mounts a formatted device for `cores` cores.

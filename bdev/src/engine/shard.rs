@@ -284,6 +284,8 @@ pub struct Shard {
     shutting_down: bool,
     completions: Vec<(u64, Result<Reply>)>,
     dev_done: Vec<(u64, DevStatus)>,
+    /// Client requests popped in one go, before any is handled.
+    intake: Vec<(u64, Request)>,
     pub(super) ctl: Option<Box<super::control::Control>>,
     /// Victims to evacuate, the first one running.
     pub(super) evac: VecDeque<Evacuation>,
@@ -339,6 +341,7 @@ impl Shard {
             shutting_down: false,
             completions: Vec::with_capacity(BATCH * 2),
             dev_done: Vec::with_capacity(SLOTS),
+            intake: Vec::with_capacity(BATCH),
             ctl: None,
             evac: VecDeque::new(),
             fold: None,
@@ -368,23 +371,32 @@ impl Shard {
         }
         self.dev_done = dev_done;
         work += self.retry_deferred();
-        // `is_empty` first: it only loads, where a `pop` of an empty queue
-        // pays a full fence, and most polls find both queues empty.
-        let inbox = &self.shared.inbox[self.core as usize];
-        for _ in 0..if inbox.is_empty() { 0 } else { BATCH } {
+        // `is_empty` before each pop: it only loads, where a `pop` that
+        // finds the queue empty pays a full fence.
+        for _ in 0..BATCH {
+            if self.shared.inbox[self.core as usize].is_empty() {
+                break;
+            }
             let Some(msg) = self.shared.inbox[self.core as usize].pop() else { break };
             self.on_message(msg);
             work += 1;
         }
+        // Client requests are all popped before any is handled: a pop's
+        // compare-and-swap waits for every store before it to drain, a
+        // block's copy into the device included, so popping between
+        // requests paid that wait once per request (perf/RESULTS.md).
+        let mut intake = std::mem::take(&mut self.intake);
+        let room = self.free_slots.len().min(BATCH);
         let clients = &self.shared.clients[self.core as usize];
-        for _ in 0..if clients.is_empty() { 0 } else { BATCH } {
-            if self.free_slots.is_empty() {
-                break;
-            }
-            let Some((token, req)) = self.shared.clients[self.core as usize].pop() else { break };
-            self.on_client(token, req);
-            work += 1;
+        while intake.len() < room && !clients.is_empty() {
+            let Some(r) = clients.pop() else { break };
+            intake.push(r);
         }
+        work += intake.len();
+        for (token, req) in intake.drain(..) {
+            self.on_client(token, req);
+        }
+        self.intake = intake;
         work += self.retire();
         work += self.advance_evacuation();
         work += self.advance_fold();
@@ -799,7 +811,7 @@ impl Shard {
             s.next_data += blocks;
             // SAFETY: the entry's buffer holds `blocks` blocks.
             let data = unsafe { std::slice::from_raw_parts(buf, blocks as usize * bs) };
-            let crc = crate::format::data_crc(data);
+            let crc = crate::format::crc32c(data);
             let e = SummaryEntry { lba, blocks, data_offset: offset, data_crc: crc, kind };
             (s.segno * geo.segment_blocks + offset, e)
         } else {
@@ -1252,9 +1264,6 @@ impl Shard {
     }
 }
 
-/// Checks, with every shard idle, that the live-block counts kept as blocks
-/// change equal a recount from scratch. For tests: an error names the first
-/// segment that differs.
 pub fn audit_space(shards: &[Shard]) -> std::result::Result<(), String> {
     let Some(first) = shards.first() else { return Ok(()) };
     if let Some(busy) = shards.iter().find(|s| !s.is_idle()) {

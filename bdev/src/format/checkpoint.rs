@@ -129,7 +129,7 @@ impl Checkpoint {
         }
         w.bytes(self.policy.as_bytes());
         w.bytes(&self.baseline_stripes);
-        let payload_crc = crc32c::crc32c(payload);
+        let payload_crc = super::crc32c(payload);
         let mut w = Writer::new(header);
         w.bytes(MAGIC);
         w.u32(FORMAT_VERSION);
@@ -203,7 +203,7 @@ impl Checkpoint {
         c.baseline_partition = r.u32()?;
         c.folding = Some(r.u32()?).filter(|&p| p != NOT_FOLDING);
         let payload = &buf[HEADER_LEN..len];
-        if crc32c::crc32c(payload) != payload_crc {
+        if super::crc32c(payload) != payload_crc {
             return Err(Error::Corrupt("checkpoint payload CRC mismatch".into()));
         }
         let mut r = Reader::new(payload, "checkpoint payload");
