@@ -170,15 +170,20 @@ fn lookup(name: &str) -> std::result::Result<Arc<Ilog>, SpdkError> {
 }
 
 /// Engine completions, on a shard thread: bdev I/Os, or control callbacks.
-fn sink(token: u64, result: Result<Reply>) {
+fn sink(token: u64, result: Result<Reply>, returns: &mut io::Returns) {
     if token & CALLBACK_TAG != 0 {
         // SAFETY: leaked by `call`; the engine completes each token once.
         let cb = unsafe { Box::from_raw((token & !CALLBACK_TAG) as *mut Callback) };
         cb(result);
     } else {
         let errno = result.err().map_or(0, |e| e.errno());
+        let ctx = token as *mut io::IoCtx;
         // SAFETY: an I/O token is its IoCtx, live until its last piece.
-        unsafe { io::piece_done(token as *mut io::IoCtx, errno) };
+        unsafe {
+            if io::piece_done(ctx, errno) {
+                returns.push(ctx);
+            }
+        }
     }
 }
 

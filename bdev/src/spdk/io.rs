@@ -155,26 +155,70 @@ unsafe fn one(disk: &Disk, ctx: *mut IoCtx, req: Request) {
 unsafe fn submit(disk: &Disk, ctx: *mut IoCtx, req: Request) {
     let core = disk.reactors.local_index();
     if let Err(e) = disk.submitter.submit(core, ctx as u64, req) {
-        // SAFETY: the engine refused it, so this piece completes here.
-        unsafe { piece_done(ctx, e.errno()) };
+        // SAFETY: the engine refused it, so this piece completes here, on
+        // the submitting thread.
+        unsafe {
+            if piece_done(ctx, e.errno()) {
+                complete(ctx.cast());
+            }
+        }
     }
 }
 
-/// An engine request of an I/O completed (`errno` 0: success).
-pub(crate) unsafe fn piece_done(ctx: *mut IoCtx, errno: i32) {
+/// Records an engine request of an I/O as completed (`errno` 0: success);
+/// true when it was the I/O's last, which then must be completed.
+pub(crate) unsafe fn piece_done(ctx: *mut IoCtx, errno: i32) -> bool {
     // SAFETY: ctx lives until the last piece completes the I/O.
     unsafe {
         if errno != 0 {
             let _ = (*ctx).errno.compare_exchange(0, errno, Ordering::AcqRel, Ordering::Acquire);
         }
-        if (*ctx).pending.fetch_sub(1, Ordering::AcqRel) != 1 {
-            return;
-        }
-        let thread = (*ctx).thread;
+        (*ctx).pending.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+}
+
+/// I/Os finished on a shard thread, gathered per submitting thread over
+/// one poll: one message per thread takes them back, not one per I/O (a
+/// message is a mempool get and a multi-producer ring enqueue).
+#[derive(Default)]
+pub(crate) struct Returns(Vec<(Thread, Vec<*mut IoCtx>)>);
+
+impl Returns {
+    /// Completes `ctx`'s I/O now if this is its thread, else at `send`.
+    ///
+    /// # Safety
+    /// `ctx` is an I/O whose last piece completed.
+    pub unsafe fn push(&mut self, ctx: *mut IoCtx) {
+        // SAFETY: the I/O is finished and ours until completed.
+        let thread = unsafe { (*ctx).thread };
         if thread.is_current() {
-            complete(ctx.cast());
-        } else if thread.send_raw(complete, ctx.cast()) != 0 {
-            log::error!("ilog: cannot return an I/O to its thread; completing it here");
+            // SAFETY: as above, on its thread.
+            return unsafe { complete(ctx.cast()) };
+        }
+        match self.0.iter_mut().find(|(t, _)| *t == thread) {
+            Some((_, ctxs)) => ctxs.push(ctx),
+            None => self.0.push((thread, vec![ctx])),
+        }
+    }
+
+    /// Sends each thread its I/Os.
+    pub fn send(&mut self) {
+        for (thread, ctxs) in self.0.iter_mut().filter(|(_, ctxs)| !ctxs.is_empty()) {
+            let batch = Box::into_raw(Box::new(std::mem::take(ctxs))).cast::<c_void>();
+            // SAFETY: `complete_batch` takes the box back on `thread`.
+            if unsafe { thread.send_raw(complete_batch, batch) } != 0 {
+                log::error!("ilog: cannot return I/Os to their thread; completing them here");
+                // SAFETY: not sent: the box is ours.
+                unsafe { complete_batch(batch) };
+            }
+        }
+    }
+}
+
+unsafe extern "C" fn complete_batch(arg: *mut c_void) {
+    // SAFETY: the box leaked by `Returns::send`, of finished I/Os.
+    unsafe {
+        for ctx in *Box::from_raw(arg.cast::<Vec<*mut IoCtx>>()) {
             complete(ctx.cast());
         }
     }

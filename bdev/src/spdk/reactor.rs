@@ -3,6 +3,7 @@
 //! the `i`-th core. Shared by all ilog bdevs of the process, created with
 //! the first one, stopped at module fini.
 
+use super::io::Returns;
 use super::thread::{self, Thread};
 use crate::engine::{Reply, Shard};
 use crate::error::Result;
@@ -10,8 +11,9 @@ use ilog_sys as sys;
 use std::ffi::{c_void, CString};
 use std::sync::OnceLock;
 
-/// Where an engine completion goes: a bdev I/O, or a control call's callback.
-pub(crate) type Sink = fn(u64, Result<Reply>);
+/// Where an engine completion goes: a bdev I/O (back to its thread through
+/// `Returns`), or a control call's callback.
+pub(crate) type Sink = fn(u64, Result<Reply>, &mut Returns);
 
 struct Attached {
     id: u64,
@@ -24,6 +26,7 @@ struct Poller {
     shards: Vec<Attached>,
     poller: *mut sys::spdk_poller,
     sink: Sink,
+    returns: Returns,
     /// Shards waiting to be dropped once idle.
     detaching: usize,
 }
@@ -52,8 +55,9 @@ unsafe extern "C" fn poll(arg: *mut c_void) -> i32 {
     let sink = p.sink;
     let mut work = 0;
     for a in &mut p.shards {
-        work += a.shard.poll(&mut |token, result| sink(token, result));
+        work += a.shard.poll(&mut |token, result| sink(token, result, &mut p.returns));
     }
+    p.returns.send();
     if p.detaching == 0 {
         return i32::from(work > 0);
     }
@@ -99,6 +103,7 @@ impl Reactors {
                 shards: Vec::new(),
                 poller: std::ptr::null_mut(),
                 sink,
+                returns: Returns::default(),
                 detaching: 0,
             }));
             let r = Reactor { thread: Thread(t), state };
