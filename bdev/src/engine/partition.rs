@@ -93,6 +93,10 @@ impl Table {
         self.subs.iter().all(HashMap::is_empty)
     }
 
+    pub fn len(&self) -> usize {
+        self.subs.iter().map(HashMap::len).sum()
+    }
+
     /// Every (block, address), in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, LogAddr)> + '_ {
         self.subs.iter().flat_map(|sub| sub.iter().map(|(&lba, &addr)| (lba, addr)))
@@ -135,6 +139,11 @@ impl Partitions {
     /// Sealed partitions, ascending, with their tables.
     pub fn sealed(&self) -> &[(u32, Table)] {
         &self.sealed
+    }
+
+    /// The open partition and its table.
+    pub fn open(&self) -> (u32, &Table) {
+        (self.open_partition, &self.open)
     }
 
     /// Forgets the sealed partitions up to `p` (folded into the baseline).

@@ -15,7 +15,7 @@ use super::addr::{LogAddr, ZERO};
 use super::evacuate::{Evacuation, Run, MOVE_RUN_BLOCKS};
 use super::fold::Fold;
 use super::index::BlockIndex;
-use super::partition::Partitions;
+use super::partition::{Partitions, Table};
 use super::request::{Reply, Request, View};
 use super::shared::{Shared, SpaceState};
 use super::space::{pinned_after_overwrite, Counters};
@@ -1026,30 +1026,63 @@ impl Shard {
 
     /// Accounts for volume `v` being added (`added`) or deleted: the blocks
     /// whose pinning depends on `v` alone. Before the change they were
-    /// pinned iff a volume other than `v` lay in `[p, n)` (`n`: the next
-    /// partition holding their LBA); only sealed partitions between the
-    /// next lower volume and `v` can hold them, and `v` decides exactly when
-    /// `v < n <= upper` (the next higher volume, if any).
+    /// pinned iff a volume other than `v` lay in `[p, n)` (`p`: the block's
+    /// partition, `n`: the next partition holding its LBA); `v` decides
+    /// exactly when `p` is the last holder in `(lower, v]` (`lower`: the
+    /// next lower volume) and `n` lies in `(v, upper]` (`upper`: the next
+    /// higher volume, else the open partition). Either side of `v` finds
+    /// them, and the smaller one is walked: at a snapshot that is the open
+    /// partition, a few blocks, where the sealed side is every block written
+    /// since the previous volume, a millisecond inline at a million blocks.
     fn repin(&self, v: u32, added: bool) {
         let others: Vec<u32> = self.live_volumes.iter().copied().filter(|&x| x != v).collect();
         let lower = others.iter().rev().find(|&&x| x < v).copied().unwrap_or(0);
         let upper = others.iter().find(|&&x| x > v).copied();
-        for (p, table) in self.parts.sealed().iter().filter(|(p, _)| *p > lower && *p <= v) {
-            for (lba, addr) in table.iter() {
-                if addr == ZERO || self.index.get(u64::from(lba)) == Some(addr) {
-                    continue;
-                }
-                let newer = match upper {
-                    Some(u) => self.parts.next_holder(lba, *p, u),
-                    None => Some(self.parts.next_holder(lba, *p, u32::MAX).unwrap_or(self.open_partition)),
-                };
-                if newer.is_some_and(|n| n > v) {
-                    let pinned = &self.shared.segment_of(addr).pinned;
-                    if added {
-                        pinned.fetch_add(1, Relaxed);
-                    } else {
-                        pinned.fetch_sub(1, Relaxed);
+        let older: Vec<&Table> =
+            self.parts.sealed().iter().filter(|(p, _)| *p > lower && *p <= v).map(|(_, t)| t).collect();
+        let mut newer: Vec<&Table> = self
+            .parts
+            .sealed()
+            .iter()
+            .filter(|(p, _)| *p > v && upper.is_none_or(|u| *p <= u))
+            .map(|(_, t)| t)
+            .collect();
+        if upper.is_none() {
+            newer.push(self.parts.open().1);
+        }
+        let pin = |addr: LogAddr| {
+            let pinned = &self.shared.segment_of(addr).pinned;
+            if added {
+                pinned.fetch_add(1, Relaxed);
+            } else {
+                pinned.fetch_sub(1, Relaxed);
+            }
+        };
+        let superseded = |lba: u32, addr: LogAddr| addr != ZERO && self.index.get(u64::from(lba)) != Some(addr);
+        let size = |tables: &[&Table]| tables.iter().map(|t| t.len()).sum::<usize>();
+        if size(&newer) < size(&older) {
+            for (i, table) in newer.iter().enumerate() {
+                for (lba, _) in table.iter() {
+                    if newer[..i].iter().any(|t| t.contains(lba)) {
+                        continue; // not the first holder after `v`
                     }
+                    let last = older.iter().rev().find_map(|t| t.get(lba));
+                    if let Some(addr) = last.filter(|&a| superseded(lba, a)) {
+                        pin(addr);
+                    }
+                }
+            }
+            return;
+        }
+        for (i, table) in older.iter().enumerate() {
+            for (lba, addr) in table.iter() {
+                if !superseded(lba, addr) || older[i + 1..].iter().any(|t| t.contains(lba)) {
+                    continue; // not the last holder up to `v`
+                }
+                // Without a higher volume, the open partition holds the
+                // newer version, listed or not.
+                if upper.is_none() || newer.iter().any(|t| t.contains(lba)) {
+                    pin(addr);
                 }
             }
         }
