@@ -15,7 +15,10 @@ Every session first writes the whole malloc base through a passthru (see
    second against the first. The base is larger here (SNAPSHOT_MALLOC_MIB)
    so that ilog's log does not fill during the three runs: a reclaim
    starting in the last run would be measured as the snapshot's cost. The
-   bytes ilog's cleaner moved are printed to show it did not run.
+   bytes ilog's cleaner moved are printed to show it did not run. Twice:
+   on the malloc base, and on an NVMe/TCP namespace that a second SPDK
+   process (nvmf_tgt on the other core) exports from its malloc bdev over
+   127.0.0.1, attached with bdev_nvme_attach_controller.
 
 Needs `cargo build --release --features spdk`; SPDK_DIR (default /opt/spdk).
 """
@@ -31,8 +34,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from harness import BDEVPERF_PY, SPDK, App, env, kill_all, rpc, workdir, write_config  # noqa: E402
 
 BDEVPERF = f"{SPDK}/build/examples/bdevperf"
+NVMF_TGT = f"{SPDK}/build/bin/nvmf_tgt"
+FAR_NQN = "nqn.2016-06.io.spdk:far"
 MALLOC_MIB = int(os.environ.get("MALLOC_MIB", "6144"))
 SNAPSHOT_MALLOC_MIB = int(os.environ.get("SNAPSHOT_MALLOC_MIB", "10240"))
+TCP_MIB = int(os.environ.get("TCP_MIB", "8192"))
 LOG_PERCENT = 95
 SECONDS = int(os.environ.get("SECONDS_PER_RUN", "2"))  # randread; randwrite runs 1 s (log space)
 
@@ -45,21 +51,47 @@ def perform(sock, *args):
     return r
 
 
-def session(wd, name, target, setup, malloc_mib=MALLOC_MIB):
-    """bdevperf on a malloc base whose memory is touched first: without
+def malloc_base(mib):
+    """A malloc base in the bdevperf process: (config, name, extra memory)."""
+    return [{"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": mib * 256,
+                                                       "block_size": 4096}}], "Malloc0", mib
+
+
+def tcp_base():
+    """The far process's malloc bdev over NVMe/TCP (see `far_target`)."""
+    return [{"method": "bdev_nvme_attach_controller", "params": {
+        "name": "Nvme0", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": "4430",
+        "subnqn": FAR_NQN}}], "Nvme0n1", 0
+
+
+def far_target(wd, mib):
+    """nvmf_tgt on core 1 exporting a `mib` MiB malloc bdev on 127.0.0.1:4430."""
+    far = App(wd, NVMF_TGT, mem=mib + 1024, cores="0x2", preload=False, name="far")
+    far.rpc("nvmf_create_transport", "-t", "TCP")
+    far.rpc("bdev_malloc_create", "-b", "Malloc0", mib, 4096)
+    far.rpc("nvmf_create_subsystem", FAR_NQN, "-a", "-s", "FAR001")
+    far.rpc("nvmf_subsystem_add_ns", FAR_NQN, "Malloc0")
+    far.rpc("nvmf_subsystem_add_listener", FAR_NQN, "-t", "tcp", "-a", "127.0.0.1", "-s", 4430)
+    return far
+
+
+def session(wd, name, target, setup, base):
+    """bdevperf on a base whose memory is touched first: without
     hugepages, SPDK's memory is faulted in on first use, and a log-structured
     bdev writes fresh memory all the time. A passthru named `target` writes
     the whole base once, then gives way to the bdev under test (`setup`:
     rpc.py argument lists), which takes its name."""
+    config, base_name, base_mib = base
     cfg = write_config(wd, f"{name}.json", [
-        {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": malloc_mib * 256, "block_size": 4096}},
-        {"method": "bdev_passthru_create", "params": {"name": target, "base_bdev_name": "Malloc0"}},
+        *config,
+        {"method": "bdev_passthru_create", "params": {"name": target, "base_bdev_name": base_name}},
         {"method": "bdev_wait_for_examine"},
     ])
     app = App(wd, BDEVPERF, "-z", "--json", cfg, "-T", target, "-q", 32, "-o", 4096, "-w", "randread",
-              "-t", SECONDS, mem=malloc_mib + 2048, name=name)
+              "-t", SECONDS, mem=base_mib + 2048, name=name)
     fault_in = perform(app.sock, "-w", "write", "-o", 1 << 20, "-q", 4, "-t", 20)
-    assert fault_in["mibps"] * 20 > malloc_mib * 1.1, f"fault-in pass too slow to cover the base: {fault_in}"
+    size_mib = rpc(app.sock, "bdev_get_bdevs", "-b", base_name)[0]["num_blocks"] * 4096 >> 20
+    assert fault_in["mibps"] * 20 > size_mib * 1.1, f"fault-in pass too slow to cover the base: {fault_in}"
     rpc(app.sock, "bdev_passthru_delete", target)
     for args in setup:
         rpc(app.sock, *args)
@@ -67,7 +99,7 @@ def session(wd, name, target, setup, malloc_mib=MALLOC_MIB):
 
 
 def read_write(wd, name, target, setup):
-    app = session(wd, name, target, setup)
+    app = session(wd, name, target, setup, malloc_base(MALLOC_MIB))
     try:
         # randwrite first: a second of it writes every block of ilog's volume
         # (5 % of the base) many times over, so that randread then hits the
@@ -79,8 +111,8 @@ def read_write(wd, name, target, setup):
     return read, write
 
 
-def snapshot_under_load(wd, name, target, setup, snapshot_args):
-    app = session(wd, name, target, setup, SNAPSHOT_MALLOC_MIB)
+def snapshot_under_load(wd, name, target, setup, snapshot_args, base):
+    app = session(wd, name, target, setup, base)
     try:
         # A first run warms the bdev up (first I/Os, first segments), so the
         # steady state's max latency is a steady one; at QD 1, so that it
@@ -96,7 +128,7 @@ def snapshot_under_load(wd, name, target, setup, snapshot_args):
         rpc(app.sock, *snapshot_args)
         took = time.monotonic() - start
         t.join()
-        moved = rpc(app.sock, "bdev_ilog_get_stats", target)["bytes_moved"] if name.startswith("ilog") else 0
+        moved = rpc(app.sock, "bdev_ilog_get_stats", target)["bytes_moved"] if name.startswith("ilog") else "-"
     finally:
         app.stop()
     return steady, out["r"], took, moved
@@ -106,16 +138,20 @@ def main():
     wd = workdir()
     log_percent = LOG_PERCENT
     parts = 100 // (100 - log_percent)
-    ilog = [["bdev_ilog_create", "-b", "Malloc0", "-p", "ilog0", "--log-percent", log_percent]]
+    def ilog(base):
+        return [["bdev_ilog_create", "-b", base, "-p", "ilog0", "--log-percent", log_percent]]
+
     pt = [["bdev_passthru_create", "-b", "Malloc0", "-p", "pt0"]]
     # The same base cut to ilog's volume size: passthru over the same working
     # set (with 4 KiB pages, random access over all of the base is TLB-bound).
     pt_split = [["bdev_split_create", "Malloc0", parts], ["bdev_passthru_create", "-b", "Malloc0p0", "-p", "pt0"]]
-    lvol_mib = SNAPSHOT_MALLOC_MIB // parts
-    lvol = [["bdev_lvol_create_lvstore", "Malloc0", "lvs0"], ["bdev_lvol_create", "-l", "lvs0", "lv0", lvol_mib]]
+
+    def lvol(base, base_mib):
+        return [["bdev_lvol_create_lvstore", base, "lvs0"], ["bdev_lvol_create", "-l", "lvs0", "lv0", base_mib // parts]]
+
     try:
         res = {n: read_write(wd, n, t, c)
-               for n, t, c in (("passthru", "pt0", pt), ("passthru-split", "pt0", pt_split), ("ilog", "ilog0", ilog))}
+               for n, t, c in (("passthru", "pt0", pt), ("passthru-split", "pt0", pt_split), ("ilog", "ilog0", ilog("Malloc0")))}
         print(f"malloc base {MALLOC_MIB} MiB; ilog volume and split part {100 - log_percent} % of it; "
               f"{SECONDS} s per run\n")
         print("| bdev | randread IOPS | randwrite IOPS | randread avg/max us | randwrite avg/max us |")
@@ -131,18 +167,28 @@ def main():
             print(f"ilog/{base}: randread {rr:.2f}x (target >= 0.80), randwrite {rw:.2f}x (target >= 0.85)")
         print()
 
-        snaps = {
-            "ilog": snapshot_under_load(wd, "ilog-snap", "ilog0", ilog, ["bdev_ilog_snapshot", "ilog0", "-n", "s1"]),
-            "lvol": snapshot_under_load(wd, "lvol-snap", "lvs0/lv0", lvol, ["bdev_lvol_snapshot", "lvs0/lv0", "snap0"]),
-        }
-        print("| bdev | steady IOPS | steady max us | first second after snapshot IOPS | max us | IOPS ratio | "
-              "max latency ratio | snapshot RPC s (incl. rpc.py start) | bytes moved by the cleaner |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        print(f"(base {SNAPSHOT_MALLOC_MIB} MiB)")
-        for n, (steady, after, took, moved) in snaps.items():
-            print(f"| {n} | {steady['iops']:.0f} | {steady['max_latency_us']:.0f} | {after['iops']:.0f} | "
-                  f"{after['max_latency_us']:.0f} | {after['iops'] / steady['iops']:.2f} | "
-                  f"{after['max_latency_us'] / steady['max_latency_us']:.2f} | {took:.2f} | {moved} |")
+        for base_name, mib in (("malloc", SNAPSHOT_MALLOC_MIB), ("NVMe/TCP", TCP_MIB)):
+            far = far_target(wd, mib) if base_name == "NVMe/TCP" else None
+            base = tcp_base() if far else malloc_base(mib)
+            try:
+                snaps = {
+                    "ilog": snapshot_under_load(wd, "ilog-snap", "ilog0", ilog(base[1]),
+                                                ["bdev_ilog_snapshot", "ilog0", "-n", "s1"], base),
+                    "lvol": snapshot_under_load(wd, "lvol-snap", "lvs0/lv0", lvol(base[1], mib),
+                                                ["bdev_lvol_snapshot", "lvs0/lv0", "snap0"], base),
+                }
+            finally:
+                if far:
+                    far.stop()
+            print(f"Snapshot under load, {base_name} base of {mib} MiB:\n")
+            print("| bdev | steady IOPS | steady max us | first second after snapshot IOPS | max us | IOPS ratio | "
+                  "max latency ratio | snapshot RPC s (incl. rpc.py start) | bytes moved by the cleaner |")
+            print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+            for n, (steady, after, took, moved) in snaps.items():
+                print(f"| {n} | {steady['iops']:.0f} | {steady['max_latency_us']:.0f} | {after['iops']:.0f} | "
+                      f"{after['max_latency_us']:.0f} | {after['iops'] / steady['iops']:.2f} | "
+                      f"{after['max_latency_us'] / steady['max_latency_us']:.2f} | {took:.2f} | {moved} |")
+            print()
     finally:
         kill_all()
 
