@@ -61,6 +61,11 @@ pub trait DevChannel: Send {
 
     /// Requests submitted and not yet polled.
     fn outstanding(&self) -> usize;
+
+    /// Sets up, on the thread that will use the channel, what its first
+    /// request would otherwise set up inline (SPDK: the base bdev's I/O
+    /// channel, milliseconds of pool allocation).
+    fn prepare(&mut self) {}
 }
 
 /// A block device shared by all cores.

@@ -360,6 +360,12 @@ impl Shard {
     /// Does one round of work: device completions, messages from other
     /// cores, client requests, retirement. Completed client requests go to
     /// `sink(token, result)`. Returns how much work was done (0 = idle).
+    /// Readies the shard on the thread that will poll it, before its first
+    /// request (see `DevChannel::prepare`).
+    pub fn prepare(&mut self) {
+        self.dev.prepare();
+    }
+
     pub fn poll(&mut self, sink: &mut dyn FnMut(u64, Result<Reply>)) -> usize {
         let mut work = self.flush_outbox();
         work += self.resubmit();

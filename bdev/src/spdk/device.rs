@@ -235,6 +235,8 @@ unsafe extern "C" fn remote_done(bdev_io: *mut sys::spdk_bdev_io, success: bool,
 }
 
 impl SpdkChannel {
+    /// Takes the calling SPDK thread's channel to the base bdev, or goes
+    /// through the app thread when called off SPDK threads.
     fn bind(&mut self) {
         if !matches!(self.mode, Mode::Unbound) {
             return;
@@ -314,6 +316,10 @@ impl DevChannel for SpdkChannel {
 
     fn outstanding(&self) -> usize {
         self.outstanding
+    }
+
+    fn prepare(&mut self) {
+        self.bind();
     }
 }
 

@@ -139,7 +139,9 @@ impl Reactors {
             r.thread.send(move || {
                 // SAFETY: on the reactor's thread.
                 let p = unsafe { &mut *(addr as *mut Poller) };
-                p.shards.push(Attached { id, shard: *shard, detach: None });
+                let mut shard = *shard;
+                shard.prepare();
+                p.shards.push(Attached { id, shard, detach: None });
             });
         }
     }
