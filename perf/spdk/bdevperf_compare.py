@@ -20,9 +20,13 @@ Every session first writes the whole malloc base through a passthru (see
    process (nvmf_tgt on the other core) exports from its malloc bdev over
    127.0.0.1, attached with bdev_nvme_attach_controller.
 
+`--ilog-only N` runs part 1 for ilog alone, N times, a line each: for
+A/B runs of two builds of the library (ILOG_SPDK_LIB picks the one loaded).
+
 Needs `cargo build --release --features spdk`; SPDK_DIR (default /opt/spdk).
 """
 
+import argparse
 import json
 import os
 import subprocess
@@ -134,7 +138,25 @@ def snapshot_under_load(wd, name, target, setup, snapshot_args, base):
     return steady, out["r"], took, moved
 
 
+def ilog_only(reps):
+    wd = workdir()
+    lib = os.environ.get("ILOG_SPDK_LIB", "target/release/libilog_spdk.so")
+    setup = [["bdev_ilog_create", "-b", "Malloc0", "-p", "ilog0", "--log-percent", LOG_PERCENT]]
+    try:
+        for _ in range(reps):
+            read, write = read_write(wd, "ilog", "ilog0", setup)
+            print(f"{lib}: randwrite {write['iops']:.0f} IOPS (max {write['max_latency_us']:.0f} us), "
+                  f"randread {read['iops']:.0f} IOPS", flush=True)
+    finally:
+        kill_all()
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ilog-only", type=int, metavar="N", help="ilog's randwrite and randread alone, N times")
+    args = parser.parse_args()
+    if args.ilog_only:
+        return ilog_only(args.ilog_only)
     wd = workdir()
     log_percent = LOG_PERCENT
     parts = 100 // (100 - log_percent)
