@@ -141,9 +141,9 @@ impl Partitions {
         &self.sealed
     }
 
-    /// The open partition and its table.
-    pub fn open(&self) -> (u32, &Table) {
-        (self.open_partition, &self.open)
+    /// The open partition's table.
+    pub fn open_table(&self) -> &Table {
+        &self.open
     }
 
     /// Forgets the sealed partitions up to `p` (folded into the baseline).

@@ -357,15 +357,15 @@ impl Shard {
         self.core
     }
 
-    /// Does one round of work: device completions, messages from other
-    /// cores, client requests, retirement. Completed client requests go to
-    /// `sink(token, result)`. Returns how much work was done (0 = idle).
     /// Readies the shard on the thread that will poll it, before its first
     /// request (see `DevChannel::prepare`).
     pub fn prepare(&mut self) {
         self.dev.prepare();
     }
 
+    /// Does one round of work: device completions, messages from other
+    /// cores, client requests, retirement. Completed client requests go to
+    /// `sink(token, result)`. Returns how much work was done (0 = idle).
     pub fn poll(&mut self, sink: &mut dyn FnMut(u64, Result<Reply>)) -> usize {
         let mut work = self.flush_outbox();
         work += self.resubmit();
@@ -1054,7 +1054,7 @@ impl Shard {
             .map(|(_, t)| t)
             .collect();
         if upper.is_none() {
-            newer.push(self.parts.open().1);
+            newer.push(self.parts.open_table());
         }
         let pin = |addr: LogAddr| {
             let pinned = &self.shared.segment_of(addr).pinned;
@@ -1303,6 +1303,9 @@ impl Shard {
     }
 }
 
+/// Checks, with every shard idle, that the live-block counts kept as blocks
+/// change equal a recount from scratch. For tests: an error names the first
+/// segment that differs.
 pub fn audit_space(shards: &[Shard]) -> std::result::Result<(), String> {
     let Some(first) = shards.first() else { return Ok(()) };
     if let Some(busy) = shards.iter().find(|s| !s.is_idle()) {
