@@ -4,7 +4,8 @@
 //!    device channels (one thread, then one thread per core).
 //! 2. Fill: the working set is written sequentially.
 //! 3. `--passes` times: a random half of the working set is overwritten with
-//!    4 KiB writes (older segments hold about 50 % garbage), a snapshot
+//!    aligned `--overwrite-blocks` writes (older segments hold about 50 %
+//!    garbage), a snapshot
 //!    seals it and the previous pass's is deleted; then the idle phase (a
 //!    4 KiB random read/write mix, paced at `--iops` with at most `--qd` in
 //!    flight, for `--seconds`) and the compaction phase (the same load while
@@ -21,7 +22,7 @@
 //! Flags (defaults): `--device-mib 3072`, `--cores 2`, `--live-pct 40` (the
 //! working set, % of the log), `--seconds 3`, `--qd 4`, `--read-pct 70`,
 //! `--iops 20000` (0: closed loop), `--passes 4`, `--segment-mib 4`,
-//! `--seed 1`, `--runs 1`. Results: `perf/RESULTS.md`.
+//! `--seed 1`, `--runs 1`, `--overwrite-blocks 1`. Results: `perf/RESULTS.md`.
 
 use ilog_bdev::device::{BlockDevice, DevOp, DevRequest, MallocDevice};
 use ilog_bdev::engine::{CompactMode, Reply, Request, Stats, View};
@@ -49,6 +50,10 @@ struct Args {
     iops: u64,
     /// Garbage-making overwrite, idle phase and compaction, this many times.
     passes: u32,
+    /// Blocks per garbage-making write, aligned: 1 leaves the fill's 32-block
+    /// entries half live in 1-3 block fragments, 32 leaves every entry
+    /// wholly live or wholly dead.
+    overwrite_blocks: u32,
 }
 
 fn parse_args() -> Args {
@@ -64,6 +69,7 @@ fn parse_args() -> Args {
         runs: 1,
         iops: 20_000,
         passes: 4,
+        overwrite_blocks: 1,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -71,7 +77,7 @@ fn parse_args() -> Args {
         if flag == "--help" || flag == "-h" {
             println!(
                 "compact_bench [--device-mib N] [--cores N] [--live-pct N] [--seconds S] [--qd N] [--read-pct N] \
-                 [--iops N] [--passes N] [--segment-mib N] [--seed N] [--runs N]"
+                 [--iops N] [--passes N] [--segment-mib N] [--seed N] [--runs N] [--overwrite-blocks N]"
             );
             std::process::exit(0);
         }
@@ -89,10 +95,18 @@ fn parse_args() -> Args {
             "--runs" => a.runs = num() as u32,
             "--iops" => a.iops = num(),
             "--passes" => a.passes = num() as u32,
+            "--overwrite-blocks" => a.overwrite_blocks = num() as u32,
             _ => panic!("unknown flag {flag} (--help lists them)"),
         }
     }
-    assert!(a.cores >= 1 && a.qd >= 1 && a.passes >= 1 && a.read_pct <= 100 && (1..=90).contains(&a.live_pct));
+    assert!(
+        a.cores >= 1
+            && a.qd >= 1
+            && a.passes >= 1
+            && (1..=32).contains(&a.overwrite_blocks)
+            && a.read_pct <= 100
+            && (1..=90).contains(&a.live_pct)
+    );
     a
 }
 
@@ -365,7 +379,8 @@ fn run(a: &Args, seed: u64) -> RunResult {
     let failed = write_all(&ilog, seq, 16, 32);
     println!("sequential fill: {:.2} s, {failed} failed writes", t.elapsed().as_secs_f64());
     let mut rng = Rng::new(seed);
-    let mut order: Vec<u64> = (0..live_blocks).collect();
+    let ow = u64::from(a.overwrite_blocks);
+    let mut order: Vec<u64> = (0..live_blocks / ow).map(|chunk| chunk * ow).collect();
     let mut r = RunResult {
         raw1,
         raw_n,
@@ -385,7 +400,8 @@ fn run(a: &Args, seed: u64) -> RunResult {
         // compaction merges it).
         let t = Instant::now();
         rng.shuffle(&mut order);
-        let failed = write_all(&ilog, order[..order.len() / 2].iter().map(|&lba| (lba, 1)), 32, 1);
+        let half = order[..order.len() / 2].iter().map(|&lba| (lba, a.overwrite_blocks));
+        let failed = write_all(&ilog, half, 32, a.overwrite_blocks);
         ilog.snapshot(Some(&format!("pass-{pass}"))).expect("snapshot");
         if pass > 0 {
             ilog.delete_volume(&format!("pass-{}", pass - 1)).expect("delete volume");

@@ -160,6 +160,8 @@ impl Harness {
             max_volumes: 8,
         };
         let mut sim = Sim::new(seed, device_blocks, bs as u32);
+        // Half the seeds move whole entries by device copies.
+        sim.disk.set_copy(rng.below(2) == 0);
         sim.format(&opts).unwrap_or_else(|e| panic!("seed {seed}: format: {e}"));
         let cores = 1 + rng.below(4) as u32;
         assert!(!sim.mount(cores).unwrap(), "seed {seed}: a fresh format mounts clean");
@@ -507,6 +509,7 @@ impl Harness {
                 Ok(Reply::Stats(st)) => {
                     FREED.fetch_add(st.segments_freed, Relaxed);
                     MOVED.fetch_add(st.bytes_moved, Relaxed);
+                    COPIED.fetch_add(st.bytes_copied, Relaxed);
                     POLICY_ACTIONS.fetch_add(st.policy_actions, Relaxed);
                 }
                 other => self.fail(format!("stats answered {other:?}")),
@@ -756,6 +759,7 @@ impl Harness {
 /// Segments the cleaner freed and bytes it moved, over every seed run.
 static FREED: AtomicU64 = AtomicU64::new(0);
 static MOVED: AtomicU64 = AtomicU64::new(0);
+static COPIED: AtomicU64 = AtomicU64::new(0);
 static FOLDS: AtomicU64 = AtomicU64::new(0);
 static POLICY_ACTIONS: AtomicU64 = AtomicU64::new(0);
 
@@ -784,14 +788,15 @@ fn random_workloads_match_the_model_across_crashes() {
         }
     }
     let (freed, moved, folds) = (FREED.load(Relaxed), MOVED.load(Relaxed), FOLDS.load(Relaxed));
-    let policy_actions = POLICY_ACTIONS.load(Relaxed);
+    let (policy_actions, copied) = (POLICY_ACTIONS.load(Relaxed), COPIED.load(Relaxed));
     eprintln!(
-        "sim: {} seeds passed in {:.1?}; the cleaner freed {freed} segments, moved {moved} bytes; {folds} folds into the baseline; {policy_actions} policy compactions",
+        "sim: {} seeds passed in {:.1?}; the cleaner freed {freed} segments, moved {moved} bytes ({copied} by device copies); {folds} folds into the baseline; {policy_actions} policy compactions",
         seeds.len(),
         started.elapsed()
     );
     if seeds.len() >= 50 {
         assert!(freed > 0 && moved > 0, "the workloads must exercise the cleaner (freed {freed}, moved {moved})");
+        assert!(copied > 0 && copied < moved, "moves must go both by device copies and through buffers");
         assert!(folds > 0, "the workloads must fold volumes into the baseline");
         assert!(policy_actions > 0, "the status policies must act");
     }

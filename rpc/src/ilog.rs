@@ -84,8 +84,8 @@
 //! (read by the current image or a volume), `garbage_bytes` (written, read by
 //! nothing), `garbage_ratio` (garbage / (live + garbage)),
 //! `user_bytes_written`, `device_bytes_written`, `write_amplification`
-//! (device / user), `compactions`, `bytes_moved`, `segments_freed`,
-//! `policy_actions`.
+//! (device / user), `compactions`, `bytes_moved`, `bytes_copied` (of those
+//! moved, copied by the device itself), `segments_freed`, `policy_actions`.
 //!
 //! ## Policy document
 //!
@@ -509,6 +509,7 @@ pub fn stats_result(name: &str, s: &Stats) -> Value {
         "write_amplification": ratio(s.device_bytes_written, s.user_bytes_written),
         "compactions": s.compactions,
         "bytes_moved": s.bytes_moved,
+        "bytes_copied": s.bytes_copied,
         "segments_freed": s.segments_freed,
         "policy_actions": s.policy_actions,
     })
@@ -849,6 +850,7 @@ mod tests {
             device_bytes_written: 5 << 20,
             compactions: 1,
             bytes_moved: 4096,
+            bytes_copied: 0,
             segments_freed: 1,
             policy_actions: 0,
         };
@@ -859,7 +861,7 @@ mod tests {
                    "log_capacity_bytes": 80 << 20, "log_used_bytes": 8 << 20, "live_bytes": 3 << 20,
                    "garbage_bytes": 1 << 20, "garbage_ratio": 0.25, "user_bytes_written": 4 << 20,
                    "device_bytes_written": 5 << 20, "write_amplification": 1.25, "compactions": 1,
-                   "bytes_moved": 4096, "segments_freed": 1, "policy_actions": 0})
+                   "bytes_moved": 4096, "bytes_copied": 0, "segments_freed": 1, "policy_actions": 0})
         );
     }
 }

@@ -208,7 +208,9 @@ def test_bad_rpc_input_keeps_the_app_running():
 def test_nvme_tcp_base_and_export():
     """ilog on an NVMe/TCP namespace (exported by a second SPDK process from
     a malloc bdev), itself exported over NVMe/TCP and verified by bdevperf
-    through SPDK's NVMe/TCP initiator."""
+    through SPDK's NVMe/TCP initiator; compaction moves whole entries with
+    NVMe Copy commands (the far target offers Simple Copy) and changes no
+    data."""
     wd = workdir()
     far = App(wd, NVMF_TGT, preload=False, name="far")
     near = None
@@ -241,6 +243,15 @@ def test_nvme_tcp_base_and_export():
         # The volume is in use by the export: deleting ilog0 must be refused.
         expect_error(EBUSY, near.sock, "bdev_ilog_delete", "ilog0")
         near.rpc("bdev_ilog_snapshot", "ilog0", "-n", "over-tcp")
+        run_app(wd, BDEVPERF, "--json", initiator, "-q", 16, "-o", 4096, "-w", "randwrite", "-t", 1,
+                name="initiator")
+        before, after = os.path.join(wd, "before.bin"), os.path.join(wd, "after.bin")
+        dd_read(wd, initiator, "Ilogn1", before)
+        assert near.rpc("bdev_ilog_compact", "ilog0") is True
+        stats = near.rpc("bdev_ilog_get_stats", "ilog0")
+        assert 0 < stats["bytes_copied"] <= stats["bytes_moved"], stats
+        dd_read(wd, initiator, "Ilogn1", after)
+        assert same(before, after), "compaction changed ilog0"
         near.stop()
         near = None
         far.stop()

@@ -146,6 +146,8 @@ impl DevChannel for FileChannel {
         let extent = match req.op {
             DevOp::Flush => Some((0, 0)),
             DevOp::Read | DevOp::Write => self.extent(&req),
+            // io_uring has no block copy: `supports_copy` says no.
+            DevOp::Copy { .. } => None,
         };
         let len = match extent {
             None => {
@@ -158,6 +160,7 @@ impl DevChannel for FileChannel {
                     DevOp::Read => opcode::Read::new(fd, req.buf, len).offset(offset).build(),
                     DevOp::Write => opcode::Write::new(fd, req.buf, len).offset(offset).build(),
                     DevOp::Flush => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
+                    DevOp::Copy { .. } => unreachable!("refused above"),
                 };
                 // SAFETY: the caller keeps `req.buf` valid for `len` bytes
                 // until this request's completion is polled, and `Drop`

@@ -21,10 +21,18 @@ pub enum DevOp {
     Write,
     /// Make every write completed before this request durable.
     Flush,
+    /// Write `nblocks` blocks at `block` with the device's own blocks at
+    /// `src` (SPDK's bdev copy: NVMe Simple Copy, the malloc bdev's memcpy),
+    /// without the data passing through a buffer. Durable as a write is.
+    /// Only for devices whose [`BlockDevice::supports_copy`] says so.
+    Copy {
+        src: u64,
+    },
 }
 
 /// One asynchronous device request. `buf` must stay valid, and untouched by
-/// anyone else, for `nblocks * block_size` bytes until the request completes.
+/// anyone else, for `nblocks * block_size` bytes until the request completes
+/// (flushes and copies have no buffer).
 #[derive(Debug, Clone, Copy)]
 pub struct DevRequest {
     pub op: DevOp,
@@ -78,4 +86,8 @@ pub trait BlockDevice: Send + Sync {
     }
     /// Opens a channel for the calling core.
     fn channel(&self) -> std::io::Result<Box<dyn DevChannel>>;
+    /// Whether the device copies blocks itself ([`DevOp::Copy`]).
+    fn supports_copy(&self) -> bool {
+        false
+    }
 }

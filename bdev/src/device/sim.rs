@@ -2,7 +2,8 @@
 //! requests in a random order, keeps completed writes in a volatile cache
 //! until a flush, and on a power cut keeps, drops or tears (512-byte sector
 //! granularity) each write that was not flushed. It can also fail requests
-//! with EIO.
+//! with EIO, and copy blocks itself ([`SimDisk::set_copy`]), a copy being a
+//! write whose data is read from the disk when it runs.
 
 use super::{BlockDevice, DevChannel, DevOp, DevRequest, DevStatus, QueueFull};
 use crate::runtime::sim::Rng;
@@ -45,6 +46,28 @@ struct State {
     /// Channels opened before the last power cut are dead.
     power_epoch: u64,
     next_channel: u64,
+    copy: bool,
+}
+
+impl State {
+    /// What write or copy `r` puts on the disk, read now; `None` for other
+    /// requests and for ranges outside the disk's `blocks`.
+    fn written_by(&self, r: &DevRequest, blocks: u64) -> Option<Vec<u8>> {
+        let inside = |b: u64| b.checked_add(u64::from(r.nblocks)).is_some_and(|end| end <= blocks);
+        let len = r.nblocks as usize * self.block_size;
+        match r.op {
+            DevOp::Write if inside(r.block) => {
+                // SAFETY: the engine keeps write buffers valid until
+                // completion, and through a power cut.
+                Some(unsafe { std::slice::from_raw_parts(r.buf, len) }.to_vec())
+            }
+            DevOp::Copy { src } if inside(r.block) && inside(src) => {
+                let at = src as usize * self.block_size;
+                Some(self.current[at..at + len].to_vec())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A simulated disk shared by every core of a simulated run.
@@ -69,6 +92,7 @@ impl SimDisk {
             next_stamp: 1,
             power_epoch: 0,
             next_channel: 0,
+            copy: false,
         };
         SimDisk { state: Arc::new(Mutex::new(state)), num_blocks, block_size }
     }
@@ -79,6 +103,11 @@ impl SimDisk {
 
     pub fn set_faults(&self, faults: Faults) {
         self.lock().faults = faults;
+    }
+
+    /// Whether the disk offers [`DevOp::Copy`] (read at mount).
+    pub fn set_copy(&self, copy: bool) {
+        self.lock().copy = copy;
     }
 
     /// Cuts power: requests in flight and unflushed writes each reach the
@@ -92,11 +121,9 @@ impl SimDisk {
         let mut writes: Vec<(u64, Vec<u8>)> =
             std::mem::take(&mut s.unflushed).into_iter().map(|u| (u.block, u.data)).collect();
         for f in std::mem::take(&mut s.in_flight) {
-            if f.req.op == DevOp::Write && f.req.block + u64::from(f.req.nblocks) <= (s.current.len() / bs) as u64 {
-                // SAFETY: the engine keeps write buffers valid until completion,
-                // and the caller keeps them valid through the power cut.
-                let data = unsafe { std::slice::from_raw_parts(f.req.buf, f.req.nblocks as usize * bs) };
-                writes.push((f.req.block, data.to_vec()));
+            let blocks = (s.current.len() / bs) as u64;
+            if let Some(data) = s.written_by(&f.req, blocks) {
+                writes.push((f.req.block, data));
             }
         }
         for (block, data) in writes {
@@ -144,6 +171,9 @@ impl BlockDevice for SimDisk {
     }
     fn buf_align(&self) -> usize {
         1
+    }
+    fn supports_copy(&self) -> bool {
+        self.lock().copy
     }
     fn channel(&self) -> std::io::Result<Box<dyn DevChannel>> {
         let mut s = self.lock();
@@ -199,18 +229,20 @@ impl DevChannel for SimChannel {
             let status = match r.op {
                 _ if r.op != DevOp::Flush && !in_range => Err(libc::EINVAL),
                 DevOp::Read if s.rng.chance_ppm(s.faults.read_eio_ppm) => Err(libc::EIO),
-                DevOp::Write if s.rng.chance_ppm(s.faults.write_eio_ppm) => Err(libc::EIO),
+                DevOp::Write | DevOp::Copy { .. } if s.rng.chance_ppm(s.faults.write_eio_ppm) => Err(libc::EIO),
                 DevOp::Read => {
                     let at = r.block as usize * bs;
                     // SAFETY: the submitter's buffer holds nblocks blocks.
                     unsafe { std::ptr::copy_nonoverlapping(s.current[at..].as_ptr(), r.buf, r.nblocks as usize * bs) };
                     Ok(())
                 }
-                DevOp::Write => {
-                    let (at, len) = (r.block as usize * bs, r.nblocks as usize * bs);
-                    // SAFETY: as above.
-                    let data = unsafe { std::slice::from_raw_parts(r.buf, len) }.to_vec();
-                    s.current[at..at + len].copy_from_slice(&data);
+                DevOp::Copy { src } if src.checked_add(u64::from(r.nblocks)).is_none_or(|end| end > blocks) => {
+                    Err(libc::EINVAL)
+                }
+                DevOp::Write | DevOp::Copy { .. } => {
+                    let data = s.written_by(&r, blocks).expect("in range");
+                    let at = r.block as usize * bs;
+                    s.current[at..at + data.len()].copy_from_slice(&data);
                     let stamp = s.next_stamp;
                     s.next_stamp += 1;
                     s.unflushed.push(Unflushed { stamp, block: r.block, data });

@@ -359,6 +359,7 @@ impl Shard {
             device_bytes_written: load(&counters.device_blocks) * bs,
             compactions: load(&counters.compactions),
             bytes_moved: load(&counters.moved_blocks) * bs,
+            bytes_copied: load(&counters.copied_blocks) * bs,
             segments_freed: load(&counters.segments_freed),
             policy_actions: load(&counters.policy_actions),
         }

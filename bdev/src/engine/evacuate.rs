@@ -3,21 +3,27 @@
 //!
 //! Each run of blocks of the victim is checked against the views (see
 //! `space.rs`): live data is read into a cleaner buffer and appended again as
-//! a *move* entry in the destination partition (the victim's own, or the next
-//! view's when the victim's partition lost its volume: that is how a deleted
-//! volume merges into the next partition); live zero blocks are appended
-//! again as a zero entry. Liveness is decided when the move is appended:
-//! views cannot change meanwhile (volume changes are control operations, and
-//! core 0 runs one at a time), and a client write of the block either waits
-//! in the reorder buffer (then the block is not moved into the open
-//! partition, see `live_parts`) or is appended later and wins, in memory and
-//! on replay alike. A retiring move repoints the index only if the block is
-//! still current. Sealed partition tables are updated when the core is done, before
-//! it answers: until the victim is freed, its old addresses stay readable.
+//! a *move* entry in the destination partition (the victim's own, or the
+//! next view's when the victim's partition lost its volume: that is how a
+//! deleted volume merges into the next partition); live zero blocks are
+//! appended again as a zero entry. Where the device copies blocks itself, an
+//! entry live as a whole is moved by a device copy instead and keeps its
+//! CRC: its data never passes through the host (a live part of an entry
+//! needs a CRC of its own, so it is read).
+//!
+//! Liveness is decided when the move is appended: views cannot change
+//! meanwhile (volume changes are control operations, and core 0 runs one at
+//! a time), and a client write of the block either waits in the reorder
+//! buffer (then the block is not moved into the open partition, see
+//! `live_parts`) or is appended later and wins, in memory and on replay
+//! alike. A retiring move repoints the index only if the block is still
+//! current. Sealed partition tables are updated when the core is done,
+//! before it answers: until the victim is freed, its old addresses stay
+//! readable.
 
 use super::addr::{LogAddr, ZERO};
 use super::request::View;
-use super::shard::{Msg, Purpose, Shard, TAG_GC_READ};
+use super::shard::{Msg, Payload, Purpose, Shard, TAG_GC_READ};
 use crate::device::{DevOp, DevRequest, DevStatus};
 use crate::error::{Error, Result};
 use crate::format::{EntryKind, SummaryEntry};
@@ -32,12 +38,25 @@ pub(super) const MOVE_RUN_BLOCKS: u32 = 32;
 const MOVE_BLOCKS_PER_POLL: u32 = 32;
 
 /// A run of consecutive blocks of one victim entry: `addr` is the first
-/// block's address, or `ZERO` for a zero entry.
+/// block's address, or `ZERO` for a zero entry. `crc`: the run is a whole
+/// entry with that CRC, to be moved by a device copy if it is all live.
 #[derive(Clone, Copy, Default)]
 pub(super) struct Run {
     lba: u64,
     addr: LogAddr,
     blocks: u32,
+    crc: Option<u32>,
+}
+
+/// Where a move's data comes from.
+#[derive(Clone, Copy)]
+enum Source {
+    /// The cleaner buffer that holds the run's blocks.
+    Buf(u16),
+    /// The device copies the run, a whole entry whose CRC this is.
+    Copy(u32),
+    /// Nowhere: a zero run.
+    Zero,
 }
 
 /// One victim segment being evacuated on this core. A core queues the
@@ -65,24 +84,37 @@ pub(super) struct Evacuation {
 }
 
 impl Evacuation {
-    pub(super) fn new(segno: u32, src_partition: u32, dest: u32, entries: &[SummaryEntry], base: LogAddr) -> Self {
+    /// `copy`: the device copies blocks itself. Entries up to a run long
+    /// are then kept whole (a device copy is bounded like a read).
+    pub(super) fn new(
+        segno: u32,
+        src_partition: u32,
+        dest: u32,
+        entries: &[SummaryEntry],
+        base: LogAddr,
+        copy: bool,
+    ) -> Self {
         let mut todo = VecDeque::new();
         let mut data = Vec::new();
         for e in entries {
             let run = match e.kind {
-                EntryKind::Data => Run { lba: e.lba, addr: base + e.data_offset, blocks: e.blocks },
+                EntryKind::Data => Run { lba: e.lba, addr: base + e.data_offset, blocks: e.blocks, crc: None },
                 EntryKind::Zero => {
                     // Moved as one entry: a zero run needs no buffer, and
                     // every entry takes summary room.
-                    todo.push_back((Run { lba: e.lba, addr: ZERO, blocks: e.blocks }, 0));
+                    todo.push_back((Run { lba: e.lba, addr: ZERO, blocks: e.blocks, crc: None }, 0));
                     continue;
                 }
                 EntryKind::Hole => continue,
             };
             data.push(run);
+            if copy && run.blocks <= MOVE_RUN_BLOCKS {
+                todo.push_back((Run { crc: Some(e.data_crc), ..run }, 0));
+                continue;
+            }
             for off in (0..run.blocks).step_by(MOVE_RUN_BLOCKS as usize) {
                 let (lba, addr) = run.block(off);
-                todo.push_back((Run { lba, addr, blocks: (run.blocks - off).min(MOVE_RUN_BLOCKS) }, 0));
+                todo.push_back((Run { lba, addr, blocks: (run.blocks - off).min(MOVE_RUN_BLOCKS), crc: None }, 0));
             }
         }
         Evacuation {
@@ -177,7 +209,7 @@ impl Shard {
     /// fail the block is still live. Liveness is checked again then. Into a
     /// sealed partition the move is needed (a volume reads it) and safe (the
     /// write's partition is newer).
-    fn append_run(&mut self, run: &Run, from: u32, buf: Option<u16>) -> u32 {
+    fn append_run(&mut self, run: &Run, from: u32, source: Source) -> u32 {
         let (src_partition, dest) = {
             let ev = self.evac.front().expect("running");
             (ev.src_partition, ev.dest)
@@ -194,13 +226,20 @@ impl Shard {
             if into_open && (lba..lba + u64::from(n)).any(|x| self.client_write_pending(x)) {
                 return off;
             }
-            let (kind, data) = match buf {
-                // SAFETY: the buffer holds the run's blocks; `off + n` is within it.
-                Some(b) => (EntryKind::Data, unsafe { self.gc_bufs[b as usize].as_ptr().add(off as usize * bs) }),
-                None => (EntryKind::Zero, std::ptr::null()),
+            let (payload, buf) = match source {
+                Source::Buf(b) => {
+                    // SAFETY: the buffer holds the run's blocks; `off + n` is within it.
+                    let at = unsafe { self.gc_bufs[b as usize].as_ptr().add(off as usize * bs) };
+                    (Payload::Buf(at), Some(b))
+                }
+                Source::Copy(crc) => {
+                    debug_assert!((off, n) == (0, run.blocks), "a copy moves its whole entry");
+                    (Payload::Copy { src, crc }, None)
+                }
+                Source::Zero => (Payload::Zero, None),
             };
             let purpose = Purpose::Move { src, src_partition, buf };
-            match self.append_entry(kind, lba, n, data, dest, purpose) {
+            match self.append_entry(payload, lba, n, dest, purpose) {
                 Ok(false) => return off,
                 Ok(true) => match buf {
                     Some(b) => self.gc_refs[b as usize] += 1,
@@ -228,7 +267,7 @@ impl Shard {
             }
             spent += run.blocks - from;
             // Checked now: a client may have rewritten blocks during the read.
-            let next = self.append_run(&run, from, Some(buf));
+            let next = self.append_run(&run, from, Source::Buf(buf));
             if next < run.blocks {
                 self.evac.front_mut().expect("running").ready.front_mut().expect("peeked").2 = next;
                 break;
@@ -244,7 +283,7 @@ impl Shard {
             if run.addr == ZERO {
                 // An append without data: counted as one block of work.
                 spent += 1;
-                let next = self.append_run(&run, from, None);
+                let next = self.append_run(&run, from, Source::Zero);
                 if next < run.blocks {
                     self.evac.front_mut().expect("running").todo.front_mut().expect("peeked").1 = next;
                     break;
@@ -254,7 +293,13 @@ impl Shard {
                     let ev = self.evac.front().expect("running");
                     (ev.src_partition, ev.dest)
                 };
-                if !self.live_parts(&run, src_partition, dest).is_empty() {
+                let parts = self.live_parts(&run, src_partition, dest);
+                if let Some(crc) = run.crc.filter(|_| parts[..] == [(0, run.blocks)]) {
+                    spent += run.blocks;
+                    if self.append_run(&run, 0, Source::Copy(crc)) < run.blocks {
+                        break;
+                    }
+                } else if !parts.is_empty() {
                     let Some(buf) = self.gc_free.pop() else { break };
                     // The run holds the buffer until all its moves retired.
                     self.gc_refs[buf as usize] = 1;

@@ -360,6 +360,7 @@ pub fn mount_with_clock(dev: Arc<dyn BlockDevice>, cores: u32, clock: Arc<dyn Cl
         baseline: BaselineMap::new(&next.baseline_stripes, geo.stripe_count()),
         clock,
         volumes_generation: AtomicU64::new(0),
+        copy_offload: dev.supports_copy(),
     });
     let live_volumes = Arc::new(next.volumes.iter().map(|v| v.partition).collect::<Vec<_>>());
     let mut shards = Vec::with_capacity(cores as usize);

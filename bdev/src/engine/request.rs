@@ -171,6 +171,9 @@ pub struct Stats {
     pub device_bytes_written: u64,
     pub compactions: u64,
     pub bytes_moved: u64,
+    /// Of `bytes_moved`, what the device copied itself (copy offload): data
+    /// that never passed through the host.
+    pub bytes_copied: u64,
     pub segments_freed: u64,
     pub policy_actions: u64,
 }

@@ -178,6 +178,18 @@ struct RobEntry {
     purpose: Purpose,
 }
 
+/// What an appended entry's blocks hold.
+#[derive(Clone, Copy)]
+pub(super) enum Payload {
+    /// Data in a buffer the device write reads; its CRC is computed here.
+    Buf(*const u8),
+    /// Data the device copies from log address `src`: a whole entry moved
+    /// unchanged, whose CRC `crc` still holds.
+    Copy { src: LogAddr, crc: u32 },
+    /// Zeroes: no data.
+    Zero,
+}
+
 /// Why an entry was appended.
 #[derive(Clone, Copy)]
 pub(super) enum Purpose {
@@ -501,7 +513,14 @@ impl Shard {
             Msg::ControlDone { reply, result } => self.deliver(reply, result),
             Msg::Evacuate { segno, src_partition, dest, entries } => {
                 let base = segno * self.shared.geo.segment_blocks;
-                self.start_evacuation(Evacuation::new(segno, src_partition, dest, &entries, base));
+                self.start_evacuation(Evacuation::new(
+                    segno,
+                    src_partition,
+                    dest,
+                    &entries,
+                    base,
+                    self.shared.copy_offload,
+                ));
             }
             Msg::EvacuateDone { segno, status } => self.on_evacuate_done(segno, status),
             Msg::Fold { partition } => self.start_fold(partition),
@@ -779,9 +798,9 @@ impl Shard {
             self.finish_piece(p.origin, p.slot, Err(e));
             return true;
         }
-        let kind = if p.op == PieceOp::Write { EntryKind::Data } else { EntryKind::Zero };
+        let payload = if p.op == PieceOp::Write { Payload::Buf(p.buf) } else { Payload::Zero };
         let purpose = Purpose::Client { origin: p.origin, slot: p.slot };
-        match self.append_entry(kind, p.lba, p.blocks, p.buf, self.open_partition, purpose) {
+        match self.append_entry(payload, p.lba, p.blocks, self.open_partition, purpose) {
             Ok(appended) => appended,
             Err(e) => {
                 self.finish_piece(p.origin, p.slot, Err(e));
@@ -795,16 +814,16 @@ impl Shard {
     /// free segments short); try again later.
     pub(super) fn append_entry(
         &mut self,
-        kind: EntryKind,
+        payload: Payload,
         lba: u64,
         blocks: u32,
-        buf: *const u8,
         partition: u32,
         purpose: Purpose,
     ) -> Result<bool> {
         if self.rob.len() == ROB_DEPTH {
             return Ok(false);
         }
+        let kind = if matches!(payload, Payload::Zero) { EntryKind::Zero } else { EntryKind::Data };
         let data_blocks = if kind == EntryKind::Data { blocks } else { 0 };
         let reserve_ok = matches!(purpose, Purpose::Move { .. });
         let Some(seg) = self.segment_with_room(data_blocks, partition, reserve_ok)? else { return Ok(false) };
@@ -815,9 +834,14 @@ impl Shard {
         let (addr, summary) = if kind == EntryKind::Data {
             let offset = s.next_data;
             s.next_data += blocks;
-            // SAFETY: the entry's buffer holds `blocks` blocks.
-            let data = unsafe { std::slice::from_raw_parts(buf, blocks as usize * bs) };
-            let crc = crate::format::crc32c(data);
+            let crc = match payload {
+                Payload::Buf(buf) => {
+                    // SAFETY: the entry's buffer holds `blocks` blocks.
+                    crate::format::crc32c(unsafe { std::slice::from_raw_parts(buf, blocks as usize * bs) })
+                }
+                Payload::Copy { crc, .. } => crc,
+                Payload::Zero => unreachable!("data"),
+            };
             let e = SummaryEntry { lba, blocks, data_offset: offset, data_crc: crc, kind };
             (s.segno * geo.segment_blocks + offset, e)
         } else {
@@ -833,6 +857,9 @@ impl Shard {
                 Purpose::Client { .. } => Counters::add(&counters.user_blocks, u64::from(blocks)),
                 Purpose::Move { .. } => Counters::add(&counters.moved_blocks, u64::from(blocks)),
             }
+            if matches!(payload, Payload::Copy { .. }) {
+                Counters::add(&counters.copied_blocks, u64::from(blocks));
+            }
         }
         let seq = self.alloc_seq;
         self.alloc_seq += 1;
@@ -847,12 +874,14 @@ impl Shard {
             addr,
             purpose,
         });
-        if kind == EntryKind::Data {
-            let block = self.shared.geo.log_start + u64::from(addr);
-            let req =
-                DevRequest { op: DevOp::Write, block, nblocks: blocks, buf: buf as *mut u8, tag: TAG_WRITE | seq };
-            self.dev_submit(req);
-        }
+        let log_start = self.shared.geo.log_start;
+        let (op, buf) = match payload {
+            Payload::Buf(buf) => (DevOp::Write, buf as *mut u8),
+            Payload::Copy { src, .. } => (DevOp::Copy { src: log_start + u64::from(src) }, std::ptr::null_mut()),
+            Payload::Zero => return Ok(true),
+        };
+        let block = log_start + u64::from(addr);
+        self.dev_submit(DevRequest { op, block, nblocks: blocks, buf, tag: TAG_WRITE | seq });
         Ok(true)
     }
 

@@ -36,6 +36,9 @@ pub(crate) struct Shared {
     /// Counts changes of the volume table (snapshots and deletes, whoever
     /// asked), each once every core reads by it.
     pub volumes_generation: AtomicU64,
+    /// The device copies blocks itself: the cleaner moves whole entries
+    /// with [`DevOp::Copy`](crate::device::DevOp::Copy).
+    pub copy_offload: bool,
 }
 
 /// Wall-clock time for policies and volume creation times: real in the

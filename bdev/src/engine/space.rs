@@ -47,6 +47,8 @@ pub(crate) struct Counters {
     pub device_blocks: AtomicU64,
     pub compactions: AtomicU64,
     pub moved_blocks: AtomicU64,
+    /// Of the moved blocks, those the device copied itself.
+    pub copied_blocks: AtomicU64,
     pub segments_freed: AtomicU64,
     /// Segments opened for client writes (the cleaner's measure of room
     /// taken while it works).

@@ -92,7 +92,10 @@ fn reactor(core: u32, shared: &Shared) {
     let mut detaching: Vec<(u64, Arc<Detached>)> = Vec::new();
     let mut idle = 0;
     loop {
-        while let Some(msg) = shared.inboxes[core as usize].pop() {
+        // `is_empty` first: a `pop` that finds the queue empty pays a full
+        // fence, which waits for the poll's block copies to drain.
+        while !shared.inboxes[core as usize].is_empty() {
+            let Some(msg) = shared.inboxes[core as usize].pop() else { break };
             match msg {
                 ReactorMsg::Attach(id, shard) => shards.push((id, *shard)),
                 ReactorMsg::Detach(id, done) => detaching.push((id, done)),

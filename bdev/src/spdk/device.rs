@@ -26,6 +26,8 @@ pub(crate) struct SpdkDevice {
     num_blocks: u64,
     align: usize,
     flush_supported: bool,
+    /// The bdev copies blocks itself (not the bdev layer's emulation).
+    copy_supported: bool,
     /// The app thread's channel, for requests from plain OS threads.
     app_ch: *mut sys::spdk_io_channel,
 }
@@ -77,15 +79,26 @@ impl SpdkDevice {
             return Err((libc::ENOMEM, format!("no I/O channel for bdev {name}")));
         }
         // SAFETY: bdev is live while desc is open.
-        let (block_size, num_blocks, align, flush_supported) = unsafe {
+        let (block_size, num_blocks, align, flush_supported, copy_supported) = unsafe {
             (
                 sys::spdk_bdev_get_block_size(bdev),
                 sys::spdk_bdev_get_num_blocks(bdev),
                 sys::spdk_bdev_get_buf_align(bdev).max(1),
                 sys::spdk_bdev_io_type_supported(bdev, sys::SPDK_BDEV_IO_TYPE_FLUSH),
+                sys::spdk_bdev_io_type_supported(bdev, sys::SPDK_BDEV_IO_TYPE_COPY),
             )
         };
-        Ok(SpdkDevice { desc, bdev, name: name.to_owned(), block_size, num_blocks, align, flush_supported, app_ch })
+        Ok(SpdkDevice {
+            desc,
+            bdev,
+            name: name.to_owned(),
+            block_size,
+            num_blocks,
+            align,
+            flush_supported,
+            copy_supported,
+            app_ch,
+        })
     }
 
     /// Releases the claim and closes the descriptor. On the app thread, once
@@ -118,6 +131,7 @@ impl SpdkDevice {
                 DevOp::Read => sys::spdk_bdev_read_blocks(self.desc, ch, buf, req.block, n, cb, arg),
                 DevOp::Write => sys::spdk_bdev_write_blocks(self.desc, ch, buf, req.block, n, cb, arg),
                 DevOp::Flush => sys::spdk_bdev_flush_blocks(self.desc, ch, 0, self.num_blocks, cb, arg),
+                DevOp::Copy { src } => sys::spdk_bdev_copy_blocks(self.desc, ch, req.block, src, n, cb, arg),
             }
         }
     }
@@ -134,6 +148,10 @@ impl BlockDevice for Arc<SpdkDevice> {
 
     fn buf_align(&self) -> usize {
         self.align.max(8)
+    }
+
+    fn supports_copy(&self) -> bool {
+        self.copy_supported
     }
 
     fn channel(&self) -> std::io::Result<Box<dyn DevChannel>> {
