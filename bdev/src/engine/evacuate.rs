@@ -48,6 +48,15 @@ pub(super) struct Run {
     crc: Option<u32>,
 }
 
+/// A cleaner buffer being filled: the run it is for, read part by part.
+#[derive(Clone, Copy, Default)]
+pub(super) struct BufRead {
+    run: Run,
+    /// Reads not completed yet.
+    reads: u32,
+    failed: bool,
+}
+
 /// Where a move's data comes from.
 #[derive(Clone, Copy)]
 enum Source {
@@ -303,13 +312,21 @@ impl Shard {
                     let Some(buf) = self.gc_free.pop() else { break };
                     // The run holds the buffer until all its moves retired.
                     self.gc_refs[buf as usize] = 1;
-                    self.gc_pending[buf as usize] = run;
+                    self.gc_pending[buf as usize] = BufRead { run, reads: parts.len() as u32, failed: false };
                     self.evac.front_mut().expect("running").inflight += 1;
-                    let block = self.shared.geo.log_start + u64::from(run.addr);
-                    let ptr = self.gc_bufs[buf as usize].as_mut_ptr();
-                    spent += run.blocks;
+                    // Only the live parts are read, each to its place in the
+                    // buffer: what is live when they are appended is among
+                    // them (a block stops being live, never starts again).
+                    let bs = self.shared.geo.block_size as usize;
+                    let base = self.gc_bufs[buf as usize].as_mut_ptr();
                     let tag = TAG_GC_READ | u64::from(buf);
-                    self.dev_submit(DevRequest { op: DevOp::Read, block, nblocks: run.blocks, buf: ptr, tag });
+                    for (off, n) in parts {
+                        let block = self.shared.geo.log_start + u64::from(run.addr + off);
+                        // SAFETY: `off + n <= run.blocks`, which the buffer holds.
+                        let at = unsafe { base.add(off as usize * bs) };
+                        spent += n;
+                        self.dev_submit(DevRequest { op: DevOp::Read, block, nblocks: n, buf: at, tag });
+                    }
                 }
             }
             self.evac.front_mut().expect("running").todo.pop_front();
@@ -335,13 +352,20 @@ impl Shard {
     }
 
     pub(super) fn gc_read_done(&mut self, buf: u16, status: DevStatus) {
-        let run = self.gc_pending[buf as usize];
-        match status {
-            Ok(()) => self.evac.front_mut().expect("reads belong to an evacuation").ready.push_back((buf, run, 0)),
-            Err(e) => {
-                self.evac.front_mut().expect("running").error.get_or_insert(Error::Io(e));
-                self.release_gc_buf(buf);
-            }
+        let read = &mut self.gc_pending[buf as usize];
+        read.reads -= 1;
+        read.failed |= status.is_err();
+        let read = *read;
+        if let Err(e) = status {
+            self.evac.front_mut().expect("reads belong to an evacuation").error.get_or_insert(Error::Io(e));
+        }
+        if read.reads > 0 {
+            return;
+        }
+        if read.failed {
+            self.release_gc_buf(buf);
+        } else {
+            self.evac.front_mut().expect("reads belong to an evacuation").ready.push_back((buf, read.run, 0));
         }
     }
 

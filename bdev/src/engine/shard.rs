@@ -12,7 +12,7 @@
 //! (flush, snapshot, close), which also flush the device.
 
 use super::addr::{LogAddr, ZERO};
-use super::evacuate::{Evacuation, Run, MOVE_RUN_BLOCKS};
+use super::evacuate::{BufRead, Evacuation, Run, MOVE_RUN_BLOCKS};
 use super::fold::Fold;
 use super::index::BlockIndex;
 use super::partition::{Partitions, Table};
@@ -305,7 +305,7 @@ pub struct Shard {
     pub(super) gc_bufs: Vec<DmaBuf>,
     pub(super) gc_free: Vec<u16>,
     /// The run each cleaner buffer holds, and the moves still using it.
-    pub(super) gc_pending: Vec<Run>,
+    pub(super) gc_pending: Vec<BufRead>,
     pub(super) gc_refs: Vec<u32>,
 }
 
@@ -359,7 +359,7 @@ impl Shard {
             fold: None,
             gc_bufs: (0..GC_BUFS).map(|_| DmaBuf::new(bs * MOVE_RUN_BLOCKS as usize, bs)).collect(),
             gc_free: (0..GC_BUFS as u16).collect(),
-            gc_pending: vec![Run::default(); GC_BUFS],
+            gc_pending: vec![BufRead::default(); GC_BUFS],
             gc_refs: vec![0; GC_BUFS],
             shared,
         }
