@@ -83,6 +83,20 @@ impl Table {
         self.sub_mut(lba).entry(lba).or_insert(addr);
     }
 
+    /// Points `lba` at `to` if it is at `from` or absent, in one lookup.
+    fn repoint(&mut self, lba: u32, from: LogAddr, to: LogAddr) {
+        use std::collections::hash_map::Entry;
+        match self.sub_mut(lba).entry(lba) {
+            Entry::Occupied(mut e) if *e.get() == from => {
+                e.insert(to);
+            }
+            Entry::Occupied(_) => {}
+            Entry::Vacant(e) => {
+                e.insert(to);
+            }
+        }
+    }
+
     pub fn remove(&mut self, lba: u32) {
         if let Some(sub) = self.subs.get_mut(Self::sub_of(lba)) {
             sub.remove(&lba);
@@ -172,12 +186,26 @@ impl Partitions {
         moves: &[(u32, LogAddr, LogAddr)],
         freed: impl Iterator<Item = (u32, LogAddr)>,
     ) {
+        let in_place = from == to && to != self.open_partition;
         let table = if from == self.open_partition {
             Some(&mut self.open)
         } else {
             self.sealed.binary_search_by_key(&from, |(q, _)| *q).ok().map(|i| &mut self.sealed[i].1)
         };
         if let Some(table) = table {
+            if in_place {
+                // What the general case does, in one lookup per moved block
+                // instead of three (a live zero block is already listed).
+                for &(lba, src, dst) in moves.iter().filter(|m| m.1 != ZERO) {
+                    table.repoint(lba, src, dst);
+                }
+                for (lba, addr) in freed {
+                    if table.get(lba) == Some(addr) {
+                        table.remove(lba);
+                    }
+                }
+                return;
+            }
             let moved = moves.iter().filter(|m| m.1 != ZERO).map(|&(lba, src, _)| (lba, src));
             for (lba, addr) in moved.chain(freed) {
                 if table.get(lba) == Some(addr) {
