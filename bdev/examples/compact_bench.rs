@@ -7,11 +7,12 @@
 //! 2. Fill: the working set is written sequentially in 32-block writes.
 //! 3. `--passes` times: a random half of the working set is overwritten with
 //!    aligned `--overwrite-blocks` writes (older segments hold about 50 %
-//!    garbage), a snapshot seals it and the previous pass's is deleted; then
-//!    the idle phase (a 4 KiB random read/write mix, paced at `--iops` with
-//!    at most `--qd` in flight, for `--seconds`) and the compaction phase
-//!    (the same load while `Compact { volume: None, mode: InPlace }` runs,
-//!    until it completes). Latency is per op, from submit to the completion
+//!    garbage) and a snapshot seals it; then the idle phase (a 4 KiB random
+//!    read/write mix, paced at `--iops` with at most `--qd` in flight, for
+//!    `--seconds`, the cleaner quiet) and the compaction phase (the same
+//!    load while the previous pass's volume is deleted, its partition
+//!    merged into the next, and then everything compacted in place, until
+//!    that completes). Latency is per op, from submit to the completion
 //!    callback.
 //! 4. A table per run: idle vs during-compaction latency and their p99
 //!    ratio, compaction throughput (bytes moved over the compactions' wall
@@ -28,12 +29,12 @@
 //! `--seed 1`, `--runs 1`, `--overwrite-blocks 1`. Results: `perf/RESULTS.md`.
 
 use ilog_bdev::device::{BlockDevice, DevOp, DevRequest, MallocDevice};
-use ilog_bdev::engine::{CompactMode, Reply, Request, Stats, View};
+use ilog_bdev::engine::{CompactMode, Request, Stats, View};
 use ilog_bdev::format::FormatOptions;
 use ilog_bdev::runtime::native::{Callback, Ilog};
 use ilog_bdev::runtime::sim::Rng;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 const BS: u64 = 4096;
@@ -413,17 +414,13 @@ fn run(a: &Args, seed: u64) -> RunResult {
     };
     let (mut busy_user, mut busy_device) = (0u64, 0u64);
     for pass in 0..a.passes {
-        // Garbage: a random half of the working set, overwritten in 4 KiB
-        // writes; a snapshot seals it, the previous one is deleted (the
-        // compaction merges it).
+        // Garbage: a random half of the working set, overwritten; a
+        // snapshot seals it (the previous one is deleted when compacting).
         let t = Instant::now();
         rng.shuffle(&mut order);
         let half = order[..order.len() / 2].iter().map(|&lba| (lba, a.overwrite_blocks));
         let failed = write_all(&ilog, half, 32, a.overwrite_blocks);
         ilog.snapshot(Some(&format!("pass-{pass}"))).expect("snapshot");
-        if pass > 0 {
-            ilog.delete_volume(&format!("pass-{}", pass - 1)).expect("delete volume");
-        }
         let s1 = stats(&ilog);
         println!(
             "pass {pass}: overwrote half in {:.2} s ({failed} failed); log used {} MiB, live {} MiB, garbage {} MiB, \
@@ -444,26 +441,28 @@ fn run(a: &Args, seed: u64) -> RunResult {
         let idle = foreground(&ilog, a, live_blocks, &mut rng, &idle_stop);
         let s2 = stats(&ilog);
 
-        // 4. The same load while everything is compacted in place.
-        let done = Arc::new(AtomicBool::new(false));
-        let outcome: Arc<Mutex<Option<(Duration, bool)>>> = Arc::default();
-        let t = Instant::now();
-        {
-            let (done, outcome) = (done.clone(), outcome.clone());
-            submit(
-                &ilog,
-                Request::Compact { volume: None, mode: CompactMode::InPlace },
-                Box::new(move |r: ilog_bdev::Result<Reply>| {
-                    if let Err(e) = &r {
-                        eprintln!("compaction failed: {e}");
-                    }
-                    *outcome.lock().expect("outcome") = Some((t.elapsed(), r.is_ok()));
-                    done.store(true, Ordering::Release);
-                }),
-            );
-        }
-        let busy = foreground(&ilog, a, live_blocks, &mut rng, &|_| done.load(Ordering::Acquire));
-        let (took, ok) = outcome.lock().expect("outcome").expect("compaction answered");
+        // 4. The same load while the previous pass's volume is deleted (the
+        // cleaner merges its partition into the next; the flush queues
+        // behind that merge) and then everything is compacted in place.
+        let done = AtomicBool::new(false);
+        let (busy, took, ok) = std::thread::scope(|s| {
+            let compaction = s.spawn(|| {
+                let t = Instant::now();
+                let mut result = Ok(());
+                if pass > 0 {
+                    result = ilog.delete_volume(&format!("pass-{}", pass - 1)).and_then(|()| ilog.flush());
+                }
+                let result = result.and_then(|()| ilog.compact(None, CompactMode::InPlace));
+                if let Err(e) = &result {
+                    eprintln!("compaction failed: {e}");
+                }
+                done.store(true, Ordering::Release);
+                (t.elapsed(), result.is_ok())
+            });
+            let busy = foreground(&ilog, a, live_blocks, &mut rng, &|_| done.load(Ordering::Acquire));
+            let (took, ok) = compaction.join().expect("compaction thread");
+            (busy, took, ok)
+        });
         let s3 = stats(&ilog);
         let (i, b) = (sorted_all(&idle), sorted_all(&busy));
         println!(

@@ -36,6 +36,10 @@ pub(super) const MOVE_RUN_BLOCKS: u32 = 32;
 /// Blocks a core reads or moves for the cleaner per poll (a zero run counts
 /// as one): what bounds the delay moves add to client I/O on the same core.
 const MOVE_BLOCKS_PER_POLL: u32 = 32;
+/// The least a read or a device copy counts against `MOVE_BLOCKS_PER_POLL`,
+/// however few its blocks: each also costs an append, a retirement and a
+/// relocation. (Reads were bounded by the cleaner buffers; copies need none.)
+const MOVE_ENTRY_COST: u32 = 4;
 
 /// A run of consecutive blocks of one victim entry: `addr` is the first
 /// block's address, or `ZERO` for a zero entry. `crc`: the run is a whole
@@ -304,7 +308,7 @@ impl Shard {
                 };
                 let parts = self.live_parts(&run, src_partition, dest);
                 if let Some(crc) = run.crc.filter(|_| parts[..] == [(0, run.blocks)]) {
-                    spent += run.blocks;
+                    spent += run.blocks.max(MOVE_ENTRY_COST);
                     if self.append_run(&run, 0, Source::Copy(crc)) < run.blocks {
                         break;
                     }
@@ -324,7 +328,7 @@ impl Shard {
                         let block = self.shared.geo.log_start + u64::from(run.addr + off);
                         // SAFETY: `off + n <= run.blocks`, which the buffer holds.
                         let at = unsafe { base.add(off as usize * bs) };
-                        spent += n;
+                        spent += n.max(MOVE_ENTRY_COST);
                         self.dev_submit(DevRequest { op: DevOp::Read, block, nblocks: n, buf: at, tag });
                     }
                 }
