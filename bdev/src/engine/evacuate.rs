@@ -34,8 +34,11 @@ use std::sync::atomic::Ordering::Relaxed;
 /// a cleaner buffer.
 pub(super) const MOVE_RUN_BLOCKS: u32 = 32;
 /// Blocks a core reads or moves for the cleaner per poll (a zero run counts
-/// as one): what bounds the delay moves add to client I/O on the same core.
-const MOVE_BLOCKS_PER_POLL: u32 = 32;
+/// as one; a run started is finished, so a poll may go up to a run over):
+/// what bounds the delay moves add to client I/O on the same core. 8 rather
+/// than 32: p50 while compacting a third lower, p99 a tenth, for 3-5 % of
+/// the bandwidth (perf/RESULTS.md).
+const MOVE_BLOCKS_PER_POLL: u32 = 8;
 /// The least a read or a device copy counts against `MOVE_BLOCKS_PER_POLL`,
 /// however few its blocks: each also costs an append, a retirement and a
 /// relocation. (Reads were bounded by the cleaner buffers; copies need none.)
