@@ -12,7 +12,7 @@
 //! (flush, snapshot, close), which also flush the device.
 
 use super::addr::{LogAddr, ZERO};
-use super::evacuate::{BufRead, Evacuation, Run, MOVE_RUN_BLOCKS};
+use super::evacuate::{BufRead, Evacuation, MOVE_RUN_BLOCKS};
 use super::fold::Fold;
 use super::index::BlockIndex;
 use super::partition::{Partitions, Table};
@@ -1314,16 +1314,6 @@ impl Shard {
     /// Records a version of `lba` in the open partition `p`.
     pub(super) fn record_open(&mut self, p: u32, lba: u64, addr: LogAddr) {
         self.parts.record(p, lba as u32, addr);
-    }
-
-    /// Applies an evacuation to the partition tables: each moved data block
-    /// leaves `src_partition`'s table and, unless it went to the open
-    /// partition (`dst == ZERO`), enters `dest`'s; zero moves (`src ==
-    /// ZERO`) enter `dest`'s. Whatever else still points into the victim
-    /// (its data runs, when it is to be freed) is dead and is dropped.
-    pub(super) fn relocate(&mut self, src_partition: u32, dest: u32, moves: &[(u32, LogAddr, LogAddr)], freed: &[Run]) {
-        let blocks = freed.iter().flat_map(Run::blocks).map(|(lba, addr)| (lba as u32, addr));
-        self.parts.relocate(src_partition, dest, moves, blocks);
     }
 
     /// Blocks this core's index shard maps.
