@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::sim::small_bdev;
+use common::sim::{call, small_bdev, small_format};
 use ilog_bdev::device::sim::Faults;
 use ilog_bdev::device::MallocDevice;
 use ilog_bdev::engine::{audit_space, CompactMode, Reply, Request, View};
@@ -59,14 +59,6 @@ fn a_failed_write_racing_a_move_keeps_the_old_block() {
     let mut raced = 0;
     for seed in 0..400 {
         let mut sim = small_bdev(seed, 4000, BS as u32, 1);
-        let mut token = 100;
-        let mut call = |sim: &mut Sim, req: Request| {
-            token += 1;
-            sim.submit(0, token, req).unwrap();
-            let mut out = None;
-            sim.run_until_idle(&mut |_, r| out = Some(r));
-            out.expect("an answer")
-        };
         call(&mut sim, Request::Write { lba: 0, blocks: 16, buf: old.as_ptr() }).unwrap();
         for _ in 0..12 {
             call(&mut sim, Request::Write { lba: 32, blocks: 16, buf: other.as_ptr() }).unwrap();
@@ -117,22 +109,8 @@ fn moved_entries_carry_crcs_that_match_their_data() {
     for (seed, copy) in [(1, true), (2, false), (3, true), (4, false)] {
         let mut sim = Sim::new(seed, 4000, BS);
         sim.disk.set_copy(copy);
-        let opts = FormatOptions {
-            stripe_bytes: 16 * u64::from(BS),
-            segment_bytes: 64 * u64::from(BS),
-            log_percent: 50,
-            max_volumes: 16,
-        };
-        sim.format(&opts).unwrap();
+        sim.format(&small_format(BS)).unwrap();
         sim.mount(2).unwrap();
-        let mut token = 0;
-        let mut call = |sim: &mut Sim, req: Request| {
-            token += 1;
-            sim.submit(0, token, req).unwrap();
-            let mut out = None;
-            sim.run_until_idle(&mut |_, r| out = Some(r));
-            out.expect("an answer").unwrap()
-        };
         // Entries of 1 to 8 blocks, each with its own bytes; then half of
         // them partly or wholly rewritten.
         let volume = sim.submitter().volume_blocks();
@@ -140,7 +118,7 @@ fn moved_entries_carry_crcs_that_match_their_data() {
         let mut write = |sim: &mut Sim, lba: u64, blocks: u32| {
             n = n.wrapping_add(1);
             let data: Vec<u8> = (0..blocks * BS).map(|i| (i as u8).wrapping_mul(31) ^ n).collect();
-            call(sim, Request::Write { lba, blocks, buf: data.as_ptr() });
+            call(sim, Request::Write { lba, blocks, buf: data.as_ptr() }).unwrap();
         };
         for lba in (0..volume.min(600)).step_by(8) {
             write(&mut sim, lba, 1 + (lba / 8 % 8) as u32);
@@ -148,11 +126,11 @@ fn moved_entries_carry_crcs_that_match_their_data() {
         for lba in (0..volume.min(600)).step_by(16) {
             write(&mut sim, lba + lba / 16 % 4, 2);
         }
-        call(&mut sim, Request::Compact { volume: None, mode: CompactMode::InPlace });
-        let Reply::Stats(st) = call(&mut sim, Request::Stats) else { panic!("stats") };
+        call(&mut sim, Request::Compact { volume: None, mode: CompactMode::InPlace }).unwrap();
+        let Reply::Stats(st) = call(&mut sim, Request::Stats).unwrap() else { panic!("stats") };
         assert!(st.bytes_moved > 0, "seed {seed}: nothing moved");
         assert_eq!(st.bytes_copied > 0, copy, "seed {seed}: device copies with copy offload {copy}");
-        call(&mut sim, Request::Close);
+        call(&mut sim, Request::Close).unwrap();
         sim.unmount();
 
         // Every entry the clean checkpoint trusts, checked as replay would.
