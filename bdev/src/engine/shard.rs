@@ -43,8 +43,9 @@ const TAG_FLUSH: u64 = 4 << 56;
 pub(super) const TAG_CONTROL: u64 = 5 << 56;
 pub(super) const TAG_GC_READ: u64 = 6 << 56;
 pub(super) const TAG_FOLD: u64 = 7 << 56;
-/// Cleaner buffers per core, each for one run (`MOVE_RUN_BLOCKS`).
-const GC_BUFS: usize = 8;
+/// Cleaner buffers per core, each for one run (`MOVE_RUN_BLOCKS`): 1 MiB
+/// of reads in flight per core.
+const GC_BUFS: usize = 32;
 const TAG_KIND: u64 = 0xff << 56;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

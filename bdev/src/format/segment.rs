@@ -148,23 +148,8 @@ impl SummaryBlock {
     /// group (blank, stale, torn); `Err` when a valid-looking summary holds
     /// impossible values.
     pub fn decode(block: &[u8], uuid: &[u8; 16], segment: SegmentId, group: u32) -> Result<Option<SummaryBlock>> {
-        if block.len() < SUMMARY_HEADER_LEN || &block[..8] != SUMMARY_MAGIC || block[8..12] != uuid[..4] {
-            return Ok(None);
-        }
-        let mut r = Reader::new(&block[12..SUMMARY_HEADER_LEN], "summary header");
-        let (epoch, seq, grp, version, count) = (r.u32()?, r.u64()?, r.u32()?, r.u32()?, r.u32()? as usize);
-        if (SegmentId { epoch, seq }) != segment || grp != group {
-            return Ok(None);
-        }
-        let Some(end) =
-            count.checked_mul(SUMMARY_ENTRY_LEN).map(|n| n + SUMMARY_HEADER_LEN).filter(|&e| e <= block.len())
-        else {
-            return Ok(None);
-        };
-        let stored = u32::from_le_bytes(block[SUMMARY_CRC_AT..SUMMARY_CRC_AT + 4].try_into().expect("4 bytes"));
-        if record_crc(&block[..end], SUMMARY_CRC_AT) != stored {
-            return Ok(None);
-        }
+        let Some((version, count)) = Self::check(block, uuid, segment, group) else { return Ok(None) };
+        let end = SUMMARY_HEADER_LEN + count * SUMMARY_ENTRY_LEN;
         let mut r = Reader::new(&block[SUMMARY_HEADER_LEN..end], "summary entries");
         let mut entries = Vec::with_capacity(count);
         for _ in 0..count {
@@ -179,6 +164,23 @@ impl SummaryBlock {
             entries.push(SummaryEntry { lba, blocks, data_offset, data_crc, kind });
         }
         Ok(Some(SummaryBlock { segment, group, version, entries }))
+    }
+
+    /// The version and entry count of a summary of this segment and group
+    /// whose header and CRC hold, without decoding its entries.
+    fn check(block: &[u8], uuid: &[u8; 16], segment: SegmentId, group: u32) -> Option<(u32, usize)> {
+        if block.len() < SUMMARY_HEADER_LEN || &block[..8] != SUMMARY_MAGIC || block[8..12] != uuid[..4] {
+            return None;
+        }
+        let mut r = Reader::new(&block[12..SUMMARY_HEADER_LEN], "summary header");
+        let (epoch, seq, grp, version, count) =
+            (r.u32().ok()?, r.u64().ok()?, r.u32().ok()?, r.u32().ok()?, r.u32().ok()? as usize);
+        if (SegmentId { epoch, seq }) != segment || grp != group {
+            return None;
+        }
+        let end = count.checked_mul(SUMMARY_ENTRY_LEN).map(|n| n + SUMMARY_HEADER_LEN).filter(|&e| e <= block.len())?;
+        let stored = u32::from_le_bytes(block[SUMMARY_CRC_AT..SUMMARY_CRC_AT + 4].try_into().expect("4 bytes"));
+        (record_crc(&block[..end], SUMMARY_CRC_AT) == stored).then_some((version, count))
     }
 }
 
@@ -206,10 +208,14 @@ impl SummaryChain {
             return false;
         }
         let (uuid, segment, group) = (&self.uuid, self.segment, self.next_group);
-        let newest = slots
+        // The newest valid slot: headers and CRCs first, so only the slot
+        // used has its entries decoded (the cleaner does this per victim).
+        let mut valid: Vec<(u32, &[u8])> = slots
             .into_iter()
-            .filter_map(|b| SummaryBlock::decode(b, uuid, segment, group).ok().flatten())
-            .max_by_key(|s| s.version);
+            .filter_map(|b| SummaryBlock::check(b, uuid, segment, group).map(|(version, _)| (version, b)))
+            .collect();
+        valid.sort_by_key(|&(version, _)| std::cmp::Reverse(version));
+        let newest = valid.into_iter().find_map(|(_, b)| SummaryBlock::decode(b, uuid, segment, group).ok().flatten());
         self.next_group += 1;
         match newest {
             Some(sum) => {
@@ -241,6 +247,30 @@ mod tests {
         assert_eq!(SegmentHeader::decode(&b, &[5; 16]), None);
         b[30] ^= 1;
         assert_eq!(SegmentHeader::decode(&b, &UUID), None);
+    }
+
+    #[test]
+    fn chain_takes_each_groups_newest_slot_that_decodes() {
+        let e = SummaryEntry { lba: 9, blocks: 2, data_offset: 1, data_crc: 7, kind: EntryKind::Data };
+        let z = SummaryEntry { lba: 3, blocks: 1, data_offset: u32::MAX, data_crc: 0, kind: EntryKind::Zero };
+        let id = SegmentId { epoch: 1, seq: 4 };
+        let slot = |group, version, entries: &[SummaryEntry]| {
+            let mut b = vec![0u8; 512];
+            SummaryBlock::encode(&UUID, id, group, version, entries, &mut b);
+            b
+        };
+        let mut chain = SummaryChain::new(UUID, id, 2);
+        assert!(chain.push([&slot(0, 1, &[e, z]), &slot(0, 2, &[z, e])]), "a full group: the chain goes on");
+        // Group 1's newer slot has a valid CRC but an impossible entry kind:
+        // the older slot is the group's newest that decodes.
+        let mut bad = slot(1, 3, &[z]);
+        bad[SUMMARY_HEADER_LEN + 20] = 9;
+        let crc = record_crc(&bad[..SUMMARY_HEADER_LEN + SUMMARY_ENTRY_LEN], SUMMARY_CRC_AT);
+        bad[SUMMARY_CRC_AT..SUMMARY_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        assert!(SummaryBlock::decode(&bad, &UUID, id, 1).is_err());
+        assert!(!chain.push([&bad, &slot(1, 2, &[e])]), "a group not full ends the chain");
+        assert!(!chain.push([&slot(2, 4, &[e, e]), &slot(2, 4, &[e, e])]), "nothing after the end");
+        assert_eq!(chain.into_entries(), vec![z, e, e]);
     }
 
     #[test]
