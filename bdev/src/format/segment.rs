@@ -149,6 +149,12 @@ impl SummaryBlock {
     /// impossible values.
     pub fn decode(block: &[u8], uuid: &[u8; 16], segment: SegmentId, group: u32) -> Result<Option<SummaryBlock>> {
         let Some((version, count)) = Self::check(block, uuid, segment, group) else { return Ok(None) };
+        let entries = Self::entries(block, count)?;
+        Ok(Some(SummaryBlock { segment, group, version, entries }))
+    }
+
+    /// The first `count` entries of a summary that passed `check`.
+    fn entries(block: &[u8], count: usize) -> Result<Vec<SummaryEntry>> {
         let end = SUMMARY_HEADER_LEN + count * SUMMARY_ENTRY_LEN;
         let mut r = Reader::new(&block[SUMMARY_HEADER_LEN..end], "summary entries");
         let mut entries = Vec::with_capacity(count);
@@ -163,7 +169,7 @@ impl SummaryBlock {
             };
             entries.push(SummaryEntry { lba, blocks, data_offset, data_crc, kind });
         }
-        Ok(Some(SummaryBlock { segment, group, version, entries }))
+        Ok(entries)
     }
 
     /// The version and entry count of a summary of this segment and group
@@ -210,17 +216,14 @@ impl SummaryChain {
         let (uuid, segment, group) = (&self.uuid, self.segment, self.next_group);
         // The newest valid slot: headers and CRCs first, so only the slot
         // used has its entries decoded (the cleaner does this per victim).
-        let mut valid: Vec<(u32, &[u8])> = slots
-            .into_iter()
-            .filter_map(|b| SummaryBlock::check(b, uuid, segment, group).map(|(version, _)| (version, b)))
-            .collect();
-        valid.sort_by_key(|&(version, _)| std::cmp::Reverse(version));
-        let newest = valid.into_iter().find_map(|(_, b)| SummaryBlock::decode(b, uuid, segment, group).ok().flatten());
+        let [a, b] = slots.map(|s| SummaryBlock::check(s, uuid, segment, group).map(|(v, count)| (v, count, s)));
+        let newest_first = if b.map(|x| x.0) >= a.map(|x| x.0) { [b, a] } else { [a, b] };
+        let newest = newest_first.into_iter().flatten().find_map(|(_, count, s)| SummaryBlock::entries(s, count).ok());
         self.next_group += 1;
         match newest {
-            Some(sum) => {
-                self.ended = sum.entries.len() != self.per_group;
-                self.entries.extend(sum.entries);
+            Some(entries) => {
+                self.ended = entries.len() != self.per_group;
+                self.entries.extend(entries);
             }
             None => self.ended = true,
         }
