@@ -28,6 +28,11 @@ fn summary_reads(geo: &Geometry, record: &SegmentRecord) -> u32 {
     2 * record.trusted_entries.div_ceil(geo.entries_per_summary())
 }
 
+/// A segment's summaries end before the entries its checkpoint vouches for.
+pub(super) fn summaries_lost(segno: u32) -> Error {
+    Error::Corrupt(format!("segment {segno} lost flushed summaries"))
+}
+
 /// Sequence numbers pack (segment seq, entry index) like this.
 const ENTRY_BITS: u32 = 20;
 
@@ -737,25 +742,27 @@ impl Shard {
             return self.finish(Ok(Reply::Log(LogBatch { entries: log.entries, next_cursor })));
         };
         cur.stage = Stage::LogSummaries { outstanding: summary_reads(&geo, &seg) };
-        let bufs = self.read_summary_slots(&seg);
+        let mut bufs = Vec::new();
+        self.read_summary_slots(&seg, &mut bufs);
         let c = self.ctl();
         c.current.as_mut().expect("running").log.as_mut().expect("log read state").bufs = bufs;
     }
 
     /// Reads both slots of every summary group `record` vouches for into
-    /// fresh buffers (tags `TAG_CONTROL | i`, `summary_reads` of them);
-    /// decode them with `trusted_summaries` once all completed.
-    pub(super) fn read_summary_slots(&mut self, record: &SegmentRecord) -> Vec<DmaBuf> {
+    /// `bufs`, reused and completed to `summary_reads` buffers (tags
+    /// `TAG_CONTROL | i`); decode them with `trusted_summaries` once all
+    /// completed.
+    pub(super) fn read_summary_slots(&mut self, record: &SegmentRecord, bufs: &mut Vec<DmaBuf>) {
         let geo = self.shared.geo;
         let bs = geo.block_size as usize;
-        let mut bufs: Vec<DmaBuf> = (0..summary_reads(&geo, record)).map(|_| DmaBuf::new(bs, bs)).collect();
+        let n = summary_reads(&geo, record) as usize;
+        bufs.truncate(n);
+        bufs.resize_with(n, || DmaBuf::new(bs, bs));
         for (i, b) in bufs.iter_mut().enumerate() {
             let block = geo.summary_slot(record.segno, i as u32 / 2, i as u32 % 2);
             let tag = TAG_CONTROL | i as u64;
             self.dev_submit(DevRequest { op: DevOp::Read, block, nblocks: 1, buf: b.as_mut_ptr(), tag });
         }
-        // The buffers' memory stays put when the vector moves.
-        bufs
     }
 
     /// The entries of `record` its checkpoint vouches for, from the slots
@@ -770,7 +777,7 @@ impl Shard {
         }
         let mut entries = chain.into_entries();
         if entries.len() < record.trusted_entries as usize {
-            return Err(Error::Corrupt(format!("segment {} lost flushed summaries", record.segno)));
+            return Err(summaries_lost(record.segno));
         }
         entries.truncate(record.trusted_entries as usize);
         Ok(entries)

@@ -377,18 +377,16 @@ impl Shard {
     }
 
     /// Does one round of work: device completions, messages from other
-    /// cores, client requests, retirement. Completed client requests go to
-    /// `sink(token, result)`. Returns how much work was done (0 = idle).
+    /// cores, client requests, retirement, then a slice of background work
+    /// (the cleaner, a fold, control operations). Completed client requests
+    /// go to `sink(token, result)` before the background slice runs: a
+    /// request that arrived during one waits for that slice, not for the
+    /// next one too. Returns how much work was done (0 = idle).
     pub fn poll(&mut self, sink: &mut dyn FnMut(u64, Result<Reply>)) -> usize {
         let mut work = self.flush_outbox();
         work += self.resubmit();
         let mut done = std::mem::take(&mut self.completions);
-        let mut dev_done = std::mem::take(&mut self.dev_done);
-        work += self.dev.poll(&mut |tag, status| dev_done.push((tag, status)));
-        for (tag, status) in dev_done.drain(..) {
-            self.on_device(tag, status);
-        }
-        self.dev_done = dev_done;
+        work += self.poll_device();
         work += self.retry_deferred();
         // `is_empty` before each pop: it only loads, where a `pop` that
         // finds the queue empty pays a full fence.
@@ -412,15 +410,27 @@ impl Shard {
             intake.push(r);
         }
         work += intake.len();
+        let took = !intake.is_empty();
         for (token, req) in intake.drain(..) {
             self.on_client(token, req);
         }
         self.intake = intake;
+        if took {
+            // What the device completed already (a malloc device completes
+            // at submission) retires before the background work.
+            work += self.poll_device();
+        }
         work += self.retire();
+        // Clients hear back before the background work of this poll runs.
+        done.append(&mut self.completions);
+        for (token, result) in done.drain(..) {
+            sink(token, result);
+        }
         work += self.advance_evacuation();
         work += self.advance_fold();
         self.advance_barrier();
         if self.ctl.is_some() {
+            work += self.advance_victim_decode();
             self.control_step();
         }
         done.append(&mut self.completions);
@@ -428,6 +438,17 @@ impl Shard {
             sink(token, result);
         }
         self.completions = done;
+        work
+    }
+
+    /// Handles the device's completions.
+    fn poll_device(&mut self) -> usize {
+        let mut dev_done = std::mem::take(&mut self.dev_done);
+        let work = self.dev.poll(&mut |tag, status| dev_done.push((tag, status)));
+        for (tag, status) in dev_done.drain(..) {
+            self.on_device(tag, status);
+        }
+        self.dev_done = dev_done;
         work
     }
 

@@ -230,6 +230,11 @@ impl SummaryChain {
         !self.ended
     }
 
+    /// Takes the entries decoded so far.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, SummaryEntry> {
+        self.entries.drain(..)
+    }
+
     pub fn into_entries(self) -> Vec<SummaryEntry> {
         self.entries
     }
