@@ -44,11 +44,14 @@ pub(super) enum CleanTarget {
     All,
 }
 
-/// A victim's summaries being decoded, a group per poll, its entries split
-/// per core as they come.
+/// A victim's summaries being read and decoded, a group per poll (the next
+/// group is read once the last one decoded, so a group read means one to
+/// decode), its entries split per core as they come.
 struct VictimDecode {
     chain: SummaryChain,
-    next_group: usize,
+    /// Groups read (or being read), and the groups there are.
+    read: u32,
+    groups: u32,
     /// Entries the checkpoint vouches for still to take.
     left: u32,
     per_core: Vec<Vec<SummaryEntry>>,
@@ -72,7 +75,6 @@ pub(super) struct CleanJob {
     reading: Option<SegmentRecord>,
     bufs: Vec<DmaBuf>,
     reads: u32,
-    /// Set once the reads completed, until every group is decoded.
     decoding: Option<VictimDecode>,
     /// Victims the cores evacuate, oldest first.
     evacuating: VecDeque<InFlight>,
@@ -279,51 +281,62 @@ impl Shard {
             return self.evacuate_victim(vec![Vec::new(); self.shared.cores as usize]);
         }
         self.ctl_mut().set_stage(Stage::CleanRead);
-        // The buffers are the last victim's, reused: each victim would
-        // otherwise allocate and zero a dozen.
-        let mut bufs = std::mem::take(&mut self.job().bufs);
-        self.read_summary_slots(&record, &mut bufs);
+        let id = SegmentId { epoch: record.epoch, seq: record.seq };
+        let chain = SummaryChain::new(self.shared.uuid, id, self.shared.geo.entries_per_summary());
+        let groups = record.trusted_entries.div_ceil(self.shared.geo.entries_per_summary());
+        let per_core = vec![Vec::new(); self.shared.cores as usize];
+        self.job().decoding = Some(VictimDecode { chain, read: 0, groups, left: record.trusted_entries, per_core });
+        self.read_victim_group();
+    }
+
+    /// Reads the victim's next summary group. The buffers are the last
+    /// victim's, reused: each victim would otherwise allocate and zero a
+    /// dozen.
+    fn read_victim_group(&mut self) {
         let job = self.job();
-        job.reads = bufs.len() as u32;
-        job.bufs = bufs;
+        let (record, d) = (job.reading.expect("reading a victim"), job.decoding.as_mut().expect("decoding"));
+        let g = d.read;
+        d.read += 1;
+        job.reads = 2;
+        let mut bufs = std::mem::take(&mut job.bufs);
+        self.read_summary_groups(&record, g..g + 1, &mut bufs);
+        self.job().bufs = bufs;
     }
 
     pub(super) fn clean_read_done(&mut self, status: DevStatus) {
-        let cores = self.shared.cores as usize;
-        let (uuid, per_group) = (self.shared.uuid, self.shared.geo.entries_per_summary());
         let job = self.job();
         job.reads -= 1;
         if let Err(e) = status {
             job.error.get_or_insert(Error::Io(e));
         }
-        if job.reads > 0 {
-            return;
+        if job.reads == 0 && job.error.is_some() {
+            job.decoding = None;
+            self.victim_unread();
         }
-        if job.error.is_some() {
-            return self.victim_unread();
-        }
-        let rec = job.reading.expect("reading a victim");
-        let chain = SummaryChain::new(uuid, SegmentId { epoch: rec.epoch, seq: rec.seq }, per_group);
-        let per_core = vec![Vec::new(); cores];
-        job.decoding = Some(VictimDecode { chain, next_group: 0, left: rec.trusted_entries, per_core });
     }
 
-    /// Decodes the next summary group of the victim being read, if any
-    /// (core 0, once per poll); sends the victim to the cores after its
-    /// last group.
+    /// Decodes the summary group of the victim just read, if any (core 0,
+    /// once per poll), and reads the next one; sends the victim to the
+    /// cores after its last group.
     pub(super) fn advance_victim_decode(&mut self) -> usize {
         let shared = &self.shared;
         let Some(job) = self.ctl.as_mut().and_then(|c| c.clean.as_mut()) else { return 0 };
-        let Some(d) = job.decoding.as_mut() else { return 0 };
-        let g = d.next_group;
-        let more = d.chain.push([&job.bufs[2 * g], &job.bufs[2 * g + 1]]);
-        d.next_group += 1;
+        let Some(d) = job.decoding.as_mut().filter(|_| job.reads == 0) else { return 0 };
+        if job.error.is_some() {
+            // Another victim failed meanwhile: the job ends.
+            job.decoding = None;
+            self.victim_unread();
+            return 1;
+        }
+        let g = 2 * (d.read as usize - 1);
+        let more = d.chain.push([&job.bufs[g], &job.bufs[g + 1]]);
         let take = d.left as usize;
         for e in d.chain.drain().take(take) {
             d.per_core[shared.owner(e.lba) as usize].push(e);
             d.left -= 1;
         }
-        if more && d.left > 0 && 2 * d.next_group < job.bufs.len() {
+        if more && d.left > 0 && d.read < d.groups {
+            self.read_victim_group();
             return 1;
         }
         let d = job.decoding.take().expect("decoding");

@@ -20,6 +20,7 @@ use crate::format::{
     Checkpoint, EntryKind, Geometry, SegmentId, SegmentRecord, SummaryChain, SummaryEntry, VolumeRecord,
 };
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 use std::sync::atomic::Ordering::{self, Relaxed};
 use std::sync::Arc;
 
@@ -743,30 +744,30 @@ impl Shard {
         };
         cur.stage = Stage::LogSummaries { outstanding: summary_reads(&geo, &seg) };
         let mut bufs = Vec::new();
-        self.read_summary_slots(&seg, &mut bufs);
+        self.read_summary_groups(&seg, 0..summary_reads(&geo, &seg) / 2, &mut bufs);
         let c = self.ctl();
         c.current.as_mut().expect("running").log.as_mut().expect("log read state").bufs = bufs;
     }
 
-    /// Reads both slots of every summary group `record` vouches for into
-    /// `bufs`, reused and completed to `summary_reads` buffers (tags
-    /// `TAG_CONTROL | i`); decode them with `trusted_summaries` once all
-    /// completed.
-    pub(super) fn read_summary_slots(&mut self, record: &SegmentRecord, bufs: &mut Vec<DmaBuf>) {
+    /// Reads both slots of summary groups `groups` of `record` into `bufs`
+    /// (slot `i` into `bufs[i]`, tag `TAG_CONTROL | i`), which are reused
+    /// and completed to the `summary_reads` the record vouches for.
+    pub(super) fn read_summary_groups(&mut self, record: &SegmentRecord, groups: Range<u32>, bufs: &mut Vec<DmaBuf>) {
         let geo = self.shared.geo;
         let bs = geo.block_size as usize;
         let n = summary_reads(&geo, record) as usize;
         bufs.truncate(n);
         bufs.resize_with(n, || DmaBuf::new(bs, bs));
-        for (i, b) in bufs.iter_mut().enumerate() {
-            let block = geo.summary_slot(record.segno, i as u32 / 2, i as u32 % 2);
-            let tag = TAG_CONTROL | i as u64;
-            self.dev_submit(DevRequest { op: DevOp::Read, block, nblocks: 1, buf: b.as_mut_ptr(), tag });
+        for i in 2 * groups.start..2 * groups.end {
+            let block = geo.summary_slot(record.segno, i / 2, i % 2);
+            let tag = TAG_CONTROL | u64::from(i);
+            let buf = bufs[i as usize].as_mut_ptr();
+            self.dev_submit(DevRequest { op: DevOp::Read, block, nblocks: 1, buf, tag });
         }
     }
 
     /// The entries of `record` its checkpoint vouches for, from the slots
-    /// `read_summary_slots` read.
+    /// `read_summary_groups` read (all of them).
     pub(super) fn trusted_summaries(&self, record: &SegmentRecord, bufs: &[DmaBuf]) -> Result<Vec<SummaryEntry>> {
         let id = SegmentId { epoch: record.epoch, seq: record.seq };
         let mut chain = SummaryChain::new(self.shared.uuid, id, self.shared.geo.entries_per_summary());

@@ -46,10 +46,13 @@ const MOVE_BLOCKS_PER_POLL: u32 = 8;
 /// however few its blocks: each also costs an append, a retirement and a
 /// relocation. (Reads were bounded by the cleaner buffers; copies need none.)
 const MOVE_ENTRY_COST: u32 = 4;
-/// Partition-table updates (a lookup or two each) a core applies per poll
-/// once a victim's moves are done: up to a segment's worth of blocks in all
-/// took 60-300 µs in one poll, which client I/O waited behind.
-const RELOCATE_BLOCKS_PER_POLL: usize = 32;
+/// Partition-table updates (a lookup or two each) a core applies at once
+/// when a victim's moves are done, and slices of them per poll (fewer when
+/// client work or a message waits). Up to a segment's worth in one poll
+/// took 60-300 µs; a lookup in a large table can cost a µs in a VM (a TLB
+/// miss each), so 32 at once took up to 35 µs.
+const RELOCATE_SLICE_BLOCKS: usize = 8;
+const RELOCATE_SLICES_PER_POLL: usize = 4;
 
 /// A run of consecutive blocks of one victim entry: `addr` is the first
 /// block's address, or `ZERO` for a zero entry. `crc`: the run is a whole
@@ -91,11 +94,18 @@ pub(super) struct Evacuation {
     segno: u32,
     src_partition: u32,
     dest: u32,
-    /// The victim's data entries: what its partition's table may still
-    /// list once it is freed.
-    data: Vec<Run>,
-    /// Runs to examine, and the block to resume from.
-    todo: VecDeque<(Run, u32)>,
+    /// The victim's entries this core owns, and where the segment's data
+    /// starts. They are walked in runs, never copied into a list of runs:
+    /// a victim starts in constant time.
+    entries: Vec<SummaryEntry>,
+    base: LogAddr,
+    /// The device copies blocks: entries up to a run long are kept whole
+    /// (a device copy is bounded like a read).
+    copy: bool,
+    /// The next run to examine (entry, block within it), and the block of
+    /// that run to resume from.
+    cursor: (usize, u32),
+    resume: u32,
     /// Runs read into cleaner buffer `.0`, appended up to block `.2`.
     ready: VecDeque<(u16, Run, u32)>,
     /// Reads and moves not finished.
@@ -104,51 +114,37 @@ pub(super) struct Evacuation {
     /// destination address, or `ZERO` when it went to the open partition).
     relocated: Vec<(u32, LogAddr, LogAddr)>,
     /// Once every run is dealt with: how far the partition tables are
-    /// updated (the moves, then the freed victim's blocks).
-    relocation: Option<usize>,
+    /// updated.
+    relocation: Option<Relocation>,
     error: Option<Error>,
 }
 
+/// Progress of a finished evacuation's table updates: the moves applied,
+/// then the freed victim's data blocks from (entry, block) on.
+#[derive(Clone, Copy, Default)]
+struct Relocation {
+    moves: usize,
+    freed: (usize, u32),
+}
+
 impl Evacuation {
-    /// `copy`: the device copies blocks itself. Entries up to a run long
-    /// are then kept whole (a device copy is bounded like a read).
     pub(super) fn new(
         segno: u32,
         src_partition: u32,
         dest: u32,
-        entries: &[SummaryEntry],
+        entries: Vec<SummaryEntry>,
         base: LogAddr,
         copy: bool,
     ) -> Self {
-        let mut todo = VecDeque::new();
-        let mut data = Vec::new();
-        for e in entries {
-            let run = match e.kind {
-                EntryKind::Data => Run { lba: e.lba, addr: base + e.data_offset, blocks: e.blocks, crc: None },
-                EntryKind::Zero => {
-                    // Moved as one entry: a zero run needs no buffer, and
-                    // every entry takes summary room.
-                    todo.push_back((Run { lba: e.lba, addr: ZERO, blocks: e.blocks, crc: None }, 0));
-                    continue;
-                }
-                EntryKind::Hole => continue,
-            };
-            data.push(run);
-            if copy && run.blocks <= MOVE_RUN_BLOCKS {
-                todo.push_back((Run { crc: Some(e.data_crc), ..run }, 0));
-                continue;
-            }
-            for off in (0..run.blocks).step_by(MOVE_RUN_BLOCKS as usize) {
-                let (lba, addr) = run.block(off);
-                todo.push_back((Run { lba, addr, blocks: (run.blocks - off).min(MOVE_RUN_BLOCKS), crc: None }, 0));
-            }
-        }
         Evacuation {
             segno,
             src_partition,
             dest,
-            data,
-            todo,
+            entries,
+            base,
+            copy,
+            cursor: (0, 0),
+            resume: 0,
             ready: VecDeque::new(),
             inflight: 0,
             relocated: Vec::new(),
@@ -156,16 +152,48 @@ impl Evacuation {
             error: None,
         }
     }
+
+    /// The run at `cursor` (holes have none), and the cursor after it.
+    fn run_at(&self, cursor: (usize, u32)) -> Option<(Run, (usize, u32))> {
+        let (i, b) = cursor;
+        let (i, e) = self.entries.iter().enumerate().skip(i).find(|(_, e)| e.kind != EntryKind::Hole)?;
+        if e.kind == EntryKind::Zero {
+            // Moved as one entry: a zero run needs no buffer, and every
+            // entry takes summary room.
+            return Some((Run { lba: e.lba, addr: ZERO, blocks: e.blocks, crc: None }, (i + 1, 0)));
+        }
+        let whole = Run { lba: e.lba, addr: self.base + e.data_offset, blocks: e.blocks, crc: None };
+        if self.copy && e.blocks <= MOVE_RUN_BLOCKS {
+            return Some((Run { crc: Some(e.data_crc), ..whole }, (i + 1, 0)));
+        }
+        let (lba, addr) = whole.block(b);
+        let blocks = (e.blocks - b).min(MOVE_RUN_BLOCKS);
+        let next = if b + blocks < e.blocks { (i, b + blocks) } else { (i + 1, 0) };
+        Some((Run { lba, addr, blocks, crc: None }, next))
+    }
+
+    /// Up to `n` of the victim's data blocks (lba, address) from `from` on,
+    /// into `out`; returns how many, and where the next ones start.
+    fn data_blocks(&self, from: (usize, u32), out: &mut [(u32, LogAddr)]) -> (usize, (usize, u32)) {
+        let (mut i, mut b) = from;
+        let mut n = 0;
+        while n < out.len() {
+            let Some(e) = self.entries.get(i) else { break };
+            if e.kind != EntryKind::Data || b >= e.blocks {
+                (i, b) = (i + 1, 0);
+                continue;
+            }
+            out[n] = ((e.lba + u64::from(b)) as u32, self.base + e.data_offset + b);
+            n += 1;
+            b += 1;
+        }
+        (n, (i, b))
+    }
 }
 
 impl Run {
     fn block(&self, b: u32) -> (u64, LogAddr) {
         (self.lba + u64::from(b), if self.addr == ZERO { ZERO } else { self.addr + b })
-    }
-
-    /// Each block's (lba, address).
-    pub(super) fn blocks(&self) -> impl Iterator<Item = (u64, LogAddr)> + '_ {
-        (0..self.blocks).map(|b| self.block(b))
     }
 }
 
@@ -302,16 +330,17 @@ impl Shard {
             self.release_gc_buf(buf);
             work += 1;
         }
-        while let Some(&(run, from)) = self.evac.front().and_then(|e| e.todo.front()) {
+        while let Some((run, after)) = self.evac.front().and_then(|e| e.run_at(e.cursor)) {
             if spent >= MOVE_BLOCKS_PER_POLL || (spent > 0 && self.work_waiting()) {
                 return work.max(1);
             }
             if run.addr == ZERO {
                 // An append without data: counted as one block of work.
                 spent += 1;
+                let from = self.evac.front().expect("running").resume;
                 let next = self.append_run(&run, from, Source::Zero);
                 if next < run.blocks {
-                    self.evac.front_mut().expect("running").todo.front_mut().expect("peeked").1 = next;
+                    self.evac.front_mut().expect("running").resume = next;
                     break;
                 }
             } else {
@@ -346,13 +375,14 @@ impl Shard {
                     }
                 }
             }
-            self.evac.front_mut().expect("running").todo.pop_front();
+            let ev = self.evac.front_mut().expect("running");
+            (ev.cursor, ev.resume) = (after, 0);
             work += 1;
         }
         let ev = self.evac.front_mut().expect("running");
-        if ev.todo.is_empty() && ev.ready.is_empty() && ev.inflight == 0 {
+        if ev.run_at(ev.cursor).is_none() && ev.ready.is_empty() && ev.inflight == 0 {
             // The tables are updated from the next poll on.
-            ev.relocation = Some(0);
+            ev.relocation = Some(Relocation::default());
             return work.max(1);
         }
         work
@@ -453,30 +483,44 @@ impl Shard {
     /// a moved block: both hold it until the victim is freed, after the
     /// answer. Then answers core 0.
     fn advance_relocation(&mut self) -> usize {
-        let ev = self.evac.front().expect("running");
-        let done = ev.relocation.expect("relocating");
-        // After a failure the victim stays: only the moves that retired
-        // apply, and what did not move keeps its place.
-        let freed: &[Run] = if ev.error.is_none() { &ev.data } else { &[] };
-        let moves = ev.relocated.len();
-        let total = moves + freed.iter().map(|r| r.blocks as usize).sum::<usize>();
-        let end = (done + RELOCATE_BLOCKS_PER_POLL).min(total);
-        if done < moves {
-            let slice = &ev.relocated[done..end.min(moves)];
-            self.parts.relocate(ev.src_partition, ev.dest, slice, std::iter::empty());
-        }
-        if end > moves {
-            let blocks = freed.iter().flat_map(Run::blocks).map(|(lba, addr)| (lba as u32, addr));
-            let slice = blocks.skip(done.saturating_sub(moves)).take(end - done.max(moves));
-            self.parts.relocate(ev.src_partition, ev.dest, &[], slice);
-        }
-        if end < total {
-            self.evac.front_mut().expect("running").relocation = Some(end);
-            return 1;
+        for slice in 0.. {
+            if slice == RELOCATE_SLICES_PER_POLL || (slice > 0 && self.work_waiting()) {
+                return 1;
+            }
+            if self.relocate_slice() {
+                break;
+            }
         }
         let ev = self.evac.pop_front().expect("running");
         let status = ev.error.map_or(Ok(()), Err);
         self.send(0, Msg::EvacuateDone { segno: ev.segno, status });
         1
+    }
+
+    /// Applies up to `RELOCATE_SLICE_BLOCKS` of the table updates; returns
+    /// whether they are all done.
+    fn relocate_slice(&mut self) -> bool {
+        let ev = self.evac.front_mut().expect("running");
+        let mut at = ev.relocation.expect("relocating");
+        let end = (at.moves + RELOCATE_SLICE_BLOCKS).min(ev.relocated.len());
+        let (src, dest) = (ev.src_partition, ev.dest);
+        let mut budget = RELOCATE_SLICE_BLOCKS - (end - at.moves);
+        if end > at.moves {
+            self.parts.relocate(src, dest, &ev.relocated[at.moves..end], std::iter::empty());
+            at.moves = end;
+        }
+        // After a failure the victim stays: only the moves that retired
+        // apply, and what did not move keeps its place.
+        let mut done = ev.error.is_some();
+        if budget > 0 && !done {
+            let mut freed = [(0, 0); RELOCATE_SLICE_BLOCKS];
+            let (n, next) = ev.data_blocks(at.freed, &mut freed[..budget]);
+            self.parts.relocate(src, dest, &[], freed[..n].iter().copied());
+            at.freed = next;
+            budget -= n;
+            done = budget > 0;
+        }
+        ev.relocation = Some(at);
+        done && at.moves == ev.relocated.len()
     }
 }

@@ -539,7 +539,7 @@ impl Shard {
                     segno,
                     src_partition,
                     dest,
-                    &entries,
+                    entries,
                     base,
                     self.shared.copy_offload,
                 ));
