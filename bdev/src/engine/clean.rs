@@ -27,10 +27,13 @@ use crate::format::{SegmentId, SegmentRecord, SummaryChain, SummaryEntry};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 
-/// Victims evacuated between two checkpoints.
-const BATCH: usize = 4;
+/// Victims evacuated between two checkpoints. A commit waits for every
+/// victim in flight, so the cores idle through it: with 2 reactors, 8
+/// victims per commit and 4 at once moved 15 % more than 4 and 2 (the cores
+/// waited for victims), and more of either gained little.
+const BATCH: usize = 8;
 /// Victims evacuated at once.
-const PIPELINE: usize = 2;
+const PIPELINE: usize = 4;
 
 /// What a cleaning job reclaims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
