@@ -389,8 +389,8 @@ impl Shard {
     }
 
     /// Whether a client request or a message waits for this core: the
-    /// cleaner yields the rest of its poll to it.
-    fn work_waiting(&self) -> bool {
+    /// background work yields the rest of its poll to it.
+    pub(super) fn work_waiting(&self) -> bool {
         let core = self.core as usize;
         !self.shared.clients[core].is_empty() || !self.shared.inbox[core].is_empty()
     }

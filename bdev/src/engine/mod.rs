@@ -16,6 +16,7 @@ mod index;
 mod mount;
 mod partition;
 pub mod policy;
+mod repin;
 mod request;
 mod shard;
 mod shared;

@@ -175,6 +175,29 @@ impl Table {
         self.buckets.iter().map(|(_, b)| b.len()).sum()
     }
 
+    /// Fills `out` with (block, address) pairs from position `from` on, in
+    /// an order that holds while the table is unchanged; returns how many,
+    /// and the position after them (`(0, 0)` is the start). So a table can
+    /// be walked a slice at a time.
+    pub fn read_from(&self, from: (usize, usize), out: &mut [(u32, LogAddr)]) -> (usize, (usize, usize)) {
+        let (mut bucket, mut skip) = from;
+        let mut n = 0;
+        while n < out.len() {
+            let Some((_, b)) = self.buckets.get(bucket) else { break };
+            let taken = b.iter().skip(skip).take(out.len() - n).map(|(&lba, &addr)| (lba, addr));
+            let before = n;
+            for pair in taken {
+                out[n] = pair;
+                n += 1;
+            }
+            skip += n - before;
+            if skip == b.len() {
+                (bucket, skip) = (bucket + 1, 0);
+            }
+        }
+        (n, (bucket, skip))
+    }
+
     /// Every (block, address), in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, LogAddr)> + '_ {
         self.buckets.iter().flat_map(|(_, b)| b.iter().map(|(&lba, &addr)| (lba, addr)))
@@ -372,6 +395,17 @@ mod tests {
             assert_eq!(table.get(lba), model.get(&lba).copied(), "block {lba}");
         }
         let mut listed: Vec<(u32, LogAddr)> = table.iter().collect();
+        let mut walked = Vec::new();
+        let (mut out, mut at) = ([(0, 0); 100], (0, 0));
+        loop {
+            let (n, next) = table.read_from(at, &mut out);
+            walked.extend_from_slice(&out[..n]);
+            if n < out.len() {
+                break;
+            }
+            at = next;
+        }
+        assert_eq!(walked, listed, "a walk in slices lists the table in its order");
         let mut expected: Vec<(u32, LogAddr)> = model.into_iter().collect();
         listed.sort_unstable();
         expected.sort_unstable();

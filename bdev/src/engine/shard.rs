@@ -15,7 +15,8 @@ use super::addr::{LogAddr, ZERO};
 use super::evacuate::{BufRead, Evacuation, MOVE_RUN_BLOCKS};
 use super::fold::Fold;
 use super::index::BlockIndex;
-use super::partition::{Partitions, Table};
+use super::partition::Partitions;
+use super::repin::Repin;
 use super::request::{Reply, Request, View};
 use super::shared::{Shared, SpaceState};
 use super::space::{pinned_after_overwrite, Counters};
@@ -275,6 +276,8 @@ pub struct Shard {
     partition_of: Vec<u32>,
     open_partition: u32,
     pub(super) live_volumes: Arc<Vec<u32>>,
+    /// The pinning walk of a volume change, while it runs (see `repin.rs`).
+    pub(super) repin: Option<Repin>,
     slots: Vec<Option<Slot>>,
     free_slots: Vec<u32>,
     reads: Vec<Option<ReadCtx>>,
@@ -333,6 +336,7 @@ impl Shard {
             partition_of: init.partition_of,
             open_partition: init.open_partition,
             live_volumes: init.live_volumes,
+            repin: None,
             slots,
             free_slots: (0..SLOTS as u32).rev().collect(),
             reads,
@@ -426,6 +430,7 @@ impl Shard {
         for (token, result) in done.drain(..) {
             sink(token, result);
         }
+        work += self.advance_repin();
         work += self.advance_evacuation();
         work += self.advance_fold();
         self.advance_barrier();
@@ -469,6 +474,7 @@ impl Shard {
             (self.barrier.is_some(), "a barrier"),
             (!self.evac.is_empty(), "an evacuation"),
             (self.fold.is_some(), "a fold"),
+            (self.repin.is_some(), "a volume change's walk"),
             (!self.shared.inbox[core].is_empty(), "inbound messages"),
             (!self.shared.clients[core].is_empty(), "client requests"),
         ]
@@ -522,13 +528,22 @@ impl Shard {
             Msg::BarrierDone { id, segments, status } => self.on_barrier_done(id, segments, status),
             Msg::Volumes(v) => {
                 let old = std::mem::replace(&mut self.live_volumes, v);
-                for added in self.live_volumes.iter().filter(|p| !old.contains(p)) {
-                    self.repin(*added, true);
+                let added = self.live_volumes.iter().filter(|p| !old.contains(p)).map(|&p| (p, true));
+                let gone = old.iter().filter(|p| !self.live_volumes.contains(p)).map(|&p| (p, false));
+                let changes: Vec<(u32, bool)> = added.chain(gone).collect();
+                // A walk left sliced acknowledges when it ends; volume sets
+                // change one volume at a time, but should one change more,
+                // all walks but the last run at once.
+                let mut done = true;
+                for (v, added) in changes {
+                    if !done {
+                        self.finish_repin_now();
+                    }
+                    done = self.start_repin(v, added);
                 }
-                for gone in old.iter().filter(|p| !self.live_volumes.contains(p)) {
-                    self.repin(*gone, false);
+                if done {
+                    self.send(0, Msg::VolumesAck);
                 }
-                self.send(0, Msg::VolumesAck);
             }
             Msg::VolumesAck => self.on_volumes_ack(),
             Msg::Control { origin, reply, req } => self.control_enqueue(origin, reply, req),
@@ -1071,77 +1086,18 @@ impl Shard {
     /// Accounts for `lba`'s current version being replaced by one in
     /// `partition`: it stops being current, and stays live only if a volume
     /// pins it.
-    fn supersede(&self, lba: u64, partition: u32) {
+    fn supersede(&mut self, lba: u64, partition: u32) {
         let Some(old) = self.index.get(lba).filter(|&a| a != ZERO) else { return };
         let space = self.shared.segment_of(old);
         space.current.fetch_sub(1, Relaxed);
         let old_partition = self.partition_of[(old / self.shared.geo.segment_blocks) as usize];
-        if pinned_after_overwrite(old_partition, partition, &self.live_volumes) {
+        // While a volume change's walk runs, the volumes before it count.
+        let volumes = self.repin.as_ref().map_or(&self.live_volumes, |w| &w.before);
+        if pinned_after_overwrite(old_partition, partition, volumes) {
             space.pinned.fetch_add(1, Relaxed);
         }
-    }
-
-    /// Accounts for volume `v` being added (`added`) or deleted: the blocks
-    /// whose pinning depends on `v` alone. Before the change they were
-    /// pinned iff a volume other than `v` lay in `[p, n)` (`p`: the block's
-    /// partition, `n`: the next partition holding its LBA); `v` decides
-    /// exactly when `p` is the last holder in `(lower, v]` (`lower`: the
-    /// next lower volume) and `n` lies in `(v, upper]` (`upper`: the next
-    /// higher volume, else the open partition). Either side of `v` finds
-    /// them, and the smaller one is walked: at a snapshot that is the open
-    /// partition, a few blocks, where the sealed side is every block written
-    /// since the previous volume, a millisecond inline at a million blocks.
-    fn repin(&self, v: u32, added: bool) {
-        let others: Vec<u32> = self.live_volumes.iter().copied().filter(|&x| x != v).collect();
-        let lower = others.iter().rev().find(|&&x| x < v).copied().unwrap_or(0);
-        let upper = others.iter().find(|&&x| x > v).copied();
-        let older: Vec<&Table> =
-            self.parts.sealed().iter().filter(|(p, _)| *p > lower && *p <= v).map(|(_, t)| t).collect();
-        let mut newer: Vec<&Table> = self
-            .parts
-            .sealed()
-            .iter()
-            .filter(|(p, _)| *p > v && upper.is_none_or(|u| *p <= u))
-            .map(|(_, t)| t)
-            .collect();
-        if upper.is_none() {
-            newer.push(self.parts.open_table());
-        }
-        let pin = |addr: LogAddr| {
-            let pinned = &self.shared.segment_of(addr).pinned;
-            if added {
-                pinned.fetch_add(1, Relaxed);
-            } else {
-                pinned.fetch_sub(1, Relaxed);
-            }
-        };
-        let superseded = |lba: u32, addr: LogAddr| addr != ZERO && self.index.get(u64::from(lba)) != Some(addr);
-        let size = |tables: &[&Table]| tables.iter().map(|t| t.len()).sum::<usize>();
-        if size(&newer) < size(&older) {
-            for (i, table) in newer.iter().enumerate() {
-                for (lba, _) in table.iter() {
-                    if newer[..i].iter().any(|t| t.contains(lba)) {
-                        continue; // not the first holder after `v`
-                    }
-                    let last = older.iter().rev().find_map(|t| t.get(lba));
-                    if let Some(addr) = last.filter(|&a| superseded(lba, a)) {
-                        pin(addr);
-                    }
-                }
-            }
-            return;
-        }
-        for (i, table) in older.iter().enumerate() {
-            for (lba, addr) in table.iter() {
-                if !superseded(lba, addr) || older[i + 1..].iter().any(|t| t.contains(lba)) {
-                    continue; // not the last holder up to `v`
-                }
-                // Without a higher volume, the open partition holds the
-                // newer version, listed or not.
-                if upper.is_none() || newer.iter().any(|t| t.contains(lba)) {
-                    pin(addr);
-                }
-            }
+        if let Some(walk) = self.repin.as_mut().filter(|w| w.decides(old_partition, partition)) {
+            walk.overwrote(old);
         }
     }
 
