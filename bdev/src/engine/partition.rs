@@ -191,7 +191,7 @@ impl Table {
                 n += 1;
             }
             skip += n - before;
-            if skip == b.len() {
+            if skip >= b.len() {
                 (bucket, skip) = (bucket + 1, 0);
             }
         }

@@ -531,9 +531,10 @@ impl Shard {
                 let added = self.live_volumes.iter().filter(|p| !old.contains(p)).map(|&p| (p, true));
                 let gone = old.iter().filter(|p| !self.live_volumes.contains(p)).map(|&p| (p, false));
                 let changes: Vec<(u32, bool)> = added.chain(gone).collect();
-                // A walk left sliced acknowledges when it ends; volume sets
-                // change one volume at a time, but should one change more,
-                // all walks but the last run at once.
+                // A control operation changes one volume (each walk takes
+                // the others as they are in the new set); a walk left
+                // sliced acknowledges when it ends.
+                debug_assert!(changes.len() <= 1, "volumes changed at once: {changes:?}");
                 let mut done = true;
                 for (v, added) in changes {
                     if !done {
