@@ -18,7 +18,7 @@
 //! Victims are chosen by LFS's cost-benefit: free space gained times age,
 //! over the cost of reading and rewriting the live part.
 
-use super::control::{summaries_lost, Stage};
+use super::control::{summaries_lost, summary_groups, Stage};
 use super::shard::{Msg, Shard};
 use super::shared::SpaceState;
 use crate::device::{DevStatus, DmaBuf};
@@ -286,7 +286,7 @@ impl Shard {
         self.ctl_mut().set_stage(Stage::CleanRead);
         let id = SegmentId { epoch: record.epoch, seq: record.seq };
         let chain = SummaryChain::new(self.shared.uuid, id, self.shared.geo.entries_per_summary());
-        let groups = record.trusted_entries.div_ceil(self.shared.geo.entries_per_summary());
+        let groups = summary_groups(&self.shared.geo, &record);
         let per_core = vec![Vec::new(); self.shared.cores as usize];
         self.job().decoding = Some(VictimDecode { chain, read: 0, groups, left: record.trusted_entries, per_core });
         self.read_victim_group();

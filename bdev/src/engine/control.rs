@@ -24,9 +24,14 @@ use std::ops::Range;
 use std::sync::atomic::Ordering::{self, Relaxed};
 use std::sync::Arc;
 
+/// Summary groups holding a segment's trusted entries.
+pub(super) fn summary_groups(geo: &Geometry, record: &SegmentRecord) -> u32 {
+    record.trusted_entries.div_ceil(geo.entries_per_summary())
+}
+
 /// Device reads of a segment's trusted summary groups (two slots each).
 fn summary_reads(geo: &Geometry, record: &SegmentRecord) -> u32 {
-    2 * record.trusted_entries.div_ceil(geo.entries_per_summary())
+    2 * summary_groups(geo, record)
 }
 
 /// A segment's summaries end before the entries its checkpoint vouches for.
@@ -744,7 +749,7 @@ impl Shard {
         };
         cur.stage = Stage::LogSummaries { outstanding: summary_reads(&geo, &seg) };
         let mut bufs = Vec::new();
-        self.read_summary_groups(&seg, 0..summary_reads(&geo, &seg) / 2, &mut bufs);
+        self.read_summary_groups(&seg, 0..summary_groups(&geo, &seg), &mut bufs);
         let c = self.ctl();
         c.current.as_mut().expect("running").log.as_mut().expect("log read state").bufs = bufs;
     }

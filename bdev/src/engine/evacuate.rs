@@ -172,8 +172,8 @@ impl Evacuation {
         Some((Run { lba, addr, blocks, crc: None }, next))
     }
 
-    /// Up to `n` of the victim's data blocks (lba, address) from `from` on,
-    /// into `out`; returns how many, and where the next ones start.
+    /// The victim's data blocks (lba, address) from `from` on, as many as
+    /// `out` holds; returns how many, and where the next ones start.
     fn data_blocks(&self, from: (usize, u32), out: &mut [(u32, LogAddr)]) -> (usize, (usize, u32)) {
         let (mut i, mut b) = from;
         let mut n = 0;
