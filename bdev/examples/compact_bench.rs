@@ -4,6 +4,9 @@
 //!    device channels (one thread, then one thread per core), and 1 MiB
 //!    device copies (one thread per core): a copy, like a move, reads every
 //!    byte it writes.
+//!    Then the machine's floor (`machine_floor`): the same foreground load
+//!    against threads that answer at once and otherwise only copy runs on
+//!    the device, idle and copying.
 //! 2. Fill: the working set is written sequentially in 32-block writes.
 //! 3. `--passes` times: a random half of the working set is overwritten with
 //!    aligned `--overwrite-blocks` writes (older segments hold about 50 %
@@ -168,6 +171,108 @@ fn raw_bandwidth(dev: &Arc<MallocDevice>, threads: u32, bytes: u64, raw: Raw) ->
         }
     });
     (per_thread * u64::from(threads) * u64::from(REQ_BLOCKS) * BS) as f64 / MIB / start.elapsed().as_secs_f64()
+}
+
+// ---- 1b. the machine's floor --------------------------------------------------------
+
+/// What the foreground would see from reactors that did nothing but the
+/// target's share of the compaction's device work, on this machine: a
+/// thread per core answers each request the moment it looks (no engine
+/// work at all) and, when copying, copies `MOVE_RUN`-block runs on the
+/// device one at a time (the cleaner's run length), paced to half the raw
+/// copy bandwidth, the least the target asks of a compaction. The load is the bench's own,
+/// paced the same. On a device the host copies for, no engine whose
+/// reactor copies can show a lower p99 while compacting: stalls of the
+/// machine (interrupts, the hypervisor) that land in a copy or between
+/// polls delay the requests that arrive meanwhile.
+struct Floor {
+    idle_p99: f64,
+    copying_p99: f64,
+    copy_mbs: f64,
+}
+
+/// The cleaner's move run, in blocks (the engine's `MOVE_RUN_BLOCKS`).
+const MOVE_RUN: u32 = 8;
+
+fn machine_floor(dev: &Arc<MallocDevice>, a: &Args, raw_copy: f64) -> Floor {
+    let (idle, _) = floor_phase(dev, a, 0.0);
+    let (copying, copy_mbs) = floor_phase(dev, a, raw_copy / 2.0);
+    Floor { idle_p99: pct(&idle, 99.0), copying_p99: pct(&copying, 99.0), copy_mbs }
+}
+
+/// One floor phase of `a.seconds`, copying `copy_mbs` MB/s in all (none if
+/// 0): sorted latencies (ns), and the copy bandwidth reached in MB/s.
+fn floor_phase(dev: &Arc<MallocDevice>, a: &Args, copy_mbs: f64) -> (Vec<u64>, f64) {
+    let sleep = std::thread::available_parallelism().map_or(true, |n| n.get() <= a.cores as usize);
+    let requests: Vec<ArrayQueue<Instant>> = (0..a.cores).map(|_| ArrayQueue::new(a.qd)).collect();
+    let answers = ArrayQueue::<u64>::new(a.qd);
+    let stop = AtomicBool::new(false);
+    let client = std::thread::current();
+    let part = dev.num_blocks() / u64::from(a.cores);
+    let start = Instant::now();
+    let mut latencies = Vec::new();
+    let moved: u64 = std::thread::scope(|s| {
+        let cores: Vec<_> = (0..a.cores)
+            .map(|c| {
+                let (requests, answers, stop, client) = (&requests[c as usize], &answers, &stop, client.clone());
+                s.spawn(move || {
+                    let mut ch = dev.channel().expect("malloc channel");
+                    let runs = part / 2 / u64::from(MOVE_RUN);
+                    let (base, mut run, mut moved) = (u64::from(c) * part, 0, 0u64);
+                    let per_run = (copy_mbs > 0.0).then(|| {
+                        Duration::from_secs_f64(f64::from(MOVE_RUN) * BS as f64 / MIB / (copy_mbs / f64::from(a.cores)))
+                    });
+                    while !stop.load(Ordering::Acquire) {
+                        while let Some(t0) = requests.pop() {
+                            let _ = answers.push(t0.elapsed().as_nanos() as u64);
+                            if sleep {
+                                client.unpark();
+                            }
+                        }
+                        if per_run.is_none_or(|p| start + p * run as u32 > Instant::now()) {
+                            std::hint::spin_loop();
+                            continue;
+                        }
+                        let block = base + run % runs * u64::from(MOVE_RUN);
+                        let req = DevRequest {
+                            op: DevOp::Copy { src: block + part / 2 },
+                            block,
+                            nblocks: MOVE_RUN,
+                            buf: std::ptr::null_mut(),
+                            tag: 0,
+                        };
+                        // SAFETY: a copy stays inside the device; no buffer.
+                        unsafe { ch.submit(req).expect("queue has room") };
+                        ch.poll(&mut |_, st| st.expect("malloc copy"));
+                        run += 1;
+                        moved += u64::from(MOVE_RUN) * BS;
+                    }
+                    moved
+                })
+            })
+            .collect();
+        let interval = (a.iops > 0).then(|| Duration::from_secs_f64(1.0 / a.iops as f64));
+        let (mut issued, mut in_flight) = (0u64, 0usize);
+        while start.elapsed().as_secs_f64() < a.seconds || in_flight > 0 {
+            let due = interval.map_or(start, |i| start + i * issued as u32);
+            if in_flight < a.qd && start.elapsed().as_secs_f64() < a.seconds && Instant::now() >= due {
+                let _ = requests[(issued % u64::from(a.cores)) as usize].push(Instant::now());
+                issued += 1;
+                in_flight += 1;
+            } else if let Some(ns) = answers.pop() {
+                latencies.push(ns);
+                in_flight -= 1;
+            } else if sleep {
+                std::thread::park_timeout(due.saturating_duration_since(Instant::now()).min(Duration::from_millis(1)));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        stop.store(true, Ordering::Release);
+        cores.into_iter().map(|c| c.join().expect("floor core")).sum()
+    });
+    latencies.sort_unstable();
+    (latencies, moved as f64 / MIB / start.elapsed().as_secs_f64())
 }
 
 // ---- async I/O helpers ----------------------------------------------------------------
@@ -367,6 +472,7 @@ fn mb(bytes: u64) -> f64 {
 struct RunResult {
     raw_n: f64,
     raw_copy: f64,
+    floor: Floor,
     idle: Load,
     busy: Load,
     compact_s: f64,
@@ -390,6 +496,15 @@ fn run(a: &Args, seed: u64) -> RunResult {
         "raw malloc writes (1 MiB, QD 8): first touch {first:.0} MB/s, 1 thread {raw1:.0} MB/s, {} threads {raw_n:.0} MB/s; \
          copies (1 MiB, QD 8): {} threads {raw_copy:.0} MB/s",
         a.cores, a.cores
+    );
+    let floor = machine_floor(&dev, a, raw_copy);
+    println!(
+        "floor (reactors that only answer, and copy {MOVE_RUN}-block runs at half the raw rate): p99 idle {:.1} µs, copying {:.1} µs \
+         at {:.0} MB/s ({:.0} % of raw copies)",
+        floor.idle_p99,
+        floor.copying_p99,
+        floor.copy_mbs,
+        100.0 * floor.copy_mbs / raw_copy
     );
 
     // 2. Fill: the working set, sequentially.
@@ -423,6 +538,7 @@ fn run(a: &Args, seed: u64) -> RunResult {
     let mut r = RunResult {
         raw_n,
         raw_copy,
+        floor,
         idle: Load::default(),
         busy: Load::default(),
         compact_s: 0.0,
@@ -580,6 +696,16 @@ fn main() {
             pct(&bw, 99.0),
             ir.len() + iw.len(),
             br.len() + bw.len()
+        );
+        let idle = pct(&r.idle.all(), 99.0);
+        println!(
+            "run {}: floor p99 idle {:.1} µs / copying {:.1} µs at {:.1} % of raw copies: copying alone puts \
+             p99 at {:.2}x this run's idle p99",
+            i + 1,
+            r.floor.idle_p99,
+            r.floor.copying_p99,
+            100.0 * r.floor.copy_mbs / r.raw_copy,
+            r.floor.copying_p99 / idle
         );
     }
     println!(
