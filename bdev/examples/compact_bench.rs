@@ -180,11 +180,12 @@ fn raw_bandwidth(dev: &Arc<MallocDevice>, threads: u32, bytes: u64, raw: Raw) ->
 /// thread per core answers each request the moment it looks (no engine
 /// work at all) and, when copying, copies `MOVE_RUN`-block runs on the
 /// device one at a time (the cleaner's run length), paced to half the raw
-/// copy bandwidth, the least the target asks of a compaction. The load is the bench's own,
-/// paced the same. On a device the host copies for, no engine whose
-/// reactor copies can show a lower p99 while compacting: stalls of the
-/// machine (interrupts, the hypervisor) that land in a copy or between
-/// polls delay the requests that arrive meanwhile.
+/// copy bandwidth, the least the target asks of a compaction. The load is
+/// the bench's own, paced the same. On a device the host copies for, an
+/// engine whose reactors do that copying too cannot expect a lower p99
+/// while compacting: the machine's stalls (interrupts, the hypervisor) that
+/// land in a copy delay the requests that arrive meanwhile, and the
+/// engine's own work only adds to the wait.
 struct Floor {
     idle_p99: f64,
     copying_p99: f64,
