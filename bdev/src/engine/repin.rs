@@ -14,9 +14,8 @@
 //! with every write), every block written between two snapshots: 150,000
 //! blocks took 1.6-1.9 ms in one go, so it goes a slice per poll, before
 //! the core acknowledges the new volume set. Sealed tables do not change
-//! meanwhile (control
-//! operations, the cleaner's included, run one at a time); the index does,
-//! as client writes overwrite blocks. Overwrites keep being accounted with
+//! meanwhile (control operations, the cleaner's included, run one at a
+//! time); the index does, as client writes overwrite blocks. Overwrites keep being accounted with
 //! the volumes as they were until the walk ends, and the versions they
 //! overwrite whose pinning `v` decides are set aside and accounted at the
 //! end, not by the walk: each such version is accounted once, whether the
@@ -158,23 +157,23 @@ impl Shard {
         let Some(table) = self.side_table(walk, walk.table) else { return true };
         let mut out = [(0, 0); SLICE_BLOCKS];
         let (n, next) = table.read_from(walk.at, &mut out);
-        let tables = |side: &[u32]| side.iter().map(|&p| self.sealed_table(p)).collect::<Vec<_>>();
-        let (older, newer) = (tables(&walk.older), tables(&walk.newer));
+        let holds = |p: &u32, lba: u32| self.sealed_table(*p).contains(lba);
         let superseded = |lba: u32, addr: LogAddr| addr != ZERO && self.index.get(u64::from(lba)) != Some(addr);
         for &(lba, addr) in &out[..n] {
             let pin = if walk.walk_newer {
-                let first_after_v = walk.table.min(newer.len());
-                if newer[..first_after_v].iter().any(|t| t.contains(lba)) {
+                let first_after_v = walk.table.min(walk.newer.len());
+                if walk.newer[..first_after_v].iter().any(|p| holds(p, lba)) {
                     continue; // not the first holder after `v`
                 }
-                older.iter().rev().find_map(|t| t.get(lba)).filter(|&a| superseded(lba, a))
+                let last = walk.older.iter().rev().find_map(|&p| self.sealed_table(p).get(lba));
+                last.filter(|&a| superseded(lba, a))
             } else {
-                if !superseded(lba, addr) || older[walk.table + 1..].iter().any(|t| t.contains(lba)) {
+                if !superseded(lba, addr) || walk.older[walk.table + 1..].iter().any(|p| holds(p, lba)) {
                     continue; // not the last holder up to `v`
                 }
                 // Without a higher volume, the open partition holds the
                 // newer version, listed or not.
-                (walk.upper.is_none() || newer.iter().any(|t| t.contains(lba))).then_some(addr)
+                (walk.upper.is_none() || walk.newer.iter().any(|p| holds(p, lba))).then_some(addr)
             };
             if let Some(addr) = pin.filter(|a| !walk.overwritten.contains(a)) {
                 self.pin(addr, walk.added);
