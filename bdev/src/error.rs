@@ -29,6 +29,8 @@ pub enum Error {
     DeviceTooSmall(String),
     #[error("the bdev is shutting down")]
     ShuttingDown,
+    #[error("log cursor {cursor} is older than the log: entries below {oldest} drained into the baseline (go on from {oldest}, or from 0 for all the log holds)")]
+    CursorDrained { cursor: u64, oldest: u64 },
 }
 
 impl Error {
@@ -45,6 +47,7 @@ impl Error {
             Error::Corrupt(_) => libc::EUCLEAN,
             Error::DeviceTooSmall(_) => libc::ENOSPC,
             Error::ShuttingDown => libc::ESHUTDOWN,
+            Error::CursorDrained { .. } => libc::ERANGE,
         }
     }
 }

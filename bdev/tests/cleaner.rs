@@ -7,7 +7,9 @@ use common::sim::{call, small_bdev, small_format};
 use ilog_bdev::device::sim::Faults;
 use ilog_bdev::device::MallocDevice;
 use ilog_bdev::engine::{audit_space, CompactMode, Reply, Request, View};
-use ilog_bdev::format::{crc32c, Checkpoint, EntryKind, FormatOptions, SegmentId, SummaryChain, Superblock};
+use ilog_bdev::format::{
+    crc32c, Checkpoint, EntryKind, FormatOptions, SegmentId, SummaryChain, SummaryKey, Superblock,
+};
 use ilog_bdev::runtime::native::Ilog;
 use ilog_bdev::runtime::sim::Sim;
 use std::sync::Arc;
@@ -148,8 +150,8 @@ fn moved_entries_carry_crcs_that_match_their_data() {
             .expect("a checkpoint");
         let mut checked = 0;
         for rec in &ckpt.segments {
-            let mut chain =
-                SummaryChain::new(sb.uuid, SegmentId { epoch: rec.epoch, seq: rec.seq }, geo.entries_per_summary());
+            let key = SummaryKey { id: SegmentId { epoch: rec.epoch, seq: rec.seq }, base: rec.partition };
+            let mut chain = SummaryChain::new(sb.uuid, key, geo.entries_per_summary());
             for g in 0..geo.segment_blocks / 2 {
                 let slots =
                     [disk.peek(geo.summary_slot(rec.segno, g, 0)), disk.peek(geo.summary_slot(rec.segno, g, 1))];

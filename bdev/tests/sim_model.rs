@@ -80,6 +80,7 @@ enum Op {
         lba: u64,
         values: Vec<u64>,
         data: Vec<u8>,
+        submitted: u64,
     },
     Read {
         lba: u64,
@@ -139,6 +140,9 @@ struct Harness {
     /// reads of them may fail with NoSuchVolume.
     delete_issued: BTreeSet<String>,
     cursor_last: u64,
+    /// The last tick at which a volume existed or a snapshot was in flight:
+    /// a write that failed with ENOSPC must have overlapped one.
+    volumes_seen: u64,
     write_eio: bool,
     /// ILOG_SIM_TRACE=1 prints every request and completion.
     trace: bool,
@@ -189,9 +193,14 @@ impl Harness {
             deleting: BTreeSet::new(),
             delete_issued: BTreeSet::new(),
             cursor_last: 0,
+            volumes_seen: 0,
             write_eio,
             trace: std::env::var_os("ILOG_SIM_TRACE").is_some(),
         };
+        if h.trace {
+            // The engine's own log, interleaved with the trace.
+            let _ = env_logger::builder().is_test(true).filter_level(log::LevelFilter::Debug).try_init();
+        }
         h.set_faults();
         // A status policy compacts on its own (views do not change); the
         // clock ticks as the workload runs.
@@ -266,7 +275,8 @@ impl Harness {
         } else {
             Request::Write { lba, blocks: n, buf: buf.as_ptr() }
         };
-        self.submit(req, Op::Write { lba, values, data: buf });
+        let submitted = self.tick + 1;
+        self.submit(req, Op::Write { lba, values, data: buf, submitted });
     }
 
     fn start_read(&mut self) {
@@ -383,12 +393,18 @@ impl Harness {
 
     fn complete(&mut self, token: u64, result: Result<Reply, Error>) {
         self.tick += 1;
+        if !self.volumes.is_empty() || self.pending_snapshot.is_some() || !self.deleting.is_empty() {
+            self.volumes_seen = self.tick;
+        }
         if self.trace {
             eprintln!("[{}] done #{token}: {:?}", self.tick, result.as_ref().map(|_| ()));
         }
         let op = self.inflight.remove(&token).unwrap_or_else(|| self.fail(format!("unknown token {token}")));
         match op {
-            Op::Write { lba, values, data } => {
+            Op::Write { lba, values, data, submitted } => {
+                if result == Err(Error::NoSpace) && self.volumes_seen < submitted {
+                    self.fail(format!("a write at {lba} failed with ENOSPC while no volume existed"));
+                }
                 for (i, v) in values.iter().enumerate() {
                     let block = &data[i * self.bs..(i + 1) * self.bs];
                     if decode(block, lba + i as u64) != Some(*v) && *v != 0 {
@@ -403,8 +419,8 @@ impl Harness {
                     match &result {
                         Ok(_) => b.cur = Cand::from([*v]),
                         // A failed request may still have landed in part: its
-                        // pieces on other stripes succeed or fail alone. A full
-                        // log (there is no compaction yet) fails cleanly so.
+                        // pieces on other stripes succeed or fail alone. A log
+                        // full of versions volumes need fails cleanly so.
                         Err(Error::NoSpace) => {
                             b.cur.insert(*v);
                         }
@@ -540,6 +556,11 @@ impl Harness {
                         self.fail("cursor went backwards".into());
                     }
                     self.cursor_last = batch.next_cursor;
+                }
+                // Entries the cursor had not reached drained into the
+                // baseline: it goes on where the log has no gap.
+                Err(Error::CursorDrained { cursor: c, oldest }) if c == cursor && cursor != 0 && oldest > cursor => {
+                    self.cursor_last = oldest;
                 }
                 Err(Error::Io(_)) if self.write_eio => {}
                 other => self.fail(format!("log read answered {other:?}")),

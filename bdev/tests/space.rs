@@ -1,17 +1,25 @@
-//! Space: the cleaner keeps a log that is overwritten many times over usable,
-//! and a log whose live data exceeds it fails writes with ENOSPC cleanly.
+//! Space: the log drains into the baseline, so the whole volume takes
+//! overwrites for ever; with snapshots, the log holds the versions they need,
+//! and a log full of them fails writes with ENOSPC cleanly (or retires the
+//! oldest volume, as the policy says).
 //!
-//! - `overwrite_*`: a working set of at most 70 % of the log's capacity is
+//! - `overwrite_*`: the whole volume, on the default log share, is
 //!   overwritten at random, by async writes at some queue depth from several
-//!   client threads, until 10x the log's capacity was written. No write may
-//!   fail; the content matches a model before and after a re-mount; the
-//!   stats show that the (emergency) cleaner did the work.
-//! - `snapshots_during_overwrites`: the same with a snapshot taken between
-//!   rounds; each snapshot reads back as of its time while the cleaner moves
-//!   its blocks, and is deleted (merged) after the next one.
-//! - `enospc_*`: distinct LBAs are written until a write fails; it fails with
-//!   `Error::NoSpace`, everything acknowledged reads back (also after a
-//!   re-mount), reads and flush keep working.
+//!   client threads, until 10x the volume was written. No write may fail;
+//!   the content matches a model before and after a re-mount; the stats
+//!   show that the drain did the work.
+//! - `snapshots_during_overwrites`: a working set overwritten with a
+//!   snapshot taken between rounds; each snapshot reads back as of its time
+//!   while the drain and the cleaner move blocks, and is deleted (merged)
+//!   after the next one.
+//! - `enospc_*`: a full disk is snapshotted and overwritten at distinct
+//!   LBAs until a write fails; it fails with `Error::NoSpace`, everything
+//!   acknowledged reads back (also after a re-mount), so does the snapshot,
+//!   reads and flush keep working; once the volume is deleted the whole
+//!   volume takes overwrites again.
+//! - `full_log_retires_the_oldest_volume_*`: with `retention.on_full` set to
+//!   `delete_oldest`, a full overwrite after two snapshots succeeds, and the
+//!   volume that survives reads its own data.
 //!
 //! Every client thread owns a disjoint LBA range, and a thread never has two
 //! overlapping writes in flight, so the expected content is deterministic.
@@ -21,7 +29,7 @@ mod common;
 
 use common::blocks::{decode, fill, tag_of, Seen, Tag};
 use ilog_bdev::device::{BlockDevice, MallocDevice};
-use ilog_bdev::engine::{Reply, Request, Stats, View};
+use ilog_bdev::engine::{Reply, Request, Stats};
 use ilog_bdev::format::FormatOptions;
 use ilog_bdev::runtime::native::Ilog;
 use ilog_bdev::runtime::sim::Rng;
@@ -279,13 +287,14 @@ impl Ranges {
     }
 }
 
-fn assert_cleaned(ctx: &Ctx, s: &Stats, total: u64) {
+fn print_stats(ctx: &Ctx, s: &Stats) {
     let wa = s.device_bytes_written as f64 / s.user_bytes_written as f64;
     println!(
-        "{ctx}: user {} MiB, device {} MiB, write amplification {wa:.2}, {} compactions, {} MiB moved, \
+        "{ctx}: user {} MiB, device {} MiB, write amplification {wa:.2}, {} drains, {} compactions, {} MiB moved, \
          {} segments freed, {}/{} segments free, live {} KiB, garbage {} KiB",
         s.user_bytes_written >> 20,
         s.device_bytes_written >> 20,
+        s.drains,
         s.compactions,
         s.bytes_moved >> 20,
         s.segments_freed,
@@ -294,9 +303,13 @@ fn assert_cleaned(ctx: &Ctx, s: &Stats, total: u64) {
         s.live_bytes >> 10,
         s.garbage_bytes >> 10
     );
+}
+
+/// The log was written over many times: segments came back.
+fn assert_reclaimed(ctx: &Ctx, s: &Stats, total: u64) {
+    print_stats(ctx, s);
+    let wa = s.device_bytes_written as f64 / s.user_bytes_written as f64;
     assert!(s.user_bytes_written >= total, "{ctx}: user bytes {} < {total} written", s.user_bytes_written);
-    assert!(s.compactions > 0, "{ctx}: no compaction ran: {s:?}");
-    assert!(s.bytes_moved > 0, "{ctx}: the cleaner moved nothing: {s:?}");
     assert!(s.segments_freed > 0, "{ctx}: no segment was freed: {s:?}");
     assert!(
         wa.is_finite() && wa >= 1.0 && s.device_bytes_written >= s.user_bytes_written + s.bytes_moved,
@@ -304,33 +317,36 @@ fn assert_cleaned(ctx: &Ctx, s: &Stats, total: u64) {
     );
 }
 
-/// Criterion (a): 10x the log's capacity written over a working set of at
-/// most 70 % of it, never an error.
+/// The whole volume, on the default log share, written over 10 times at
+/// random: never an error, and the drain (not the cleaner) makes the room.
 fn overwrite_run(cores: u32, seed: u64) {
     let _ = env_logger::builder().is_test(true).try_init();
-    let ctx = Ctx { what: format!("overwrite 10x, {cores} core(s)"), seed };
-    let dev = device(50);
-    format(dev.as_ref(), 50, &ctx);
+    let ctx = Ctx { what: format!("whole volume overwritten 10x, {cores} core(s)"), seed };
+    let log_percent = FormatOptions::default().log_percent;
+    let dev = device(log_percent);
+    format(dev.as_ref(), log_percent, &ctx);
     let ilog = Ilog::start(dev.clone(), cores).unwrap_or_else(|e| panic!("{ctx} start: {e}"));
     set_cleaner_policy(&ilog);
     let s0 = stats(&ilog, &ctx);
-    let capacity = s0.log_capacity_bytes;
-    let live_blocks = capacity * 70 / 100 / BS as u64;
-    assert!(live_blocks <= ilog.volume_blocks(), "{ctx}: the working set fits the volume");
-    let total = 10 * capacity;
+    let volume_blocks = ilog.volume_blocks();
+    assert!(volume_blocks * BS as u64 > 3 * s0.log_capacity_bytes, "{ctx}: the volume dwarfs the log");
+    let total = 10 * volume_blocks * BS as u64;
     let started = Instant::now();
-    let mut ranges = Ranges::new(seed, ilog.volume_blocks(), live_blocks, total);
+    let mut ranges = Ranges::new(seed, volume_blocks, volume_blocks, total);
     ranges.round(&ilog, &ctx, None);
-    let elapsed = started.elapsed();
     println!(
-        "{ctx}: log {} KiB ({} segments), working set {} KiB, {} MiB written in {elapsed:.2?}",
-        capacity >> 10,
+        "{ctx}: log {} KiB ({} segments), volume {} KiB, {} MiB written in {:.2?}",
+        s0.log_capacity_bytes >> 10,
         s0.segments_total,
-        (live_blocks * BS as u64) >> 10,
-        total >> 20
+        (volume_blocks * BS as u64) >> 10,
+        total >> 20,
+        started.elapsed()
     );
     let s = stats(&ilog, &ctx);
-    assert_cleaned(&ctx, &s, total);
+    assert_reclaimed(&ctx, &s, total);
+    assert!(s.drains > 0, "{ctx}: nothing drained into the baseline: {s:?}");
+    let wa = s.device_bytes_written as f64 / s.user_bytes_written as f64;
+    assert!(wa < 2.5, "{ctx}: write amplification {wa:.2}: every block should reach the device about twice");
     ranges.check(&ilog, &ctx, "after the overwrites", None, &ranges.models);
     ilog.flush().unwrap_or_else(|e| panic!("{ctx} flush: {e}"));
     ilog.close().unwrap_or_else(|e| panic!("{ctx} close: {e}"));
@@ -338,18 +354,18 @@ fn overwrite_run(cores: u32, seed: u64) {
     let ilog = Ilog::start(dev.clone(), cores).unwrap_or_else(|e| panic!("{ctx} re-start: {e}"));
     ranges.check(&ilog, &ctx, "after a re-mount", None, &ranges.models);
     // The re-mounted log keeps taking overwrites.
-    ranges.round(&ilog, &ctx, Some(capacity / THREADS as u64));
+    ranges.round(&ilog, &ctx, Some(volume_blocks * BS as u64 / THREADS as u64));
     ranges.check(&ilog, &ctx, "after overwrites on the re-mounted log", None, &ranges.models);
     ilog.close().unwrap_or_else(|e| panic!("{ctx} close: {e}"));
 }
 
 #[test]
-fn overwrite_10x_capacity_one_core() {
+fn the_whole_volume_takes_10x_overwrites_one_core() {
     overwrite_run(1, seed_or(0x5ace_0001));
 }
 
 #[test]
-fn overwrite_10x_capacity_two_cores() {
+fn the_whole_volume_takes_10x_overwrites_two_cores() {
     overwrite_run(2, seed_or(0x5ace_0002));
 }
 
@@ -387,7 +403,8 @@ fn snapshots_during_overwrites() {
         }
     }
     let s = stats(&ilog, &ctx);
-    assert_cleaned(&ctx, &s, rounds * capacity);
+    assert_reclaimed(&ctx, &s, rounds * capacity);
+    assert!(s.drains > 0, "{ctx}: the oldest volumes never drained into the baseline: {s:?}");
     ilog.close().unwrap_or_else(|e| panic!("{ctx} close: {e}"));
     let ilog = Ilog::start(dev, cores).unwrap_or_else(|e| panic!("{ctx} re-start: {e}"));
     for (name, models) in &snaps {
@@ -397,33 +414,52 @@ fn snapshots_during_overwrites() {
     ilog.close().unwrap_or_else(|e| panic!("{ctx} close: {e}"));
 }
 
-// ---- ENOSPC: live data beyond the log ------------------------------------------
+// ---- a log full of versions -----------------------------------------------------
 
-/// Criterion (b): distinct LBAs are written until the log is full of live
-/// data. The failing write fails with `NoSpace` (in bounded time); every
-/// acknowledged write reads back, also after a re-mount; reads and flush
-/// keep working; later writes fail with `NoSpace` or land intact.
+/// Writes the whole volume in stripe-sized writes (the disk is full), and
+/// returns its model.
+fn fill_volume(ilog: &Ilog, ctx: &Ctx, first_tag: Tag) -> Vec<Tag> {
+    let volume_blocks = ilog.volume_blocks();
+    let mut model = vec![0; volume_blocks as usize];
+    for (i, lba) in (0..volume_blocks).step_by(STRIPE_BLOCKS as usize).enumerate() {
+        let blocks = STRIPE_BLOCKS.min(volume_blocks - lba);
+        let tag = first_tag + i as u64;
+        let buf = write_buf(lba, blocks, tag);
+        call(ilog, ctx, "filling write", Request::Write { lba, blocks: blocks as u32, buf: buf.as_ptr() })
+            .unwrap_or_else(|e| panic!("{ctx} filling write at {lba}: {e}"));
+        model[lba as usize..(lba + blocks) as usize].fill(tag);
+    }
+    model
+}
+
+/// A snapshot of a full disk, then overwrites of distinct LBAs until the
+/// log is full of the versions the snapshot and the current image need.
+/// The failing write fails with `NoSpace` (in bounded time); everything
+/// acknowledged reads back, and so does the snapshot, also after a
+/// re-mount; reads and flush keep working. Deleting the volume makes the
+/// whole volume writable again.
 fn enospc_run(cores: u32, seed: u64) {
     let _ = env_logger::builder().is_test(true).try_init();
-    let ctx = Ctx { what: format!("ENOSPC, {cores} core(s)"), seed };
-    // A volume three times the log: live data can exceed the log.
-    let dev = device(25);
-    format(dev.as_ref(), 25, &ctx);
+    let ctx = Ctx { what: format!("a full disk's snapshot fills the log, {cores} core(s)"), seed };
+    let log_percent = FormatOptions::default().log_percent;
+    let dev = device(log_percent);
+    format(dev.as_ref(), log_percent, &ctx);
     let ilog = Ilog::start(dev.clone(), cores).unwrap_or_else(|e| panic!("{ctx} start: {e}"));
     set_cleaner_policy(&ilog);
-    let s0 = stats(&ilog, &ctx);
-    let capacity_blocks = s0.log_capacity_bytes / BS as u64;
     let volume_blocks = ilog.volume_blocks();
-    assert!(volume_blocks > 2 * capacity_blocks, "{ctx}: the volume exceeds the log");
-    let mut rng = Rng::new(seed);
+    let mut model = fill_volume(&ilog, &ctx, 1);
+    let snapshot = model.clone();
+    let snap = ilog.snapshot(Some("full")).unwrap_or_else(|e| panic!("{ctx} snapshot: {e}"));
+    let capacity_blocks = stats(&ilog, &ctx).log_capacity_bytes / BS as u64;
+
     // Distinct LBAs in a random order of stripe-sized slots, each written
     // once with 1..=16 blocks.
+    let mut rng = Rng::new(seed);
     let mut slots: Vec<u64> = (0..volume_blocks / STRIPE_BLOCKS).collect();
     rng.shuffle(&mut slots);
-    let mut model: BTreeMap<u64, Tag> = BTreeMap::new();
-    let mut tag = 0;
+    let mut tag = 1 << 32;
     let mut slots = slots.into_iter();
-    let mut write = |ilog: &Ilog, model: &mut BTreeMap<u64, Tag>, what: &str| -> Option<Result<(), Error>> {
+    let mut write = |ilog: &Ilog, model: &mut [Tag], what: &str| -> Option<Result<(), Error>> {
         let slot = slots.next()?;
         let blocks = 1 + rng.below(STRIPE_BLOCKS);
         let lba = slot * STRIPE_BLOCKS;
@@ -431,41 +467,32 @@ fn enospc_run(cores: u32, seed: u64) {
         let buf = write_buf(lba, blocks, tag);
         let r = call(ilog, &ctx, what, Request::Write { lba, blocks: blocks as u32, buf: buf.as_ptr() }).map(drop);
         if r.is_ok() {
-            for i in 0..blocks {
-                model.insert(lba + i, tag);
-            }
+            model[lba as usize..(lba + blocks) as usize].fill(tag);
         }
         Some(r)
     };
-    let mut written = 0u64;
+    let mut overwritten = 0u64;
     let failure = loop {
-        match write(&ilog, &mut model, "filling write") {
-            None => panic!("{ctx}: {} blocks written over the whole volume without ENOSPC", model.len()),
-            Some(Ok(())) => written += 1,
+        match write(&ilog, &mut model, "overwrite") {
+            None => panic!("{ctx}: the whole volume was overwritten beside its snapshot without ENOSPC"),
+            Some(Ok(())) => overwritten += 1,
             Some(Err(e)) => break e,
         }
     };
     let s = stats(&ilog, &ctx);
+    print_stats(&ctx, &s);
     println!(
-        "{ctx}: {written} writes, {} blocks ({} KiB) acknowledged of a {} KiB log, then {failure}; {s:?}",
-        model.len(),
-        (model.len() * BS) >> 10,
-        s.log_capacity_bytes >> 10
+        "{ctx}: {overwritten} overwrites acknowledged, then {failure}; {} % of the log holds versions",
+        s.versions_percent
     );
     assert_eq!(failure, Error::NoSpace, "{ctx}: the log filled up with another error than ENOSPC");
+    let changed = model.iter().zip(&snapshot).filter(|(a, b)| a != b).count() as u64;
     assert!(
-        model.len() as u64 * 10 >= capacity_blocks * 6,
-        "{ctx}: ENOSPC with only {} of {capacity_blocks} log blocks live",
-        model.len()
+        changed * 10 >= capacity_blocks * 6,
+        "{ctx}: ENOSPC with only {changed} of {capacity_blocks} log blocks holding versions"
     );
-    let check = |ilog: &Ilog, model: &BTreeMap<u64, Tag>, what: &str| {
-        let mut expected = vec![0; volume_blocks as usize];
-        for (&lba, &t) in model {
-            expected[lba as usize] = t;
-        }
-        check_range(ilog, &ctx, what, None, 0, &expected);
-    };
-    check(&ilog, &model, "after the first ENOSPC");
+    check_range(&ilog, &ctx, "after the first ENOSPC", None, 0, &model);
+    check_range(&ilog, &ctx, "the snapshot after the first ENOSPC", Some(&snap.name), 0, &snapshot);
     // Later writes: ENOSPC, or (if the engine found room) acknowledged and intact.
     for i in 0..8 {
         match write(&ilog, &mut model, "write after ENOSPC") {
@@ -473,32 +500,74 @@ fn enospc_run(cores: u32, seed: u64) {
             Some(Err(e)) => assert_eq!(e, Error::NoSpace, "{ctx}: write {i} after ENOSPC"),
         }
     }
-    assert!(model.len() as u64 <= capacity_blocks, "{ctx}: more live blocks acknowledged than the log holds");
     ilog.flush().unwrap_or_else(|e| panic!("{ctx}: flush after ENOSPC: {e}"));
-    check(&ilog, &model, "after ENOSPC and a flush");
-    let mut block = vec![0u8; BS];
-    let read = Request::Read { lba: 0, blocks: 1, buf: block.as_mut_ptr(), view: View::Current };
-    assert_eq!(call(&ilog, &ctx, "a read after ENOSPC", read).map(drop), Ok(()), "{ctx}: a read after ENOSPC");
+    check_range(&ilog, &ctx, "after ENOSPC and a flush", None, 0, &model);
     ilog.close().unwrap_or_else(|e| panic!("{ctx}: close after ENOSPC: {e}"));
 
-    let ilog = Ilog::start(dev, cores).unwrap_or_else(|e| panic!("{ctx}: re-start after ENOSPC: {e}"));
-    check(&ilog, &model, "after a re-mount");
-    for i in 0..4 {
-        match write(&ilog, &mut model, "write after the re-mount") {
-            Some(Ok(())) | None => {}
-            Some(Err(e)) => assert_eq!(e, Error::NoSpace, "{ctx}: write {i} after the re-mount"),
-        }
-    }
-    check(&ilog, &model, "after writes on the re-mounted full log");
+    let ilog = Ilog::start(dev.clone(), cores).unwrap_or_else(|e| panic!("{ctx}: re-start after ENOSPC: {e}"));
+    check_range(&ilog, &ctx, "after a re-mount", None, 0, &model);
+    check_range(&ilog, &ctx, "the snapshot after a re-mount", Some(&snap.name), 0, &snapshot);
+    // The volume goes: its versions drain, and the whole volume takes
+    // writes again.
+    ilog.delete_volume(&snap.name).unwrap_or_else(|e| panic!("{ctx}: delete {}: {e}", snap.name));
+    let model = fill_volume(&ilog, &ctx, 1 << 40);
+    check_range(&ilog, &ctx, "a full overwrite after the delete", None, 0, &model);
+    ilog.close().unwrap_or_else(|e| panic!("{ctx}: close: {e}"));
+    let ilog = Ilog::start(dev, cores).unwrap_or_else(|e| panic!("{ctx}: re-start: {e}"));
+    check_range(&ilog, &ctx, "after the last re-mount", None, 0, &model);
     ilog.close().unwrap_or_else(|e| panic!("{ctx}: close: {e}"));
 }
 
 #[test]
-fn enospc_when_live_data_exceeds_the_log_one_core() {
+fn enospc_when_a_snapshots_versions_fill_the_log_one_core() {
     enospc_run(1, seed_or(0x5ace_0011));
 }
 
 #[test]
-fn enospc_when_live_data_exceeds_the_log_two_cores() {
+fn enospc_when_a_snapshots_versions_fill_the_log_two_cores() {
     enospc_run(2, seed_or(0x5ace_0012));
+}
+
+/// `retention.on_full: delete_oldest`: a full overwrite after two snapshots
+/// succeeds (the oldest volumes are retired as the log fills), and a
+/// volume that survives reads its own data.
+fn delete_oldest_run(cores: u32, seed: u64) {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let ctx = Ctx { what: format!("on_full delete_oldest, {cores} core(s)"), seed };
+    let log_percent = FormatOptions::default().log_percent;
+    let dev = device(log_percent);
+    format(dev.as_ref(), log_percent, &ctx);
+    let ilog = Ilog::start(dev.clone(), cores).unwrap_or_else(|e| panic!("{ctx} start: {e}"));
+    ilog.set_policy(r#"{"retention": {"on_full": "delete_oldest"}}"#).expect("set the policy");
+    let first = fill_volume(&ilog, &ctx, 1);
+    ilog.snapshot(Some("first")).unwrap_or_else(|e| panic!("{ctx} snapshot: {e}"));
+    // A few blocks change, then the second snapshot.
+    let mut second = first.clone();
+    for lba in (0..64).map(|i| i * 7) {
+        let buf = write_buf(lba, 1, 1 << 20 | lba);
+        ilog.write(lba, &buf).unwrap_or_else(|e| panic!("{ctx} write at {lba}: {e}"));
+        second[lba as usize] = 1 << 20 | lba;
+    }
+    ilog.snapshot(Some("second")).unwrap_or_else(|e| panic!("{ctx} snapshot: {e}"));
+    let model = fill_volume(&ilog, &ctx, 1 << 40);
+    check_range(&ilog, &ctx, "after a full overwrite", None, 0, &model);
+    let s = stats(&ilog, &ctx);
+    print_stats(&ctx, &s);
+    assert!(s.volumes_retired >= 1, "{ctx}: the log filled without retiring a volume: {s:?}");
+    let left: Vec<String> = ilog.volumes().expect("list").into_iter().map(|v| v.name).collect();
+    assert!(!left.contains(&"first".to_owned()), "{ctx}: the oldest volume survived a full log: {left:?}");
+    if left.contains(&"second".to_owned()) {
+        check_range(&ilog, &ctx, "the surviving volume", Some("second"), 0, &second);
+    }
+    ilog.close().unwrap_or_else(|e| panic!("{ctx}: close: {e}"));
+}
+
+#[test]
+fn full_log_retires_the_oldest_volume_one_core() {
+    delete_oldest_run(1, seed_or(0x5ace_0021));
+}
+
+#[test]
+fn full_log_retires_the_oldest_volume_two_cores() {
+    delete_oldest_run(2, seed_or(0x5ace_0022));
 }

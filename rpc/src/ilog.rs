@@ -62,8 +62,11 @@
 //!
 //! ## Log batch
 //!
-//! `{"entries": [..], "next_cursor": int}`: pass `next_cursor` back as
-//! `cursor` to continue after the last entry returned. Each entry:
+//! `{"entries": [..], "next_cursor": int, "oldest_cursor": int}`: pass
+//! `next_cursor` back as `cursor` to continue after the last entry
+//! returned. Entries that drained into the baseline have left the log: a
+//! cursor below `oldest_cursor` (other than 0, which reads all the log
+//! still holds) fails with `-ERANGE`, naming it. Each entry:
 //!
 //! | Field | Type | Meaning |
 //! |---|---|---|
@@ -79,19 +82,24 @@
 //!
 //! `name`, and the engine's statistics: `block_size`, `volume_blocks`,
 //! `segment_blocks`, `segments_total`, `segments_free`, `volumes` (snapshot
-//! volumes), `partitions` (holding log segments), `open_partition`,
+//! volumes), `partitions` (holding log entries), `open_partition`,
+//! `baseline_partition` (partitions up to it drained into the baseline),
 //! `log_capacity_bytes`, `log_used_bytes` (segments in use), `live_bytes`
 //! (read by the current image or a volume), `garbage_bytes` (written, read by
 //! nothing), `garbage_ratio` (garbage / (live + garbage)),
-//! `user_bytes_written`, `device_bytes_written`, `write_amplification`
-//! (device / user), `compactions`, `bytes_moved`, `bytes_copied` (of those
-//! moved, copied by the device itself), `segments_freed`, `policy_actions`.
+//! `versions_percent` (live / capacity: how full the log is with versions
+//! no drain or compaction can free), `user_bytes_written`,
+//! `device_bytes_written`, `write_amplification` (device / user),
+//! `compactions`, `bytes_moved`, `bytes_copied` (of those moved, copied by
+//! the device itself), `segments_freed`, `drains` (into the baseline),
+//! `volumes_retired` (by `retention.on_full`), `policy_actions`.
 //!
 //! ## Policy document
 //!
 //! See the README ("Storage-management policies"); every key is optional:
 //! `{"snapshot": {"interval_s"}, "retention": {"keep_last", "max_age_s",
-//! "action": "delete" | "baseline"}, "compaction": {"log_used_pct",
+//! "action": "delete" | "baseline", "on_full": "fail" | "delete_oldest"},
+//! "compaction": {"log_used_pct",
 //! "max_partitions", "garbage_pct"}, "events": {"on_snapshot": [..],
 //! "on_delete": [..], "on": {"<event>": [..]}}, "volume_id": {"scheme":
 //! "sequential" | "timestamp" | "template", "template"}}`. An invalid document
@@ -452,8 +460,12 @@ pub fn volumes_result(bdev: &str, vs: &[VolumeInfo]) -> Value {
 }
 
 pub fn log_result(batch: &LogBatch) -> Value {
-    let LogBatch { entries, next_cursor } = batch;
-    json!({ "entries": entries.iter().map(log_entry).collect::<Vec<_>>(), "next_cursor": next_cursor })
+    let LogBatch { entries, next_cursor, oldest_cursor } = batch;
+    json!({
+        "entries": entries.iter().map(log_entry).collect::<Vec<_>>(),
+        "next_cursor": next_cursor,
+        "oldest_cursor": oldest_cursor,
+    })
 }
 
 fn log_entry(e: &LogEntry) -> Value {
@@ -499,11 +511,13 @@ pub fn stats_result(name: &str, s: &Stats) -> Value {
         "volumes": s.volumes,
         "partitions": s.partitions,
         "open_partition": s.open_partition,
+        "baseline_partition": s.baseline_partition,
         "log_capacity_bytes": s.log_capacity_bytes,
         "log_used_bytes": s.log_used_bytes,
         "live_bytes": s.live_bytes,
         "garbage_bytes": s.garbage_bytes,
         "garbage_ratio": ratio(s.garbage_bytes, s.garbage_bytes + s.live_bytes),
+        "versions_percent": s.versions_percent,
         "user_bytes_written": s.user_bytes_written,
         "device_bytes_written": s.device_bytes_written,
         "write_amplification": ratio(s.device_bytes_written, s.user_bytes_written),
@@ -511,6 +525,8 @@ pub fn stats_result(name: &str, s: &Stats) -> Value {
         "bytes_moved": s.bytes_moved,
         "bytes_copied": s.bytes_copied,
         "segments_freed": s.segments_freed,
+        "drains": s.drains,
+        "volumes_retired": s.volumes_retired,
         "policy_actions": s.policy_actions,
     })
 }
@@ -816,6 +832,7 @@ mod tests {
                 },
             ],
             next_cursor: 7,
+            oldest_cursor: 3,
         };
         assert_eq!(
             log_result(&batch),
@@ -826,9 +843,13 @@ mod tests {
                     {"sequence": 6, "partition": 2, "volume_id": null, "lba": 0, "num_blocks": 8, "kind": "zero"},
                 ],
                 "next_cursor": 7,
+                "oldest_cursor": 3,
             })
         );
-        assert_eq!(log_result(&LogBatch { entries: vec![], next_cursor: 0 }), json!({"entries": [], "next_cursor": 0}));
+        assert_eq!(
+            log_result(&LogBatch { entries: vec![], next_cursor: 0, oldest_cursor: 0 }),
+            json!({"entries": [], "next_cursor": 0, "oldest_cursor": 0})
+        );
     }
 
     #[test]
@@ -842,26 +863,31 @@ mod tests {
             volumes: 2,
             partitions: 3,
             open_partition: 3,
+            baseline_partition: 1,
             log_capacity_bytes: 80 << 20,
             log_used_bytes: 8 << 20,
             live_bytes: 3 << 20,
             garbage_bytes: 1 << 20,
+            versions_percent: 3,
             user_bytes_written: 4 << 20,
             device_bytes_written: 5 << 20,
             compactions: 1,
             bytes_moved: 4096,
             bytes_copied: 0,
             segments_freed: 1,
+            drains: 2,
+            volumes_retired: 0,
             policy_actions: 0,
         };
         assert_eq!(
             stats_result("ilog0", &s),
             json!({"name": "ilog0", "block_size": 4096, "volume_blocks": 1000, "segment_blocks": 1024,
                    "segments_total": 20, "segments_free": 18, "volumes": 2, "partitions": 3, "open_partition": 3,
-                   "log_capacity_bytes": 80 << 20, "log_used_bytes": 8 << 20, "live_bytes": 3 << 20,
-                   "garbage_bytes": 1 << 20, "garbage_ratio": 0.25, "user_bytes_written": 4 << 20,
-                   "device_bytes_written": 5 << 20, "write_amplification": 1.25, "compactions": 1,
-                   "bytes_moved": 4096, "bytes_copied": 0, "segments_freed": 1, "policy_actions": 0})
+                   "baseline_partition": 1, "log_capacity_bytes": 80 << 20, "log_used_bytes": 8 << 20,
+                   "live_bytes": 3 << 20, "garbage_bytes": 1 << 20, "garbage_ratio": 0.25, "versions_percent": 3,
+                   "user_bytes_written": 4 << 20, "device_bytes_written": 5 << 20, "write_amplification": 1.25,
+                   "compactions": 1, "bytes_moved": 4096, "bytes_copied": 0, "segments_freed": 1, "drains": 2,
+                   "volumes_retired": 0, "policy_actions": 0})
         );
     }
 }

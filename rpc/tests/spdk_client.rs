@@ -58,6 +58,7 @@ impl Handler for Recorder {
                     data: with_data.then(|| vec![0xab; 8]),
                 }],
                 next_cursor: cursor + 1,
+                oldest_cursor: 0,
             }),
             Command::GetStats { name } => ilog::stats_result(&name, &Stats { block_size: 4096, ..Stats::default() }),
             Command::Compact { background, .. } => ilog::compact_result(background.then_some(7)),

@@ -228,9 +228,9 @@ fn snapshots_taken_through_rpc_read_back_exactly_over_nbd() {
     let log = tgt.ok(&["bdev_ilog_log_read", "ilog0", "-n", "1000"]);
     let entries = log["entries"].as_array().unwrap();
     assert!(!entries.is_empty() && entries.windows(2).all(|w| w[0]["sequence"].as_u64() < w[1]["sequence"].as_u64()));
-    // The cleaner may have moved first's entries to newer segments (this
-    // log has only 8): log order is segment order, not partition order.
-    assert!(entries.iter().any(|e| e["volume_id"] == json!("first")), "first's entries are in the log");
+    // The oldest volume drains into the baseline; the next one's entries
+    // stay in the log while an older volume lives.
+    assert!(entries.iter().any(|e| e["volume_id"] == json!(s2_name)), "{s2_name}'s entries are in the log");
 
     // A volume in use cannot be deleted; once unexported it can.
     assert!(tgt.rpc(&["bdev_ilog_delete_volume", "ilog0", "first"]).is_err());
@@ -242,12 +242,19 @@ fn snapshots_taken_through_rpc_read_back_exactly_over_nbd() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// fio writes 48 MiB at random and verifies it over NBD while snapshots
+/// are taken every 100 ms. The first snapshot keeps the baseline where it
+/// is, so every write after it is a version the log holds: more than the
+/// default log share of a 256 MiB base. With `retention.on_full` at
+/// `delete_oldest`, the oldest volumes are retired as the log fills, and no
+/// write fails.
 #[test]
 fn fio_verifies_its_data_over_nbd_while_snapshots_are_taken() {
     let dir = scratch_dir("fio");
     let tgt = Tgt::start(&dir, "0x3", None);
     tgt.ok(&["bdev_malloc_create", "-b", "Malloc0", "256", "4096"]);
     tgt.ok(&["bdev_ilog_create", "-b", "Malloc0", "-p", "ilog0"]);
+    tgt.ok(&["bdev_ilog_set_policy", "ilog0", r#"{"retention": {"on_full": "delete_oldest"}}"#]);
     let sock = dir.join("ilog0.nbd");
     tgt.ok(&["nbd_start_disk", "ilog0", sock.to_str().unwrap()]);
     let fio = tool("fio")
@@ -273,6 +280,8 @@ fn fio_verifies_its_data_over_nbd_while_snapshots_are_taken() {
     fio.stderr.take().unwrap().read_to_string(&mut out).unwrap();
     assert!(status.success() && !out.contains("verify failed"), "fio verify over NBD failed: {out}");
     assert!(snapshots >= 2, "snapshots were taken while fio ran ({snapshots})");
+    let stats = tgt.ok(&["bdev_ilog_get_stats", "ilog0"]);
+    assert!(stats["volumes_retired"].as_u64().unwrap() >= 1, "48 MiB of versions fit a smaller log: {stats}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -463,7 +472,8 @@ fn compaction_and_policies_through_rpc_keep_every_image() {
     let vols = tgt.ok(&["bdev_ilog_get_volumes", "ilog0"]);
     assert_eq!(vols.as_array().unwrap().iter().map(|v| v["volume_id"].clone()).collect::<Vec<_>>(), [json!("b")]);
     let stats = tgt.ok(&["bdev_ilog_get_stats", "ilog0"]);
-    assert!(stats["compactions"].as_u64().unwrap() >= 2 && stats["segments_freed"].as_u64().unwrap() > 0, "{stats}");
+    let count = |k: &str| stats[k].as_u64().unwrap();
+    assert!(count("compactions") >= 1 && count("drains") >= 1 && count("segments_freed") > 0, "{stats}");
 
     let (eb, ec) = (dir.join("b.raw"), dir.join("current.raw"));
     expected_image(&eb, size, &[&step1[..], &step2[..]].concat());

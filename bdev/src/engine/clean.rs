@@ -18,12 +18,13 @@
 //! Victims are chosen by LFS's cost-benefit: free space gained times age,
 //! over the cost of reading and rewriting the live part.
 
-use super::control::{summaries_lost, summary_groups, Stage};
+use super::control::{summaries_lost, summary_groups, Op, Stage};
+use super::policy::OnFull;
 use super::shard::{Msg, Shard};
 use super::shared::SpaceState;
 use crate::device::{DevStatus, DmaBuf};
 use crate::error::{Error, Result};
-use crate::format::{SegmentId, SegmentRecord, SummaryChain, SummaryEntry};
+use crate::format::{SegmentRecord, SummaryChain, SummaryEntry};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -40,8 +41,9 @@ const PIPELINE: usize = 4;
 pub(super) enum CleanTarget {
     /// Segments until writes have room again (the log filled up).
     Reclaim,
-    /// Every closed segment of one partition: in-place compaction of a
-    /// volume, or the merge of a deleted volume's partition into the next.
+    /// Every closed segment holding entries of one partition: in-place
+    /// compaction of a volume, or the merge of a deleted volume's partition
+    /// into the next (what else those segments hold moves too).
     Partition(u32),
     /// Every closed segment holding garbage.
     All,
@@ -83,8 +85,6 @@ pub(super) struct CleanJob {
     evacuating: VecDeque<InFlight>,
     started: bool,
     committing: bool,
-    /// Cores may hold open segments of sealed partitions that moves went to.
-    open_moves: bool,
     /// Segments opened from here on (by the job's own moves among others)
     /// are not its victims, a job must not chase its own tail: until a
     /// commit leaves more free segments than ever in the job (`best_free`),
@@ -113,7 +113,6 @@ impl CleanJob {
             evacuating: VecDeque::new(),
             started: false,
             committing: false,
-            open_moves: false,
             start_seq: 0,
             best_free: 0,
             start_free: 0,
@@ -125,7 +124,7 @@ impl CleanJob {
 }
 
 impl Shard {
-    fn job(&mut self) -> &mut CleanJob {
+    pub(super) fn job(&mut self) -> &mut CleanJob {
         self.ctl_mut().clean.as_mut().expect("a cleaning job runs")
     }
 
@@ -146,14 +145,15 @@ impl Shard {
             .ctl_mut()
             .registry()
             .values()
-            .filter(|s| !s.open)
-            .filter_map(|s| {
+            .filter(|s| !s.record.open)
+            .filter_map(|info| {
+                let s = &info.record;
                 let summaries = 2 * s.trusted_entries.div_ceil(per_group);
                 let room = geo.segment_blocks.saturating_sub(1 + summaries).max(1);
                 let live = live[s.segno as usize].min(room);
                 let gain = room - live;
                 let wanted = match target {
-                    CleanTarget::Partition(p) => s.partition == p && gain > 0,
+                    CleanTarget::Partition(p) => (s.partition..=info.last_partition).contains(&p) && gain > 0,
                     // Reclaiming space: a segment must give back enough to
                     // be worth rewriting the rest.
                     CleanTarget::Reclaim | CleanTarget::All => gain >= min_gain,
@@ -165,14 +165,6 @@ impl Shard {
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
         scored.into_iter().map(|(_, segno)| segno).collect()
-    }
-
-    /// The partition live blocks of partition `p` move to: `p`'s own if it
-    /// is a volume, else the next view's (a later volume, or the open
-    /// partition), since no view lies in between.
-    fn canonical(&mut self, p: u32) -> u32 {
-        let open = self.ctl_mut().open_partition();
-        self.live_volumes.iter().copied().find(|&v| v >= p).unwrap_or(open).min(open)
     }
 
     /// After a barrier of a cleaning job: start it, or commit its batch.
@@ -227,7 +219,9 @@ impl Shard {
             let start_seq = job.start_seq;
             let candidates: Vec<u32> = self.candidates(CleanTarget::Reclaim);
             let registry = self.ctl_mut().registry();
-            candidates.into_iter().find(|s| !busy.contains(s) && registry.get(s).is_some_and(|r| r.seq < start_seq))
+            candidates
+                .into_iter()
+                .find(|s| !busy.contains(s) && registry.get(s).is_some_and(|r| r.record.seq < start_seq))
         } else {
             job.victims.pop_front()
         };
@@ -242,7 +236,7 @@ impl Shard {
             // job's end wait until the cores are done.
             match next {
                 Some(segno) if room && job.freed.len() + in_flight < BATCH => {
-                    let record = *self.ctl_mut().registry().get(&segno).expect("victims are registered");
+                    let record = self.ctl_mut().registry().get(&segno).expect("victims are registered").record;
                     self.read_victim(record);
                 }
                 Some(segno) if job.target != CleanTarget::Reclaim => job.victims.push_front(segno),
@@ -250,32 +244,17 @@ impl Shard {
             }
             return;
         }
-        // Moves keep filling the same segments across commits (closing them
-        // at each would leave a partial segment per batch): only the end of
-        // the job closes them.
         let ending = next.is_none() || (!room && job.freed.is_empty());
-        if (!job.freed.is_empty() && (ending || !room || job.freed.len() >= BATCH)) || (ending && job.open_moves) {
+        if !job.freed.is_empty() && (ending || !room || job.freed.len() >= BATCH) {
             if let Some(segno) = next {
                 job.victims.push_front(segno);
             }
             job.committing = true;
-            job.open_moves &= !ending;
-            return self.start_clean_barrier(ending);
+            return self.start_control_barrier(None, false, false);
         }
         let Some(segno) = next.filter(|_| room) else { return self.clean_finish() };
-        let record = *self.ctl_mut().registry().get(&segno).expect("victims are registered");
+        let record = self.ctl_mut().registry().get(&segno).expect("victims are registered").record;
         self.read_victim(record);
-    }
-
-    /// `last`: the job may end after this commit, so every core closes the
-    /// segments of sealed partitions it moved blocks into.
-    fn start_clean_barrier(&mut self, last: bool) {
-        let id = self.ctl_mut().next_barrier_id();
-        let seq_mark = self.shared.next_seq.load(Relaxed);
-        self.ctl_mut().set_stage(Stage::Barrier { id, acks: 0, seq_mark, status: Ok(()) });
-        for core in 0..self.shared.cores {
-            self.send(core, Msg::Barrier { id, seal: None, close: false, close_sealed: last });
-        }
     }
 
     fn read_victim(&mut self, record: SegmentRecord) {
@@ -284,8 +263,8 @@ impl Shard {
             return self.evacuate_victim(vec![Vec::new(); self.shared.cores as usize]);
         }
         self.ctl_mut().set_stage(Stage::CleanRead);
-        let id = SegmentId { epoch: record.epoch, seq: record.seq };
-        let chain = SummaryChain::new(self.shared.uuid, id, self.shared.geo.entries_per_summary());
+        let key = Shard::summary_key(&record);
+        let chain = SummaryChain::new(self.shared.uuid, key, self.shared.geo.entries_per_summary());
         let groups = summary_groups(&self.shared.geo, &record);
         let per_core = vec![Vec::new(); self.shared.cores as usize];
         self.job().decoding = Some(VictimDecode { chain, read: 0, groups, left: record.trusted_entries, per_core });
@@ -365,15 +344,12 @@ impl Shard {
     /// Sends each core the victim's entries it owns.
     fn evacuate_victim(&mut self, per_core: Vec<Vec<SummaryEntry>>) {
         let rec = self.job().reading.take().expect("evacuating a victim");
-        let dest = self.canonical(rec.partition);
         let cores = self.shared.cores;
         let job = self.job();
         job.evacuating.push_back(InFlight { segno: rec.segno, outstanding: cores, failed: false });
-        job.open_moves = true;
         self.ctl_mut().set_stage(Stage::CleanEvacuate);
         for (core, entries) in per_core.into_iter().enumerate() {
-            let msg = Msg::Evacuate { segno: rec.segno, src_partition: rec.partition, dest, entries };
-            self.send(core as u32, msg);
+            self.send(core as u32, Msg::Evacuate { segno: rec.segno, entries });
         }
         // The next victim's summaries are read while the cores move these.
         self.clean_next();
@@ -437,8 +413,7 @@ impl Shard {
             } else if free as u64 + taken > job.start_free as u64 {
                 SpaceState::Wanted
             } else {
-                log::warn!("cleaner: nothing left to reclaim; writes needing space fail with ENOSPC");
-                SpaceState::Exhausted
+                self.log_full_of_versions()
             };
             self.shared.set_space_state(state);
         } else if room && job.reclaimed > 0 {
@@ -449,5 +424,30 @@ impl Shard {
             None => Ok(super::request::Reply::Done),
         };
         self.finish_control(result);
+    }
+
+    /// Neither the drain nor the cleaner can make room: the log holds only
+    /// versions that volumes need. The policy's `retention.on_full` says
+    /// what gives: writes (ENOSPC), or the oldest volume.
+    fn log_full_of_versions(&mut self) -> SpaceState {
+        let c = self.ctl_mut();
+        if c.drain_failed_at.is_some() {
+            // Not full: the device fails the drain.
+            return SpaceState::Failed;
+        }
+        let oldest = c.volume_records().iter().min_by_key(|v| v.partition).map(|v| v.name.clone());
+        match (c.policy.on_full, oldest) {
+            (OnFull::DeleteOldest, Some(name)) => {
+                log::warn!("log full of versions: retiring the oldest volume, {name} (retention.on_full)");
+                self.shared.counters.volumes_retired.fetch_add(1, Relaxed);
+                let core = self.core;
+                self.ctl_mut().enqueue_front(core, Op::Delete(name));
+                SpaceState::Wanted
+            }
+            _ => {
+                log::warn!("log full of versions that volumes need: writes needing room fail with ENOSPC");
+                SpaceState::Exhausted
+            }
+        }
     }
 }

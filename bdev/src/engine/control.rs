@@ -1,23 +1,25 @@
 //! Core 0's coordinator: runs control operations one at a time across all
-//! cores (flush, snapshot, volume delete, log cursor, close) and owns the
-//! volume table, the segment registry and the checkpoint.
+//! cores (flush, snapshot, volume delete, log cursor, close, the cleaner's
+//! jobs, a drain's start and commit) and owns the volume table, the segment
+//! registry and the checkpoint. It also starts the background work the
+//! log needs by itself: drains into the baseline, and reclaiming space.
 //!
 //! A snapshot: barrier that seals the open partition on every core (each
 //! drains, summarizes and flushes) -> checkpoint naming the sealed partition
 //! -> device flush -> the volume becomes readable everywhere -> reply.
 
 use super::clean::{CleanJob, CleanTarget};
-use super::fold::FoldJob;
+use super::cursor::LogRead;
+use super::drain::DrainJob;
 use super::policy::Policy;
-use super::request::{
-    check_volume_name, CompactMode, LogBatch, LogEntry, LogEntryKind, Reply, Request, Stats, VolumeInfo,
-};
+use super::request::{check_volume_name, CompactMode, Reply, Request, Stats, VolumeInfo};
 use super::shard::{Msg, ReplyTo, Shard, TAG_CONTROL};
 use super::shared::SpaceState;
 use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf};
 use crate::error::{Error, Result};
 use crate::format::{
-    Checkpoint, EntryKind, Geometry, SegmentId, SegmentRecord, SummaryChain, SummaryEntry, VolumeRecord,
+    Checkpoint, Geometry, SegmentId, SegmentRecord, SummaryChain, SummaryEntry, SummaryKey, VolumeRecord,
+    PARTITION_SPAN,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
@@ -30,7 +32,7 @@ pub(super) fn summary_groups(geo: &Geometry, record: &SegmentRecord) -> u32 {
 }
 
 /// Device reads of a segment's trusted summary groups (two slots each).
-fn summary_reads(geo: &Geometry, record: &SegmentRecord) -> u32 {
+pub(super) fn summary_reads(geo: &Geometry, record: &SegmentRecord) -> u32 {
     2 * summary_groups(geo, record)
 }
 
@@ -39,8 +41,17 @@ pub(super) fn summaries_lost(segno: u32) -> Error {
     Error::Corrupt(format!("segment {segno} lost flushed summaries"))
 }
 
-/// Sequence numbers pack (segment seq, entry index) like this.
-const ENTRY_BITS: u32 = 20;
+/// Log cursor positions pack (segment seq, entry index) like this.
+pub(super) const ENTRY_BITS: u32 = 20;
+
+/// A segment in use, as core 0's registry knows it: its checkpoint record,
+/// and the newest partition of its entries (a drain up to that partition
+/// leaves nothing live in it). Mount recomputes the latter from summaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegmentInfo {
+    pub record: SegmentRecord,
+    pub last_partition: u32,
+}
 
 #[derive(Debug)]
 pub(super) enum Op {
@@ -54,8 +65,14 @@ pub(super) enum Op {
     },
     Close,
     Clean(CleanTarget),
-    /// Baseline compaction of a volume (the oldest if `None`).
+    /// Baseline compaction asked for: retire the volumes older than this
+    /// one (the oldest if `None`), then drain up to it.
     Fold(Option<String>),
+    /// Starts a drain into the baseline (with a cut when there is no
+    /// volume); whoever asked hears back when it commits.
+    Drain,
+    /// A drain's copy is done: forget, barrier, commit.
+    DrainCommit,
     SetPolicy(Box<Policy>),
 }
 
@@ -72,15 +89,14 @@ pub(super) enum Stage {
         acks: u32,
         seq_mark: u64,
         status: Result<()>,
+        /// The barrier sealed the open partition.
+        sealed: bool,
     },
     CheckpointWrite,
     CheckpointFlush,
-    LogSummaries {
-        outstanding: u32,
-    },
-    LogData {
-        outstanding: u32,
-    },
+    /// The log cursor reads summaries, then data.
+    LogSummaries,
+    LogData,
     /// Waiting for every core to take the new volume table.
     Publish {
         acks: u32,
@@ -90,27 +106,8 @@ pub(super) enum Stage {
     CleanRead,
     /// The cleaner waits for every core to evacuate a victim.
     CleanEvacuate,
-    /// A fold waits for every core.
-    Fold,
-    /// A fold flushes the baseline it wrote.
-    FoldFlush,
-}
-
-/// Progress of one `LogRead`.
-struct LogRead {
-    cursor: u64,
-    count: u32,
-    with_data: bool,
-    /// Segments left to visit, newest last.
-    segments: Vec<SegmentRecord>,
-    /// Summary slots (2 per group) or data of the entries being read.
-    bufs: Vec<DmaBuf>,
-    entries: Vec<LogEntry>,
-    /// (segment start block, data offset) of each entry in `entries` read
-    /// from the current segment.
-    pending_data: Vec<(usize, u64)>,
-    /// The first read that failed.
-    error: Option<Error>,
+    /// A drain's commit waits for every core to forget what drained.
+    DrainForget,
 }
 
 struct Current {
@@ -118,13 +115,12 @@ struct Current {
     stage: Stage,
     /// A volume being added or removed, undone if the checkpoint fails.
     volume: Option<VolumeRecord>,
-    log: Option<LogRead>,
 }
 
 pub(crate) struct Control {
     queue: VecDeque<Queued>,
     current: Option<Current>,
-    registry: BTreeMap<u32, SegmentRecord>,
+    registry: BTreeMap<u32, SegmentInfo>,
     volumes: Vec<VolumeRecord>,
     generation: u64,
     seq_high: u64,
@@ -138,25 +134,38 @@ pub(crate) struct Control {
     /// good one.
     failed: Option<Error>,
     pub(super) clean: Option<CleanJob>,
-    pub(super) fold: Option<FoldJob>,
+    pub(super) log: Option<LogRead>,
+    /// The drain whose cores copy or forget, if any.
+    pub(super) drain: Option<DrainJob>,
+    /// Drains that failed in a row, and when the last of too many did
+    /// (unix s): the next waits for the clock to move on.
+    pub(super) drain_failures: u32,
+    pub(super) drain_failed_at: Option<u64>,
+    /// Segments the drain being committed frees once its checkpoint is
+    /// durable.
+    pub(super) drain_freed: Vec<u32>,
     /// Partitions up to this one live in the baseline.
     baseline_partition: u32,
-    /// A fold was recorded as started and has not committed.
-    folding: Option<u32>,
+    /// A drain was recorded as started and has not committed.
+    draining: Option<u32>,
+    drained_below: u64,
     pub(super) policy: Policy,
     /// When the last snapshot was taken (unix s), for the snapshot interval.
     pub(super) last_snapshot_at: u64,
     /// When the policy was last consulted (unix s), and how many actions it
     /// took in that second.
     pub(super) policy_checked: (u64, u32),
+    /// The highest threshold (80, 95) of log space held by live versions
+    /// warned about, until the share falls back below 75 %.
+    versions_warned: u8,
 }
 
 impl Control {
-    pub(super) fn registry(&self) -> &BTreeMap<u32, SegmentRecord> {
+    pub(super) fn registry(&self) -> &BTreeMap<u32, SegmentInfo> {
         &self.registry
     }
 
-    pub(super) fn registry_mut(&mut self) -> &mut BTreeMap<u32, SegmentRecord> {
+    pub(super) fn registry_mut(&mut self) -> &mut BTreeMap<u32, SegmentInfo> {
         &mut self.registry
     }
 
@@ -184,6 +193,11 @@ impl Control {
         self.queue.push_back(Queued { origin, reply: ReplyTo::Nobody, op });
     }
 
+    /// Queues an operation nobody waits for, ahead of the others.
+    pub(super) fn enqueue_front(&mut self, origin: u32, op: Op) {
+        self.queue.push_front(Queued { origin, reply: ReplyTo::Nobody, op });
+    }
+
     pub(super) fn is_busy(&self) -> bool {
         self.current.is_some() || !self.queue.is_empty()
     }
@@ -200,35 +214,40 @@ impl Control {
         self.baseline_partition = p;
     }
 
-    pub(super) fn set_folding(&mut self, p: Option<u32>) {
-        self.folding = p;
+    pub(super) fn draining(&self) -> Option<u32> {
+        self.draining
     }
 
-    pub(super) fn next_barrier_id(&mut self) -> u64 {
-        self.next_barrier += 1;
-        self.next_barrier - 1
+    pub(super) fn set_draining(&mut self, p: Option<u32>) {
+        self.draining = p;
+    }
+
+    pub(super) fn drained_below(&self) -> u64 {
+        self.drained_below
+    }
+
+    pub(super) fn raise_drained_below(&mut self, position: u64) {
+        self.drained_below = self.drained_below.max(position);
     }
 
     pub(super) fn set_stage(&mut self, stage: Stage) {
         self.current.as_mut().expect("an operation is running").stage = stage;
     }
 
+    pub(super) fn stage(&self) -> Option<&Stage> {
+        self.current.as_ref().map(|c| &c.stage)
+    }
+
     pub(super) fn new(ckpt: &Checkpoint, open_partition: u32, ckpt_buf: DmaBuf, now: u64) -> Control {
-        let mut queue = VecDeque::new();
         let policy = Policy::parse(&ckpt.policy).unwrap_or_else(|e| {
             log::error!("ignoring the stored policy: {e}");
             Policy::default()
         });
         let last_snapshot_at = ckpt.volumes.iter().map(|v| v.created_unix_s).max().unwrap_or(now);
-        // A fold the last mount started and did not commit: finish it.
-        if let Some(v) = ckpt.folding.and_then(|p| ckpt.volumes.iter().find(|v| v.partition == p)) {
-            log::info!("finishing the fold of volume {} into the baseline", v.name);
-            queue.push_back(Queued { origin: 0, reply: ReplyTo::Nobody, op: Op::Fold(Some(v.name.clone())) });
-        }
         Control {
-            queue,
+            queue: VecDeque::new(),
             current: None,
-            registry: ckpt.segments.iter().map(|s| (s.segno, *s)).collect(),
+            registry: BTreeMap::new(),
             volumes: ckpt.volumes.clone(),
             generation: ckpt.generation,
             seq_high: ckpt.seq_high,
@@ -238,23 +257,47 @@ impl Control {
             ckpt_buf,
             failed: None,
             clean: None,
-            fold: None,
+            log: None,
+            drain: None,
+            drain_failures: 0,
+            drain_failed_at: None,
+            drain_freed: Vec::new(),
             baseline_partition: ckpt.baseline_partition,
-            folding: ckpt.folding,
+            // A drain the last mount started and did not commit: the
+            // background work finishes it.
+            draining: ckpt.draining,
+            drained_below: ckpt.drained_below,
             policy,
             last_snapshot_at,
             policy_checked: (0, 0),
+            versions_warned: 0,
         }
     }
 
+    /// The segments in use, as mount accepted them.
+    pub(super) fn register(&mut self, segments: impl Iterator<Item = SegmentInfo>) {
+        self.registry = segments.map(|s| (s.record.segno, s)).collect();
+    }
+
     pub(super) fn is_idle(&self) -> bool {
-        self.current.is_none() && self.queue.is_empty()
+        self.current.is_none() && self.queue.is_empty() && self.drain.is_none()
     }
 
     /// What the running or queued operation is doing, for diagnostics.
     pub(super) fn busy_with(&self) -> Option<String> {
         let current = self.current.as_ref().map(|c| format!("control {:?} at {:?}", c.q.op, c.stage));
-        current.or_else(|| self.queue.front().map(|q| format!("control {:?} queued", q.op)))
+        let drain = self.drain.as_ref().map(|d| format!("a drain up to partition {}", d.target));
+        current.or(drain).or_else(|| self.queue.front().map(|q| format!("control {:?} queued", q.op)))
+    }
+
+    /// Takes the first queued operation that may start now: while a drain's
+    /// cores copy, cleaning jobs and other drains wait (they would move or
+    /// free what the copy reads).
+    fn next_runnable(&mut self) -> Option<Queued> {
+        let draining = self.drain.is_some();
+        let i =
+            self.queue.iter().position(|q| !(draining && matches!(q.op, Op::Clean(_) | Op::Fold(_) | Op::Drain)))?;
+        self.queue.remove(i)
     }
 
     fn live_partitions(&self) -> Arc<Vec<u32>> {
@@ -282,19 +325,33 @@ impl Control {
         }
         list
     }
+
+    /// Partitions holding log entries that have not drained (an upper
+    /// bound: the spans of the segments in use, and the open partition).
+    pub(super) fn partitions_in_log(&self) -> u32 {
+        let mut spans: Vec<(u32, u32)> = self
+            .registry
+            .values()
+            .map(|s| (s.record.partition.max(self.baseline_partition + 1), s.last_partition))
+            .chain(std::iter::once((self.open_partition, self.open_partition)))
+            .filter(|(a, b)| a <= b)
+            .collect();
+        spans.sort_unstable();
+        let (mut count, mut covered) = (0u32, 0u32);
+        for (a, b) in spans {
+            let from = a.max(covered.saturating_add(1));
+            if from <= b {
+                count += b - from + 1;
+            }
+            covered = covered.max(b);
+        }
+        count
+    }
 }
 
 impl Shard {
-    fn ctl(&mut self) -> &mut Control {
-        self.ctl.as_mut().expect("control runs on core 0")
-    }
-
     pub(super) fn ctl_mut(&mut self) -> &mut Control {
-        self.ctl()
-    }
-
-    pub(super) fn finish_control(&mut self, result: Result<Reply>) {
-        self.finish(result)
+        self.ctl.as_mut().expect("control runs on core 0")
     }
 
     pub(super) fn control_enqueue(&mut self, origin: u32, reply: ReplyTo, req: Request) {
@@ -306,7 +363,7 @@ impl Shard {
             Request::Close => Op::Close,
             Request::Compact { volume: None, mode: CompactMode::InPlace } => Op::Clean(CleanTarget::All),
             Request::Compact { volume: Some(name), mode: CompactMode::InPlace } => {
-                let Some(v) = self.ctl().volumes.iter().find(|v| v.name == name) else {
+                let Some(v) = self.ctl_mut().volumes.iter().find(|v| v.name == name) else {
                     return self.reply(origin, reply, Err(Error::NoSuchVolume(name)));
                 };
                 Op::Clean(CleanTarget::Partition(v.partition))
@@ -317,7 +374,7 @@ impl Shard {
                 Err(e) => return self.reply(origin, reply, Err(e)),
             },
             Request::GetPolicy => {
-                let json = self.ctl().policy.json.clone();
+                let json = self.ctl_mut().policy.json.clone();
                 let json = if json.is_empty() { "{}".to_owned() } else { json };
                 return self.reply(origin, reply, Ok(Reply::Policy(json)));
             }
@@ -326,7 +383,7 @@ impl Shard {
                 return self.reply(origin, reply, result);
             }
             Request::ListVolumes => {
-                let list = self.ctl().published_volumes();
+                let list = self.ctl_mut().published_volumes();
                 return self.reply(origin, reply, Ok(Reply::Volumes(list)));
             }
             Request::Stats => {
@@ -337,7 +394,7 @@ impl Shard {
                 unreachable!("data requests never reach the coordinator")
             }
         };
-        self.ctl().queue.push_back(Queued { origin, reply, op });
+        self.ctl_mut().queue.push_back(Queued { origin, reply, op });
     }
 
     fn stats(&mut self) -> Stats {
@@ -350,9 +407,9 @@ impl Shard {
             used += u64::from(s.used.load(Relaxed));
             live += u64::from(s.live());
         }
-        let c = self.ctl();
-        let partitions: std::collections::BTreeSet<u32> = c.registry.values().map(|s| s.partition).collect();
+        let c = self.ctl_mut();
         let load = |n: &std::sync::atomic::AtomicU64| n.load(Relaxed);
+        let capacity = u64::from(geo.segment_count) * seg_bytes;
         Stats {
             block_size: geo.block_size,
             volume_blocks: geo.volume_blocks,
@@ -360,23 +417,27 @@ impl Shard {
             segments_total: geo.segment_count,
             segments_free: free,
             volumes: c.volumes.len() as u32,
-            partitions: partitions.len() as u32,
+            partitions: c.partitions_in_log(),
             open_partition: c.open_partition,
-            log_capacity_bytes: u64::from(geo.segment_count) * seg_bytes,
+            baseline_partition: c.baseline_partition,
+            log_capacity_bytes: capacity,
             log_used_bytes: u64::from(geo.segment_count - free) * seg_bytes,
             live_bytes: live * bs,
             garbage_bytes: used.saturating_sub(live) * bs,
+            versions_percent: (live * bs * 100 / capacity.max(1)) as u8,
             user_bytes_written: load(&counters.user_blocks) * bs,
             device_bytes_written: load(&counters.device_blocks) * bs,
             compactions: load(&counters.compactions),
             bytes_moved: load(&counters.moved_blocks) * bs,
             bytes_copied: load(&counters.copied_blocks) * bs,
             segments_freed: load(&counters.segments_freed),
+            drains: load(&counters.drains),
+            volumes_retired: load(&counters.volumes_retired),
             policy_actions: load(&counters.policy_actions),
         }
     }
 
-    fn reply(&mut self, origin: u32, reply: ReplyTo, result: Result<Reply>) {
+    pub(super) fn reply(&mut self, origin: u32, reply: ReplyTo, result: Result<Reply>) {
         if origin == self.core {
             self.deliver(reply, result);
         } else {
@@ -384,33 +445,32 @@ impl Shard {
         }
     }
 
-    fn finish(&mut self, result: Result<Reply>) {
-        let cur = self.ctl().current.take().expect("an operation is running");
+    /// Ends the running operation, answering whoever asked.
+    pub(super) fn finish_control(&mut self, result: Result<Reply>) {
+        let cur = self.ctl_mut().current.take().expect("an operation is running");
         self.reply(cur.q.origin, cur.q.reply, result);
     }
 
     /// Starts the next queued operation when none is running.
     pub(super) fn control_step(&mut self) {
-        if self.ctl().current.is_some() {
+        if self.ctl_mut().current.is_some() {
             return;
         }
         // Once closed, nothing runs (the checkpoint stays clean, and the
         // cores go idle and detach): no background work starts, and what
         // was queued behind the close is refused.
         let closed = self.shared.closed.load(Ordering::Acquire);
-        if !closed && self.ctl().queue.is_empty() {
+        if !closed && self.ctl_mut().queue.is_empty() {
             self.policy_tick();
         }
-        if !closed && self.ctl().queue.is_empty() && self.shared.space_state() == SpaceState::Wanted {
-            log::info!("log full: reclaiming space");
-            let q = Queued { origin: self.core, reply: ReplyTo::Nobody, op: Op::Clean(CleanTarget::Reclaim) };
-            self.ctl().queue.push_back(q);
+        if !closed && self.ctl_mut().queue.is_empty() {
+            self.background_tick();
         }
-        let Some(q) = self.ctl().queue.pop_front() else { return };
+        let Some(q) = self.ctl_mut().next_runnable() else { return };
         if closed {
             return self.reply(q.origin, q.reply, Err(Error::ShuttingDown));
         }
-        if let Some(e) = self.ctl().failed.clone() {
+        if let Some(e) = self.ctl_mut().failed.clone() {
             if matches!(q.op, Op::Clean(_)) {
                 // No checkpoint can free a segment now: writes waiting for
                 // space must fail rather than wait for ever.
@@ -419,78 +479,184 @@ impl Shard {
             return self.reply(q.origin, q.reply, Err(e));
         }
         let mut seal = None;
-        let (mut close, mut close_sealed) = (false, false);
+        let (mut close, mut shutdown) = (false, false);
         match &q.op {
             Op::Snapshot(name) => {
                 if let Err(e) = self.check_new_volume(name.as_deref()) {
                     return self.reply(q.origin, q.reply, Err(e));
                 }
-                let Some(next) = self.ctl().open_partition.checked_add(1) else {
-                    let e = Error::InvalidArgument("partition numbers are exhausted".into());
-                    return self.reply(q.origin, q.reply, Err(e));
-                };
-                seal = Some(next);
+                match self.next_partition() {
+                    Ok(next) => seal = Some(next),
+                    Err(e) => return self.reply(q.origin, q.reply, Err(e)),
+                }
             }
             Op::Delete(name) => {
-                let c = self.ctl();
+                let c = self.ctl_mut();
                 let Some(i) = c.volumes.iter().position(|v| &v.name == name) else {
                     let e = Error::NoSuchVolume(name.clone());
                     return self.reply(q.origin, q.reply, Err(e));
                 };
                 let removed = c.volumes.remove(i);
-                c.current = Some(Current { q, stage: Stage::CheckpointWrite, volume: Some(removed), log: None });
+                c.current = Some(Current { q, stage: Stage::CheckpointWrite, volume: Some(removed) });
                 return self.write_checkpoint(false);
             }
             Op::SetPolicy(_) => {
-                let c = self.ctl();
+                let c = self.ctl_mut();
                 let Some(Queued { op: Op::SetPolicy(p), .. }) = Some(&q) else { unreachable!() };
                 c.policy = (**p).clone();
-                c.current = Some(Current { q, stage: Stage::CheckpointWrite, volume: None, log: None });
+                c.current = Some(Current { q, stage: Stage::CheckpointWrite, volume: None });
                 return self.write_checkpoint(false);
             }
-            Op::Close => close = true,
+            Op::Close => (close, shutdown) = (true, true),
             Op::Fold(volume) => {
                 let (partition, older) = match self.fold_target(volume.as_deref()) {
                     Ok(t) => t,
                     Err(e) => return self.reply(q.origin, q.reply, Err(e)),
                 };
-                if partition <= self.ctl().baseline_partition {
+                if partition.is_some_and(|p| p <= self.ctl_mut().baseline_partition) {
                     return self.reply(q.origin, q.reply, Ok(Reply::Done));
                 }
-                if !older.is_empty() {
-                    // The baseline is about to hold a newer image: the
-                    // volumes older than the folded one are retired first.
-                    let core = self.core;
-                    let c = self.ctl();
-                    c.queue.push_front(q);
-                    for name in older.into_iter().rev() {
-                        log::info!("retiring volume {name}: a newer volume folds into the baseline");
-                        c.queue.push_front(Queued { origin: core, reply: ReplyTo::Nobody, op: Op::Delete(name) });
-                    }
+                let (core, c) = (self.core, self.ctl_mut());
+                if older.is_empty() {
+                    // The volume is the oldest now: drain up to it.
+                    c.queue.push_front(Queued { origin: q.origin, reply: q.reply, op: Op::Drain });
                     return;
                 }
-                close_sealed = true;
+                // The baseline is about to hold a newer image: the volumes
+                // older than the folded one are retired first.
+                c.queue.push_front(q);
+                for name in older.into_iter().rev() {
+                    log::info!("retiring volume {name}: a newer volume goes into the baseline");
+                    c.queue.push_front(Queued { origin: core, reply: ReplyTo::Nobody, op: Op::Delete(name) });
+                }
+                return;
+            }
+            Op::Drain => match self.drain_target() {
+                None => return self.reply(q.origin, q.reply, Ok(Reply::Done)),
+                Some((target, false)) => {
+                    self.ctl_mut().current = Some(Current { q, stage: Stage::CheckpointWrite, volume: None });
+                    return self.drain_intent(target);
+                }
+                Some((_, true)) => match self.next_partition() {
+                    Ok(next) => {
+                        seal = Some(next);
+                        // Writes wait and the cores' open segments are most
+                        // of what is used: the cut closes them, so the drain
+                        // frees them too.
+                        let used = self.shared.geo.segment_count as usize - self.shared.free_segments.len();
+                        close =
+                            self.shared.space_state() == SpaceState::Wanted && used <= 2 * self.shared.cores as usize;
+                    }
+                    Err(e) => return self.reply(q.origin, q.reply, Err(e)),
+                },
+            },
+            Op::DrainCommit => {
+                self.ctl_mut().current = Some(Current { q, stage: Stage::DrainForget, volume: None });
+                return self.drain_commit_start();
             }
             Op::Clean(target) => {
                 let target = *target;
-                self.ctl().clean = Some(CleanJob::new(target));
+                self.ctl_mut().clean = Some(CleanJob::new(target));
             }
             Op::Flush | Op::LogRead { .. } => {}
         }
-        let c = self.ctl();
+        self.ctl_mut().current = Some(Current { q, stage: Stage::CheckpointWrite, volume: None });
+        self.start_control_barrier(seal, close, shutdown);
+    }
+
+    /// The partition a seal opens next. Entries name their partition as an
+    /// offset from their segment's base, which is above the baseline's: a
+    /// span the oldest volume, kept while partitions are cut above it, may
+    /// not outgrow.
+    fn next_partition(&mut self) -> Result<u32> {
+        let c = self.ctl_mut();
+        let next = c.open_partition.checked_add(1);
+        match next.filter(|&n| n - c.baseline_partition < PARTITION_SPAN) {
+            Some(n) => Ok(n),
+            None => Err(Error::InvalidArgument(format!(
+                "{} partitions lie above the baseline, the most a log holds: delete the oldest volume",
+                PARTITION_SPAN - 1
+            ))),
+        }
+    }
+
+    /// Starts a barrier on every core for the running operation (see
+    /// `Msg::Barrier`).
+    pub(super) fn start_control_barrier(&mut self, seal: Option<u32>, close: bool, shutdown: bool) {
+        let seq_mark = self.shared.next_seq.load(Relaxed);
+        let c = self.ctl_mut();
         let id = c.next_barrier;
         c.next_barrier += 1;
-        let seq_mark = self.shared.next_seq.load(Ordering::Relaxed);
-        let stage = Stage::Barrier { id, acks: 0, seq_mark, status: Ok(()) };
-        self.ctl().current = Some(Current { q, stage, volume: None, log: None });
+        c.set_stage(Stage::Barrier { id, acks: 0, seq_mark, status: Ok(()), sealed: seal.is_some() });
         for core in 0..self.shared.cores {
-            self.send(core, Msg::Barrier { id, seal, close, close_sealed });
+            self.send(core, Msg::Barrier { id, seal, close, shutdown });
+        }
+    }
+
+    /// Background work the log needs, when no operation is queued: a drain
+    /// into the baseline when there is something to drain and a reason to,
+    /// else (writes waiting for room) the cleaner.
+    fn background_tick(&mut self) {
+        self.warn_on_versions();
+        if self.ctl_mut().drain.is_some() {
+            return;
+        }
+        let wanted = self.shared.space_state() == SpaceState::Wanted;
+        let core = self.core;
+        if self.drain_wanted(wanted) {
+            self.ctl_mut().enqueue_background(core, Op::Drain);
+        } else if wanted {
+            log::info!("log full: reclaiming space");
+            self.ctl_mut().enqueue_background(core, Op::Clean(CleanTarget::Reclaim));
+        }
+    }
+
+    /// Whether a drain should start now: one a crash or a failure left
+    /// unfinished (after failures, once the clock moved on), the oldest
+    /// volume not yet in the baseline, or (without volumes) a log half full
+    /// or writes waiting for room.
+    fn drain_wanted(&mut self, space_wanted: bool) -> bool {
+        let now = self.shared.clock.now_unix_s();
+        let c = self.ctl_mut();
+        if c.drain_failed_at.is_some_and(|at| now <= at) {
+            return false;
+        }
+        c.drain_failed_at = None;
+        match self.drain_target() {
+            None => false,
+            Some((_, false)) => true,
+            Some((_, true)) => {
+                // Beyond the cores' open segments: what a drain can free.
+                let geo = self.shared.geo;
+                let used = geo.segment_count as usize - self.shared.free_segments.len();
+                (space_wanted && used > 0)
+                    || (used > self.shared.cores as usize && used * 2 >= geo.segment_count as usize)
+            }
+        }
+    }
+
+    /// Logs a warning as the log's space held by live versions passes 80 %
+    /// and 95 %.
+    fn warn_on_versions(&mut self) {
+        let geo = self.shared.geo;
+        let live: u64 = self.shared.space.iter().map(|s| u64::from(s.live())).sum();
+        let pct = live * 100 / (u64::from(geo.segment_count) * u64::from(geo.segment_blocks)).max(1);
+        let c = self.ctl_mut();
+        let level = [95u8, 80].into_iter().find(|&l| pct >= u64::from(l)).unwrap_or(0);
+        if level > c.versions_warned {
+            log::warn!(
+                "the log is {pct} % full of versions that volumes and the current image need ({} volumes)",
+                c.volumes.len()
+            );
+            c.versions_warned = level;
+        } else if pct < 75 {
+            c.versions_warned = 0;
         }
     }
 
     fn check_new_volume(&mut self, name: Option<&str>) -> Result<()> {
         let max = self.shared.geo.max_volumes as usize;
-        let c = self.ctl();
+        let c = self.ctl_mut();
         if let Some(name) = name {
             check_volume_name(name)?;
             if c.volumes.iter().any(|v| v.name == name) {
@@ -503,11 +669,11 @@ impl Shard {
         Ok(())
     }
 
-    pub(super) fn on_barrier_done(&mut self, id: u64, segments: Vec<SegmentRecord>, result: Result<()>) {
+    pub(super) fn on_barrier_done(&mut self, id: u64, segments: Vec<SegmentInfo>, result: Result<()>) {
         let cores = self.shared.cores;
-        let c = self.ctl();
+        let c = self.ctl_mut();
         for s in segments {
-            c.registry.insert(s.segno, s);
+            c.registry.insert(s.record.segno, s);
         }
         let Some(Current { stage: Stage::Barrier { id: want, acks, status, .. }, .. }) = &mut c.current else {
             unreachable!("barrier replies come while a barrier runs")
@@ -521,27 +687,30 @@ impl Shard {
             return;
         }
         let cur = c.current.as_mut().expect("checked");
-        let Stage::Barrier { seq_mark, status, .. } = std::mem::replace(&mut cur.stage, Stage::CheckpointWrite) else {
+        let Stage::Barrier { seq_mark, status, sealed, .. } = std::mem::replace(&mut cur.stage, Stage::CheckpointWrite)
+        else {
             unreachable!()
         };
-        let is_snapshot = matches!(cur.q.op, Op::Snapshot(_));
-        if is_snapshot {
+        if sealed {
             // Every core sealed, whatever happens next: the new partition is open.
             c.open_partition += 1;
         }
         if let Err(e) = status {
             log::error!("barrier failed ({e}): refusing metadata changes until remounted");
             c.failed = Some(e.clone());
-            return self.finish(Err(e));
+            if matches!(cur.q.op, Op::DrainCommit) {
+                self.drain_end(Err(e.clone()));
+            }
+            return self.finish_control(Err(e));
         }
         c.seq_high = c.seq_high.max(seq_mark.saturating_sub(1));
         let cur = c.current.as_mut().expect("checked");
         match &cur.q.op {
-            Op::Flush => self.finish(Ok(Reply::Done)),
+            Op::Flush => self.finish_control(Ok(Reply::Done)),
             Op::Snapshot(name) => {
                 let name = name.clone();
                 let now = self.shared.clock.now_unix_s();
-                let c = self.ctl();
+                let c = self.ctl_mut();
                 let name = name.unwrap_or_else(|| c.next_volume_id(now));
                 c.last_snapshot_at = now;
                 let record = VolumeRecord { name, partition: c.open_partition - 1, created_unix_s: now };
@@ -554,15 +723,13 @@ impl Shard {
                 let (cursor, count, with_data) = (*cursor, *count, *with_data);
                 self.start_log_read(cursor, count, with_data);
             }
-            Op::Delete(_) | Op::SetPolicy(_) => unreachable!("no barrier: a checkpoint only"),
+            Op::Delete(_) | Op::SetPolicy(_) | Op::Fold(_) => unreachable!("no barrier"),
             Op::Clean(_) => self.clean_after_barrier(),
-            Op::Fold(volume) => {
-                let volume = volume.clone();
-                let Ok((partition, _)) = self.fold_target(volume.as_deref()) else {
-                    unreachable!("checked when it started; volumes change only in control operations")
-                };
-                self.fold_after_barrier(partition)
+            Op::Drain => {
+                let cut = c.open_partition - 1;
+                self.drain_intent(cut)
             }
+            Op::DrainCommit => self.drain_commit_after_barrier(),
         }
     }
 
@@ -570,7 +737,7 @@ impl Shard {
         let (uuid, epoch, bs) = (self.shared.uuid, self.shared.epoch, self.shared.geo.block_size as usize);
         let geo = self.shared.geo;
         let baseline_stripes = self.shared.baseline.to_bytes();
-        let c = self.ctl();
+        let c = self.ctl_mut();
         let ckpt = Checkpoint {
             generation: c.generation + 1,
             uuid,
@@ -580,11 +747,12 @@ impl Shard {
             next_snapshot_number: c.next_snapshot_number,
             clean,
             baseline_partition: c.baseline_partition,
-            folding: c.folding,
+            draining: c.draining,
+            drained_below: c.drained_below,
             policy: c.policy.json.clone(),
             baseline_stripes,
             volumes: c.volumes.clone(),
-            segments: c.registry.values().copied().collect(),
+            segments: c.registry.values().map(|s| s.record).collect(),
         };
         let len = ckpt.encoded_len();
         ckpt.encode(&mut c.ckpt_buf);
@@ -596,7 +764,7 @@ impl Shard {
     }
 
     pub(super) fn control_device_done(&mut self, value: u64, status: DevStatus) {
-        let c = self.ctl();
+        let c = self.ctl_mut();
         let cur = c.current.as_mut().expect("control I/O belongs to the running operation");
         match &mut cur.stage {
             Stage::CheckpointWrite => {
@@ -614,31 +782,16 @@ impl Shard {
                 self.checkpoint_done(status)
             }
             Stage::CheckpointFlush => self.checkpoint_done(status),
-            Stage::LogSummaries { outstanding } | Stage::LogData { outstanding } => {
-                *outstanding -= 1;
-                let log = cur.log.as_mut().expect("log read state");
-                if let Err(e) = status {
-                    log::warn!("log cursor read failed (errno {e}) at buffer {value}");
-                    log.error.get_or_insert(Error::Io(e));
-                }
-                if *outstanding == 0 {
-                    // Answer only once no read still targets the buffers.
-                    match log.error.take() {
-                        Some(e) => self.finish(Err(e)),
-                        None => self.log_read_progress(),
-                    }
-                }
-            }
+            Stage::LogSummaries | Stage::LogData => self.log_read_done(value, status),
             Stage::CleanRead => self.clean_read_done(status),
-            Stage::FoldFlush => self.fold_flushed(status),
-            Stage::Barrier { .. } | Stage::Publish { .. } | Stage::CleanEvacuate | Stage::Fold => {
+            Stage::Barrier { .. } | Stage::Publish { .. } | Stage::CleanEvacuate | Stage::DrainForget => {
                 unreachable!("no control I/O in this stage")
             }
         }
     }
 
     fn checkpoint_done(&mut self, status: DevStatus) {
-        let c = self.ctl();
+        let c = self.ctl_mut();
         let cur = c.current.as_ref().expect("running");
         if let Err(e) = status {
             // The on-media checkpoint is the old one: undo the table change.
@@ -650,15 +803,25 @@ impl Shard {
             log::error!("checkpoint write failed (errno {e}): refusing metadata changes until remounted");
             c.failed = Some(Error::Io(e));
             c.clean = None;
-            c.fold = None;
-            return self.finish(Err(Error::Io(e)));
+            if matches!(cur.q.op, Op::DrainCommit) {
+                self.drain_end(Err(Error::Io(e)));
+            }
+            return self.finish_control(Err(Error::Io(e)));
         }
         c.generation += 1;
-        if matches!(cur.q.op, Op::Clean(_)) {
-            return self.clean_checkpointed();
-        }
-        if matches!(cur.q.op, Op::Fold(_)) {
-            return self.fold_checkpointed();
+        match cur.q.op {
+            Op::Clean(_) => return self.clean_checkpointed(),
+            Op::Drain => {
+                let cur = c.current.take().expect("running");
+                let target = c.draining.expect("the intent names the target");
+                let waiter = match cur.q.reply {
+                    ReplyTo::Nobody => None,
+                    reply => Some((cur.q.origin, reply)),
+                };
+                return self.drain_started(target, waiter);
+            }
+            Op::DrainCommit => return self.drain_committed(),
+            _ => {}
         }
         let live = c.live_partitions();
         let result = match (&cur.q.op, &cur.volume) {
@@ -676,7 +839,7 @@ impl Shard {
             }
             _ => Reply::Done,
         };
-        self.ctl().current.as_mut().expect("running").stage = Stage::Publish { acks: 0, result };
+        self.ctl_mut().current.as_mut().expect("running").stage = Stage::Publish { acks: 0, result };
         for core in 0..self.shared.cores {
             self.send(core, Msg::Volumes(live.clone()));
         }
@@ -684,74 +847,42 @@ impl Shard {
 
     pub(super) fn on_volumes_ack(&mut self) {
         let cores = self.shared.cores;
-        let cur = self.ctl().current.as_mut().expect("acks come while publishing");
+        let c = self.ctl_mut();
+        let oldest = c.volumes.iter().map(|v| v.partition).min();
+        let cur = c.current.as_mut().expect("acks come while publishing");
         let Stage::Publish { acks, result } = &mut cur.stage else { unreachable!("acks come while publishing") };
         *acks += 1;
-        if *acks == cores {
-            let result = std::mem::replace(result, Reply::Done);
-            // A deleted volume's partition merges into the next one: its
-            // blocks no view reads any more are dropped by compacting it.
-            let merge = match (&cur.q.op, &cur.volume) {
-                (Op::Delete(_), Some(v)) => Some(v.partition),
-                _ => None,
-            };
-            let hook = match &cur.q.op {
-                Op::Snapshot(_) => Some(true),
-                Op::Delete(_) => Some(false),
-                _ => None,
-            };
-            if hook.is_some() {
-                self.shared.volumes_generation.fetch_add(1, Ordering::Release);
-            }
-            self.finish(Ok(result));
-            if let Some(p) = merge {
-                let core = self.core;
-                self.ctl().enqueue_background(core, Op::Clean(CleanTarget::Partition(p)));
-            }
-            if let Some(snapshot) = hook {
-                self.policy_hook(snapshot);
-            }
+        if *acks < cores {
+            return;
         }
-    }
-
-    // ---- the log cursor ------------------------------------------------------
-
-    fn start_log_read(&mut self, cursor: u64, count: u32, with_data: bool) {
-        let c = self.ctl();
-        let first_seq = cursor >> ENTRY_BITS;
-        let mut segments: Vec<SegmentRecord> =
-            c.registry.values().filter(|s| s.seq >= first_seq && s.trusted_entries > 0).copied().collect();
-        segments.sort_by_key(|s| std::cmp::Reverse(s.seq));
-        let log = LogRead {
-            cursor,
-            count,
-            with_data,
-            segments,
-            bufs: Vec::new(),
-            entries: Vec::new(),
-            pending_data: Vec::new(),
-            error: None,
+        let result = std::mem::replace(result, Reply::Done);
+        // A deleted volume's partition merges into the next one: its blocks
+        // no view reads any more are dropped by compacting it. Below the
+        // oldest volume left, the drain takes them instead.
+        let merge = match (&cur.q.op, &cur.volume) {
+            (Op::Delete(_), Some(v)) => oldest.filter(|&o| o < v.partition).map(|_| v.partition),
+            _ => None,
         };
-        c.current.as_mut().expect("running").log = Some(log);
-        self.log_read_next_segment();
-    }
-
-    /// Reads the summaries of the next segment, or answers.
-    fn log_read_next_segment(&mut self) {
-        let geo = self.shared.geo;
-        let c = self.ctl();
-        let cur = c.current.as_mut().expect("running");
-        let log = cur.log.as_mut().expect("log read state");
-        let Some(seg) = log.segments.last().copied().filter(|_| (log.entries.len() as u32) < log.count) else {
-            let log = cur.log.take().expect("log read state");
-            let next_cursor = log.entries.last().map_or(log.cursor, |e| e.sequence + 1);
-            return self.finish(Ok(Reply::Log(LogBatch { entries: log.entries, next_cursor })));
+        let hook = match &cur.q.op {
+            Op::Snapshot(_) => Some(true),
+            Op::Delete(_) => Some(false),
+            _ => None,
         };
-        cur.stage = Stage::LogSummaries { outstanding: summary_reads(&geo, &seg) };
-        let mut bufs = Vec::new();
-        self.read_summary_groups(&seg, 0..summary_groups(&geo, &seg), &mut bufs);
-        let c = self.ctl();
-        c.current.as_mut().expect("running").log.as_mut().expect("log read state").bufs = bufs;
+        if hook.is_some() {
+            self.shared.volumes_generation.fetch_add(1, Ordering::Release);
+        }
+        if hook == Some(false) && self.shared.space_state() == SpaceState::Exhausted {
+            // What the volume held may be room again: look for it.
+            self.shared.set_space_state(SpaceState::Wanted);
+        }
+        self.finish_control(Ok(result));
+        if let Some(p) = merge {
+            let core = self.core;
+            self.ctl_mut().enqueue_background(core, Op::Clean(CleanTarget::Partition(p)));
+        }
+        if let Some(snapshot) = hook {
+            self.policy_hook(snapshot);
+        }
     }
 
     /// Reads both slots of summary groups `groups` of `record` into `bufs`
@@ -771,11 +902,16 @@ impl Shard {
         }
     }
 
+    /// How a segment's summaries are decoded.
+    pub(super) fn summary_key(record: &SegmentRecord) -> SummaryKey {
+        SummaryKey { id: SegmentId { epoch: record.epoch, seq: record.seq }, base: record.partition }
+    }
+
     /// The entries of `record` its checkpoint vouches for, from the slots
     /// `read_summary_groups` read (all of them).
     pub(super) fn trusted_summaries(&self, record: &SegmentRecord, bufs: &[DmaBuf]) -> Result<Vec<SummaryEntry>> {
-        let id = SegmentId { epoch: record.epoch, seq: record.seq };
-        let mut chain = SummaryChain::new(self.shared.uuid, id, self.shared.geo.entries_per_summary());
+        let key = Shard::summary_key(record);
+        let mut chain = SummaryChain::new(self.shared.uuid, key, self.shared.geo.entries_per_summary());
         for pair in bufs.chunks_exact(2) {
             if !chain.push([&pair[0], &pair[1]]) {
                 break;
@@ -787,78 +923,5 @@ impl Shard {
         }
         entries.truncate(record.trusted_entries as usize);
         Ok(entries)
-    }
-
-    fn log_read_progress(&mut self) {
-        let geo = self.shared.geo;
-        let bs = geo.block_size as usize;
-        let c = self.ctl();
-        let names: BTreeMap<u32, String> = c.volumes.iter().map(|v| (v.partition, v.name.clone())).collect();
-        let cur = c.current.as_mut().expect("running");
-        let log = cur.log.as_mut().expect("log read state");
-        if let Stage::LogData { .. } = cur.stage {
-            for (&(entry, _), buf) in log.pending_data.iter().zip(log.bufs.drain(..)) {
-                let len = log.entries[entry].blocks as usize * bs;
-                log.entries[entry].data = Some(buf[..len].to_vec());
-            }
-            log.pending_data.clear();
-            log.segments.pop();
-            return self.log_read_next_segment();
-        }
-        let seg = *log.segments.last().expect("a segment is being read");
-        let bufs = std::mem::take(&mut log.bufs);
-        let entries = match self.trusted_summaries(&seg, &bufs) {
-            Ok(entries) => entries,
-            Err(e) => return self.finish(Err(e)),
-        };
-        let c = self.ctl();
-        let cur = c.current.as_mut().expect("running");
-        let log = cur.log.as_mut().expect("log read state");
-        let start = geo.segment_start(seg.segno);
-        log.pending_data.clear();
-        for (idx, e) in entries.into_iter().enumerate() {
-            let sequence = seg.seq << ENTRY_BITS | idx as u64;
-            if sequence < log.cursor || e.kind == EntryKind::Hole || log.entries.len() as u32 >= log.count {
-                continue;
-            }
-            if log.with_data && e.kind == EntryKind::Data {
-                log.pending_data.push((log.entries.len(), start + u64::from(e.data_offset)));
-            }
-            log.entries.push(LogEntry {
-                sequence,
-                partition: seg.partition,
-                volume: names.get(&seg.partition).cloned(),
-                lba: e.lba,
-                blocks: e.blocks,
-                kind: if e.kind == EntryKind::Data { LogEntryKind::Data } else { LogEntryKind::Zero },
-                data: None,
-            });
-        }
-        if log.pending_data.is_empty() {
-            log.segments.pop();
-            return self.log_read_next_segment();
-        }
-        log.bufs = log
-            .pending_data
-            .iter()
-            .map(|&(entry, _)| DmaBuf::new(log.entries[entry].blocks as usize * bs, bs))
-            .collect();
-        cur.stage = Stage::LogData { outstanding: log.bufs.len() as u32 };
-        let reqs: Vec<DevRequest> = log
-            .pending_data
-            .iter()
-            .zip(log.bufs.iter_mut())
-            .enumerate()
-            .map(|(i, (&(entry, block), buf))| DevRequest {
-                op: DevOp::Read,
-                block,
-                nblocks: log.entries[entry].blocks,
-                buf: buf.as_mut_ptr(),
-                tag: TAG_CONTROL | i as u64,
-            })
-            .collect();
-        for r in reqs {
-            self.dev_submit(r);
-        }
     }
 }

@@ -3,10 +3,12 @@
 //!
 //! Each run of blocks of the victim is checked against the views (see
 //! `space.rs`): live data is read into a cleaner buffer and appended again as
-//! a *move* entry in the destination partition (the victim's own, or the
-//! next view's when the victim's partition lost its volume: that is how a
-//! deleted volume merges into the next partition); live zero blocks are
-//! appended again as a zero entry. Where the device copies blocks itself, an
+//! a *move* entry in its partition's canonical one (its own, or the next
+//! view's when its partition lost its volume: that is how a deleted volume
+//! merges into the next partition); live zero blocks are appended again as
+//! a zero entry. A victim's entries may belong to several partitions (a
+//! segment is shared by the partitions written while it was open): each
+//! run goes by its own. Where the device copies blocks itself, an
 //! entry live as a whole is moved by a device copy instead and keeps its
 //! CRC: its data never passes through the host (a live part of an entry
 //! needs a CRC of its own, so it is read).
@@ -63,6 +65,8 @@ pub(super) struct Run {
     addr: LogAddr,
     blocks: u32,
     crc: Option<u32>,
+    /// The partition of the victim entry the run is from.
+    partition: u32,
 }
 
 /// A cleaner buffer being filled: the run it is for, read part by part.
@@ -92,8 +96,6 @@ enum Source {
 pub(super) struct Evacuation {
     /// The victim segment.
     segno: u32,
-    src_partition: u32,
-    dest: u32,
     /// The victim's entries this core owns, and where the segment's data
     /// starts. They are walked in runs, never copied into a list of runs:
     /// a victim starts in constant time.
@@ -110,9 +112,10 @@ pub(super) struct Evacuation {
     ready: VecDeque<(u16, Run, u32)>,
     /// Reads and moves not finished.
     inflight: u32,
-    /// Retired moves whose partition tables are sealed: (lba, source,
-    /// destination address, or `ZERO` when it went to the open partition).
-    relocated: Vec<(u32, LogAddr, LogAddr)>,
+    /// Retired moves whose partition tables are sealed, to apply: (source
+    /// partition, destination partition, (lba, source, destination address,
+    /// or `ZERO` when it went to the open partition)).
+    relocated: Vec<(u32, u32, (u32, LogAddr, LogAddr))>,
     /// Once every run is dealt with: how far the partition tables are
     /// updated.
     relocation: Option<Relocation>,
@@ -128,18 +131,9 @@ struct Relocation {
 }
 
 impl Evacuation {
-    pub(super) fn new(
-        segno: u32,
-        src_partition: u32,
-        dest: u32,
-        entries: Vec<SummaryEntry>,
-        base: LogAddr,
-        copy: bool,
-    ) -> Self {
+    pub(super) fn new(segno: u32, entries: Vec<SummaryEntry>, base: LogAddr, copy: bool) -> Self {
         Evacuation {
             segno,
-            src_partition,
-            dest,
             entries,
             base,
             copy,
@@ -160,21 +154,24 @@ impl Evacuation {
         if e.kind == EntryKind::Zero {
             // Moved as one entry: a zero run needs no buffer, and every
             // entry takes summary room.
-            return Some((Run { lba: e.lba, addr: ZERO, blocks: e.blocks, crc: None }, (i + 1, 0)));
+            let run = Run { lba: e.lba, addr: ZERO, blocks: e.blocks, crc: None, partition: e.partition };
+            return Some((run, (i + 1, 0)));
         }
-        let whole = Run { lba: e.lba, addr: self.base + e.data_offset, blocks: e.blocks, crc: None };
+        let whole =
+            Run { lba: e.lba, addr: self.base + e.data_offset, blocks: e.blocks, crc: None, partition: e.partition };
         if self.copy && e.blocks <= MOVE_RUN_BLOCKS {
             return Some((Run { crc: Some(e.data_crc), ..whole }, (i + 1, 0)));
         }
         let (lba, addr) = whole.block(b);
         let blocks = (e.blocks - b).min(MOVE_RUN_BLOCKS);
         let next = if b + blocks < e.blocks { (i, b + blocks) } else { (i + 1, 0) };
-        Some((Run { lba, addr, blocks, crc: None }, next))
+        Some((Run { lba, addr, blocks, ..whole }, next))
     }
 
-    /// The victim's data blocks (lba, address) from `from` on, as many as
-    /// `out` holds; returns how many, and where the next ones start.
-    fn data_blocks(&self, from: (usize, u32), out: &mut [(u32, LogAddr)]) -> (usize, (usize, u32)) {
+    /// The victim's data blocks (partition, (lba, address)) from `from` on,
+    /// as many as `out` holds; returns how many, and where the next ones
+    /// start.
+    fn data_blocks(&self, from: (usize, u32), out: &mut [(u32, (u32, LogAddr))]) -> (usize, (usize, u32)) {
         let (mut i, mut b) = from;
         let mut n = 0;
         while n < out.len() {
@@ -183,7 +180,7 @@ impl Evacuation {
                 (i, b) = (i + 1, 0);
                 continue;
             }
-            out[n] = ((e.lba + u64::from(b)) as u32, self.base + e.data_offset + b);
+            out[n] = (e.partition, ((e.lba + u64::from(b)) as u32, self.base + e.data_offset + b));
             n += 1;
             b += 1;
         }
@@ -202,6 +199,14 @@ impl Shard {
     /// that can still read `p`'s blocks besides the current image.
     fn first_volume_from(&self, p: u32) -> Option<u32> {
         self.live_volumes.iter().copied().find(|&v| v >= p)
+    }
+
+    /// The partition live blocks of partition `p` move to: `p`'s own if it
+    /// is a volume, else the next view's (a later volume, or the open
+    /// partition), since no view lies in between.
+    fn canonical(&self, p: u32) -> u32 {
+        let open = self.open_partition();
+        self.first_volume_from(p).unwrap_or(open).min(open)
     }
 
     /// Whether block `addr` of partition `p` holding `lba` must move to
@@ -232,11 +237,12 @@ impl Shard {
     }
 
     /// The live sub-runs of `run` (`offset` into it, length).
-    fn live_parts(&self, run: &Run, src_partition: u32, dest: u32) -> Vec<(u32, u32)> {
+    fn live_parts(&self, run: &Run) -> Vec<(u32, u32)> {
+        let dest = self.canonical(run.partition);
         let mut parts: Vec<(u32, u32)> = Vec::new();
         for b in 0..run.blocks {
             let (lba, addr) = run.block(b);
-            if !self.block_live(lba, addr, src_partition, dest) {
+            if !self.block_live(lba, addr, run.partition, dest) {
                 continue;
             }
             match parts.last_mut() {
@@ -263,12 +269,9 @@ impl Shard {
     /// sealed partition the move is needed (a volume reads it) and safe (the
     /// write's partition is newer).
     fn append_run(&mut self, run: &Run, from: u32, source: Source) -> u32 {
-        let (src_partition, dest) = {
-            let ev = self.evac.front().expect("running");
-            (ev.src_partition, ev.dest)
-        };
+        let (src_partition, dest) = (run.partition, self.canonical(run.partition));
         let bs = self.shared.geo.block_size as usize;
-        for (off, n) in self.live_parts(run, src_partition, dest) {
+        for (off, n) in self.live_parts(run) {
             let (off, n) = match (off, off + n) {
                 (_, end) if end <= from => continue,
                 (o, end) if o < from => (from, end - from),
@@ -344,11 +347,7 @@ impl Shard {
                     break;
                 }
             } else {
-                let (src_partition, dest) = {
-                    let ev = self.evac.front().expect("running");
-                    (ev.src_partition, ev.dest)
-                };
-                let parts = self.live_parts(&run, src_partition, dest);
+                let parts = self.live_parts(&run);
                 if let Some(crc) = run.crc.filter(|_| parts[..] == [(0, run.blocks)]) {
                     spent += run.blocks.max(MOVE_ENTRY_COST);
                     if self.append_run(&run, 0, Source::Copy(crc)) < run.blocks {
@@ -450,7 +449,8 @@ impl Shard {
                 if open {
                     self.record_open(dest, x, ZERO);
                 } else {
-                    self.evac.front_mut().expect("running").relocated.push((x as u32, ZERO, ZERO));
+                    let relocated = &mut self.evac.front_mut().expect("running").relocated;
+                    relocated.push((src_partition, dest, (x as u32, ZERO, ZERO)));
                 }
                 continue;
             }
@@ -469,7 +469,8 @@ impl Shard {
             }
             let moved_to = if open { ZERO } else { to };
             if src_partition != dest || !open {
-                self.evac.front_mut().expect("running").relocated.push((x as u32, from, moved_to));
+                let relocated = &mut self.evac.front_mut().expect("running").relocated;
+                relocated.push((src_partition, dest, (x as u32, from, moved_to)));
             }
         }
     }
@@ -503,19 +504,28 @@ impl Shard {
         let ev = self.evac.front_mut().expect("running");
         let mut at = ev.relocation.expect("relocating");
         let end = (at.moves + RELOCATE_SLICE_BLOCKS).min(ev.relocated.len());
-        let (src, dest) = (ev.src_partition, ev.dest);
         let mut budget = RELOCATE_SLICE_BLOCKS - (end - at.moves);
-        if end > at.moves {
-            self.parts.relocate(src, dest, &ev.relocated[at.moves..end], std::iter::empty());
-            at.moves = end;
+        // Moves between the same two partitions go together.
+        let mut moves = [(0, 0, 0); RELOCATE_SLICE_BLOCKS];
+        while at.moves < end {
+            let (src, dest, _) = ev.relocated[at.moves];
+            let mut n = 0;
+            while at.moves + n < end && ev.relocated[at.moves + n].0 == src && ev.relocated[at.moves + n].1 == dest {
+                moves[n] = ev.relocated[at.moves + n].2;
+                n += 1;
+            }
+            self.parts.relocate(src, dest, &moves[..n]);
+            at.moves += n;
         }
         // After a failure the victim stays: only the moves that retired
         // apply, and what did not move keeps its place.
         let mut done = ev.error.is_some();
         if budget > 0 && !done {
-            let mut freed = [(0, 0); RELOCATE_SLICE_BLOCKS];
+            let mut freed = [(0, (0, 0)); RELOCATE_SLICE_BLOCKS];
             let (n, next) = ev.data_blocks(at.freed, &mut freed[..budget]);
-            self.parts.relocate(src, dest, &[], freed[..n].iter().copied());
+            for &(p, (lba, addr)) in &freed[..n] {
+                self.parts.remove_if(p, lba, addr);
+            }
             at.freed = next;
             budget -= n;
             done = budget > 0;

@@ -92,26 +92,21 @@ impl BlockIndex {
         }
     }
 
-    /// Unmaps every block whose address `drop` selects (their segments are
-    /// being freed); they read from the baseline again.
-    pub fn unmap_where(&mut self, drop: impl Fn(LogAddr) -> bool) {
-        let mut dropped = 0;
-        for leaf in &mut self.leaves {
-            match leaf {
-                Leaf::Sparse(v) => {
-                    let before = v.len();
-                    v.retain(|w| !drop(*w as u32));
-                    dropped += before - v.len();
+    /// Unmaps `lba` (its version drained into the baseline, which it reads
+    /// from again).
+    pub fn unmap(&mut self, lba: u64) {
+        let (leaf, off) = self.locate(lba);
+        let dropped = match &mut self.leaves[leaf] {
+            Leaf::Sparse(v) => match v.binary_search_by_key(&off, |w| (w >> 32) as u32) {
+                Ok(i) => {
+                    v.remove(i);
+                    true
                 }
-                Leaf::Dense(d) => {
-                    for a in d.iter_mut().filter(|a| **a != NONE && drop(**a)) {
-                        *a = NONE;
-                        dropped += 1;
-                    }
-                }
-            }
-        }
-        self.mapped -= dropped as u64;
+                Err(_) => false,
+            },
+            Leaf::Dense(d) => std::mem::replace(&mut d[off as usize], NONE) != NONE,
+        };
+        self.mapped -= u64::from(dropped);
     }
 
     /// Calls `f(lba, addr)` for every mapped block.

@@ -10,9 +10,11 @@
 pub(crate) mod addr;
 mod clean;
 mod control;
+mod cursor;
+mod drain;
 mod evacuate;
-mod fold;
 mod index;
+mod logmap;
 mod mount;
 mod partition;
 pub mod policy;

@@ -1,14 +1,22 @@
-//! Formatting a base device, and mounting one: checkpoint, then the
-//! summaries of the segments it lists, then (after an unclean stop) replay
-//! of the segments written since, each stream up to its first torn entry.
+//! Formatting a base device, and mounting one, in four steps:
+//! 1. load what the checkpoint vouches for: the superblock, the newest
+//!    valid checkpoint, the summaries of the segments it lists;
+//! 2. (after an unclean stop) replay the tail: segments written since, found
+//!    by their headers, each stream up to its first torn entry;
+//! 3. rebuild each core's index shard and partition tables from the
+//!    entries, in (partition, log order) order, leaving out what drained
+//!    into the baseline;
+//! 4. fence: a new checkpoint lists exactly what was accepted, before
+//!    anything new is written.
 //!
 //! Mount runs before the reactors start, so it drives one device channel
 //! synchronously.
 
 use super::addr::ZERO;
-use super::control::Control;
-use super::fold::BaselineMap;
+use super::control::{Control, SegmentInfo, ENTRY_BITS};
+use super::drain::BaselineMap;
 use super::index::BlockIndex;
+use super::logmap::LogMap;
 use super::partition::Partitions;
 use super::shard::{Shard, ShardInit};
 use super::shared::{Clock, Shared, Submitter, SystemClock, QUEUE_DEPTH};
@@ -17,7 +25,7 @@ use crate::device::{BlockDevice, DevChannel, DevOp, DevRequest, DmaBuf};
 use crate::error::{Error, Result};
 use crate::format::{
     Checkpoint, EntryKind, FormatOptions, Geometry, SegmentHeader, SegmentId, SegmentRecord, SummaryChain,
-    SummaryEntry, Superblock,
+    SummaryEntry, SummaryKey, Superblock,
 };
 use crossbeam_queue::ArrayQueue;
 use std::collections::{BTreeMap, HashSet};
@@ -138,17 +146,24 @@ struct Loaded {
     entries: Vec<SummaryEntry>,
 }
 
+impl Loaded {
+    /// The newest partition of its entries (its base when it has none).
+    fn last_partition(&self) -> u32 {
+        self.entries.iter().map(|e| e.partition).max().unwrap_or(self.record.partition).max(self.record.partition)
+    }
+}
+
 /// Reads a segment's summary groups in order, up to the first missing one.
 fn read_summaries(
     io: &mut SyncIo,
     geo: &Geometry,
     uuid: &[u8; 16],
-    segno: u32,
-    id: SegmentId,
+    record: &SegmentRecord,
 ) -> Result<Vec<SummaryEntry>> {
-    let mut chain = SummaryChain::new(*uuid, id, geo.entries_per_summary());
+    let key = SummaryKey { id: SegmentId { epoch: record.epoch, seq: record.seq }, base: record.partition };
+    let mut chain = SummaryChain::new(*uuid, key, geo.entries_per_summary());
     for g in 0..geo.segment_blocks / 2 {
-        let pair = io.read(geo.summary_slot(segno, g, 0), 2)?;
+        let pair = io.read(geo.summary_slot(record.segno, g, 0), 2)?;
         let (a, b) = pair.split_at(io.bs);
         if !chain.push([a, b]) {
             break;
@@ -187,26 +202,29 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
     mount_with_clock(dev, cores, Arc::new(SystemClock))
 }
 
-/// [`mount`] with the clock policies and volume times follow.
-pub fn mount_with_clock(dev: Arc<dyn BlockDevice>, cores: u32, clock: Arc<dyn Clock>) -> Result<Mounted> {
-    if cores == 0 || cores > 1024 {
-        return Err(Error::InvalidArgument(format!("{cores} cores: need 1..=1024")));
-    }
-    let mut io = sync_io(dev.as_ref())?;
+/// What the checkpoint vouches for, and the entries past it still to check.
+struct Trusted {
+    sb: Superblock,
+    ckpt: Checkpoint,
+    loaded: BTreeMap<u32, Loaded>,
+    /// Entries written after the checkpoint, per segment, to replay.
+    to_verify: Vec<(SegmentRecord, Vec<SummaryEntry>)>,
+}
+
+/// Step 1: the superblock, the newest valid checkpoint, and the summaries
+/// of the segments it lists, up to their trusted entries.
+fn load_trusted(io: &mut SyncIo, dev: &dyn BlockDevice) -> Result<Trusted> {
     let (a, b) = (io.read(0, 1)?, io.read(1, 1)?);
     let sb = Superblock::choose(&a, &b, dev.num_blocks(), dev.block_size())?;
     let geo = sb.geometry;
-    let ckpt = read_checkpoint(&mut io, &geo, &sb.uuid)?;
+    let ckpt = read_checkpoint(io, &geo, &sb.uuid)?;
     if ckpt.segments.iter().any(|s| s.segno >= geo.segment_count) || ckpt.volumes.len() > geo.max_volumes as usize {
         return Err(Error::Corrupt("checkpoint names segments or volumes the geometry cannot hold".into()));
     }
-
-    // Segments the checkpoint vouches for, up to their trusted entries.
     let mut loaded: BTreeMap<u32, Loaded> = BTreeMap::new();
-    let mut to_verify: Vec<(SegmentRecord, Vec<SummaryEntry>)> = Vec::new();
+    let mut to_verify = Vec::new();
     for rec in &ckpt.segments {
-        let mut entries =
-            read_summaries(&mut io, &geo, &sb.uuid, rec.segno, SegmentId { epoch: rec.epoch, seq: rec.seq })?;
+        let mut entries = read_summaries(io, &geo, &sb.uuid, rec)?;
         if entries.len() < rec.trusted_entries as usize {
             return Err(Error::Corrupt(format!(
                 "segment {} lost summaries of flushed entries ({} of {})",
@@ -225,87 +243,127 @@ pub fn mount_with_clock(dev: Arc<dyn BlockDevice>, cores: u32, clock: Arc<dyn Cl
         entries.truncate(rec.trusted_entries as usize);
         loaded.insert(rec.segno, Loaded { record: SegmentRecord { open: false, ..*rec }, entries });
     }
-    let replayed = !ckpt.clean;
+    Ok(Trusted { sb, ckpt, loaded, to_verify })
+}
+
+/// Step 2: segments opened after the checkpoint (found by header) and the
+/// open ones' entries past it, each stream in order up to its first torn or
+/// corrupt entry. Returns the highest sequence number seen on media.
+fn replay_tail(io: &mut SyncIo, t: &mut Trusted) -> Result<u64> {
+    let geo = t.sb.geometry;
+    let uuid = t.sb.uuid;
     // Every sequence number seen on media stays used: a stale segment must
     // never share its sequence with a new incarnation.
-    let mut seq_seen = ckpt.seq_high;
-    if replayed {
-        // Segments opened after the checkpoint announce themselves by header.
-        let listed: HashSet<u32> = ckpt.segments.iter().map(|s| s.segno).collect();
-        for segno in (0..geo.segment_count).filter(|s| !listed.contains(s)) {
-            let Some(h) = SegmentHeader::decode(&io.read(geo.segment_start(segno), 1)?, &sb.uuid) else { continue };
-            if h.seq <= ckpt.seq_high {
-                continue;
-            }
-            seq_seen = seq_seen.max(h.seq);
-            let record = SegmentRecord {
-                segno,
-                seq: h.seq,
-                stream: h.stream,
-                epoch: h.epoch,
-                partition: h.partition,
-                trusted_entries: 0,
-                open: false,
-            };
-            let entries = read_summaries(&mut io, &geo, &sb.uuid, segno, SegmentId { epoch: h.epoch, seq: h.seq })?;
-            to_verify.push((record, entries));
+    let mut seq_seen = t.ckpt.seq_high;
+    let listed: HashSet<u32> = t.ckpt.segments.iter().map(|s| s.segno).collect();
+    for segno in (0..geo.segment_count).filter(|s| !listed.contains(s)) {
+        let Some(h) = SegmentHeader::decode(&io.read(geo.segment_start(segno), 1)?, &uuid) else { continue };
+        if h.seq <= t.ckpt.seq_high {
+            continue;
         }
-        // Each stream, in order, up to its first torn or corrupt entry.
-        to_verify.sort_by_key(|(r, _)| (r.epoch, r.stream, r.seq));
-        let mut torn_stream = None;
-        for (rec, entries) in to_verify {
-            if torn_stream == Some((rec.epoch, rec.stream)) {
-                continue;
-            }
-            let mut good = 0;
-            let count = rec.trusted_entries as usize + entries.len();
-            for e in &entries {
-                if !entry_intact(&mut io, &geo, rec.segno, e, count)? {
-                    log::warn!(
-                        "replay: stream {}.{} ends in segment {} at entry {good}",
-                        rec.epoch,
-                        rec.stream,
-                        rec.segno
-                    );
-                    torn_stream = Some((rec.epoch, rec.stream));
-                    break;
-                }
-                good += 1;
-            }
-            let seg = loaded.entry(rec.segno).or_insert(Loaded { record: rec, entries: Vec::new() });
-            seg.entries.extend_from_slice(&entries[..good]);
-            seg.record.trusted_entries = seg.entries.len() as u32;
-        }
-        loaded.retain(|_, l| !l.entries.is_empty() || ckpt.segments.iter().any(|s| s.segno == l.record.segno));
+        seq_seen = seq_seen.max(h.seq);
+        let record = SegmentRecord {
+            segno,
+            seq: h.seq,
+            stream: h.stream,
+            epoch: h.epoch,
+            partition: h.partition,
+            trusted_entries: 0,
+            open: false,
+        };
+        let entries = read_summaries(io, &geo, &uuid, &record)?;
+        t.to_verify.push((record, entries));
     }
+    let mut to_verify = std::mem::take(&mut t.to_verify);
+    to_verify.sort_by_key(|(r, _)| (r.epoch, r.stream, r.seq));
+    let mut torn_stream = None;
+    for (rec, entries) in to_verify {
+        if torn_stream == Some((rec.epoch, rec.stream)) {
+            continue;
+        }
+        let mut good = 0;
+        let count = rec.trusted_entries as usize + entries.len();
+        for e in &entries {
+            if !entry_intact(io, &geo, rec.segno, e, count)? {
+                log::warn!("replay: stream {}.{} ends in segment {} at entry {good}", rec.epoch, rec.stream, rec.segno);
+                torn_stream = Some((rec.epoch, rec.stream));
+                break;
+            }
+            good += 1;
+        }
+        let seg = t.loaded.entry(rec.segno).or_insert(Loaded { record: rec, entries: Vec::new() });
+        seg.entries.extend_from_slice(&entries[..good]);
+        seg.record.trusted_entries = seg.entries.len() as u32;
+    }
+    let listed = &t.ckpt.segments;
+    t.loaded.retain(|_, l| !l.entries.is_empty() || listed.iter().any(|s| s.segno == l.record.segno));
+    Ok(seq_seen)
+}
 
-    // Rebuild the index shards in (partition, seq) order: the order of every
-    // block's versions, with partitions ascending on every shard.
-    let max_partition = loaded.values().map(|l| l.record.partition).max().unwrap_or(0);
+/// What step 3 builds for each core.
+struct Rebuilt {
+    indexes: Vec<BlockIndex>,
+    parts: Vec<Partitions>,
+    logmap: LogMap,
+    open_partition: u32,
+}
+
+/// Step 3: the index shards and partition tables, from every entry not
+/// drained, in (partition, log order) order: the order of every block's
+/// versions, with partitions ascending on every shard, even when the core
+/// count changed between mounts.
+fn rebuild(geo: &Geometry, ckpt: &Checkpoint, loaded: &BTreeMap<u32, Loaded>, cores: u32) -> Rebuilt {
+    let drained = ckpt.baseline_partition;
+    let mut logmap = LogMap::new(geo.segment_count, geo.segment_blocks);
+    let mut order: Vec<(u32, u64, u32, usize)> = Vec::new(); // (partition, seq, segno, entry)
+    for l in loaded.values() {
+        logmap.open(l.record.segno, l.record.partition);
+        for (i, e) in l.entries.iter().enumerate() {
+            if e.kind == EntryKind::Data {
+                logmap.note(l.record.segno, e.data_offset, e.partition);
+            }
+            if e.kind != EntryKind::Hole && e.partition > drained {
+                order.push((e.partition, l.record.seq, l.record.segno, i));
+            }
+        }
+    }
+    order.sort_unstable();
+    let max_partition = order.last().map_or(0, |o| o.0);
     let open_partition = ckpt.next_partition.max(max_partition).max(1);
-    let mut order: Vec<&Loaded> = loaded.values().collect();
-    order.sort_by_key(|l| (l.record.partition, l.record.seq));
-    let first_partition = order.first().map_or(open_partition, |l| l.record.partition);
+    let first_partition = order.first().map_or(open_partition, |o| o.0);
     let mut indexes: Vec<BlockIndex> =
         (0..cores).map(|c| BlockIndex::new(geo.volume_blocks, geo.stripe_blocks, cores, c)).collect();
     let mut parts: Vec<Partitions> = (0..cores).map(|_| Partitions::new(first_partition)).collect();
-    let mut partition_of = vec![0u32; geo.segment_count as usize];
-    for l in &order {
-        partition_of[l.record.segno as usize] = l.record.partition;
-        let base = l.record.segno * geo.segment_blocks;
-        for e in l.entries.iter().filter(|e| e.kind != EntryKind::Hole) {
-            for b in 0..e.blocks {
-                let lba = e.lba + u64::from(b);
-                let owner = ((lba / u64::from(geo.stripe_blocks)) % u64::from(cores)) as usize;
-                let addr = if e.kind == EntryKind::Data { base + e.data_offset + b } else { ZERO };
-                indexes[owner].set(lba, addr);
-                parts[owner].record(l.record.partition, lba as u32, addr);
-            }
+    for &(partition, _, segno, i) in &order {
+        let e = &loaded[&segno].entries[i];
+        let base = segno * geo.segment_blocks;
+        for b in 0..e.blocks {
+            let lba = e.lba + u64::from(b);
+            let owner = ((lba / u64::from(geo.stripe_blocks)) % u64::from(cores)) as usize;
+            let addr = if e.kind == EntryKind::Data { base + e.data_offset + b } else { ZERO };
+            indexes[owner].set(lba, addr);
+            parts[owner].record(partition, lba as u32, addr);
         }
     }
     for p in &mut parts {
         p.seal_up_to(open_partition);
     }
+    Rebuilt { indexes, parts, logmap, open_partition }
+}
+
+/// [`mount`] with the clock policies and volume times follow.
+pub fn mount_with_clock(dev: Arc<dyn BlockDevice>, cores: u32, clock: Arc<dyn Clock>) -> Result<Mounted> {
+    if cores == 0 || cores > 1024 {
+        return Err(Error::InvalidArgument(format!("{cores} cores: need 1..=1024")));
+    }
+    let mut io = sync_io(dev.as_ref())?;
+    let mut t = load_trusted(&mut io, dev.as_ref())?;
+    let replayed = !t.ckpt.clean;
+    let seq_seen = if replayed { replay_tail(&mut io, &mut t)? } else { t.ckpt.seq_high };
+    let Trusted { sb, ckpt, loaded, .. } = t;
+    let geo = sb.geometry;
+    let Rebuilt { indexes, parts, logmap, open_partition } = rebuild(&geo, &ckpt, &loaded, cores);
+
     let space: Vec<SegmentSpace> = (0..geo.segment_count).map(|_| SegmentSpace::default()).collect();
     for l in loaded.values() {
         let used = l.entries.iter().filter(|e| e.kind != EntryKind::Zero).map(|e| e.data_offset + e.blocks - 1).max();
@@ -317,8 +375,8 @@ pub fn mount_with_clock(dev: Arc<dyn BlockDevice>, cores: u32, clock: Arc<dyn Cl
         live.pinned.store(count.1, Relaxed);
     }
 
-    // Fence: a new checkpoint lists exactly what was accepted, so nothing
-    // torn or dropped here is ever replayed again.
+    // Step 4, the fence: a new checkpoint lists exactly what was accepted,
+    // so nothing torn or dropped here is ever replayed again.
     let seq_high = loaded.values().map(|l| l.record.seq).max().unwrap_or(0).max(seq_seen);
     let exhausted = || Error::Corrupt("checkpoint counters at their limit".into());
     let next = Checkpoint {
@@ -330,7 +388,8 @@ pub fn mount_with_clock(dev: Arc<dyn BlockDevice>, cores: u32, clock: Arc<dyn Cl
         next_snapshot_number: ckpt.next_snapshot_number,
         clean: false,
         baseline_partition: ckpt.baseline_partition,
-        folding: ckpt.folding,
+        draining: ckpt.draining,
+        drained_below: ckpt.drained_below,
         policy: ckpt.policy.clone(),
         baseline_stripes: ckpt.baseline_stripes.clone(),
         volumes: ckpt.volumes.clone(),
@@ -369,8 +428,10 @@ pub fn mount_with_clock(dev: Arc<dyn BlockDevice>, cores: u32, clock: Arc<dyn Cl
         let init = ShardInit {
             index,
             parts,
-            partition_of: partition_of.clone(),
+            logmap: logmap.clone(),
             open_partition,
+            drained: ckpt.baseline_partition,
+            stream_start: first_seq << ENTRY_BITS,
             live_volumes: live_volumes.clone(),
         };
         shards.push(Shard::new(core as u32, shared.clone(), chan, init));
@@ -378,7 +439,9 @@ pub fn mount_with_clock(dev: Arc<dyn BlockDevice>, cores: u32, clock: Arc<dyn Cl
     let bs = geo.block_size as usize;
     let now = shared.clock.now_unix_s();
     let ckpt_buf = DmaBuf::new(geo.ckpt_slot_bytes(), bs);
-    shards[0].ctl = Some(Box::new(Control::new(&next, open_partition, ckpt_buf, now)));
+    let mut control = Control::new(&next, open_partition, ckpt_buf, now);
+    control.register(loaded.values().map(|l| SegmentInfo { record: l.record, last_partition: l.last_partition() }));
+    shards[0].ctl = Some(Box::new(control));
     log::info!(
         "mounted: {} segments in use, {} volumes, open partition {open_partition}{}",
         loaded.len(),

@@ -262,38 +262,38 @@ impl Partitions {
         self.table(p)?.get(local)
     }
 
-    /// Applies the cleaner's moves out of partition `from` into `to` (see
-    /// `Shard::relocate`): moved blocks leave `from`'s table, and so do the
-    /// `freed` victim's blocks it still lists (dead versions). The work is
-    /// per block of the victim, not per block of the partition.
-    pub fn relocate(
-        &mut self,
-        from: u32,
-        to: u32,
-        moves: &[(u32, LogAddr, LogAddr)],
-        freed: impl Iterator<Item = (u32, LogAddr)>,
-    ) {
-        let in_place = from == to && to != self.open_partition;
-        let table = if from == self.open_partition {
+    fn table_mut(&mut self, p: u32) -> Option<&mut Table> {
+        if p == self.open_partition {
             Some(&mut self.open)
         } else {
-            self.sealed.binary_search_by_key(&from, |(q, _)| *q).ok().map(|i| &mut self.sealed[i].1)
-        };
-        if let Some(table) = table {
+            self.sealed.binary_search_by_key(&p, |(q, _)| *q).ok().map(|i| &mut self.sealed[i].1)
+        }
+    }
+
+    /// Drops `local` from partition `p`'s table if it is at `addr` there (a
+    /// dead version whose segment is being freed).
+    pub fn remove_if(&mut self, p: u32, local: u32, addr: LogAddr) {
+        if let Some(table) = self.table_mut(p) {
+            table.remove_if(local, addr);
+        }
+    }
+
+    /// Applies the cleaner's moves out of partition `from` into `to` (see
+    /// `Shard::relocate`): moved blocks leave `from`'s table and enter
+    /// `to`'s. The work is per block moved, not per block of the partition.
+    pub fn relocate(&mut self, from: u32, to: u32, moves: &[(u32, LogAddr, LogAddr)]) {
+        let in_place = from == to && to != self.open_partition;
+        if let Some(table) = self.table_mut(from) {
             if in_place {
                 // What the general case does, in one lookup per moved block
                 // instead of three (a live zero block is already listed).
                 for &(lba, src, dst) in moves.iter().filter(|m| m.1 != ZERO) {
                     table.repoint(lba, src, dst);
                 }
-                for (lba, addr) in freed {
-                    table.remove_if(lba, addr);
-                }
                 return;
             }
-            let moved = moves.iter().filter(|m| m.1 != ZERO).map(|&(lba, src, _)| (lba, src));
-            for (lba, addr) in moved.chain(freed) {
-                table.remove_if(lba, addr);
+            for &(lba, src, _) in moves.iter().filter(|m| m.1 != ZERO) {
+                table.remove_if(lba, src);
             }
         }
         let mut inserts = moves

@@ -3,7 +3,8 @@
 //!
 //! ```json
 //! {"snapshot":   {"interval_s": 3600},
-//!  "retention":  {"keep_last": 24, "max_age_s": 604800, "action": "baseline" | "delete"},
+//!  "retention":  {"keep_last": 24, "max_age_s": 604800, "action": "baseline" | "delete",
+//!                 "on_full": "fail" | "delete_oldest"},
 //!  "compaction": {"log_used_pct": 80, "max_partitions": 64, "garbage_pct": 50},
 //!  "events":     {"on_snapshot": ["compact_oldest_into_baseline"], "on_delete": [],
 //!                 "on": {"backup-done": ["snapshot"]}},
@@ -32,6 +33,18 @@ pub enum RetentionAction {
     /// Fold it into the baseline region: the newest of the volumes let go
     /// stays readable from the baseline, older ones are retired.
     Baseline,
+}
+
+/// What happens when the log is full of versions that volumes need (the
+/// drain and the cleaner can free nothing more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFull {
+    /// Writes that need new room fail with ENOSPC; nothing written is
+    /// harmed, and deleting a volume makes room again.
+    #[default]
+    Fail,
+    /// The oldest volume is retired, its space drained, and writes go on.
+    DeleteOldest,
 }
 
 /// An action a snapshot, a delete or a named event triggers.
@@ -123,6 +136,7 @@ pub struct Policy {
     pub keep_last: Option<u32>,
     pub max_age_s: Option<u64>,
     pub retention_action: RetentionAction,
+    pub on_full: OnFull,
     pub log_used_pct: Option<u8>,
     pub max_partitions: Option<u32>,
     pub garbage_pct: Option<u8>,
@@ -190,13 +204,18 @@ impl Policy {
             p.snapshot_interval_s = uint(o, "snapshot", "interval_s", 1, u64::from(u32::MAX))?;
         }
         if let Some(v) = top.get("retention") {
-            let o = object(v, "retention", &["keep_last", "max_age_s", "action"])?;
+            let o = object(v, "retention", &["keep_last", "max_age_s", "action", "on_full"])?;
             p.keep_last = uint(o, "retention", "keep_last", 0, u64::from(u32::MAX))?.map(|n| n as u32);
             p.max_age_s = uint(o, "retention", "max_age_s", 1, u64::MAX)?;
             p.retention_action = match o.get("action").map(|a| a.as_str()) {
                 None | Some(Some("delete")) => RetentionAction::Delete,
                 Some(Some("baseline")) => RetentionAction::Baseline,
                 Some(_) => return Err(invalid("retention.action", "must be \"delete\" or \"baseline\"")),
+            };
+            p.on_full = match o.get("on_full").map(|a| a.as_str()) {
+                None | Some(Some("fail")) => OnFull::Fail,
+                Some(Some("delete_oldest")) => OnFull::DeleteOldest,
+                Some(_) => return Err(invalid("retention.on_full", "must be \"fail\" or \"delete_oldest\"")),
             };
         }
         if let Some(v) = top.get("compaction") {
@@ -346,16 +365,14 @@ impl Shard {
         let c = self.ctl_mut();
         let mut volumes = c.volume_records().to_vec();
         volumes.sort_by_key(|v| v.partition);
+        // A segment's space counts for its base partition: segments are
+        // shared, and what compacting that partition rewrites is them.
         let mut per_partition: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
-        let mut partitions = std::collections::BTreeSet::new();
-        for s in c.registry().values() {
-            partitions.insert(s.partition);
-            if !s.open {
-                let space = &shared.space[s.segno as usize];
-                let e = per_partition.entry(s.partition).or_default();
-                e.0 += u64::from(space.used.load(Relaxed));
-                e.1 += u64::from(space.live());
-            }
+        for s in c.registry().values().filter(|s| !s.record.open) {
+            let space = &shared.space[s.record.segno as usize];
+            let e = per_partition.entry(s.record.partition).or_default();
+            e.0 += u64::from(space.used.load(Relaxed));
+            e.1 += u64::from(space.live());
         }
         let total = u64::from(geo.segment_count);
         Situation {
@@ -363,7 +380,7 @@ impl Shard {
             last_snapshot: c.last_snapshot_at,
             volumes,
             baseline_partition: c.baseline_partition(),
-            partitions: partitions.len() as u32,
+            partitions: c.partitions_in_log(),
             log_used_pct: (total - free) * 100 / total,
             partition_space: per_partition.into_iter().map(|(p, (used, live))| (p, used, live.min(used))).collect(),
             // A compaction gains a segment only once a segment's worth of
@@ -492,7 +509,7 @@ mod tests {
     #[test]
     fn the_documented_example_parses() {
         let p = Policy::parse(
-            r#"{"snapshot": {"interval_s": 3600}, "retention": {"keep_last": 24, "max_age_s": 604800, "action": "baseline"},
+            r#"{"snapshot": {"interval_s": 3600}, "retention": {"keep_last": 24, "max_age_s": 604800, "action": "baseline", "on_full": "delete_oldest"},
                 "compaction": {"log_used_pct": 80, "max_partitions": 64, "garbage_pct": 50},
                 "events": {"on_snapshot": ["compact_oldest_into_baseline"], "on": {"backup-done": ["snapshot"]}},
                 "volume_id": {"scheme": "template", "template": "nightly-%Y%m%d"}}"#,
@@ -500,6 +517,7 @@ mod tests {
         .unwrap();
         assert_eq!(p.snapshot_interval_s, Some(3600));
         assert_eq!((p.keep_last, p.max_age_s, p.retention_action), (Some(24), Some(604800), RetentionAction::Baseline));
+        assert_eq!(p.on_full, OnFull::DeleteOldest);
         assert_eq!((p.log_used_pct, p.max_partitions, p.garbage_pct), (Some(80), Some(64), Some(50)));
         assert_eq!(p.on_snapshot, [Action::CompactOldestIntoBaseline]);
         assert_eq!(p.on_event["backup-done"], [Action::Snapshot]);
@@ -513,6 +531,7 @@ mod tests {
             (r#"{"snapshot": {"interval_s": -1}}"#, "snapshot.interval_s"),
             (r#"{"snapshot": {"every": 5}}"#, "snapshot.every"),
             (r#"{"retention": {"action": "shred"}}"#, "retention.action"),
+            (r#"{"retention": {"on_full": "panic"}}"#, "retention.on_full"),
             (r#"{"compaction": {"log_used_pct": 150}}"#, "compaction.log_used_pct"),
             (r#"{"events": {"on": {"x": ["reboot"]}}}"#, "events.on.x[0]"),
             (r#"{"volume_id": {"scheme": "template"}}"#, "volume_id.template"),

@@ -114,7 +114,7 @@ impl Shard {
         false
     }
 
-    fn sealed_table(&self, p: u32) -> &Table {
+    pub(super) fn sealed_table(&self, p: u32) -> &Table {
         let sealed = self.parts.sealed();
         let i = sealed.binary_search_by_key(&p, |(q, _)| *q).expect("sealed partitions stay while a walk runs");
         &sealed[i].1

@@ -145,6 +145,10 @@ pub struct LogBatch {
     pub entries: Vec<LogEntry>,
     /// Pass back to continue after the last entry returned.
     pub next_cursor: u64,
+    /// The oldest cursor the log can go on from without a gap: entries
+    /// below it may have drained into the baseline (cursor 0 reads all
+    /// the log still holds).
+    pub oldest_cursor: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -158,6 +162,8 @@ pub struct Stats {
     /// Partitions holding log segments.
     pub partitions: u32,
     pub open_partition: u32,
+    /// Partitions up to this one live in the baseline region.
+    pub baseline_partition: u32,
     pub log_capacity_bytes: u64,
     /// Bytes of the segments in use.
     pub log_used_bytes: u64,
@@ -165,6 +171,10 @@ pub struct Stats {
     pub live_bytes: u64,
     /// Data written to segments in use that nothing reads any more.
     pub garbage_bytes: u64,
+    /// How full the log is with versions the current image and the volumes
+    /// need (`live_bytes` of the capacity): what no drain or compaction can
+    /// free. A warning is logged at 80 % and 95 %.
+    pub versions_percent: u8,
     /// Bytes clients wrote, and bytes the bdev wrote to the device for them
     /// (data, metadata, compaction): their ratio is the write amplification.
     pub user_bytes_written: u64,
@@ -175,6 +185,10 @@ pub struct Stats {
     /// that never passed through the host.
     pub bytes_copied: u64,
     pub segments_freed: u64,
+    /// Drains into the baseline committed.
+    pub drains: u64,
+    /// Volumes retired because the log was full (`retention.on_full`).
+    pub volumes_retired: u64,
     pub policy_actions: u64,
 }
 

@@ -12,9 +12,11 @@
 //! (flush, snapshot, close), which also flush the device.
 
 use super::addr::{LogAddr, ZERO};
+use super::control::SegmentInfo;
+use super::drain::{DrainCopy, Forget};
 use super::evacuate::{BufRead, Evacuation, MOVE_RUN_BLOCKS};
-use super::fold::Fold;
 use super::index::BlockIndex;
+use super::logmap::LogMap;
 use super::partition::Partitions;
 use super::repin::Repin;
 use super::request::{Reply, Request, View};
@@ -22,8 +24,10 @@ use super::shared::{Shared, SpaceState};
 use super::space::{pinned_after_overwrite, Counters};
 use crate::device::{DevChannel, DevOp, DevRequest, DevStatus, DmaBuf};
 use crate::error::{Error, Result};
-use crate::format::{EntryKind, SegmentHeader, SegmentId, SegmentRecord, SummaryBlock, SummaryEntry};
-use std::collections::VecDeque;
+use crate::format::{
+    EntryKind, SegmentHeader, SegmentId, SegmentRecord, SummaryBlock, SummaryEntry, SummaryKey, PARTITION_SPAN,
+};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -43,7 +47,7 @@ const TAG_META: u64 = 3 << 56;
 const TAG_FLUSH: u64 = 4 << 56;
 pub(super) const TAG_CONTROL: u64 = 5 << 56;
 pub(super) const TAG_GC_READ: u64 = 6 << 56;
-pub(super) const TAG_FOLD: u64 = 7 << 56;
+pub(super) const TAG_DRAIN: u64 = 7 << 56;
 /// Cleaner buffers per core, each for one run (`MOVE_RUN_BLOCKS`): 1 MiB
 /// of reads in flight per core.
 const GC_BUFS: usize = 32;
@@ -91,19 +95,18 @@ pub(crate) enum Msg {
         status: Result<()>,
     },
     /// From core 0: drain writes issued so far, make their summaries
-    /// durable, flush; optionally seal the open partition (a snapshot) or
-    /// close every segment (shutdown). Answered with `BarrierDone`.
+    /// durable, flush; optionally seal the open partition (a snapshot or a
+    /// cut), close every segment (so a drain can free them all), and take
+    /// no more writes (shutdown). Answered with `BarrierDone`.
     Barrier {
         id: u64,
         seal: Option<u32>,
         close: bool,
-        /// Close the segments of sealed partitions (the cleaner's moves)
-        /// first, so they become cleanable and the checkpoint lists them.
-        close_sealed: bool,
+        shutdown: bool,
     },
     BarrierDone {
         id: u64,
-        segments: Vec<SegmentRecord>,
+        segments: Vec<SegmentInfo>,
         status: Result<()>,
     },
     /// The partitions that are live snapshot volumes, after a change.
@@ -120,34 +123,36 @@ pub(crate) enum Msg {
         reply: ReplyTo,
         result: Result<Reply>,
     },
-    /// From core 0: move this core's live blocks out of segment `segno`
-    /// (of partition `src_partition`) into partition `dest`. Answered with
+    /// From core 0: move this core's live blocks out of segment `segno`,
+    /// each into its partition's canonical one. Answered with
     /// `EvacuateDone` once every move retired.
     Evacuate {
         segno: u32,
-        src_partition: u32,
-        dest: u32,
         entries: Vec<SummaryEntry>,
     },
     EvacuateDone {
         segno: u32,
         status: Result<()>,
     },
-    /// Rewrite the owned baseline stripes that partitions up to
-    /// `partition` touch (see `fold.rs`). Answered with `FoldDone`.
-    Fold {
-        partition: u32,
+    /// Write the version as of partition `target` of every owned block
+    /// that partitions up to it hold into the baseline (see `drain.rs`).
+    /// Answered with `DrainCopied`.
+    DrainCopy {
+        target: u32,
     },
-    FoldDone {
+    DrainCopied {
         status: Result<()>,
     },
-    /// The fold is committed: forget the partitions up to `partition` and
-    /// index entries into `segments`. Answered with `FoldedAck`.
-    Folded {
-        partition: u32,
-        segments: Arc<Vec<u32>>,
+    /// The baseline holds partition `target`'s image: forget the
+    /// partitions up to it. Answered with `DrainForgot`.
+    DrainForget {
+        target: u32,
     },
-    FoldedAck,
+    DrainForgot {
+        /// Log cursor positions at or above this hold no client entry of
+        /// the drained partitions.
+        drained_below: u64,
+    },
 }
 
 // SAFETY: pieces and requests are Send (see there); the rest is owned data.
@@ -217,7 +222,10 @@ struct Group {
 struct Segment {
     segno: u32,
     seq: u64,
-    partition: u32,
+    /// No entry's partition is below it (the header's partition).
+    base: u32,
+    /// The newest partition of its entries so far.
+    last_partition: u32,
     closing: bool,
     /// Opened by the cleaner out of its reserve: client writes stay out of
     /// it while the log is that short, or they would eat the reserve.
@@ -255,7 +263,7 @@ struct PendingBarrier {
     /// group twice before the flush.
     targets: Vec<(u32, u32)>,
     /// Segments as reported, captured when the flush is issued.
-    report: Vec<SegmentRecord>,
+    report: Vec<SegmentInfo>,
 }
 
 #[derive(PartialEq, Eq)]
@@ -272,9 +280,15 @@ pub struct Shard {
     pub(super) dev: Box<dyn DevChannel>,
     pub(super) index: BlockIndex,
     pub(super) parts: Partitions,
-    /// Partition of each segment this core may point into.
-    partition_of: Vec<u32>,
+    /// The partition of each log block this core may point into.
+    pub(super) logmap: LogMap,
     open_partition: u32,
+    /// Partitions up to this one live in the baseline: their versions are
+    /// neither current nor pinned (their entries are dead where they lie).
+    pub(super) drained: u32,
+    /// Where this core's stream was when each sealed partition was sealed:
+    /// the log cursor position its client entries are all below.
+    pub(super) sealed_at: BTreeMap<u32, u64>,
     pub(super) live_volumes: Arc<Vec<u32>>,
     /// The pinning walk of a volume change, while it runs (see `repin.rs`).
     pub(super) repin: Option<Repin>,
@@ -287,7 +301,7 @@ pub struct Shard {
     retire_seq: u64,
     segs: Vec<Segment>,
     /// Segments opened or closed since the last barrier report.
-    changed: Vec<SegmentRecord>,
+    changed: Vec<SegmentInfo>,
     meta: Vec<MetaBuf>,
     next_ticket: u64,
     dev_retry: VecDeque<DevRequest>,
@@ -297,7 +311,7 @@ pub struct Shard {
     /// Set by a failed metadata write: the log can no longer be trusted to
     /// persist writes, so they fail from then on.
     failed: Option<Error>,
-    shutting_down: bool,
+    pub(super) shutting_down: bool,
     completions: Vec<(u64, Result<Reply>)>,
     dev_done: Vec<(u64, DevStatus)>,
     /// Client requests popped in one go, before any is handled.
@@ -305,7 +319,10 @@ pub struct Shard {
     pub(super) ctl: Option<Box<super::control::Control>>,
     /// Victims to evacuate, the first one running.
     pub(super) evac: VecDeque<Evacuation>,
-    pub(super) fold: Option<Fold>,
+    /// This core's part of a drain into the baseline: copying, then
+    /// forgetting what drained.
+    pub(super) drain_copy: Option<DrainCopy>,
+    pub(super) forget: Option<Forget>,
     pub(super) gc_bufs: Vec<DmaBuf>,
     pub(super) gc_free: Vec<u16>,
     /// The run each cleaner buffer holds, and the moves still using it.
@@ -316,8 +333,11 @@ pub struct Shard {
 pub(super) struct ShardInit {
     pub index: BlockIndex,
     pub parts: Partitions,
-    pub partition_of: Vec<u32>,
+    pub logmap: LogMap,
     pub open_partition: u32,
+    pub drained: u32,
+    /// Where the stream starts: every loaded entry lies below it.
+    pub stream_start: u64,
     pub live_volumes: Arc<Vec<u32>>,
 }
 
@@ -333,8 +353,12 @@ impl Shard {
             dev,
             index: init.index,
             parts: init.parts,
-            partition_of: init.partition_of,
+            logmap: init.logmap,
             open_partition: init.open_partition,
+            drained: init.drained,
+            // Partitions sealed before the mount: their entries lie below
+            // the stream's start.
+            sealed_at: BTreeMap::from([(init.open_partition.saturating_sub(1), init.stream_start)]),
             live_volumes: init.live_volumes,
             repin: None,
             slots,
@@ -361,7 +385,8 @@ impl Shard {
             intake: Vec::with_capacity(BATCH),
             ctl: None,
             evac: VecDeque::new(),
-            fold: None,
+            drain_copy: None,
+            forget: None,
             gc_bufs: (0..GC_BUFS).map(|_| DmaBuf::new(bs * MOVE_RUN_BLOCKS as usize, bs)).collect(),
             gc_free: (0..GC_BUFS as u16).collect(),
             gc_pending: vec![BufRead::default(); GC_BUFS],
@@ -432,7 +457,8 @@ impl Shard {
         }
         work += self.advance_repin();
         work += self.advance_evacuation();
-        work += self.advance_fold();
+        work += self.advance_drain_copy();
+        work += self.advance_forget();
         self.advance_barrier();
         if self.ctl.is_some() {
             work += self.advance_victim_decode();
@@ -473,7 +499,8 @@ impl Shard {
             (!self.outbox.is_empty(), "messages to send"),
             (self.barrier.is_some(), "a barrier"),
             (!self.evac.is_empty(), "an evacuation"),
-            (self.fold.is_some(), "a fold"),
+            (self.drain_copy.is_some(), "a drain's copy"),
+            (self.forget.is_some(), "a drain's forget walk"),
             (self.repin.is_some(), "a volume change's walk"),
             (!self.shared.inbox[core].is_empty(), "inbound messages"),
             (!self.shared.clients[core].is_empty(), "client requests"),
@@ -524,7 +551,7 @@ impl Shard {
         match msg {
             Msg::Piece(p) => self.on_piece(p),
             Msg::PieceDone { slot, status } => self.piece_done(slot, status),
-            Msg::Barrier { id, seal, close, close_sealed } => self.start_barrier(id, seal, close, close_sealed),
+            Msg::Barrier { id, seal, close, shutdown } => self.start_barrier(id, seal, close, shutdown),
             Msg::BarrierDone { id, segments, status } => self.on_barrier_done(id, segments, status),
             Msg::Volumes(v) => {
                 let old = std::mem::replace(&mut self.live_volumes, v);
@@ -549,22 +576,15 @@ impl Shard {
             Msg::VolumesAck => self.on_volumes_ack(),
             Msg::Control { origin, reply, req } => self.control_enqueue(origin, reply, req),
             Msg::ControlDone { reply, result } => self.deliver(reply, result),
-            Msg::Evacuate { segno, src_partition, dest, entries } => {
+            Msg::Evacuate { segno, entries } => {
                 let base = segno * self.shared.geo.segment_blocks;
-                self.start_evacuation(Evacuation::new(
-                    segno,
-                    src_partition,
-                    dest,
-                    entries,
-                    base,
-                    self.shared.copy_offload,
-                ));
+                self.start_evacuation(Evacuation::new(segno, entries, base, self.shared.copy_offload));
             }
             Msg::EvacuateDone { segno, status } => self.on_evacuate_done(segno, status),
-            Msg::Fold { partition } => self.start_fold(partition),
-            Msg::FoldDone { status } => self.on_fold_done(status),
-            Msg::Folded { partition, segments } => self.forget_folded(partition, &segments),
-            Msg::FoldedAck => self.on_folded_ack(),
+            Msg::DrainCopy { target } => self.start_drain_copy(target),
+            Msg::DrainCopied { status } => self.on_drain_copied(status),
+            Msg::DrainForget { target } => self.start_forget(target),
+            Msg::DrainForgot { drained_below } => self.on_drain_forgot(drained_below),
         }
     }
 
@@ -623,7 +643,7 @@ impl Shard {
             TAG_FLUSH => self.barrier_flushed(status),
             TAG_CONTROL => self.control_device_done(value, status),
             TAG_GC_READ => self.gc_read_done(value as u16, status),
-            TAG_FOLD => self.fold_io_done(status),
+            TAG_DRAIN => self.drain_io_done(value, status),
             _ => unreachable!("unknown device tag {tag:#x}"),
         }
     }
@@ -803,8 +823,7 @@ impl Shard {
         match view {
             View::Current => Some(newest),
             View::Volume(p) => {
-                let seg_blocks = self.shared.geo.segment_blocks;
-                if newest != ZERO && self.partition_of[(newest / seg_blocks) as usize] <= p {
+                if newest != ZERO && self.logmap.partition(newest) <= p {
                     return Some(newest);
                 }
                 self.parts.lookup_as_of(lba as u32, p)
@@ -880,14 +899,16 @@ impl Shard {
                 Payload::Copy { crc, .. } => crc,
                 Payload::Zero => unreachable!("data"),
             };
-            let e = SummaryEntry { lba, blocks, data_offset: offset, data_crc: crc, kind };
+            let e = SummaryEntry { lba, blocks, data_offset: offset, data_crc: crc, kind, partition };
             (s.segno * geo.segment_blocks + offset, e)
         } else {
-            (ZERO, SummaryEntry { lba, blocks, data_offset: u32::MAX, data_crc: 0, kind })
+            (ZERO, SummaryEntry { lba, blocks, data_offset: u32::MAX, data_crc: 0, kind, partition })
         };
         s.entries.push(summary);
+        s.last_partition = s.last_partition.max(partition);
         let segno = s.segno;
         if kind == EntryKind::Data {
+            self.logmap.note(segno, summary.data_offset, partition);
             self.shared.space[segno as usize].used.store(s.next_data - 1, Relaxed);
             let counters = &self.shared.counters;
             Counters::add(&counters.device_blocks, u64::from(blocks));
@@ -923,27 +944,25 @@ impl Shard {
         Ok(true)
     }
 
-    /// The open segment of `partition` if the next entry (with
-    /// `data_blocks`) fits, else a new one. `Ok(None)`: wait (no metadata
-    /// buffer, or free segments down to the cleaner's reserve while it
-    /// reclaims space). Only the cleaner (`reserve_ok`) may use the reserve.
+    /// The core's open segment if the next entry (with `data_blocks`, of
+    /// `partition`) fits, else a new one. `Ok(None)`: wait (no metadata
+    /// buffer, or free segments down to the cleaner's reserve while the log
+    /// drains or the cleaner reclaims space). Only the cleaner
+    /// (`reserve_ok`) may use the reserve: it is what lets a volume's
+    /// delete make room when no segment is free.
     fn segment_with_room(&mut self, data_blocks: u32, partition: u32, reserve_ok: bool) -> Result<Option<usize>> {
         let geo = self.shared.geo;
         let per_group = geo.entries_per_summary();
-        // Down to the reserve, client writes wait for the cleaner; once it
-        // found nothing to reclaim they may use the reserve too (ENOSPC only
-        // when no segment is left), as the cleaner could not use it anyway.
-        let short = self.shared.free_segments.len() <= self.shared.reserve()
-            && self.shared.space_state() != SpaceState::Exhausted;
-        if let Some(i) = self.segs.iter().position(|s| !s.closing && s.partition == partition) {
+        let short = self.shared.free_segments.len() <= self.shared.reserve();
+        if let Some(i) = self.segs.iter().position(|s| !s.closing) {
             let s = &self.segs[i];
             if s.reserved && short && !reserve_ok {
-                self.shared.want_space();
-                return Ok(None);
+                return self.wait_for_space();
             }
             let n = s.entries.len();
             let fits = n < geo.segment_blocks as usize
-                && s.next_data + data_blocks + s.summary_blocks(n + 1, per_group) <= geo.segment_blocks;
+                && s.next_data + data_blocks + s.summary_blocks(n + 1, per_group) <= geo.segment_blocks
+                && partition.checked_sub(s.base).is_some_and(|o| o < PARTITION_SPAN);
             if fits {
                 return Ok(Some(i));
             }
@@ -954,11 +973,7 @@ impl Shard {
             return Ok(None);
         }
         if !reserve_ok && short {
-            self.shared.want_space();
-            return Ok(None);
-        }
-        if !reserve_ok && self.shared.space_state() == SpaceState::Exhausted {
-            self.shared.rearm_cleaner();
+            return self.wait_for_space();
         }
         // Out of segments, nothing frees one while this write waits (for a
         // move, the cleaner's commit waits for it).
@@ -967,14 +982,18 @@ impl Shard {
             Counters::add(&self.shared.counters.client_segments_opened, 1);
         }
         let seq = self.shared.alloc_seq();
-        self.partition_of[segno as usize] = partition;
+        // Moves may append entries of older partitions, down to the oldest
+        // one not drained (snapshots keep the span within PARTITION_SPAN).
+        let base = (self.drained + 1).min(partition);
+        self.logmap.open(segno, partition);
         let max_groups = (geo.segment_blocks / 2) as usize;
         let mut groups = Vec::with_capacity(max_groups);
         groups.resize(max_groups, Group::default());
         self.segs.push(Segment {
             segno,
             seq,
-            partition,
+            base,
+            last_partition: base,
             closing: false,
             reserved: short,
             next_data: 1,
@@ -986,7 +1005,7 @@ impl Shard {
         let record = self.record_of(self.segs.len() - 1, 0, true);
         self.changed.push(record);
         let header =
-            SegmentHeader { uuid: self.shared.uuid, seq, epoch: self.shared.epoch, stream: self.core, partition };
+            SegmentHeader { uuid: self.shared.uuid, seq, epoch: self.shared.epoch, stream: self.core, partition: base };
         let m = self.take_meta(segno).expect("checked above");
         header.encode(&mut self.meta[m].buf);
         self.segs.last_mut().expect("just pushed").meta_inflight += 1;
@@ -994,17 +1013,36 @@ impl Shard {
         Ok(Some(self.segs.len() - 1))
     }
 
-    fn record_of(&self, i: usize, trusted: u32, open: bool) -> SegmentRecord {
+    /// A client write that needs a new segment and finds the log short:
+    /// wait for the drain or the cleaner, or fail with ENOSPC once the
+    /// cleaner found nothing to reclaim (the log holds only versions that
+    /// volumes need, and the policy says to fail).
+    fn wait_for_space(&mut self) -> Result<Option<usize>> {
+        if self.shared.space_state() == SpaceState::Exhausted {
+            self.shared.rearm_cleaner();
+        }
+        match self.shared.space_state() {
+            SpaceState::Exhausted => Err(Error::NoSpace),
+            SpaceState::Failed => Err(Error::Io(libc::EIO)),
+            SpaceState::Ok | SpaceState::Wanted => {
+                self.shared.want_space();
+                Ok(None)
+            }
+        }
+    }
+
+    fn record_of(&self, i: usize, trusted: u32, open: bool) -> SegmentInfo {
         let s = &self.segs[i];
-        SegmentRecord {
+        let record = SegmentRecord {
             segno: s.segno,
             seq: s.seq,
             stream: self.core,
             epoch: self.shared.epoch,
-            partition: s.partition,
+            partition: s.base,
             trusted_entries: trusted,
             open,
-        }
+        };
+        SegmentInfo { record, last_partition: s.last_partition }
     }
 
     fn take_meta(&mut self, segno: u32) -> Option<usize> {
@@ -1091,7 +1129,15 @@ impl Shard {
         let Some(old) = self.index.get(lba).filter(|&a| a != ZERO) else { return };
         let space = self.shared.segment_of(old);
         space.current.fetch_sub(1, Relaxed);
-        let old_partition = self.partition_of[(old / self.shared.geo.segment_blocks) as usize];
+        let old_partition = self.logmap.partition(old);
+        if old_partition <= self.drained {
+            // The baseline holds it: no volume needs this copy. The forget
+            // walk under way must not unpin it either.
+            if let Some(f) = self.forget.as_mut() {
+                f.overwrote(old);
+            }
+            return;
+        }
         // While a volume change's walk runs, the volumes before it count.
         let volumes = self.repin.as_ref().map_or(&self.live_volumes, |w| &w.before);
         if pinned_after_overwrite(old_partition, partition, volumes) {
@@ -1127,8 +1173,8 @@ impl Shard {
                 let s = &mut self.segs[i];
                 let first = (g * per_group) as usize;
                 let entries = &s.entries[first..first + count as usize];
-                let id = SegmentId { epoch: self.shared.epoch, seq: s.seq };
-                SummaryBlock::encode(&self.shared.uuid, id, g, group.version, entries, &mut self.meta[m].buf);
+                let key = SummaryKey { id: SegmentId { epoch: self.shared.epoch, seq: s.seq }, base: s.base };
+                SummaryBlock::encode(&self.shared.uuid, key, g, group.version, entries, &mut self.meta[m].buf);
                 let seg_blocks = self.shared.geo.segment_blocks;
                 let block =
                     self.shared.geo.segment_start(s.segno) + u64::from(seg_blocks - 2 * g - 2 + group.version % 2);
@@ -1172,18 +1218,24 @@ impl Shard {
 
     // ---- barriers ------------------------------------------------------------
 
-    fn start_barrier(&mut self, id: u64, seal: Option<u32>, close: bool, close_sealed: bool) {
+    fn start_barrier(&mut self, id: u64, seal: Option<u32>, close: bool, shutdown: bool) {
         debug_assert!(self.barrier.is_none(), "core 0 runs one barrier at a time");
         if let Some(p) = seal {
+            // The open segment goes on with the next partition's entries.
+            let position = match self.segs.iter().find(|s| !s.closing) {
+                Some(s) => s.seq << super::control::ENTRY_BITS | s.entries.len() as u64,
+                None => self.shared.next_seq.load(Relaxed) << super::control::ENTRY_BITS,
+            };
+            self.sealed_at.insert(self.open_partition, position);
             self.open_partition = p;
         }
         for i in (0..self.segs.len()).rev() {
-            if seal.is_some() || close || (close_sealed && self.segs[i].partition != self.open_partition) {
+            if close {
                 self.segs[i].closing = true;
                 self.try_close(i);
             }
         }
-        self.shutting_down |= close;
+        self.shutting_down |= shutdown;
         let mark = self.alloc_seq;
         let stage = BarrierStage::Draining;
         self.barrier = Some(PendingBarrier { id, mark, seal, close, stage, targets: Vec::new(), report: Vec::new() });

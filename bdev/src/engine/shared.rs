@@ -1,7 +1,7 @@
 //! State every core of one ilog bdev shares: the geometry, the free segment
 //! pool and sequence counter (lock-free), and each core's inbound queues.
 
-use super::fold::BaselineMap;
+use super::drain::BaselineMap;
 use super::request::Request;
 use super::shard::Msg;
 use super::space::{Counters, SegmentSpace};
@@ -70,9 +70,12 @@ pub(crate) enum SpaceState {
     Ok = 0,
     /// A core's writes wait for the cleaner to free segments.
     Wanted = 1,
-    /// The cleaner found nothing to reclaim: client writes may use the
-    /// reserve, and fail with ENOSPC once no free segment is left.
+    /// Neither the drain nor the cleaner can make room (the log holds only
+    /// versions volumes need): writes needing room fail with ENOSPC.
     Exhausted = 2,
+    /// The drain keeps failing (the device does): writes needing room fail
+    /// with EIO until a drain succeeds.
+    Failed = 3,
 }
 
 impl Shared {
@@ -85,15 +88,20 @@ impl Shared {
     }
 
     /// Free segments kept for the cleaner: it needs room to move live data
-    /// before it can free anything (two segments per core).
+    /// before it can free anything (two segments per core), as a volume's
+    /// delete does to free what it held. At most half of what the cores'
+    /// open segments leave, so that writes always have room once the log
+    /// drains.
     pub fn reserve(&self) -> usize {
-        2 * self.cores as usize
+        let cores = self.cores as usize;
+        (2 * cores).min((self.geo.segment_count as usize).saturating_sub(cores) / 2)
     }
 
     pub fn space_state(&self) -> SpaceState {
         match self.space_state.load(Ordering::Acquire) {
             1 => SpaceState::Wanted,
             2 => SpaceState::Exhausted,
+            3 => SpaceState::Failed,
             _ => SpaceState::Ok,
         }
     }

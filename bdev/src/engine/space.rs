@@ -50,6 +50,11 @@ pub(crate) struct Counters {
     /// Of the moved blocks, those the device copied itself.
     pub copied_blocks: AtomicU64,
     pub segments_freed: AtomicU64,
+    /// Drains into the baseline committed.
+    pub drains: AtomicU64,
+    /// Volumes retired because the log was full of versions
+    /// (`retention.on_full`).
+    pub volumes_retired: AtomicU64,
     /// Segments opened for client writes (the cleaner's measure of room
     /// taken while it works).
     pub client_segments_opened: AtomicU64,

@@ -5,16 +5,18 @@
 //! above `seq_high` found by scanning segment headers.
 //!
 //! ```text
-//! header (96 bytes)
+//! header (128 bytes; version 1 had 96, its CRC at 92)
 //!   0  8 magic "ILOGCKPT"     8  4 version       12  4 flags (bit 0: clean)
 //!  16  8 generation          24 16 uuid          40  8 seq_high
 //!  48  4 epoch               52  4 next partition
 //!  56  8 next snapshot number
 //!  64  4 volume count        68  4 segment count 72  4 payload CRC32C
 //!  76  4 baseline partition (partitions up to it live in the baseline)
-//!  80  4 folding (partition being folded into the baseline, or 2^32-1)
+//!  80  4 draining (partition being drained into the baseline, or 2^32-1)
 //!  84  4 policy length       88  4 baseline bitmap length
-//!  92  4 header CRC32C (of bytes 0..92)
+//!  92  8 drained below: log cursor positions below it may have drained
+//! 100 24 zero
+//! 124  4 header CRC32C (of bytes 0..124)
 //! payload
 //!   volume records (96 bytes): partition u32, zero u32, created (unix s) u64,
 //!                              name length u16, name (UTF-8, zero-padded to 78)
@@ -30,8 +32,11 @@ use super::{record_crc, FORMAT_VERSION};
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"ILOGCKPT";
-const HEADER_LEN: usize = 96;
-const HEADER_CRC_AT: usize = 92;
+const HEADER_LEN: usize = 128;
+const HEADER_CRC_AT: usize = 124;
+/// Version 1's header: no `drained_below`.
+const V1_HEADER_LEN: usize = 96;
+const V1_HEADER_CRC_AT: usize = 92;
 pub(super) const VOLUME_RECORD_LEN: usize = 96;
 const SEGMENT_RECORD_LEN: usize = 32;
 /// Longest volume id, in bytes.
@@ -39,7 +44,7 @@ pub const MAX_VOLUME_NAME: usize = 78;
 const FLAG_OPEN: u32 = 1;
 /// Longest policy document, in bytes.
 pub const MAX_POLICY_LEN: usize = 8192;
-const NOT_FOLDING: u32 = u32::MAX;
+const NOT_DRAINING: u32 = u32::MAX;
 
 /// A snapshot volume: a name for a sealed partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,11 +84,14 @@ pub struct Checkpoint {
     /// Written by a clean close: no segment was opened after it, so mount
     /// needs neither a header scan nor data CRC checks.
     pub clean: bool,
-    /// Partitions up to this one were folded into the baseline region (0:
+    /// Partitions up to this one were drained into the baseline region (0:
     /// none; partitions are numbered from 1).
     pub baseline_partition: u32,
-    /// A fold into the baseline that started: mount finishes it.
-    pub folding: Option<u32>,
+    /// A drain into the baseline that started: mount finishes it.
+    pub draining: Option<u32>,
+    /// Log cursor positions below this may belong to entries that drained
+    /// into the baseline and left the log.
+    pub drained_below: u64,
     /// The storage-management policy (JSON; empty for none).
     pub policy: String,
     /// Stripes of the baseline region that hold data, a bit each.
@@ -94,15 +102,16 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn max_encoded_len(max_volumes: usize, max_segments: usize, stripes: u64) -> usize {
-        Checkpoint::len_of(max_volumes, max_segments, MAX_POLICY_LEN, stripes.div_ceil(8) as usize)
+        Checkpoint::len_of(HEADER_LEN, max_volumes, max_segments, MAX_POLICY_LEN, stripes.div_ceil(8) as usize)
     }
 
-    fn len_of(volumes: usize, segments: usize, policy: usize, bitmap: usize) -> usize {
-        HEADER_LEN + volumes * VOLUME_RECORD_LEN + segments * SEGMENT_RECORD_LEN + policy + bitmap
+    fn len_of(header: usize, volumes: usize, segments: usize, policy: usize, bitmap: usize) -> usize {
+        header + volumes * VOLUME_RECORD_LEN + segments * SEGMENT_RECORD_LEN + policy + bitmap
     }
 
     pub fn encoded_len(&self) -> usize {
-        Checkpoint::len_of(self.volumes.len(), self.segments.len(), self.policy.len(), self.baseline_stripes.len())
+        let (v, s, p, b) = (self.volumes.len(), self.segments.len(), self.policy.len(), self.baseline_stripes.len());
+        Checkpoint::len_of(HEADER_LEN, v, s, p, b)
     }
 
     /// Encodes into `buf` (at least `encoded_len` bytes).
@@ -144,9 +153,10 @@ impl Checkpoint {
         w.u32(self.segments.len() as u32);
         w.u32(payload_crc);
         w.u32(self.baseline_partition);
-        w.u32(self.folding.unwrap_or(NOT_FOLDING));
+        w.u32(self.draining.unwrap_or(NOT_DRAINING));
         w.u32(self.policy.len() as u32);
         w.u32(self.baseline_stripes.len() as u32);
+        w.u64(self.drained_below);
         let crc = record_crc(header, HEADER_CRC_AT);
         header[HEADER_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
     }
@@ -154,39 +164,37 @@ impl Checkpoint {
     /// The header's declared total length, to know how much of a slot to
     /// read. `Ok(None)`: no checkpoint in this slot.
     pub fn peek_len(first_block: &[u8]) -> Result<Option<usize>> {
-        let Some((nvol, nseg, npol, nmap)) = Checkpoint::header(first_block)? else { return Ok(None) };
-        Ok(Some(Checkpoint::len_of(nvol as usize, nseg as usize, npol as usize, nmap as usize)))
+        Ok(Checkpoint::header(first_block)?.map(|h| h.len()))
     }
 
-    /// (volume count, segment count, policy length, bitmap length) from a
-    /// valid header.
-    fn header(buf: &[u8]) -> Result<Option<(u32, u32, u32, u32)>> {
-        if buf.len() < HEADER_LEN || &buf[..8] != MAGIC {
+    /// The counts of a valid header, of either version.
+    fn header(buf: &[u8]) -> Result<Option<Header>> {
+        if buf.len() < V1_HEADER_LEN || &buf[..8] != MAGIC {
             return Ok(None);
         }
-        let stored = u32::from_le_bytes(buf[HEADER_CRC_AT..HEADER_LEN].try_into().expect("4 bytes"));
-        if record_crc(&buf[..HEADER_LEN], HEADER_CRC_AT) != stored {
+        let word = |at: usize| u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
+        let (len, crc_at) = match word(8) {
+            1 => (V1_HEADER_LEN, V1_HEADER_CRC_AT),
+            FORMAT_VERSION if buf.len() >= HEADER_LEN => (HEADER_LEN, HEADER_CRC_AT),
+            v => return Err(Error::Corrupt(format!("unsupported checkpoint version {v}"))),
+        };
+        if record_crc(&buf[..len], crc_at) != word(crc_at) {
             return Err(Error::Corrupt("checkpoint header CRC mismatch".into()));
         }
-        let counts = |at: usize| u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
-        if counts(84) as usize > MAX_POLICY_LEN {
+        if word(84) as usize > MAX_POLICY_LEN {
             return Err(Error::Corrupt("checkpoint policy too long".into()));
         }
-        Ok(Some((counts(64), counts(68), counts(84), counts(88))))
+        Ok(Some(Header { len, volumes: word(64), segments: word(68), policy: word(84), bitmap: word(88) }))
     }
 
     /// Decodes a slot. `Ok(None)`: the slot holds no checkpoint.
     pub fn decode(buf: &[u8]) -> Result<Option<Checkpoint>> {
-        let Some((nvol, nseg, npol, nmap)) = Checkpoint::header(buf)? else { return Ok(None) };
-        let len = Checkpoint::len_of(nvol as usize, nseg as usize, npol as usize, nmap as usize);
+        let Some(h) = Checkpoint::header(buf)? else { return Ok(None) };
+        let len = h.len();
         if len > buf.len() {
             return Err(Error::Corrupt("checkpoint is longer than its slot".into()));
         }
-        let mut r = Reader::new(&buf[8..HEADER_LEN], "checkpoint header");
-        let version = r.u32()?;
-        if version != FORMAT_VERSION {
-            return Err(Error::Corrupt(format!("unsupported checkpoint version {version}")));
-        }
+        let mut r = Reader::new(&buf[12..h.len], "checkpoint header");
         let clean = r.u32()? & 1 != 0;
         let mut c = Checkpoint {
             clean,
@@ -201,13 +209,17 @@ impl Checkpoint {
         r.skip(8)?;
         let payload_crc = r.u32()?;
         c.baseline_partition = r.u32()?;
-        c.folding = Some(r.u32()?).filter(|&p| p != NOT_FOLDING);
-        let payload = &buf[HEADER_LEN..len];
+        c.draining = Some(r.u32()?).filter(|&p| p != NOT_DRAINING);
+        r.skip(8)?;
+        if h.len == HEADER_LEN {
+            c.drained_below = r.u64()?;
+        }
+        let payload = &buf[h.len..len];
         if super::crc32c(payload) != payload_crc {
             return Err(Error::Corrupt("checkpoint payload CRC mismatch".into()));
         }
         let mut r = Reader::new(payload, "checkpoint payload");
-        for _ in 0..nvol {
+        for _ in 0..h.volumes {
             let partition = r.u32()?;
             r.skip(4)?;
             let created_unix_s = r.u64()?;
@@ -219,7 +231,7 @@ impl Checkpoint {
                 .ok_or_else(|| Error::Corrupt("checkpoint volume name".into()))?;
             c.volumes.push(VolumeRecord { name: name.to_owned(), partition, created_unix_s });
         }
-        for _ in 0..nseg {
+        for _ in 0..h.segments {
             c.segments.push(SegmentRecord {
                 segno: r.u32()?,
                 stream: r.u32()?,
@@ -230,11 +242,28 @@ impl Checkpoint {
                 open: r.u32()? & FLAG_OPEN != 0,
             });
         }
-        c.policy = std::str::from_utf8(r.bytes(npol as usize)?)
+        c.policy = std::str::from_utf8(r.bytes(h.policy as usize)?)
             .map_err(|_| Error::Corrupt("checkpoint policy is not UTF-8".into()))?
             .to_owned();
-        c.baseline_stripes = r.bytes(nmap as usize)?.to_vec();
+        c.baseline_stripes = r.bytes(h.bitmap as usize)?.to_vec();
         Ok(Some(c))
+    }
+}
+
+/// What a header says of the checkpoint's size.
+struct Header {
+    /// The header's own length (by its version).
+    len: usize,
+    volumes: u32,
+    segments: u32,
+    policy: u32,
+    bitmap: u32,
+}
+
+impl Header {
+    fn len(&self) -> usize {
+        let (v, s, p, b) = (self.volumes as usize, self.segments as usize, self.policy as usize, self.bitmap as usize);
+        Checkpoint::len_of(self.len, v, s, p, b)
     }
 }
 
@@ -252,7 +281,8 @@ mod tests {
             next_snapshot_number: 4,
             clean: true,
             baseline_partition: 2,
-            folding: Some(3),
+            draining: Some(3),
+            drained_below: 5 << 20 | 17,
             policy: r#"{"snapshot":{"interval_s":60}}"#.into(),
             baseline_stripes: vec![0b101, 0, 0x80],
             volumes: vec![VolumeRecord { name: "snap-1".into(), partition: 1, created_unix_s: 1_700_000_000 }],
@@ -275,6 +305,23 @@ mod tests {
         c.encode(&mut buf);
         assert_eq!(Checkpoint::peek_len(&buf).unwrap(), Some(c.encoded_len()));
         assert_eq!(Checkpoint::decode(&buf).unwrap(), Some(c));
+    }
+
+    #[test]
+    fn a_version_1_checkpoint_decodes() {
+        // Version 1: a 96-byte header without `drained_below`, its CRC at 92.
+        let c = Checkpoint { drained_below: 0, ..sample() };
+        let mut v2 = vec![0u8; 4096];
+        c.encode(&mut v2);
+        let mut v1 = vec![0u8; 4096];
+        v1[..V1_HEADER_CRC_AT].copy_from_slice(&v2[..V1_HEADER_CRC_AT]);
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let payload = c.encoded_len() - HEADER_LEN;
+        v1[V1_HEADER_LEN..V1_HEADER_LEN + payload].copy_from_slice(&v2[HEADER_LEN..HEADER_LEN + payload]);
+        let crc = record_crc(&v1[..V1_HEADER_LEN], V1_HEADER_CRC_AT);
+        v1[V1_HEADER_CRC_AT..V1_HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(Checkpoint::peek_len(&v1).unwrap(), Some(c.encoded_len() - (HEADER_LEN - V1_HEADER_LEN)));
+        assert_eq!(Checkpoint::decode(&v1).unwrap(), Some(c));
     }
 
     #[test]

@@ -10,8 +10,8 @@ pub struct FormatOptions {
     pub stripe_bytes: u64,
     /// Bytes per log segment (rounded to blocks).
     pub segment_bytes: u64,
-    /// Share of the usable device given to the log; the rest is the baseline,
-    /// whose size is the exported volume size.
+    /// Share of the usable device given to the log (percent); the rest is
+    /// the baseline, whose size is the exported volume size.
     pub log_percent: u8,
     /// Most snapshot volumes that can exist at once.
     pub max_volumes: u32,
@@ -19,7 +19,10 @@ pub struct FormatOptions {
 
 impl Default for FormatOptions {
     fn default() -> Self {
-        FormatOptions { stripe_bytes: 1 << 20, segment_bytes: 4 << 20, log_percent: 50, max_volumes: 1024 }
+        // The log is the room for snapshot deltas plus a write buffer: it
+        // drains into the baseline, so the user gets at least 80 % of the
+        // device as volume.
+        FormatOptions { stripe_bytes: 1 << 20, segment_bytes: 4 << 20, log_percent: 18, max_volumes: 1024 }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The on-media format: every structure ilog writes, how it is encoded, and
 //! how it is validated when read back. Integers are little-endian; every
-//! metadata block carries a CRC32C. See `docs/FORMAT.md` for the picture.
+//! metadata block carries a CRC32C. The layout:
 //!
 //! ```text
 //! block 0      superblock copy A
@@ -19,13 +19,15 @@ mod superblock;
 pub use checkpoint::{Checkpoint, SegmentRecord, VolumeRecord, MAX_POLICY_LEN, MAX_VOLUME_NAME};
 pub use geometry::{FormatOptions, Geometry};
 pub use segment::{
-    EntryKind, SegmentHeader, SegmentId, SummaryBlock, SummaryChain, SummaryEntry, SUMMARY_ENTRY_LEN,
-    SUMMARY_HEADER_LEN,
+    EntryKind, SegmentHeader, SegmentId, SummaryBlock, SummaryChain, SummaryEntry, SummaryKey, PARTITION_SPAN,
+    SUMMARY_ENTRY_LEN, SUMMARY_HEADER_LEN,
 };
 pub use superblock::Superblock;
 
-/// The on-media format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-media format version this code writes; it reads version 1 too.
+/// Version 2 added entry partitions to summaries (segments shared by
+/// partitions) and `drained_below` to the checkpoint.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// CRC32C (Castagnoli, the standard one): of a data entry's blocks on
 /// every write, and of every metadata record. The `crc-fast` crate's

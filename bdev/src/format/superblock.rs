@@ -68,7 +68,8 @@ impl Superblock {
         }
         let mut r = Reader::new(&block[8..CRC_AT], "superblock");
         let version = r.u32()?;
-        if version != FORMAT_VERSION {
+        // Version 1 devices open as they are: their metadata is a subset.
+        if !(1..=FORMAT_VERSION).contains(&version) {
             return Err(Error::Corrupt(format!(
                 "unsupported format version {version} (this build reads {FORMAT_VERSION})"
             )));
