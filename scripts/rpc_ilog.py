@@ -57,7 +57,8 @@ def spdk_rpc_plugin_initialize(subparsers):
                    help='LBA space owned by one core, in KiB (default 1024)')
     p.add_argument('--segment-size-kib', type=int, help='Log segment size, in KiB (default 4096)')
     p.add_argument('--log-percent', type=int,
-                   help="The log's share of the base bdev, 1-95; the rest is the volume (default 50)")
+                   help="The log's share of the base bdev, 1-95: room for snapshot deltas plus a write "
+                        "buffer; the rest is the volume (default 18)")
     p.add_argument('--max-volumes', type=int, help='Most snapshot volumes at once (default 1024)')
     p.set_defaults(func=bdev_ilog_create)
 
@@ -145,9 +146,10 @@ def spdk_rpc_plugin_initialize(subparsers):
     p = subparsers.add_parser(
         'bdev_ilog_compact', help='Compact the log of an ilog bdev',
         description="""Compact in place (rewrite the live blocks of the volume's partition, or of
-        every partition, and free the old segments) or into the baseline (fold the partitions up
-        to the volume, the oldest if none is named, into the baseline region; older volumes are
-        retired). Prints true when done, or the job id with --background.""")
+        every partition, and free the old segments) or into the baseline (drain the partitions
+        up to the volume, the oldest if none is named, the whole log without volumes, into the
+        baseline region now; older volumes are retired). Prints true when done, or the job id
+        with --background.""")
     p.add_argument('name', help='ilog bdev name')
     p.add_argument('-v', '--volume', help='Volume id (default: every partition, or the oldest volume)')
     p.add_argument('-m', '--mode', choices=['in_place', 'baseline'], help='How (default in_place)')

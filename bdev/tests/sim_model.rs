@@ -3,8 +3,13 @@
 //! Each seed drives a simulated bdev on 1-4 cores with overlapping client
 //! requests (writes, zeroes, reads, reads as of volumes, flushes,
 //! snapshots, deletes, cursor scans), reordered completions, injected EIO,
-//! power cuts with torn writes, clean closes and remounts with a different
-//! core count. Every value read is checked against a model of what it may be:
+//! power cuts with torn writes (in the middle of drains into the baseline
+//! too), clean closes and remounts with a different core count. A quarter
+//! of the seeds first fill the whole volume and then overwrite it about 10
+//! times with no volume at all, where a write may never fail with ENOSPC;
+//! some seeds let a full log retire the oldest volume
+//! (`retention.on_full`). Every value read is checked against a model of
+//! what it may be:
 //!
 //! - the current image: exact, except where a failed write may have landed;
 //! - a snapshot volume: what was current at the snapshot, or a write that
@@ -143,6 +148,11 @@ struct Harness {
     /// The last tick at which a volume existed or a snapshot was in flight:
     /// a write that failed with ENOSPC must have overlapped one.
     volumes_seen: u64,
+    /// This seed fills the volume, then only overwrites it: no snapshots.
+    fill: bool,
+    /// A full log may retire the oldest volume (`retention.on_full`), so
+    /// any volume may vanish without a delete.
+    retire: bool,
     write_eio: bool,
     /// ILOG_SIM_TRACE=1 prints every request and completion.
     trace: bool,
@@ -194,6 +204,8 @@ impl Harness {
             delete_issued: BTreeSet::new(),
             cursor_last: 0,
             volumes_seen: 0,
+            fill: false,
+            retire: false,
             write_eio,
             trace: std::env::var_os("ILOG_SIM_TRACE").is_some(),
         };
@@ -204,13 +216,34 @@ impl Harness {
         h.set_faults();
         // A status policy compacts on its own (views do not change); the
         // clock ticks as the workload runs.
-        if h.rng.below(2) == 0 {
+        h.fill = h.rng.below(4) == 0;
+        h.retire = !h.fill && h.rng.below(4) == 0;
+        let retention = if h.retire { r#""retention": {"on_full": "delete_oldest"}, "# } else { "" };
+        if h.retire || h.rng.below(2) == 0 {
             let (used, garbage) = (20 + h.rng.below(70), 10 + h.rng.below(80));
-            let policy = format!(r#"{{"compaction": {{"log_used_pct": {used}, "garbage_pct": {garbage}}}}}"#);
-            h.submit(Request::SetPolicy { policy }, Op::SetPolicy);
+            let compaction = format!(r#""compaction": {{"log_used_pct": {used}, "garbage_pct": {garbage}}}"#);
+            h.submit(Request::SetPolicy { policy: format!("{{{retention}{compaction}}}") }, Op::SetPolicy);
             h.drain();
         }
+        if h.fill {
+            h.fill_volume();
+        }
         h
+    }
+
+    /// Writes every block of the volume, in order, and flushes.
+    fn fill_volume(&mut self) {
+        let mut lba = 0;
+        while lba < self.volume_blocks {
+            let n = (self.volume_blocks - lba).min(64) as u32;
+            self.write_range(lba, n, false);
+            if self.inflight.len() >= 12 {
+                self.step();
+            }
+            lba += u64::from(n);
+        }
+        self.start_flush();
+        self.drain();
     }
 
     fn fail(&self, what: String) -> ! {
@@ -248,9 +281,12 @@ impl Harness {
 
     fn start_write(&mut self, zero: bool) {
         let (lba, n) = self.random_range();
-        if !self.range_free(lba, n, true) {
-            return;
+        if self.range_free(lba, n, true) {
+            self.write_range(lba, n, zero);
         }
+    }
+
+    fn write_range(&mut self, lba: u64, n: u32, zero: bool) {
         let mut buf = vec![0u8; n as usize * self.bs];
         let mut values = Vec::with_capacity(n as usize);
         for i in 0..n as u64 {
@@ -306,7 +342,7 @@ impl Harness {
     }
 
     fn start_snapshot(&mut self) {
-        if self.pending_snapshot.is_some() || self.volumes.len() >= 8 {
+        if self.fill || self.pending_snapshot.is_some() || self.volumes.len() >= 8 {
             return;
         }
         let name = (self.rng.below(2) == 0).then(|| format!("v{}", self.next_value));
@@ -438,7 +474,9 @@ impl Harness {
                 match result {
                     Ok(_) => {}
                     Err(Error::Io(_)) if self.write_eio => return,
-                    Err(Error::NoSuchVolume(_)) if volume.as_ref().is_some_and(|v| self.delete_issued.contains(v)) => {
+                    Err(Error::NoSuchVolume(_))
+                        if self.retire || volume.as_ref().is_some_and(|v| self.delete_issued.contains(v)) =>
+                    {
                         return
                     }
                     Err(e) => self.fail(format!("read at {lba} failed: {e}")),
@@ -479,6 +517,10 @@ impl Harness {
                     self.volumes.remove(&name);
                     self.deleting.remove(&name);
                 }
+                Err(Error::NoSuchVolume(_)) if self.retire => {
+                    self.volumes.remove(&name);
+                    self.deleting.remove(&name);
+                }
                 Err(Error::Io(_)) if self.write_eio => {
                     self.deleting.remove(&name);
                 }
@@ -488,7 +530,7 @@ impl Harness {
                 Ok(Reply::Volumes(list)) => {
                     let got: BTreeSet<&str> = list.iter().map(|v| v.name.as_str()).collect();
                     for name in self.volumes.keys() {
-                        if !got.contains(name.as_str()) && !self.deleting.contains(name) {
+                        if !got.contains(name.as_str()) && !self.deleting.contains(name) && !self.retire {
                             self.fail(format!("volume {name} missing from the list {got:?}"));
                         }
                     }
@@ -500,7 +542,8 @@ impl Harness {
                 Err(Error::Io(_)) if self.write_eio => {}
                 // The log too full for the cleaner to move anything.
                 Err(Error::NoSpace) => {}
-                Err(Error::NoSuchVolume(_)) if volume.as_ref().is_some_and(|v| self.delete_issued.contains(v)) => {}
+                Err(Error::NoSuchVolume(_))
+                    if self.retire || volume.as_ref().is_some_and(|v| self.delete_issued.contains(v)) => {}
                 other => self.fail(format!("compaction of {volume:?} answered {other:?}")),
             },
             Op::SetPolicy => match result {
@@ -518,7 +561,7 @@ impl Harness {
                 }
                 // A retired volume may be gone even if the fold failed.
                 Err(Error::Io(_)) if self.write_eio => {}
-                Err(Error::NoSuchVolume(_)) if self.delete_issued.contains(&volume) => {}
+                Err(Error::NoSuchVolume(_)) if self.retire || self.delete_issued.contains(&volume) => {}
                 other => self.fail(format!("baseline compaction of {volume} answered {other:?}")),
             },
             Op::Stats => match result {
@@ -527,6 +570,8 @@ impl Harness {
                     MOVED.fetch_add(st.bytes_moved, Relaxed);
                     COPIED.fetch_add(st.bytes_copied, Relaxed);
                     POLICY_ACTIONS.fetch_add(st.policy_actions, Relaxed);
+                    DRAINS.fetch_add(st.drains, Relaxed);
+                    RETIRED.fetch_add(st.volumes_retired, Relaxed);
                 }
                 other => self.fail(format!("stats answered {other:?}")),
             },
@@ -600,6 +645,9 @@ impl Harness {
         if self.trace {
             eprintln!("[{}] power cut", self.tick);
         }
+        if self.sim.shards().iter().any(|s| s.is_draining()) {
+            CUTS_IN_DRAINS.fetch_add(1, Relaxed);
+        }
         self.sim.power_cut();
         self.inflight.clear(); // their buffers were read by the power cut
         self.busy_write.fill(false);
@@ -627,7 +675,7 @@ impl Harness {
         self.volumes.retain(|name, _| {
             let present = listed.contains_key(name);
             assert!(
-                present || deleting.contains(name),
+                present || deleting.contains(name) || self.retire,
                 "seed {}: acknowledged volume {name} lost in the crash",
                 self.seed
             );
@@ -679,8 +727,8 @@ impl Harness {
         self.sim.disk.set_faults(Default::default());
         // A volume a failed fold may have retired: settle whether it is gone.
         let listed = self.list_volumes();
-        let deleting = &self.deleting;
-        self.volumes.retain(|name, _| listed.contains_key(name) || !deleting.contains(name));
+        let (deleting, retire) = (&self.deleting, self.retire);
+        self.volumes.retain(|name, _| listed.contains_key(name) || !(retire || deleting.contains(name)));
         let views: Vec<Option<String>> = std::iter::once(None).chain(self.volumes.keys().cloned().map(Some)).collect();
         for view in views {
             let mut lba = 0;
@@ -745,6 +793,10 @@ impl Harness {
                 self.step();
                 continue;
             }
+            if self.fill && self.rng.below(2) == 0 {
+                self.start_write(false);
+                continue;
+            }
             match self.rng.below(100) {
                 0..=34 => self.start_write(false),
                 35..=41 => self.start_write(true),
@@ -782,11 +834,16 @@ static FREED: AtomicU64 = AtomicU64::new(0);
 static MOVED: AtomicU64 = AtomicU64::new(0);
 static COPIED: AtomicU64 = AtomicU64::new(0);
 static FOLDS: AtomicU64 = AtomicU64::new(0);
+static DRAINS: AtomicU64 = AtomicU64::new(0);
+static RETIRED: AtomicU64 = AtomicU64::new(0);
+static CUTS_IN_DRAINS: AtomicU64 = AtomicU64::new(0);
 static POLICY_ACTIONS: AtomicU64 = AtomicU64::new(0);
 
 fn run_seed(seed: u64) {
     let mut h = Harness::new(seed);
-    h.run(400);
+    // Filled seeds overwrite the volume about 10 times over.
+    let ops = if h.fill { 1200 } else { 400 };
+    h.run(ops);
 }
 
 #[test]
@@ -810,8 +867,9 @@ fn random_workloads_match_the_model_across_crashes() {
     }
     let (freed, moved, folds) = (FREED.load(Relaxed), MOVED.load(Relaxed), FOLDS.load(Relaxed));
     let (policy_actions, copied) = (POLICY_ACTIONS.load(Relaxed), COPIED.load(Relaxed));
+    let (drains, retired, cuts) = (DRAINS.load(Relaxed), RETIRED.load(Relaxed), CUTS_IN_DRAINS.load(Relaxed));
     eprintln!(
-        "sim: {} seeds passed in {:.1?}; the cleaner freed {freed} segments, moved {moved} bytes ({copied} by device copies); {folds} folds into the baseline; {policy_actions} policy compactions",
+        "sim: {} seeds passed in {:.1?}; {freed} segments freed, the cleaner moved {moved} bytes ({copied} by device copies); {drains} drains into the baseline, {folds} asked for; {retired} volumes retired by a full log; {cuts} power cuts during drains; {policy_actions} policy actions",
         seeds.len(),
         started.elapsed()
     );
@@ -820,5 +878,7 @@ fn random_workloads_match_the_model_across_crashes() {
         assert!(copied > 0 && copied < moved, "moves must go both by device copies and through buffers");
         assert!(folds > 0, "the workloads must fold volumes into the baseline");
         assert!(policy_actions > 0, "the status policies must act");
+        assert!(drains > 0 && cuts > 0, "the log must drain, and power cuts hit drains ({drains}, {cuts})");
+        assert!(retired > 0, "a full log must retire volumes where the policy says so");
     }
 }

@@ -571,3 +571,69 @@ fn full_log_retires_the_oldest_volume_one_core() {
 fn full_log_retires_the_oldest_volume_two_cores() {
     delete_oldest_run(2, seed_or(0x5ace_0022));
 }
+
+/// Many small snapshots cost about their data: on a 256 MiB base with the
+/// defaults, 1,000 rounds of "write 16 KiB at a new offset, snapshot" fit
+/// (the segments the snapshots cut are shared, not closed), every volume
+/// reads its own data, and deleting the older half of the volumes gives
+/// their space back (they drain into the baseline).
+fn small_snapshots_run(cores: u32) {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let ctx = Ctx { what: format!("1,000 small snapshots, {cores} core(s)"), seed: u64::from(cores) };
+    let dev = Arc::new(MallocDevice::new((256 << 20) / BS as u64, BS as u32));
+    ilog_bdev::engine::format(dev.as_ref(), &FormatOptions::default(), [9; 16]).expect("format");
+    let ilog = Ilog::start(dev.clone(), cores).unwrap_or_else(|e| panic!("{ctx} start: {e}"));
+    const ROUNDS: u64 = 1000;
+    const BLOCKS: u64 = 4;
+    let mut names = Vec::new();
+    for round in 0..ROUNDS {
+        let lba = round * BLOCKS;
+        ilog.write(lba, &write_buf(lba, BLOCKS, round + 1)).unwrap_or_else(|e| panic!("{ctx} round {round}: {e}"));
+        let v = ilog.snapshot(None).unwrap_or_else(|e| panic!("{ctx} round {round}: snapshot: {e}"));
+        names.push(v.name);
+    }
+    let full = stats(&ilog, &ctx);
+    print_stats(&ctx, &full);
+    // Volume k holds rounds 0..=k, zeros after.
+    let image = |k: usize| -> Vec<Tag> {
+        (0..ROUNDS * BLOCKS).map(|lba| if lba / BLOCKS <= k as u64 { lba / BLOCKS + 1 } else { 0 }).collect()
+    };
+    for k in [0, 1, 499, 500, 998, 999] {
+        check_range(&ilog, &ctx, &format!("volume {}", names[k]), Some(&names[k]), 0, &image(k));
+    }
+    for name in &names[..500] {
+        ilog.delete_volume(name).unwrap_or_else(|e| panic!("{ctx} delete {name}: {e}"));
+    }
+    // The deletes' drain runs in the background: wait for it to commit.
+    let started = Instant::now();
+    let freed = loop {
+        let s = stats(&ilog, &ctx);
+        if s.log_used_bytes < full.log_used_bytes && s.live_bytes < full.live_bytes {
+            break s;
+        }
+        assert!(started.elapsed() < HANG, "{ctx}: the deleted volumes' space never came back: {s:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    print_stats(&ctx, &freed);
+    assert!(
+        freed.live_bytes * 10 <= full.live_bytes * 6,
+        "{ctx}: half the volumes deleted, live {} of {} KiB left",
+        freed.live_bytes >> 10,
+        full.live_bytes >> 10
+    );
+    for k in [500, 501, 999] {
+        check_range(&ilog, &ctx, &format!("volume {} after the deletes", names[k]), Some(&names[k]), 0, &image(k));
+    }
+    check_range(&ilog, &ctx, "the current image", None, 0, &image(999));
+    ilog.close().unwrap_or_else(|e| panic!("{ctx} close: {e}"));
+}
+
+#[test]
+fn a_thousand_small_snapshots_cost_their_data_one_core() {
+    small_snapshots_run(1);
+}
+
+#[test]
+fn a_thousand_small_snapshots_cost_their_data_two_cores() {
+    small_snapshots_run(2);
+}

@@ -13,7 +13,7 @@
 //!
 //! | Method | Params (default) | Result |
 //! |---|---|---|
-//! | `bdev_ilog_create` | `name`: string, the new bdev; `base_bdev_name`: string; `stripe_size_kib`: int (1024); `segment_size_kib`: int (4096); `log_percent`: int, 1..=95 (50); `max_volumes`: int (1024) | the bdev's name, e.g. `"ilog0"` |
+//! | `bdev_ilog_create` | `name`: string, the new bdev; `base_bdev_name`: string; `stripe_size_kib`: int (1024); `segment_size_kib`: int (4096); `log_percent`: int, 1..=95 (18); `max_volumes`: int (1024) | the bdev's name, e.g. `"ilog0"` |
 //! | `bdev_ilog_delete` | `name`: string | `true` |
 //! | `bdev_ilog_get_bdevs` | `name`: string (all ilog bdevs) | array of [bdev objects](#bdev-object) |
 //! | `bdev_ilog_snapshot` | `name`: string; `snapshot_name`: string, the volume id (`snap-<n>`) | `{"volume_id", "bdev"}` |
@@ -28,14 +28,17 @@
 //!
 //! `bdev_ilog_compact` in place rewrites the live blocks of the volume's
 //! partition (every partition if none is named) and frees the old segments;
-//! `baseline` folds the partitions up to the volume (the oldest one if none
-//! is named) into the baseline region: that volume then reads from the
-//! baseline, and older volumes are retired. A background job's state shows
+//! `baseline` drains the partitions up to the volume (the oldest one if none
+//! is named; the whole log without volumes) into the baseline region now,
+//! and answers once it is done: that volume then reads from the baseline,
+//! and older volumes are retired first. (The log also drains by itself, in
+//! the background.) A background job's state shows
 //! in the stats (`jobs`).
 //!
 //! The formatting parameters of `bdev_ilog_create` apply when the base bdev
-//! is formatted; `log_percent` is the log's share of the device, the rest is
-//! the exported volume. Volume ids are 1 to 78 characters of
+//! is formatted; `log_percent` is the log's share of the device (the room
+//! for snapshot deltas plus a write buffer), the rest is the exported
+//! volume. Volume ids are 1 to 78 characters of
 //! `[A-Za-z0-9._:-]`; a snapshot volume is exported as bdev `<name>@<volume_id>`.
 //!
 //! ## Bdev object

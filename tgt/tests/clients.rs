@@ -285,6 +285,50 @@ fn fio_verifies_its_data_over_nbd_while_snapshots_are_taken() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// fio writes the whole volume three times over at random and verifies
+/// every block, over NBD, on the default layout: the log drains into the
+/// baseline and no write fails.
+fn whole_volume_fio(dir: &Path, tgt: &Tgt, base_bytes: u64) {
+    let size = volume_bytes(tgt, "ilog0");
+    assert!(size * 100 >= base_bytes * 80, "the volume ({size}) is under 80 % of the base ({base_bytes})");
+    let sock = dir.join("ilog0.nbd");
+    tgt.ok(&["nbd_start_disk", "ilog0", sock.to_str().unwrap()]);
+    let out = tool("fio")
+        .args(["--name=whole", "--ioengine=nbd", "--rw=randwrite", "--bs=4k", "--iodepth=32", "--loops=3"])
+        .arg(format!("--size={size}"))
+        .args(["--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--numjobs=1", "--verify_state_save=0"])
+        .arg(format!("--uri={}", nbd_uri(&sock)))
+        .output()
+        .expect("run fio");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && !text.contains("verify failed"), "fio over the whole volume failed: {text}");
+    let stats = tgt.ok(&["bdev_ilog_get_stats", "ilog0"]);
+    let written = stats["user_bytes_written"].as_u64().unwrap();
+    assert!(written >= 3 * size && stats["drains"].as_u64().unwrap() > 0, "{stats}");
+}
+
+#[test]
+fn fio_fills_and_overwrites_the_whole_volume_on_a_malloc_base() {
+    let dir = scratch_dir("whole-malloc");
+    let tgt = Tgt::start(&dir, "0x3", None);
+    tgt.ok(&["bdev_malloc_create", "-b", "Malloc0", "256", "4096"]);
+    tgt.ok(&["bdev_ilog_create", "-b", "Malloc0", "-p", "ilog0"]);
+    whole_volume_fio(&dir, &tgt, 256 * MIB);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn fio_fills_and_overwrites_the_whole_volume_on_a_file_base() {
+    let dir = scratch_dir("whole-file");
+    let base = dir.join("base.img");
+    std::fs::File::create(&base).unwrap().set_len(256 * MIB).unwrap();
+    let tgt = Tgt::start(&dir, "0x3", None);
+    tgt.ok(&["bdev_aio_create", base.to_str().unwrap(), "Aio0", "4096"]);
+    tgt.ok(&["bdev_ilog_create", "-b", "Aio0", "-p", "ilog0"]);
+    whole_volume_fio(&dir, &tgt, 256 * MIB);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn file_config(dir: &Path, base: &Path, nbd: &Path) -> PathBuf {
     let config = json!({"subsystems": [
         {"subsystem": "bdev", "config": [

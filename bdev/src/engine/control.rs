@@ -468,13 +468,20 @@ impl Shard {
         }
         let Some(q) = self.ctl_mut().next_runnable() else { return };
         if closed {
+            if matches!(q.op, Op::DrainCommit) {
+                // The copy ended after the close: mount drains again.
+                self.drain_end(Err(Error::ShuttingDown));
+            }
             return self.reply(q.origin, q.reply, Err(Error::ShuttingDown));
         }
         if let Some(e) = self.ctl_mut().failed.clone() {
-            if matches!(q.op, Op::Clean(_)) {
+            if matches!(q.op, Op::Clean(_) | Op::Drain | Op::DrainCommit) {
                 // No checkpoint can free a segment now: writes waiting for
                 // space must fail rather than wait for ever.
-                self.shared.set_space_state(SpaceState::Exhausted);
+                self.shared.set_space_state(SpaceState::Failed);
+            }
+            if matches!(q.op, Op::DrainCommit) {
+                self.drain_end(Err(e.clone()));
             }
             return self.reply(q.origin, q.reply, Err(e));
         }

@@ -489,6 +489,12 @@ impl Shard {
         self.busy_reasons().all(|(busy, _)| !busy) && self.ctl.as_ref().is_none_or(|c| c.is_idle())
     }
 
+    /// Whether a drain into the baseline is under way on this core (for
+    /// tests that cut the power in the middle of one).
+    pub fn is_draining(&self) -> bool {
+        self.drain_copy.is_some() || self.forget.is_some() || self.ctl.as_ref().is_some_and(|c| c.drain.is_some())
+    }
+
     fn busy_reasons(&self) -> impl Iterator<Item = (bool, &'static str)> {
         let core = self.core as usize;
         [
