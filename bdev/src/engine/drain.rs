@@ -171,10 +171,16 @@ impl Shard {
             }
             return self.drain_copy_settle(stopping);
         }
+        // The copy keeps pace with the writes: each block clients appended
+        // since the last slice owes one and a half blocks of copy, done even
+        // with client work waiting (else the log fills and writes stall
+        // until the commit); beyond that the copy takes a small share.
         let urgent = self.shared.space_state() == SpaceState::Wanted;
-        let budget = if urgent { URGENT_COPY_BLOCKS_PER_POLL } else { COPY_BLOCKS_PER_POLL };
+        let owed = (self.drain_credit.saturating_mul(3) / 2).min(URGENT_COPY_BLOCKS_PER_POLL);
+        self.drain_credit = 0;
+        let budget = if urgent { URGENT_COPY_BLOCKS_PER_POLL } else { COPY_BLOCKS_PER_POLL + owed };
         let mut spent = 0;
-        while spent < budget && !(spent > 0 && !urgent && self.work_waiting()) {
+        while spent < budget && !(spent >= owed.max(1) && !urgent && self.work_waiting()) {
             if !self.refill_drain_batch() {
                 let d = self.drain_copy.as_ref().expect("copying");
                 if d.inflight == 0 {
@@ -386,10 +392,10 @@ impl Shard {
         if self.forget.is_none() {
             return 0;
         }
-        for slice in 0..FORGET_SLICES_PER_POLL {
-            if slice > 0 && self.work_waiting() {
-                return 1;
-            }
+        // Writes may wait for the room the commit makes: the walk takes its
+        // slices, client work waiting or not (a slice is a few lookups per
+        // entry).
+        for _ in 0..FORGET_SLICES_PER_POLL {
             if self.forget_slice() {
                 let f = self.forget.take().expect("forgetting");
                 self.parts.drop_up_to(f.target);
@@ -465,6 +471,9 @@ pub(super) struct DrainJob {
     waiters: Vec<(u32, ReplyTo)>,
     /// Log cursor positions below this held entries that drained.
     drained_below: u64,
+    /// When the copy and the commit started (wall time, for the log).
+    started: std::time::Instant,
+    committing: Option<std::time::Instant>,
 }
 
 /// Core 0: the drain's control operations.
@@ -510,8 +519,15 @@ impl Shard {
     /// ends (its requester hears back at the commit).
     pub(super) fn drain_started(&mut self, target: u32, waiter: Option<(u32, ReplyTo)>) {
         let cores = self.shared.cores;
-        let job =
-            DrainJob { target, pending: cores, error: None, waiters: waiter.into_iter().collect(), drained_below: 0 };
+        let job = DrainJob {
+            target,
+            pending: cores,
+            error: None,
+            waiters: waiter.into_iter().collect(),
+            drained_below: 0,
+            started: std::time::Instant::now(),
+            committing: None,
+        };
         self.ctl_mut().drain = Some(job);
         for core in 0..cores {
             self.send(core, Msg::DrainCopy { target });
@@ -561,6 +577,7 @@ impl Shard {
         let cores = self.shared.cores;
         let job = self.ctl_mut().drain.as_mut().expect("a drain runs");
         job.pending = cores;
+        job.committing = Some(std::time::Instant::now());
         let target = job.target;
         self.ctl_mut().set_stage(Stage::DrainForget);
         for core in 0..cores {
@@ -599,8 +616,14 @@ impl Shard {
         counters.segments_freed.fetch_add(freed.len() as u64, Relaxed);
         counters.drains.fetch_add(1, Relaxed);
         self.ctl_mut().drain_failures = 0;
-        let target = self.ctl_mut().drain.as_ref().expect("a drain runs").target;
-        log::debug!("drained partitions up to {target} into the baseline: {} segment(s) freed", freed.len());
+        let job = self.ctl_mut().drain.as_ref().expect("a drain runs");
+        let copied = job.committing.map_or(job.started.elapsed(), |c| c - job.started);
+        log::debug!(
+            "drained partitions up to {} into the baseline: {} segment(s) freed; copy {copied:.1?}, commit {:.1?}",
+            job.target,
+            freed.len(),
+            job.committing.map(|c| c.elapsed()).unwrap_or_default()
+        );
         if self.shared.free_segments.len() > self.shared.reserve() || self.shared.space_state() == SpaceState::Failed {
             self.shared.set_space_state(SpaceState::Ok);
         }

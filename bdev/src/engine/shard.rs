@@ -323,6 +323,9 @@ pub struct Shard {
     /// forgetting what drained.
     pub(super) drain_copy: Option<DrainCopy>,
     pub(super) forget: Option<Forget>,
+    /// Blocks clients appended since the drain's last slice: what it owes
+    /// to keep pace.
+    pub(super) drain_credit: u32,
     pub(super) gc_bufs: Vec<DmaBuf>,
     pub(super) gc_free: Vec<u16>,
     /// The run each cleaner buffer holds, and the moves still using it.
@@ -387,6 +390,7 @@ impl Shard {
             evac: VecDeque::new(),
             drain_copy: None,
             forget: None,
+            drain_credit: 0,
             gc_bufs: (0..GC_BUFS).map(|_| DmaBuf::new(bs * MOVE_RUN_BLOCKS as usize, bs)).collect(),
             gc_free: (0..GC_BUFS as u16).collect(),
             gc_pending: vec![BufRead::default(); GC_BUFS],
@@ -864,7 +868,12 @@ impl Shard {
         let payload = if p.op == PieceOp::Write { Payload::Buf(p.buf) } else { Payload::Zero };
         let purpose = Purpose::Client { origin: p.origin, slot: p.slot };
         match self.append_entry(payload, p.lba, p.blocks, self.open_partition, purpose) {
-            Ok(appended) => appended,
+            Ok(appended) => {
+                if appended {
+                    self.drain_credit = self.drain_credit.saturating_add(p.blocks);
+                }
+                appended
+            }
             Err(e) => {
                 self.finish_piece(p.origin, p.slot, Err(e));
                 true

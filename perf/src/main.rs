@@ -1,0 +1,330 @@
+//! `ilog-perf`: bdevperf for the ilog engine. Runs a workload against an
+//! ilog bdev on the native runtime and (with `--compare-raw`) the same
+//! workload against the raw base device, in one invocation, and prints
+//! IOPS, bandwidth, latency percentiles (hdrhistogram), a per-second
+//! series, and ilog/raw ratios.
+//!
+//! ```text
+//! cargo build --release -p ilog-perf
+//! target/release/ilog-perf -w randwrite -q 32 -o 4096 -t 30 --size 2G --fill --compare-raw
+//! ```
+//!
+//! The client is one thread keeping `-q` requests in flight (a closed
+//! loop); ilog's reactors run on `--cores` threads of their own. The raw
+//! device is driven by the client thread itself through one channel: the
+//! device's speed with nothing between. `--fill` writes the whole volume
+//! (sequentially, 128 KiB at a time) before the timed run, so that it
+//! measures a full disk in steady state.
+
+mod report;
+mod target;
+mod workload;
+
+use clap::Parser;
+use ilog_bdev::device::DmaBuf;
+use ilog_bdev::engine::Stats;
+use report::{Recorder, Report};
+use serde_json::json;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+use target::{DeviceSpec, IlogTarget, Op, RawTarget, Target};
+use workload::{pattern, Kind, Workload};
+
+const BLOCK_SIZE: u32 = 4096;
+/// Blocks per write of `--fill`.
+const FILL_BLOCKS: u32 = 32;
+
+#[derive(Parser, Debug)]
+#[command(name = "ilog-perf", about = "bdevperf for the ilog engine: ilog against its raw base device")]
+struct Cli {
+    /// Workload.
+    #[arg(short = 'w', long, value_enum, default_value = "randwrite")]
+    workload: Kind,
+    /// Requests in flight.
+    #[arg(short = 'q', long = "queue-depth", default_value_t = 32)]
+    queue_depth: usize,
+    /// Bytes per request (a multiple of 4096; K, M suffixes).
+    #[arg(short = 'o', long = "io-size", default_value = "4K", value_parser = parse_size)]
+    io_size: u64,
+    /// Seconds the timed run lasts.
+    #[arg(short = 't', long = "time", default_value_t = 10.0)]
+    seconds: f64,
+    /// Reactor cores (threads) ilog runs on.
+    #[arg(short = 'm', long, default_value_t = 1)]
+    cores: u32,
+    /// The base device: `malloc` (RAM) or `file:PATH` (io_uring).
+    #[arg(long, default_value = "malloc")]
+    device: DeviceSpec,
+    /// Bytes of the base device (K, M, G suffixes).
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    size: u64,
+    /// The log's share of the base device (default: the format's).
+    #[arg(long)]
+    log_percent: Option<u8>,
+    /// Write the whole volume before the timed run (steady state).
+    #[arg(long)]
+    fill: bool,
+    /// Also run the workload against the raw base device, and print ratios.
+    #[arg(long)]
+    compare_raw: bool,
+    /// Percent of reads in the `rw` workload.
+    #[arg(long, default_value_t = 70)]
+    rwmixread: u8,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}")),
+    };
+    Ok(n << shift)
+}
+
+/// A queue slot: its buffer, and the request it has in flight.
+struct Slot {
+    buf: DmaBuf,
+    op: Option<Op>,
+    started: Instant,
+    /// The generation of the slot's last write (verify).
+    generation: u64,
+}
+
+/// Keeps `qd` requests of `work` in flight on `target` for `duration` and
+/// records every completion; `None` for `duration` runs the workload's
+/// requests once through (`work` must then end by itself: `ops` requests).
+fn drive(target: &mut dyn Target, work: &mut Workload, qd: usize, io_bytes: usize, duration: Duration) -> Report {
+    let bs = BLOCK_SIZE as usize;
+    let mut slots: Vec<Slot> = (0..qd)
+        .map(|_| Slot { buf: DmaBuf::new(io_bytes, 4096), op: None, started: Instant::now(), generation: 0 })
+        .collect();
+    let mut rec = Recorder::new(io_bytes as u64);
+    let mut pending: VecDeque<usize> = (0..qd).collect();
+    let mut done = Vec::with_capacity(qd);
+    let mut outstanding = 0;
+    let mut generation = 1u64;
+    let start = Instant::now();
+    loop {
+        let running = start.elapsed() < duration;
+        while running && !pending.is_empty() {
+            let s = pending[0];
+            let slot = &mut slots[s];
+            let op = match slot.op {
+                Some(op) => op,
+                None => {
+                    let op = work.next(s);
+                    if op.write {
+                        generation += 1;
+                        slot.generation = generation;
+                        pattern(&mut slot.buf[..op.blocks as usize * bs], op.lba, generation, bs);
+                    }
+                    slot.op = Some(op);
+                    op
+                }
+            };
+            slot.started = Instant::now();
+            if !target.submit(s as u32, op, &mut slot.buf) {
+                break;
+            }
+            pending.pop_front();
+            outstanding += 1;
+        }
+        target.poll(&mut done);
+        for (s, ok) in done.drain(..) {
+            let now = Instant::now();
+            let slot = &mut slots[s as usize];
+            let op = slot.op.take().expect("a slot in flight has its op");
+            outstanding -= 1;
+            rec.record(now - start, now - slot.started);
+            if !ok {
+                rec.errors += 1;
+            } else if work.verifies() && !op.write {
+                let mut expected = vec![0u8; op.blocks as usize * bs];
+                pattern(&mut expected, op.lba, slot.generation, bs);
+                if slot.buf[..expected.len()] != expected[..] {
+                    rec.mismatches += 1;
+                }
+            }
+            pending.push_back(s as usize);
+        }
+        if !running && outstanding == 0 {
+            break;
+        }
+    }
+    rec.finish("", start.elapsed().min(duration))
+}
+
+/// Writes every block of `target` once, sequentially.
+fn fill(target: &mut dyn Target, qd: usize) {
+    let blocks = target.blocks();
+    let units = blocks / u64::from(FILL_BLOCKS);
+    let mut work = Workload::new(Kind::Write, FILL_BLOCKS, blocks, qd, 0, 0);
+    // Enough time for every unit, and no more: the run ends once `units`
+    // writes were issued (a sequential write workload wraps around).
+    let bytes = FILL_BLOCKS as usize * BLOCK_SIZE as usize;
+    let mut slots: Vec<DmaBuf> = (0..qd).map(|_| DmaBuf::new(bytes, 4096)).collect();
+    let mut free: Vec<usize> = (0..qd).collect();
+    let (mut issued, mut completed) = (0u64, 0u64);
+    let mut done = Vec::new();
+    while completed < units {
+        while issued < units {
+            let Some(&s) = free.last() else { break };
+            let op = work.next(s);
+            pattern(&mut slots[s], op.lba, 0, BLOCK_SIZE as usize);
+            if !target.submit(s as u32, op, &mut slots[s]) {
+                break;
+            }
+            free.pop();
+            issued += 1;
+        }
+        target.poll(&mut done);
+        for (s, ok) in done.drain(..) {
+            assert!(ok, "a fill write failed");
+            completed += 1;
+            free.push(s as usize);
+        }
+    }
+}
+
+/// After a fill: flushes, and waits for the log to drain to a write
+/// buffer's worth (half of it), as it does between bursts.
+fn settle(t: &IlogTarget) -> Result<(), String> {
+    t.ilog.flush().map_err(|e| format!("flush: {e}"))?;
+    let started = Instant::now();
+    loop {
+        let s = t.ilog.stats().map_err(|e| e.to_string())?;
+        if s.log_used_bytes * 2 <= s.log_capacity_bytes || started.elapsed() > Duration::from_secs(60) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn stats_json(s: &Stats) -> serde_json::Value {
+    let wa = s.device_bytes_written as f64 / s.user_bytes_written.max(1) as f64;
+    json!({
+        "volume_blocks": s.volume_blocks,
+        "log_capacity_bytes": s.log_capacity_bytes,
+        "user_bytes_written": s.user_bytes_written,
+        "device_bytes_written": s.device_bytes_written,
+        "write_amplification": wa,
+        "drains": s.drains,
+        "compactions": s.compactions,
+        "bytes_moved": s.bytes_moved,
+        "segments_freed": s.segments_freed,
+    })
+}
+
+fn run(cli: &Cli) -> Result<(), String> {
+    if cli.io_size == 0 || cli.io_size % u64::from(BLOCK_SIZE) != 0 {
+        return Err(format!("-o {}: a multiple of {BLOCK_SIZE} bytes", cli.io_size));
+    }
+    let io_blocks = (cli.io_size / u64::from(BLOCK_SIZE)) as u32;
+    let duration = Duration::from_secs_f64(cli.seconds);
+    let mut out = json!({"config": {
+        "workload": cli.workload.name(), "queue_depth": cli.queue_depth, "io_size": cli.io_size,
+        "seconds": cli.seconds, "cores": cli.cores, "device": format!("{:?}", cli.device), "size": cli.size,
+        "log_percent": cli.log_percent, "fill": cli.fill}});
+
+    let dev = cli.device.open(cli.size, BLOCK_SIZE)?;
+    let mut ilog = IlogTarget::format_and_start(dev, cli.cores, cli.log_percent)?;
+    let volume_blocks = ilog.blocks();
+    if cli.fill {
+        fill(&mut ilog, cli.queue_depth);
+        settle(&ilog)?;
+    }
+    let before = ilog.ilog.stats().map_err(|e| e.to_string())?;
+    let mut work = Workload::new(cli.workload, io_blocks, volume_blocks, cli.queue_depth, cli.rwmixread, cli.seed);
+    let mut report = drive(&mut ilog, &mut work, cli.queue_depth, cli.io_size as usize, duration);
+    report.name = "ilog".into();
+    let after = ilog.ilog.stats().map_err(|e| e.to_string())?;
+    ilog.ilog.close().map_err(|e| format!("close: {e}"))?;
+    let run_stats = Stats {
+        user_bytes_written: after.user_bytes_written - before.user_bytes_written,
+        device_bytes_written: after.device_bytes_written - before.device_bytes_written,
+        drains: after.drains - before.drains,
+        compactions: after.compactions - before.compactions,
+        bytes_moved: after.bytes_moved - before.bytes_moved,
+        segments_freed: after.segments_freed - before.segments_freed,
+        ..after
+    };
+    out["ilog"] = report.json();
+    out["ilog_stats"] = stats_json(&run_stats);
+
+    let raw = if cli.compare_raw {
+        let dev = cli.device.open(cli.size, BLOCK_SIZE)?;
+        let mut raw = RawTarget::new(dev, volume_blocks)?;
+        if cli.fill {
+            fill(&mut raw, cli.queue_depth);
+        }
+        let mut work = Workload::new(cli.workload, io_blocks, volume_blocks, cli.queue_depth, cli.rwmixread, cli.seed);
+        let mut r = drive(&mut raw, &mut work, cli.queue_depth, cli.io_size as usize, duration);
+        r.name = "raw".into();
+        out["raw"] = r.json();
+        out["ratio"] = json!({"iops": report.iops / r.iops, "p99": report.p99_us / r.p99_us});
+        Some(r)
+    } else {
+        None
+    };
+
+    if cli.json {
+        println!("{out:#}");
+    } else {
+        println!(
+            "{} {} B qd {} on {} core(s), {} base of {} MiB ({} MiB volume){}",
+            cli.workload.name(),
+            cli.io_size,
+            cli.queue_depth,
+            cli.cores,
+            match &cli.device {
+                DeviceSpec::Malloc => "malloc".to_owned(),
+                DeviceSpec::File(p) => format!("file {}", p.display()),
+            },
+            cli.size >> 20,
+            (volume_blocks * u64::from(BLOCK_SIZE)) >> 20,
+            if cli.fill { ", filled first" } else { "" }
+        );
+        println!("{}", report.line());
+        if let Some(r) = &raw {
+            println!("{}", r.line());
+            println!("ilog/raw: IOPS {:.2}x, p99 {:.2}x", report.iops / r.iops, report.p99_us / r.p99_us);
+        }
+        let s = &out["ilog_stats"];
+        println!(
+            "ilog during the run: write amplification {:.2}, {} drains, {} compactions, {} segments freed",
+            s["write_amplification"].as_f64().unwrap_or(0.0),
+            run_stats.drains,
+            run_stats.compactions,
+            run_stats.segments_freed
+        );
+        println!("{}", report.series_line());
+        if let Some(r) = &raw {
+            println!("{}", r.series_line());
+        }
+    }
+    let failed = report.errors + report.mismatches + raw.as_ref().map_or(0, |r| r.errors + r.mismatches);
+    if failed > 0 {
+        return Err(format!("{failed} I/Os failed or read back wrong data"));
+    }
+    Ok(())
+}
+
+fn main() {
+    // The engine's own log (RUST_LOG=ilog_bdev=debug shows every drain).
+    env_logger::builder().format_timestamp_micros().init();
+    let cli = Cli::parse();
+    if let Err(e) = run(&cli) {
+        eprintln!("ilog-perf: {e}");
+        std::process::exit(1);
+    }
+}
