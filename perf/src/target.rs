@@ -32,9 +32,17 @@ impl std::str::FromStr for DeviceSpec {
 }
 
 impl DeviceSpec {
+    /// The device, its memory touched first where it is RAM: the kernel
+    /// maps a fresh allocation's pages at their first write, which would be
+    /// measured as the device's cost (the first run on a fresh base pays
+    /// it, the second not).
     pub fn open(&self, bytes: u64, block_size: u32) -> Result<Arc<dyn BlockDevice>, String> {
         Ok(match self {
-            DeviceSpec::Malloc => Arc::new(MallocDevice::new(bytes / u64::from(block_size), block_size)),
+            DeviceSpec::Malloc => {
+                let dev: Arc<dyn BlockDevice> = Arc::new(MallocDevice::new(bytes / u64::from(block_size), block_size));
+                touch(dev.as_ref())?;
+                dev
+            }
             DeviceSpec::File(path) => {
                 let f = std::fs::OpenOptions::new()
                     .create(true)
@@ -49,6 +57,28 @@ impl DeviceSpec {
             }
         })
     }
+}
+
+/// Writes zeros over every block of `dev`, 1 MiB at a time.
+fn touch(dev: &dyn BlockDevice) -> Result<(), String> {
+    let mut chan = dev.channel().map_err(|e| format!("device channel: {e}"))?;
+    let chunk = (1 << 20) / dev.block_size();
+    let mut buf = DmaBuf::new((chunk * dev.block_size()) as usize, 4096);
+    let mut block = 0;
+    while block < dev.num_blocks() {
+        let nblocks = chunk.min((dev.num_blocks() - block) as u32);
+        let req = DevRequest { op: DevOp::Write, block, nblocks, buf: buf.as_mut_ptr(), tag: 0 };
+        // SAFETY: `buf` holds `nblocks` blocks and outlives the request,
+        // which completes in the poll below.
+        while unsafe { chan.submit(req) }.is_err() {
+            chan.poll(&mut |_, _| {});
+        }
+        while chan.outstanding() > 0 {
+            chan.poll(&mut |_, _| {});
+        }
+        block += u64::from(nblocks);
+    }
+    Ok(())
 }
 
 /// One request of a workload.

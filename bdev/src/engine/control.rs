@@ -158,6 +158,9 @@ pub(crate) struct Control {
     /// The highest threshold (80, 95) of log space held by live versions
     /// warned about, until the share falls back below 75 %.
     versions_warned: u8,
+    /// Blocks clients had written when that count last changed, and when
+    /// (unix s): a second without writes is idle time the log drains in.
+    writes_seen: (u64, u64),
 }
 
 impl Control {
@@ -271,6 +274,7 @@ impl Control {
             last_snapshot_at,
             policy_checked: (0, 0),
             versions_warned: 0,
+            writes_seen: (0, now),
         }
     }
 
@@ -620,11 +624,18 @@ impl Shard {
 
     /// Whether a drain should start now: one a crash or a failure left
     /// unfinished (after failures, once the clock moved on), the oldest
-    /// volume not yet in the baseline, or (without volumes) a log half full
-    /// or writes waiting for room.
+    /// volume not yet in the baseline, or (without volumes) writes waiting
+    /// for room, a log three quarters full, or a second without writes. So
+    /// a burst that fits in the log is taken at the write path's speed, and
+    /// the log empties while the disk is idle.
     fn drain_wanted(&mut self, space_wanted: bool) -> bool {
         let now = self.shared.clock.now_unix_s();
+        let written = self.shared.counters.user_blocks.load(Relaxed);
         let c = self.ctl_mut();
+        if c.writes_seen.0 != written {
+            c.writes_seen = (written, now);
+        }
+        let idle = now > c.writes_seen.1;
         if c.drain_failed_at.is_some_and(|at| now <= at) {
             return false;
         }
@@ -636,8 +647,8 @@ impl Shard {
                 // Beyond the cores' open segments: what a drain can free.
                 let geo = self.shared.geo;
                 let used = geo.segment_count as usize - self.shared.free_segments.len();
-                (space_wanted && used > 0)
-                    || (used > self.shared.cores as usize && used * 2 >= geo.segment_count as usize)
+                let drainable = used > self.shared.cores as usize;
+                (space_wanted && used > 0) || (drainable && (idle || used * 4 >= geo.segment_count as usize * 3))
             }
         }
     }

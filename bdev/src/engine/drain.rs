@@ -76,6 +76,10 @@ const COPY_BLOCKS_PER_POLL: u32 = 16;
 const URGENT_COPY_BLOCKS_PER_POLL: u32 = 128;
 /// Blocks taken from the walk at once, sorted so that neighbours coalesce.
 const WALK_BATCH: usize = 64;
+/// Stripes rewritten whole at once (a buffer of a stripe each).
+const REWRITES: usize = 4;
+/// What a stripe rewrite counts against a poll's copy budget.
+const REWRITE_COST: u32 = 32;
 /// Table entries a forget slice examines, and slices per poll.
 const FORGET_SLICE: usize = 32;
 const FORGET_SLICES_PER_POLL: usize = 4;
@@ -89,10 +93,13 @@ const RUN_WRITE: u64 = 4 << 32;
 const DIRECT_WRITE: u64 = 5 << 32;
 const TAG_STEP: u64 = 0xff << 32;
 
-/// A stripe of the baseline that held no data, being written whole: read
-/// into the stripe buffer, then written.
+/// A stripe of the baseline that held no data, being written whole: its
+/// blocks' versions read into its buffer, then the buffer written.
 struct StripeRewrite {
     stripe: u64,
+    buf: DmaBuf,
+    /// Reads outstanding; the write once they are done.
+    reads: u32,
     writing: bool,
 }
 
@@ -106,10 +113,11 @@ pub(super) struct DrainCopy {
     at: (usize, usize),
     /// Blocks taken from the walk, sorted by LBA: (block, version).
     batch: VecDeque<(u32, LogAddr)>,
-    /// Stripes written whole in this drain.
+    /// Stripes written whole in this drain, or being written.
     whole: HashSet<u64, BuildHasherDefault<BlockHasher>>,
-    rewrite: Option<StripeRewrite>,
-    stripe_buf: Option<DmaBuf>,
+    rewrites: [Option<StripeRewrite>; REWRITES],
+    /// Buffers of finished rewrites, for the next ones.
+    stripe_bufs: Vec<DmaBuf>,
     zeros: DmaBuf,
     /// Per mover buffer: the baseline block and length of the run it holds.
     runs: Vec<(u64, u32)>,
@@ -149,8 +157,8 @@ impl Shard {
             at: (0, 0),
             batch: VecDeque::with_capacity(WALK_BATCH),
             whole: HashSet::default(),
-            rewrite: None,
-            stripe_buf: None,
+            rewrites: Default::default(),
+            stripe_bufs: Vec::new(),
             zeros: DmaBuf::new(bs * MOVE_RUN_BLOCKS as usize, bs),
             runs: vec![(0, 0); self.gc_bufs.len()],
             inflight: 0,
@@ -158,25 +166,23 @@ impl Shard {
         });
     }
 
-    /// Moves the copy on: a whole-stripe rewrite, or block runs up to the
+    /// Moves the copy on: block runs and whole-stripe rewrites up to the
     /// poll's budget.
     pub(super) fn advance_drain_copy(&mut self) -> usize {
         let Some(d) = &self.drain_copy else { return 0 };
         // A failure or a close stops the walk; the drain ends once nothing
         // is in flight, and a later one (or mount) starts it over.
-        let stopping = d.error.is_some() || self.shutting_down;
-        if stopping || d.rewrite.is_some() {
-            if d.inflight > 0 {
-                return 0;
-            }
-            return self.drain_copy_settle(stopping);
+        if d.error.is_some() || self.shutting_down {
+            return if d.inflight == 0 { self.drain_copy_end(true) } else { 0 };
         }
-        // The copy keeps pace with the writes: each block clients appended
-        // since the last slice owes one and a half blocks of copy, done even
-        // with client work waiting (else the log fills and writes stall
-        // until the commit); beyond that the copy takes a small share.
+        // The copy outpaces the writes: each block clients appended since
+        // the last slice owes three blocks of copy, done even with client
+        // work waiting (else the log fills and writes stall until the
+        // commit); beyond that the copy takes a small share. A drain starts
+        // with the log three quarters full, and must end before the rest
+        // fills.
         let urgent = self.shared.space_state() == SpaceState::Wanted;
-        let owed = (self.drain_credit.saturating_mul(3) / 2).min(URGENT_COPY_BLOCKS_PER_POLL);
+        let owed = self.drain_credit.saturating_mul(3).min(URGENT_COPY_BLOCKS_PER_POLL);
         self.drain_credit = 0;
         let budget = if urgent { URGENT_COPY_BLOCKS_PER_POLL } else { COPY_BLOCKS_PER_POLL + owed };
         let mut spent = 0;
@@ -184,7 +190,7 @@ impl Shard {
             if !self.refill_drain_batch() {
                 let d = self.drain_copy.as_ref().expect("copying");
                 if d.inflight == 0 {
-                    return self.drain_copy_settle(false);
+                    return self.drain_copy_end(false);
                 }
                 break;
             }
@@ -193,12 +199,15 @@ impl Shard {
             let (lba, _) = *d.batch.front().expect("refilled");
             let stripe = u64::from(lba) / stripe_blocks;
             if !self.shared.baseline.has(stripe) {
+                // The rewrite of the stripe covers every block of it.
                 if d.whole.contains(&stripe) {
                     d.batch.pop_front();
                     continue;
                 }
-                self.start_stripe_rewrite(stripe);
-                return 1;
+                let Some(slot) = d.rewrites.iter().position(|r| r.is_none()) else { break };
+                self.start_stripe_rewrite(slot, stripe);
+                spent += REWRITE_COST;
+                continue;
             }
             match self.issue_drain_run() {
                 Some(n) => spent += n,
@@ -216,13 +225,16 @@ impl Shard {
             return true;
         }
         let mut out = [(0u32, 0 as LogAddr); WALK_BATCH];
-        let mut taken: Vec<(u32, LogAddr)> = Vec::with_capacity(WALK_BATCH);
+        // The batch's allocation is reused: taken out while the walk reads
+        // the tables.
         let (mut table, mut at) = (d.table, d.at);
-        while taken.is_empty() {
+        let mut batch = std::mem::take(&mut self.drain_copy.as_mut().expect("copying").batch);
+        let d = self.drain_copy.as_ref().expect("copying");
+        while batch.is_empty() {
             let Some(&t) = d.tables.get(table) else { break };
             let (n, next) = self.sealed_table(t).read_from(at, &mut out);
             // A newer version up to the target is what drains.
-            taken.extend(
+            batch.extend(
                 out[..n].iter().copied().filter(|&(lba, _)| self.parts.next_holder(lba, t, d.target).is_none()),
             );
             if n < WALK_BATCH {
@@ -231,10 +243,9 @@ impl Shard {
                 at = next;
             }
         }
-        taken.sort_unstable_by_key(|&(lba, _)| lba);
+        batch.make_contiguous().sort_unstable_by_key(|&(lba, _)| lba);
         let d = self.drain_copy.as_mut().expect("copying");
-        (d.table, d.at) = (table, at);
-        d.batch.extend(taken);
+        (d.table, d.at, d.batch) = (table, at, batch);
         !d.batch.is_empty()
     }
 
@@ -282,16 +293,18 @@ impl Shard {
         Some(n)
     }
 
-    /// Rewrites `stripe`, which held no data, whole: zeros overlaid with the
-    /// version as of the target of each block that has one.
-    fn start_stripe_rewrite(&mut self, stripe: u64) {
+    /// Rewrites `stripe`, which held no data, whole (in rewrite slot
+    /// `slot`): zeros overlaid with the version as of the target of each
+    /// block that has one.
+    fn start_stripe_rewrite(&mut self, slot: usize, stripe: u64) {
         let geo = self.shared.geo;
         let bs = geo.block_size as usize;
         let first = stripe * u64::from(geo.stripe_blocks);
         let len = stripe_len(&geo, stripe);
         let d = self.drain_copy.as_mut().expect("copying");
         let target = d.target;
-        let mut buf = d.stripe_buf.take().unwrap_or_else(|| DmaBuf::new(bs * geo.stripe_blocks as usize, bs));
+        d.whole.insert(stripe);
+        let mut buf = d.stripe_bufs.pop().unwrap_or_else(|| DmaBuf::new(bs * geo.stripe_blocks as usize, bs));
         buf[..len as usize * bs].fill(0);
         let mut runs: Vec<(u32, u64, u32)> = Vec::new(); // (offset, device block, blocks)
         for off in 0..len {
@@ -306,42 +319,40 @@ impl Shard {
                 }
             }
         }
-        let d = self.drain_copy.as_mut().expect("copying");
-        d.rewrite = Some(StripeRewrite { stripe, writing: false });
-        d.inflight += runs.len() as u32;
         let base = buf.as_mut_ptr();
-        d.stripe_buf = Some(buf);
+        let d = self.drain_copy.as_mut().expect("copying");
+        d.rewrites[slot] = Some(StripeRewrite { stripe, buf, reads: runs.len() as u32, writing: false });
+        d.inflight += runs.len() as u32;
+        let tag = TAG_DRAIN | STRIPE_READ | slot as u64;
         for (off, block, nblocks) in runs {
             // SAFETY: the run lies within the stripe buffer, which stays in
-            // the drain until the rewrite's write completed.
+            // its rewrite slot until the rewrite's write completed.
             let at = unsafe { base.add(off as usize * bs) };
-            self.dev_submit(DevRequest { op: DevOp::Read, block, nblocks, buf: at, tag: TAG_DRAIN | STRIPE_READ });
+            self.dev_submit(DevRequest { op: DevOp::Read, block, nblocks, buf: at, tag });
+        }
+        if self.drain_copy.as_ref().expect("copying").rewrites[slot].as_ref().is_some_and(|r| r.reads == 0) {
+            self.write_rewritten_stripe(slot);
         }
     }
 
-    /// With nothing in flight: writes a rewritten stripe once read, ends a
-    /// written one, or (the walk over, or `stopping`) ends the copy.
-    fn drain_copy_settle(&mut self, stopping: bool) -> usize {
+    /// Writes a rewritten stripe, once its blocks are read.
+    fn write_rewritten_stripe(&mut self, slot: usize) {
         let geo = self.shared.geo;
         let d = self.drain_copy.as_mut().expect("copying");
-        if let Some(r) = d.rewrite.as_mut().filter(|_| !stopping) {
-            if !r.writing {
-                r.writing = true;
-                let nblocks = stripe_len(&geo, r.stripe);
-                let block = geo.baseline_start + r.stripe * u64::from(geo.stripe_blocks);
-                let buf = d.stripe_buf.as_mut().expect("a rewrite has its buffer").as_mut_ptr();
-                d.inflight += 1;
-                super::space::Counters::add(&self.shared.counters.device_blocks, u64::from(nblocks));
-                self.dev_submit(DevRequest { op: DevOp::Write, block, nblocks, buf, tag: TAG_DRAIN | STRIPE_WRITE });
-                return 1;
-            }
-            // Written: reads of its other blocks may go to the baseline now.
-            let stripe = r.stripe;
-            d.rewrite = None;
-            d.whole.insert(stripe);
-            self.shared.baseline.set(stripe);
-            return 1;
-        }
+        let r = d.rewrites[slot].as_mut().expect("a rewrite in the slot");
+        r.writing = true;
+        let nblocks = stripe_len(&geo, r.stripe);
+        let block = geo.baseline_start + r.stripe * u64::from(geo.stripe_blocks);
+        let buf = r.buf.as_mut_ptr();
+        d.inflight += 1;
+        super::space::Counters::add(&self.shared.counters.device_blocks, u64::from(nblocks));
+        let tag = TAG_DRAIN | STRIPE_WRITE | slot as u64;
+        self.dev_submit(DevRequest { op: DevOp::Write, block, nblocks, buf, tag });
+    }
+
+    /// With nothing in flight: ends the copy (the walk is over, or it
+    /// stops), and answers core 0.
+    fn drain_copy_end(&mut self, stopping: bool) -> usize {
         let d = self.drain_copy.take().expect("copying");
         let status = match d.error {
             Some(e) => Err(e),
@@ -359,7 +370,25 @@ impl Shard {
             d.error.get_or_insert(Error::Io(e));
         }
         match value & TAG_STEP {
-            STRIPE_READ | STRIPE_WRITE | DIRECT_WRITE => {}
+            STRIPE_READ => {
+                let slot = (value & 0xffff) as usize;
+                let r = d.rewrites[slot].as_mut().expect("a rewrite reads");
+                r.reads -= 1;
+                // After a failed read the stripe stays as it was.
+                if r.reads == 0 && d.error.is_none() {
+                    self.write_rewritten_stripe(slot);
+                }
+            }
+            STRIPE_WRITE => {
+                let r = d.rewrites[(value & 0xffff) as usize].take().expect("a rewrite writes");
+                // Written: reads of its other blocks may go to the
+                // baseline now.
+                if d.error.is_none() {
+                    self.shared.baseline.set(r.stripe);
+                }
+                d.stripe_bufs.push(r.buf);
+            }
+            DIRECT_WRITE => {}
             RUN_READ => {
                 let b = (value & 0xffff) as u16;
                 if d.error.is_some() {
