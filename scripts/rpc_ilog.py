@@ -44,12 +44,13 @@ def spdk_rpc_plugin_initialize(subparsers):
                      stripe_size_kib=args.stripe_size_kib,
                      segment_size_kib=args.segment_size_kib,
                      log_percent=args.log_percent,
-                     max_volumes=args.max_volumes))
+                     max_volumes=args.max_volumes,
+                     replay_window_mib=args.replay_window_mib))
 
     p = subparsers.add_parser(
         'bdev_ilog_create', help='Create an ilog bdev on a base bdev',
         description="""Create an ilog bdev on an existing base bdev. The --*-size-kib,
-        --log-percent and --max-volumes options choose how the base bdev is formatted.
+        --log-percent, --max-volumes and --replay-window-mib options choose how the base bdev is formatted.
         Prints the new bdev's name. Example: bdev_ilog_create -b Malloc0 -p ilog0 --log-percent 30""")
     p.add_argument('-b', '--base-bdev-name', help='Name of the existing base bdev', required=True)
     p.add_argument('-p', '--name', help='Name of the new ilog bdev', required=True)
@@ -60,6 +61,8 @@ def spdk_rpc_plugin_initialize(subparsers):
                    help="The log's share of the base bdev, 1-95: room for snapshot deltas plus a write "
                         "buffer; the rest is the volume (default 18)")
     p.add_argument('--max-volumes', type=int, help='Most snapshot volumes at once (default 1024)')
+    p.add_argument('--replay-window-mib', type=int,
+                   help='Most log a mount after a crash scans and replays, in MiB (default 1024)')
     p.set_defaults(func=bdev_ilog_create)
 
     def bdev_ilog_delete(args):

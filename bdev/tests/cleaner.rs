@@ -27,6 +27,7 @@ fn compacting_long_zero_entries_frees_more_than_it_uses() {
         segment_bytes: segment_blocks * BS,
         log_percent: 50,
         max_volumes: 16,
+        ..FormatOptions::default()
     };
     ilog_bdev::engine::format(dev.as_ref(), &opts, [7; 16]).unwrap();
     let ilog = Ilog::start(dev, 1).unwrap();

@@ -42,7 +42,13 @@ const HANG_LIMIT: Duration = Duration::from_secs(120);
 
 /// 16-block stripes, 64-block segments: 31 segments, 2108 volume blocks.
 fn opts() -> FormatOptions {
-    FormatOptions { stripe_bytes: 16 * BS as u64, segment_bytes: 64 * BS as u64, log_percent: 50, max_volumes: 16 }
+    FormatOptions {
+        stripe_bytes: 16 * BS as u64,
+        segment_bytes: 64 * BS as u64,
+        log_percent: 50,
+        max_volumes: 16,
+        ..FormatOptions::default()
+    }
 }
 
 // ---- block contents ---------------------------------------------------------

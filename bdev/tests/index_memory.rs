@@ -164,6 +164,7 @@ fn mount(stripe_blocks: u32, volume: u64, log: u64, cores: u32, seed: u64) -> Dr
         segment_bytes: u64::from(segment_blocks * BS),
         log_percent: 50,
         max_volumes: 16,
+        ..FormatOptions::default()
     };
     // Room for the data plus a summary pair per 19 entries, a header per
     // segment and the segments the snapshots close early.

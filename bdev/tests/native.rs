@@ -45,6 +45,7 @@ fn options() -> FormatOptions {
         segment_bytes: 128 * BS as u64,
         log_percent: 50,
         max_volumes: 64,
+        ..FormatOptions::default()
     }
 }
 

@@ -172,6 +172,9 @@ impl Harness {
             segment_bytes: segment_blocks * bs as u64,
             log_percent: if rng.below(2) == 0 { 60 + rng.below(30) as u8 } else { 25 + rng.below(15) as u8 },
             max_volumes: 8,
+            // A window of a few segments: checkpoints come often, and a
+            // crash mount reads only the window's headers.
+            replay_window_bytes: (4 + rng.below(12)) * segment_blocks * bs as u64,
         };
         let mut sim = Sim::new(seed, device_blocks, bs as u32);
         // Half the seeds move whole entries by device copies.

@@ -116,6 +116,7 @@ fn format(dev: &dyn BlockDevice, log_percent: u8, ctx: &Ctx) {
         segment_bytes: SEGMENT_BLOCKS * BS as u64,
         log_percent,
         max_volumes: 16,
+        ..FormatOptions::default()
     };
     let uuid: [u8; 16] = ctx.seed.to_le_bytes().repeat(2).try_into().expect("16 bytes");
     ilog_bdev::engine::format(dev, &opts, uuid).unwrap_or_else(|e| panic!("{ctx} format: {e}"));

@@ -22,7 +22,8 @@ mod workload;
 
 use clap::Parser;
 use ilog_bdev::device::DmaBuf;
-use ilog_bdev::engine::Stats;
+use ilog_bdev::engine::{MountReport, Stats};
+use ilog_bdev::runtime::native::Ilog;
 use report::{Recorder, Report};
 use serde_json::json;
 use std::collections::VecDeque;
@@ -75,6 +76,14 @@ struct Cli {
     /// Print one JSON document instead of text.
     #[arg(long)]
     json: bool,
+    /// After the run, time two mounts: after a crash (the reactors stop
+    /// with no checkpoint, the log since the last one is replayed), then
+    /// after a clean close.
+    #[arg(long)]
+    mount: bool,
+    /// The replay window (MiB) to format with (default: the format's).
+    #[arg(long)]
+    replay_window_mib: Option<u64>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -196,6 +205,23 @@ fn fill(target: &mut dyn Target, qd: usize) {
     }
 }
 
+/// Stops ilog as a crash would (no checkpoint, no flush) and mounts again,
+/// then closes cleanly and mounts again: what each mount did.
+fn time_mounts(
+    ilog: IlogTarget,
+    dev: std::sync::Arc<dyn ilog_bdev::device::BlockDevice>,
+    cores: u32,
+) -> Result<(MountReport, MountReport), String> {
+    ilog.ilog.abort();
+    let after_crash = Ilog::start(dev.clone(), cores).map_err(|e| format!("mount after the crash: {e}"))?;
+    let crash = after_crash.stats().map_err(|e| e.to_string())?.last_mount;
+    after_crash.close().map_err(|e| format!("close: {e}"))?;
+    let after_close = Ilog::start(dev, cores).map_err(|e| format!("mount after a clean close: {e}"))?;
+    let clean = after_close.stats().map_err(|e| e.to_string())?.last_mount;
+    after_close.close().map_err(|e| format!("close: {e}"))?;
+    Ok((crash, clean))
+}
+
 /// After a fill: flushes, and waits for the log to drain to a write
 /// buffer's worth (half of it), as it does between bursts.
 fn settle(t: &IlogTarget) -> Result<(), String> {
@@ -237,7 +263,8 @@ fn run(cli: &Cli) -> Result<(), String> {
         "log_percent": cli.log_percent, "fill": cli.fill}});
 
     let dev = cli.device.open(cli.size, BLOCK_SIZE)?;
-    let mut ilog = IlogTarget::format_and_start(dev, cli.cores, cli.log_percent)?;
+    let mut ilog =
+        IlogTarget::format_and_start(dev.clone(), cli.cores, cli.log_percent, cli.replay_window_mib.map(|m| m << 20))?;
     let volume_blocks = ilog.blocks();
     if cli.fill {
         fill(&mut ilog, cli.queue_depth);
@@ -248,7 +275,15 @@ fn run(cli: &Cli) -> Result<(), String> {
     let mut report = drive(&mut ilog, &mut work, cli.queue_depth, cli.io_size as usize, duration);
     report.name = "ilog".into();
     let after = ilog.ilog.stats().map_err(|e| e.to_string())?;
-    ilog.ilog.close().map_err(|e| format!("close: {e}"))?;
+    if cli.mount {
+        let (crash, clean) = time_mounts(ilog, dev, cli.cores)?;
+        out["mount"] = json!({
+            "crash": {"ms": crash.micros as f64 / 1000.0, "read_bytes": crash.read_bytes},
+            "clean": {"ms": clean.micros as f64 / 1000.0, "read_bytes": clean.read_bytes},
+        });
+    } else {
+        ilog.ilog.close().map_err(|e| format!("close: {e}"))?;
+    }
     let run_stats = Stats {
         user_bytes_written: after.user_bytes_written - before.user_bytes_written,
         device_bytes_written: after.device_bytes_written - before.device_bytes_written,
@@ -310,6 +345,16 @@ fn run(cli: &Cli) -> Result<(), String> {
         println!("{}", report.series_line());
         if let Some(r) = &raw {
             println!("{}", r.series_line());
+        }
+        if cli.mount {
+            let m = &out["mount"];
+            println!(
+                "mount after a crash: {:.1} ms, {:.1} MiB read; after a clean close: {:.1} ms, {:.1} MiB read",
+                m["crash"]["ms"].as_f64().unwrap_or(0.0),
+                m["crash"]["read_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64,
+                m["clean"]["ms"].as_f64().unwrap_or(0.0),
+                m["clean"]["read_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64
+            );
         }
     }
     let failed = report.errors + report.mismatches + raw.as_ref().map_or(0, |r| r.errors + r.mismatches);

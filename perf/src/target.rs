@@ -111,12 +111,20 @@ pub struct IlogTarget {
 }
 
 impl IlogTarget {
-    /// Formats `dev` (with `log_percent` if given) and starts ilog on
-    /// `cores` reactors.
-    pub fn format_and_start(dev: Arc<dyn BlockDevice>, cores: u32, log_percent: Option<u8>) -> Result<Self, String> {
+    /// Formats `dev` (with `log_percent` and the replay window if given)
+    /// and starts ilog on `cores` reactors.
+    pub fn format_and_start(
+        dev: Arc<dyn BlockDevice>,
+        cores: u32,
+        log_percent: Option<u8>,
+        replay_window_bytes: Option<u64>,
+    ) -> Result<Self, String> {
         let mut opts = FormatOptions::default();
         if let Some(p) = log_percent {
             opts.log_percent = p;
+        }
+        if let Some(bytes) = replay_window_bytes {
+            opts.replay_window_bytes = bytes;
         }
         ilog_bdev::engine::format(dev.as_ref(), &opts, [0x1b; 16]).map_err(|e| format!("format: {e}"))?;
         let ilog = Ilog::start(dev, cores).map_err(|e| format!("mount: {e}"))?;

@@ -13,7 +13,7 @@
 //!
 //! | Method | Params (default) | Result |
 //! |---|---|---|
-//! | `bdev_ilog_create` | `name`: string, the new bdev; `base_bdev_name`: string; `stripe_size_kib`: int (1024); `segment_size_kib`: int (4096); `log_percent`: int, 1..=95 (18); `max_volumes`: int (1024) | the bdev's name, e.g. `"ilog0"` |
+//! | `bdev_ilog_create` | `name`: string, the new bdev; `base_bdev_name`: string; `stripe_size_kib`: int (1024); `segment_size_kib`: int (4096); `log_percent`: int, 1..=95 (18); `max_volumes`: int (1024); `replay_window_mib`: int, most log a crash mount replays (1024) | the bdev's name, e.g. `"ilog0"` |
 //! | `bdev_ilog_delete` | `name`: string | `true` |
 //! | `bdev_ilog_get_bdevs` | `name`: string (all ilog bdevs) | array of [bdev objects](#bdev-object) |
 //! | `bdev_ilog_snapshot` | `name`: string; `snapshot_name`: string, the volume id (`snap-<n>`) | `{"volume_id", "bdev"}` |
@@ -95,7 +95,9 @@
 //! `device_bytes_written`, `write_amplification` (device / user),
 //! `compactions`, `bytes_moved`, `bytes_copied` (of those moved, copied by
 //! the device itself), `segments_freed`, `drains` (into the baseline),
-//! `volumes_retired` (by `retention.on_full`), `policy_actions`.
+//! `volumes_retired` (by `retention.on_full`), `last_mount` (`kind`:
+//! `"clean"` or `"crash"` (the log was replayed), `ms`, `read_bytes`),
+//! `policy_actions`.
 //!
 //! ## Policy document
 //!
@@ -152,6 +154,8 @@ pub struct CreateParams {
     pub log_percent: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_volumes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_window_mib: Option<u64>,
 }
 
 impl CreateParams {
@@ -166,6 +170,9 @@ impl CreateParams {
             segment_bytes: self.segment_size_kib.map_or(d.segment_bytes, |kib| kib.saturating_mul(1024)),
             log_percent: self.log_percent.unwrap_or(d.log_percent),
             max_volumes: self.max_volumes.unwrap_or(d.max_volumes),
+            replay_window_bytes: self
+                .replay_window_mib
+                .map_or(d.replay_window_bytes, |mib| mib.saturating_mul(1 << 20)),
         }
     }
 
@@ -530,6 +537,11 @@ pub fn stats_result(name: &str, s: &Stats) -> Value {
         "segments_freed": s.segments_freed,
         "drains": s.drains,
         "volumes_retired": s.volumes_retired,
+        "last_mount": {
+            "kind": if s.last_mount.crash { "crash" } else { "clean" },
+            "ms": s.last_mount.micros as f64 / 1000.0,
+            "read_bytes": s.last_mount.read_bytes,
+        },
         "policy_actions": s.policy_actions,
     })
 }
@@ -597,6 +609,7 @@ mod tests {
                 segment_size_kib: None,
                 log_percent: None,
                 max_volumes: None,
+                replay_window_mib: None,
             })
         );
         let full = json!({"name": "ilog0", "base_bdev_name": "Malloc0", "stripe_size_kib": 512,
@@ -604,7 +617,13 @@ mod tests {
         let Command::Create(p) = ok("bdev_ilog_create", full) else { panic!("not a create") };
         assert_eq!(
             p.format_options(),
-            FormatOptions { stripe_bytes: 512 << 10, segment_bytes: 8 << 20, log_percent: 30, max_volumes: 16 }
+            FormatOptions {
+                stripe_bytes: 512 << 10,
+                segment_bytes: 8 << 20,
+                log_percent: 30,
+                max_volumes: 16,
+                ..FormatOptions::default()
+            }
         );
         assert_eq!(ok("bdev_ilog_delete", json!({"name": "ilog0"})), Command::Delete { name: "ilog0".into() });
         assert_eq!(parse("bdev_ilog_get_bdevs", None), Some(Ok(Command::GetBdevs { name: None })));
@@ -659,6 +678,7 @@ mod tests {
             segment_size_kib: None,
             log_percent: None,
             max_volumes: None,
+            replay_window_mib: None,
         };
         assert_eq!(p.format_options(), FormatOptions::default());
     }
@@ -880,6 +900,7 @@ mod tests {
             segments_freed: 1,
             drains: 2,
             volumes_retired: 0,
+            last_mount: ilog_bdev::engine::MountReport { crash: true, micros: 1500, read_bytes: 8192 },
             policy_actions: 0,
         };
         assert_eq!(
@@ -890,7 +911,8 @@ mod tests {
                    "live_bytes": 3 << 20, "garbage_bytes": 1 << 20, "garbage_ratio": 0.25, "versions_percent": 3,
                    "user_bytes_written": 4 << 20, "device_bytes_written": 5 << 20, "write_amplification": 1.25,
                    "compactions": 1, "bytes_moved": 4096, "bytes_copied": 0, "segments_freed": 1, "drains": 2,
-                   "volumes_retired": 0, "policy_actions": 0})
+                   "volumes_retired": 0, "last_mount": {"kind": "crash", "ms": 1.5, "read_bytes": 8192},
+                   "policy_actions": 0})
         );
     }
 }

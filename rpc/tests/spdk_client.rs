@@ -225,6 +225,7 @@ fn spdk_rpc_with_the_plugin_drives_every_method() {
             segment_size_kib: None,
             log_percent: None,
             max_volumes: None,
+            replay_window_mib: None,
         })
     );
 

@@ -181,7 +181,7 @@ impl Shard {
             job.started = true;
             self.shared.counters.compactions.fetch_add(1, Relaxed);
             let next_seq = self.shared.next_seq.load(Relaxed);
-            let free = self.shared.free_segments.len();
+            let free = self.shared.free.len();
             let client_segments = self.shared.counters.client_segments_opened.load(Relaxed);
             let job = self.job();
             job.start_seq = next_seq;
@@ -207,7 +207,7 @@ impl Shard {
         let cores = self.shared.cores as usize;
         let want_more = match self.job().target {
             // Enough room for writes again, with headroom for the next moves.
-            CleanTarget::Reclaim => self.shared.free_segments.len() <= self.shared.reserve() + cores,
+            CleanTarget::Reclaim => self.shared.free.len() <= self.shared.reserve() + cores,
             _ => true,
         };
         let job = self.job();
@@ -229,7 +229,7 @@ impl Shard {
         // cores, may open a segment on each and fill one more): commit what
         // is evacuated before the cleaner's own room runs out. Each victim
         // in flight may need that much.
-        let room = self.shared.free_segments.len() > cores * (in_flight + 1);
+        let room = self.shared.free.len() > cores * (in_flight + 1);
         let job = self.job();
         if in_flight > 0 {
             // A second victim joins if it fits the batch; commits and the
@@ -379,12 +379,12 @@ impl Shard {
         let freed = std::mem::take(&mut self.job().freed);
         for &segno in &freed {
             self.shared.space[segno as usize].reset();
-            self.shared.free_segments.push(segno).expect("a freed segment fits the pool");
+            self.shared.free.release(segno);
         }
         let counters = &self.shared.counters;
         counters.segments_freed.fetch_add(freed.len() as u64, Relaxed);
         log::debug!("cleaner freed {} segment(s): {:?}", freed.len(), freed);
-        let (free, next_seq) = (self.shared.free_segments.len(), self.shared.next_seq.load(Relaxed));
+        let (free, next_seq) = (self.shared.free.len(), self.shared.next_seq.load(Relaxed));
         let job = self.job();
         job.reclaimed += freed.len() as u32;
         job.committing = false;
@@ -397,7 +397,7 @@ impl Shard {
 
     fn clean_finish(&mut self) {
         let job = self.ctl_mut().clean.take().expect("a cleaning job runs");
-        let free = self.shared.free_segments.len();
+        let free = self.shared.free.len();
         let room = free > self.shared.reserve();
         log::info!("cleaner {:?} done: {} segment(s) freed, {free} free", job.target, job.reclaimed);
         if job.target == CleanTarget::Reclaim {

@@ -74,6 +74,10 @@ pub(super) enum Op {
     /// A drain's copy is done: forget, barrier, commit.
     DrainCommit,
     SetPolicy(Box<Policy>),
+    /// A barrier and a checkpoint, for the window (see `free.rs`): the
+    /// segments opened since the last one are listed, and the window is
+    /// topped up.
+    Checkpoint,
 }
 
 struct Queued {
@@ -149,6 +153,13 @@ pub(crate) struct Control {
     /// A drain was recorded as started and has not committed.
     draining: Option<u32>,
     drained_below: u64,
+    /// The segments put in the window and not known in use yet: what the
+    /// next checkpoint lists as its window.
+    window: Vec<u32>,
+    /// Segments the checkpoint being written adds to the window: writes
+    /// open them once it is durable.
+    window_pending: Vec<u32>,
+    replay_window_kib: u32,
     pub(super) policy: Policy,
     /// When the last snapshot was taken (unix s), for the snapshot interval.
     pub(super) last_snapshot_at: u64,
@@ -242,6 +253,7 @@ impl Control {
     }
 
     pub(super) fn new(ckpt: &Checkpoint, open_partition: u32, ckpt_buf: DmaBuf, now: u64) -> Control {
+        let window = ckpt.window.clone().expect("mount's checkpoint lists the window");
         let policy = Policy::parse(&ckpt.policy).unwrap_or_else(|e| {
             log::error!("ignoring the stored policy: {e}");
             Policy::default()
@@ -270,6 +282,9 @@ impl Control {
             // background work finishes it.
             draining: ckpt.draining,
             drained_below: ckpt.drained_below,
+            window,
+            window_pending: Vec::new(),
+            replay_window_kib: ckpt.replay_window_kib,
             policy,
             last_snapshot_at,
             policy_checked: (0, 0),
@@ -405,7 +420,7 @@ impl Shard {
         let shared = self.shared.clone();
         let (geo, counters) = (shared.geo, &shared.counters);
         let (bs, seg_bytes) = (u64::from(geo.block_size), u64::from(geo.segment_blocks) * u64::from(geo.block_size));
-        let free = shared.free_segments.len() as u32;
+        let free = shared.free.len() as u32;
         let (mut used, mut live) = (0u64, 0u64);
         for s in &shared.space {
             used += u64::from(s.used.load(Relaxed));
@@ -437,6 +452,7 @@ impl Shard {
             segments_freed: load(&counters.segments_freed),
             drains: load(&counters.drains),
             volumes_retired: load(&counters.volumes_retired),
+            last_mount: shared.mount,
             policy_actions: load(&counters.policy_actions),
         }
     }
@@ -479,7 +495,7 @@ impl Shard {
             return self.reply(q.origin, q.reply, Err(Error::ShuttingDown));
         }
         if let Some(e) = self.ctl_mut().failed.clone() {
-            if matches!(q.op, Op::Clean(_) | Op::Drain | Op::DrainCommit) {
+            if matches!(q.op, Op::Clean(_) | Op::Drain | Op::DrainCommit | Op::Checkpoint) {
                 // No checkpoint can free a segment now: writes waiting for
                 // space must fail rather than wait for ever.
                 self.shared.set_space_state(SpaceState::Failed);
@@ -554,7 +570,7 @@ impl Shard {
                         // Writes wait and the cores' open segments are most
                         // of what is used: the cut closes them, so the drain
                         // frees them too.
-                        let used = self.shared.geo.segment_count as usize - self.shared.free_segments.len();
+                        let used = self.shared.geo.segment_count as usize - self.shared.free.len();
                         close =
                             self.shared.space_state() == SpaceState::Wanted && used <= 2 * self.shared.cores as usize;
                     }
@@ -569,7 +585,7 @@ impl Shard {
                 let target = *target;
                 self.ctl_mut().clean = Some(CleanJob::new(target));
             }
-            Op::Flush | Op::LogRead { .. } => {}
+            Op::Flush | Op::LogRead { .. } | Op::Checkpoint => {}
         }
         self.ctl_mut().current = Some(Current { q, stage: Stage::CheckpointWrite, volume: None });
         self.start_control_barrier(seal, close, shutdown);
@@ -609,11 +625,15 @@ impl Shard {
     /// else (writes waiting for room) the cleaner.
     fn background_tick(&mut self) {
         self.warn_on_versions();
+        let core = self.core;
+        if self.shared.free.window_short() {
+            // Half the window is used, or writes wait for it.
+            return self.ctl_mut().enqueue_background(core, Op::Checkpoint);
+        }
         if self.ctl_mut().drain.is_some() {
             return;
         }
         let wanted = self.shared.space_state() == SpaceState::Wanted;
-        let core = self.core;
         if self.drain_wanted(wanted) {
             self.ctl_mut().enqueue_background(core, Op::Drain);
         } else if wanted {
@@ -635,7 +655,8 @@ impl Shard {
         if c.writes_seen.0 != written {
             c.writes_seen = (written, now);
         }
-        let idle = now > c.writes_seen.1;
+        // Seconds are whole: a change seen in second S, none in S + 1.
+        let idle = now > c.writes_seen.1 + 1;
         if c.drain_failed_at.is_some_and(|at| now <= at) {
             return false;
         }
@@ -646,7 +667,7 @@ impl Shard {
             Some((_, true)) => {
                 // Beyond the cores' open segments: what a drain can free.
                 let geo = self.shared.geo;
-                let used = geo.segment_count as usize - self.shared.free_segments.len();
+                let used = geo.segment_count as usize - self.shared.free.len();
                 let drainable = used > self.shared.cores as usize;
                 (space_wanted && used > 0) || (drainable && (idle || used * 4 >= geo.segment_count as usize * 3))
             }
@@ -742,6 +763,7 @@ impl Shard {
                 self.start_log_read(cursor, count, with_data);
             }
             Op::Delete(_) | Op::SetPolicy(_) | Op::Fold(_) => unreachable!("no barrier"),
+            Op::Checkpoint => self.write_checkpoint(false),
             Op::Clean(_) => self.clean_after_barrier(),
             Op::Drain => {
                 let cut = c.open_partition - 1;
@@ -755,7 +777,14 @@ impl Shard {
         let (uuid, epoch, bs) = (self.shared.uuid, self.shared.epoch, self.shared.geo.block_size as usize);
         let geo = self.shared.geo;
         let baseline_stripes = self.shared.baseline.to_bytes();
-        let c = self.ctl_mut();
+        let c = self.ctl.as_mut().expect("control runs on core 0");
+        let added = self.shared.free.take_for_window(c.window_pending.len());
+        // Window segments the registry knows are listed as such; the others
+        // (still free, or opened since the barrier) are the window.
+        c.window.extend_from_slice(&added);
+        c.window_pending.extend(added);
+        let registry = &c.registry;
+        c.window.retain(|s| !registry.contains_key(s));
         let ckpt = Checkpoint {
             generation: c.generation + 1,
             uuid,
@@ -767,6 +796,8 @@ impl Shard {
             baseline_partition: c.baseline_partition,
             draining: c.draining,
             drained_below: c.drained_below,
+            window: Some(c.window.clone()),
+            replay_window_kib: c.replay_window_kib,
             policy: c.policy.json.clone(),
             baseline_stripes,
             volumes: c.volumes.clone(),
@@ -827,6 +858,10 @@ impl Shard {
             return self.finish_control(Err(Error::Io(e)));
         }
         c.generation += 1;
+        let opened = std::mem::take(&mut c.window_pending);
+        self.shared.free.open_window(&opened);
+        let c = self.ctl_mut();
+        let cur = c.current.as_ref().expect("running");
         match cur.q.op {
             Op::Clean(_) => return self.clean_checkpointed(),
             Op::Drain => {
@@ -839,6 +874,7 @@ impl Shard {
                 return self.drain_started(target, waiter);
             }
             Op::DrainCommit => return self.drain_committed(),
+            Op::Checkpoint => return self.finish_control(Ok(Reply::Done)),
             _ => {}
         }
         let live = c.live_partitions();

@@ -639,7 +639,7 @@ impl Shard {
         let freed = self.ctl_mut().take_drained_segments();
         for &segno in &freed {
             self.shared.space[segno as usize].reset();
-            self.shared.free_segments.push(segno).expect("a freed segment fits the pool");
+            self.shared.free.release(segno);
         }
         let counters = &self.shared.counters;
         counters.segments_freed.fetch_add(freed.len() as u64, Relaxed);
@@ -653,7 +653,7 @@ impl Shard {
             freed.len(),
             job.committing.map(|c| c.elapsed()).unwrap_or_default()
         );
-        if self.shared.free_segments.len() > self.shared.reserve() || self.shared.space_state() == SpaceState::Failed {
+        if self.shared.free.len() > self.shared.reserve() || self.shared.space_state() == SpaceState::Failed {
             self.shared.set_space_state(SpaceState::Ok);
         }
         self.drain_end(Ok(Reply::Done));

@@ -15,13 +15,15 @@
 use super::addr::ZERO;
 use super::control::{Control, SegmentInfo, ENTRY_BITS};
 use super::drain::BaselineMap;
+use super::free::FreeSegments;
 use super::index::BlockIndex;
 use super::logmap::LogMap;
+use super::mount_io::SyncIo;
 use super::partition::Partitions;
 use super::shard::{Shard, ShardInit};
 use super::shared::{Clock, Shared, Submitter, SystemClock, QUEUE_DEPTH};
 use super::space::{count_live, Counters, SegmentSpace};
-use crate::device::{BlockDevice, DevChannel, DevOp, DevRequest, DmaBuf};
+use crate::device::{BlockDevice, DmaBuf};
 use crate::error::{Error, Result};
 use crate::format::{
     Checkpoint, EntryKind, FormatOptions, Geometry, SegmentHeader, SegmentId, SegmentRecord, SummaryChain,
@@ -31,6 +33,38 @@ use crossbeam_queue::ArrayQueue;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Instant;
+
+/// What a mount did, for the stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MountReport {
+    /// The bdev was not closed cleanly: the log since the checkpoint was
+    /// scanned and replayed.
+    pub crash: bool,
+    pub micros: u64,
+    /// Bytes mount read from the device.
+    pub read_bytes: u64,
+}
+
+/// Mount's phases, logged as they end (with what each read, and took).
+struct Phases {
+    at: Instant,
+    read_at: u64,
+}
+
+impl Default for Phases {
+    fn default() -> Self {
+        Phases { at: Instant::now(), read_at: 0 }
+    }
+}
+
+impl Phases {
+    fn done(&mut self, what: &str, io: &SyncIo) {
+        let read = io.read_bytes - self.read_at;
+        log::info!("mount: {what}: {:.1} MiB read, {:.1?}", read as f64 / (1 << 20) as f64, self.at.elapsed());
+        (self.at, self.read_at) = (Instant::now(), io.read_bytes);
+    }
+}
 
 /// A mounted bdev, ready for a runtime to drive.
 pub struct Mounted {
@@ -42,54 +76,21 @@ pub struct Mounted {
     pub replayed: bool,
 }
 
-/// One request at a time, polled to completion.
-struct SyncIo {
-    chan: Box<dyn DevChannel>,
-    bs: usize,
-}
-
-impl SyncIo {
-    fn run(&mut self, op: DevOp, block: u64, nblocks: u32, buf: *mut u8) -> Result<()> {
-        let req = DevRequest { op, block, nblocks, buf, tag: 1 };
-        // SAFETY: callers pass buffers of `nblocks` blocks that live until
-        // this function returns, by which time the request completed.
-        while unsafe { self.chan.submit(req) }.is_err() {
-            self.chan.poll(&mut |_, _| {});
-        }
-        let mut result = None;
-        while result.is_none() {
-            self.chan.poll(&mut |_, status| result = Some(status));
-        }
-        result.expect("polled to completion").map_err(Error::Io)
-    }
-
-    fn read(&mut self, block: u64, nblocks: u32) -> Result<DmaBuf> {
-        let mut buf = DmaBuf::new(nblocks as usize * self.bs, self.bs);
-        self.run(DevOp::Read, block, nblocks, buf.as_mut_ptr())?;
-        Ok(buf)
-    }
-
-    fn write(&mut self, block: u64, buf: &mut DmaBuf) -> Result<()> {
-        let nblocks = (buf.len() / self.bs) as u32;
-        self.run(DevOp::Write, block, nblocks, buf.as_mut_ptr())
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        self.run(DevOp::Flush, 0, 0, std::ptr::null_mut())
-    }
-}
-
-fn sync_io(dev: &dyn BlockDevice) -> Result<SyncIo> {
-    let chan = dev.channel().map_err(|e| Error::Io(e.raw_os_error().unwrap_or(libc::EIO)))?;
-    Ok(SyncIo { chan, bs: dev.block_size() as usize })
-}
-
 /// Formats `dev` as an empty ilog bdev. Whatever the device held becomes
 /// unreachable: segments are recognised by `uuid`.
 pub fn format(dev: &dyn BlockDevice, opts: &FormatOptions, uuid: [u8; 16]) -> Result<Geometry> {
     let geometry = Geometry::plan(dev.block_size(), dev.num_blocks(), opts)?;
-    let mut io = sync_io(dev)?;
-    let ckpt = Checkpoint { generation: 1, uuid, next_partition: 1, clean: true, ..Checkpoint::default() };
+    let mut io = SyncIo::new(dev)?;
+    let ckpt = Checkpoint {
+        generation: 1,
+        uuid,
+        next_partition: 1,
+        clean: true,
+        // Nothing can have been written before the first mount.
+        window: Some(Vec::new()),
+        replay_window_kib: (opts.replay_window_bytes >> 10) as u32,
+        ..Checkpoint::default()
+    };
     write_checkpoint(&mut io, &geometry, &ckpt)?;
     let mut block = DmaBuf::new(io.bs, io.bs);
     // The other slot may hold an older format's checkpoint: blank it.
@@ -153,23 +154,80 @@ impl Loaded {
     }
 }
 
-/// Reads a segment's summary groups in order, up to the first missing one.
-fn read_summaries(
+/// Summary groups read at once while a chain's end is unknown.
+const CHUNK_GROUPS: u32 = 16;
+/// Most blocks of one read of replayed data.
+const DATA_CHUNK_BLOCKS: u32 = 2048;
+/// Segments whose replayed data is read in one batch.
+const DATA_BATCH_SEGMENTS: usize = 16;
+
+/// The blocks of summary groups `from..to` of `segno`, one request:
+/// groups grow down from the segment's end.
+fn summary_area(geo: &Geometry, segno: u32, from: u32, to: u32) -> (u64, u32) {
+    (geo.summary_slot(segno, to - 1, 0), 2 * (to - from))
+}
+
+/// Group `g`'s two slots in an area `summary_area(.., _, to)` read.
+fn area_slots(buf: &[u8], bs: usize, to: u32, g: u32) -> [&[u8]; 2] {
+    let at = (2 * (to - g) - 2) as usize * bs;
+    [&buf[at..at + bs], &buf[at + bs..at + 2 * bs]]
+}
+
+/// A segment whose summary chain mount reads: the groups it is known to
+/// hold, and whether the chain may go on past them.
+struct ChainRead {
+    record: SegmentRecord,
+    known_groups: u32,
+    open_ended: bool,
+}
+
+/// Reads the summary chains of `reads`, a batch at a time: first the groups
+/// each is known to hold, then, where the chain may go on, more groups in
+/// chunks until it ends. Each chain's entries, in order.
+fn read_chains(
     io: &mut SyncIo,
     geo: &Geometry,
     uuid: &[u8; 16],
-    record: &SegmentRecord,
-) -> Result<Vec<SummaryEntry>> {
-    let key = SummaryKey { id: SegmentId { epoch: record.epoch, seq: record.seq }, base: record.partition };
-    let mut chain = SummaryChain::new(*uuid, key, geo.entries_per_summary());
-    for g in 0..geo.segment_blocks / 2 {
-        let pair = io.read(geo.summary_slot(record.segno, g, 0), 2)?;
-        let (a, b) = pair.split_at(io.bs);
-        if !chain.push([a, b]) {
+    reads: &[ChainRead],
+) -> Result<Vec<Vec<SummaryEntry>>> {
+    let max_groups = geo.segment_blocks / 2;
+    let per_group = geo.entries_per_summary();
+    let key = |r: &SegmentRecord| SummaryKey { id: SegmentId { epoch: r.epoch, seq: r.seq }, base: r.partition };
+    // (chain, next group, whether to read on)
+    let mut chains: Vec<(SummaryChain, u32, bool)> = reads
+        .iter()
+        .map(|r| (SummaryChain::new(*uuid, key(&r.record), per_group), 0, r.known_groups > 0 || r.open_ended))
+        .collect();
+    loop {
+        let mut wanted = Vec::new();
+        for (i, (_, next, going)) in chains.iter().enumerate() {
+            if !*going || *next >= max_groups {
+                continue;
+            }
+            let r = &reads[i];
+            // A segment holds at most `max_groups` (what a checkpoint claims
+            // beyond that is corrupt, and found so once the chain is read).
+            let to = if *next < r.known_groups { r.known_groups } else { *next + CHUNK_GROUPS }.min(max_groups);
+            wanted.push((i, *next, to));
+        }
+        if wanted.is_empty() {
             break;
         }
+        let areas: Vec<(u64, u32)> =
+            wanted.iter().map(|&(i, from, to)| summary_area(geo, reads[i].record.segno, from, to)).collect();
+        for (&(i, from, to), buf) in wanted.iter().zip(io.read_batch(&areas)?) {
+            let (chain, next, going) = &mut chains[i];
+            for g in from..to {
+                if !chain.push(area_slots(&buf, io.bs, to, g)) {
+                    *going = false;
+                    break;
+                }
+            }
+            *next = to;
+            *going &= to > reads[i].known_groups || reads[i].open_ended;
+        }
     }
-    Ok(chain.into_entries())
+    Ok(chains.into_iter().map(|(chain, _, _)| chain.into_entries()).collect())
 }
 
 /// Whether an entry of a segment holding `count` entries lies where entries
@@ -185,16 +243,67 @@ fn entry_in_bounds(geo: &Geometry, e: &SummaryEntry, count: usize) -> bool {
         }
 }
 
-/// Whether an entry's data is on the device as its summary says.
-fn entry_intact(io: &mut SyncIo, geo: &Geometry, segno: u32, e: &SummaryEntry, count: usize) -> Result<bool> {
-    if !entry_in_bounds(geo, e, count) {
-        return Ok(false);
+/// The replayed data of a segment: the blocks from `first` (a data offset)
+/// on, in chunks.
+struct SegmentData {
+    first: u32,
+    chunks: Vec<DmaBuf>,
+}
+
+impl SegmentData {
+    /// The CRC32C of blocks `offset..offset + blocks`, across chunks.
+    fn crc(&self, offset: u32, blocks: u32, bs: usize) -> u32 {
+        let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+        let (mut at, end) = (offset - self.first, offset - self.first + blocks);
+        while at < end {
+            let chunk = &self.chunks[(at / DATA_CHUNK_BLOCKS) as usize];
+            let from = (at % DATA_CHUNK_BLOCKS) as usize;
+            let n = (DATA_CHUNK_BLOCKS - at % DATA_CHUNK_BLOCKS).min(end - at) as usize;
+            digest.update(&chunk[from * bs..(from + n) * bs]);
+            at += n as u32;
+        }
+        digest.finalize() as u32
     }
-    if e.kind != EntryKind::Data {
-        return Ok(true);
+}
+
+/// Reads, in one batch, the data the entries of each segment of `batch`
+/// hold (the entries in bounds: their data lies between the header and
+/// the summaries, in append order).
+fn read_entry_data(
+    io: &mut SyncIo,
+    geo: &Geometry,
+    batch: &[(SegmentRecord, Vec<SummaryEntry>)],
+) -> Result<Vec<Option<SegmentData>>> {
+    let spans: Vec<Option<(u32, u32)>> = batch
+        .iter()
+        .map(|(rec, entries)| {
+            let count = rec.trusted_entries as usize + entries.len();
+            let data = entries.iter().filter(|e| e.kind == EntryKind::Data && entry_in_bounds(geo, e, count));
+            let first = data.clone().map(|e| e.data_offset).min()?;
+            let end = data.map(|e| e.data_offset + e.blocks).max()?;
+            Some((first, end))
+        })
+        .collect();
+    let mut reqs = Vec::new();
+    for ((rec, _), span) in batch.iter().zip(&spans) {
+        let Some((first, end)) = *span else { continue };
+        let start = geo.segment_start(rec.segno);
+        let mut at = first;
+        while at < end {
+            let n = (end - at).min(DATA_CHUNK_BLOCKS);
+            reqs.push((start + u64::from(at), n));
+            at += n;
+        }
     }
-    let data = io.read(geo.segment_start(segno) + u64::from(e.data_offset), e.blocks)?;
-    Ok(crate::format::crc32c(&data) == e.data_crc)
+    let mut bufs = io.read_batch(&reqs)?.into_iter();
+    Ok(spans
+        .into_iter()
+        .map(|span| {
+            let (first, end) = span?;
+            let chunks = (end - first).div_ceil(DATA_CHUNK_BLOCKS) as usize;
+            Some(SegmentData { first, chunks: bufs.by_ref().take(chunks).collect() })
+        })
+        .collect())
 }
 
 /// Mounts a formatted device for `cores` cores.
@@ -223,8 +332,18 @@ fn load_trusted(io: &mut SyncIo, dev: &dyn BlockDevice) -> Result<Trusted> {
     }
     let mut loaded: BTreeMap<u32, Loaded> = BTreeMap::new();
     let mut to_verify = Vec::new();
-    for rec in &ckpt.segments {
-        let mut entries = read_summaries(io, &geo, &sb.uuid, rec)?;
+    let per_group = geo.entries_per_summary();
+    let reads: Vec<ChainRead> = ckpt
+        .segments
+        .iter()
+        .map(|rec| ChainRead {
+            record: *rec,
+            known_groups: rec.trusted_entries.div_ceil(per_group),
+            // Entries past the trusted ones are replayed after a crash.
+            open_ended: rec.open && !ckpt.clean,
+        })
+        .collect();
+    for (rec, mut entries) in ckpt.segments.iter().zip(read_chains(io, &geo, &sb.uuid, &reads)?) {
         if entries.len() < rec.trusted_entries as usize {
             return Err(Error::Corrupt(format!(
                 "segment {} lost summaries of flushed entries ({} of {})",
@@ -256,9 +375,20 @@ fn replay_tail(io: &mut SyncIo, t: &mut Trusted) -> Result<u64> {
     // never share its sequence with a new incarnation.
     let mut seq_seen = t.ckpt.seq_high;
     let listed: HashSet<u32> = t.ckpt.segments.iter().map(|s| s.segno).collect();
-    for segno in (0..geo.segment_count).filter(|s| !listed.contains(s)) {
-        let Some(h) = SegmentHeader::decode(&io.read(geo.segment_start(segno), 1)?, &uuid) else { continue };
-        if h.seq <= t.ckpt.seq_high {
+    // Segments opened after the checkpoint: in its window (format version
+    // 1 had none: any free segment).
+    let candidates: Vec<u32> = match &t.ckpt.window {
+        Some(window) => window.iter().copied().filter(|s| *s < geo.segment_count && !listed.contains(s)).collect(),
+        None => (0..geo.segment_count).filter(|s| !listed.contains(s)).collect(),
+    };
+    let headers: Vec<(u64, u32)> = candidates.iter().map(|&s| (geo.segment_start(s), 1)).collect();
+    let mut found = Vec::new();
+    for (&segno, block) in candidates.iter().zip(io.read_batch(&headers)?) {
+        let Some(h) = SegmentHeader::decode(&block, &uuid) else { continue };
+        // What the checkpoint's writer opened after it carries its epoch.
+        // An older one is stale: opened before an earlier crash, outside
+        // the window that mount scanned (and fenced), e.g. by a move.
+        if h.seq <= t.ckpt.seq_high || h.epoch < t.ckpt.epoch {
             continue;
         }
         seq_seen = seq_seen.max(h.seq);
@@ -271,29 +401,35 @@ fn replay_tail(io: &mut SyncIo, t: &mut Trusted) -> Result<u64> {
             trusted_entries: 0,
             open: false,
         };
-        let entries = read_summaries(io, &geo, &uuid, &record)?;
-        t.to_verify.push((record, entries));
+        found.push(ChainRead { record, known_groups: 0, open_ended: true });
+    }
+    for (r, entries) in found.iter().zip(read_chains(io, &geo, &uuid, &found)?) {
+        t.to_verify.push((r.record, entries));
     }
     let mut to_verify = std::mem::take(&mut t.to_verify);
     to_verify.sort_by_key(|(r, _)| (r.epoch, r.stream, r.seq));
     let mut torn_stream = None;
-    for (rec, entries) in to_verify {
-        if torn_stream == Some((rec.epoch, rec.stream)) {
-            continue;
-        }
-        let mut good = 0;
-        let count = rec.trusted_entries as usize + entries.len();
-        for e in &entries {
-            if !entry_intact(io, &geo, rec.segno, e, count)? {
+    for batch in to_verify.chunks(DATA_BATCH_SEGMENTS) {
+        let data = read_entry_data(io, &geo, batch)?;
+        for ((rec, entries), data) in batch.iter().zip(data) {
+            if torn_stream == Some((rec.epoch, rec.stream)) {
+                continue;
+            }
+            let count = rec.trusted_entries as usize + entries.len();
+            let intact = |e: &SummaryEntry| {
+                entry_in_bounds(&geo, e, count)
+                    && (e.kind != EntryKind::Data
+                        || data.as_ref().is_some_and(|d| d.crc(e.data_offset, e.blocks, io.bs) == e.data_crc))
+            };
+            let good = entries.iter().take_while(|e| intact(e)).count();
+            if good < entries.len() {
                 log::warn!("replay: stream {}.{} ends in segment {} at entry {good}", rec.epoch, rec.stream, rec.segno);
                 torn_stream = Some((rec.epoch, rec.stream));
-                break;
             }
-            good += 1;
+            let seg = t.loaded.entry(rec.segno).or_insert(Loaded { record: *rec, entries: Vec::new() });
+            seg.entries.extend_from_slice(&entries[..good]);
+            seg.record.trusted_entries = seg.entries.len() as u32;
         }
-        let seg = t.loaded.entry(rec.segno).or_insert(Loaded { record: rec, entries: Vec::new() });
-        seg.entries.extend_from_slice(&entries[..good]);
-        seg.record.trusted_entries = seg.entries.len() as u32;
     }
     let listed = &t.ckpt.segments;
     t.loaded.retain(|_, l| !l.entries.is_empty() || listed.iter().any(|s| s.segno == l.record.segno));
@@ -356,13 +492,20 @@ pub fn mount_with_clock(dev: Arc<dyn BlockDevice>, cores: u32, clock: Arc<dyn Cl
     if cores == 0 || cores > 1024 {
         return Err(Error::InvalidArgument(format!("{cores} cores: need 1..=1024")));
     }
-    let mut io = sync_io(dev.as_ref())?;
+    let started = Instant::now();
+    let mut phases = Phases::default();
+    let mut io = SyncIo::new(dev.as_ref())?;
     let mut t = load_trusted(&mut io, dev.as_ref())?;
+    phases.done("checkpoint and summaries read", &io);
     let replayed = !t.ckpt.clean;
     let seq_seen = if replayed { replay_tail(&mut io, &mut t)? } else { t.ckpt.seq_high };
+    if replayed {
+        phases.done("log scanned and replayed", &io);
+    }
     let Trusted { sb, ckpt, loaded, .. } = t;
     let geo = sb.geometry;
     let Rebuilt { indexes, parts, logmap, open_partition } = rebuild(&geo, &ckpt, &loaded, cores);
+    phases.done("index rebuilt", &io);
 
     let space: Vec<SegmentSpace> = (0..geo.segment_count).map(|_| SegmentSpace::default()).collect();
     for l in loaded.values() {
@@ -390,25 +533,33 @@ pub fn mount_with_clock(dev: Arc<dyn BlockDevice>, cores: u32, clock: Arc<dyn Cl
         baseline_partition: ckpt.baseline_partition,
         draining: ckpt.draining,
         drained_below: ckpt.drained_below,
+        window: None,
+        replay_window_kib: ckpt.replay_window_kib,
         policy: ckpt.policy.clone(),
         baseline_stripes: ckpt.baseline_stripes.clone(),
         volumes: ckpt.volumes.clone(),
         segments: loaded.values().map(|l| l.record).collect(),
     };
     let first_seq = seq_high.checked_add(1).ok_or_else(exhausted)?;
+    let free = FreeSegments::new(geo.segment_count, geo.window_segments(ckpt.replay_window_kib));
+    for segno in (0..geo.segment_count).filter(|s| !loaded.contains_key(s)) {
+        free.release(segno);
+    }
+    let window = free.take_for_window(0);
+    let next = Checkpoint { window: Some(window.clone()), ..next };
     write_checkpoint(&mut io, &geo, &next)?;
     io.flush()?;
+    free.open_window(&window);
+    phases.done("fenced", &io);
+    let report =
+        MountReport { crash: replayed, micros: started.elapsed().as_micros() as u64, read_bytes: io.read_bytes };
 
-    let free_segments = ArrayQueue::new(geo.segment_count as usize);
-    for segno in (0..geo.segment_count).filter(|s| !loaded.contains_key(s)) {
-        free_segments.push(segno).expect("sized for every segment");
-    }
     let shared = Arc::new(Shared {
         geo,
         uuid: sb.uuid,
         epoch: next.epoch,
         cores,
-        free_segments,
+        free,
         next_seq: AtomicU64::new(first_seq),
         inbox: (0..cores).map(|_| ArrayQueue::new(QUEUE_DEPTH)).collect(),
         clients: (0..cores).map(|_| ArrayQueue::new(QUEUE_DEPTH)).collect(),
@@ -420,6 +571,7 @@ pub fn mount_with_clock(dev: Arc<dyn BlockDevice>, cores: u32, clock: Arc<dyn Cl
         clock,
         volumes_generation: AtomicU64::new(0),
         copy_offload: dev.supports_copy(),
+        mount: report,
     });
     let live_volumes = Arc::new(next.volumes.iter().map(|v| v.partition).collect::<Vec<_>>());
     let mut shards = Vec::with_capacity(cores as usize);

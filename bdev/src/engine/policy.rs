@@ -361,7 +361,7 @@ impl Shard {
         let now = self.shared.clock.now_unix_s();
         let shared = self.shared.clone();
         let geo = shared.geo;
-        let free = shared.free_segments.len() as u64;
+        let free = shared.free.len() as u64;
         let c = self.ctl_mut();
         let mut volumes = c.volume_records().to_vec();
         volumes.sort_by_key(|v| v.partition);

@@ -189,6 +189,9 @@ pub struct Stats {
     pub drains: u64,
     /// Volumes retired because the log was full (`retention.on_full`).
     pub volumes_retired: u64,
+    /// The last mount: after a crash (the log replayed) or a clean close,
+    /// how long it took and how much it read.
+    pub last_mount: super::mount::MountReport,
     pub policy_actions: u64,
 }
 

@@ -230,6 +230,9 @@ struct Segment {
     /// Opened by the cleaner out of its reserve: client writes stay out of
     /// it while the log is that short, or they would eat the reserve.
     reserved: bool,
+    /// Taken out of the window (see `free.rs`): mount after a crash finds
+    /// it by its header. Client writes go to such segments only.
+    in_window: bool,
     next_data: u32,
     entries: Vec<SummaryEntry>,
     retired: u32,
@@ -528,7 +531,7 @@ impl Shard {
                 "{} (space {:?}, {} free segments)",
                 what.join(", "),
                 self.shared.space_state(),
-                self.shared.free_segments.len()
+                self.shared.free.len()
             )
         })
     }
@@ -968,14 +971,15 @@ impl Shard {
     fn segment_with_room(&mut self, data_blocks: u32, partition: u32, reserve_ok: bool) -> Result<Option<usize>> {
         let geo = self.shared.geo;
         let per_group = geo.entries_per_summary();
-        let short = self.shared.free_segments.len() <= self.shared.reserve();
+        let short = self.shared.free.len() <= self.shared.reserve();
         if let Some(i) = self.segs.iter().position(|s| !s.closing) {
             let s = &self.segs[i];
             if s.reserved && short && !reserve_ok {
                 return self.wait_for_space();
             }
             let n = s.entries.len();
-            let fits = n < geo.segment_blocks as usize
+            let fits = (s.in_window || reserve_ok)
+                && n < geo.segment_blocks as usize
                 && s.next_data + data_blocks + s.summary_blocks(n + 1, per_group) <= geo.segment_blocks
                 && partition.checked_sub(s.base).is_some_and(|o| o < PARTITION_SPAN);
             if fits {
@@ -990,12 +994,23 @@ impl Shard {
         if !reserve_ok && short {
             return self.wait_for_space();
         }
-        // Out of segments, nothing frees one while this write waits (for a
-        // move, the cleaner's commit waits for it).
-        let Some(segno) = self.shared.free_segments.pop() else { return Err(Error::NoSpace) };
-        if !reserve_ok {
+        let (segno, in_window) = if reserve_ok {
+            // Out of segments, nothing frees one while the move waits: the
+            // cleaner's commit waits for it.
+            let Some(taken) = self.shared.free.take_for_moves() else { return Err(Error::NoSpace) };
+            taken
+        } else {
+            // Free segments are there (the log is not short), behind the
+            // window: core 0's next checkpoint moves them in.
+            let Some(segno) = self.shared.free.take() else {
+                return match self.shared.space_state() {
+                    SpaceState::Failed => Err(Error::Io(libc::EIO)),
+                    _ => Ok(None),
+                };
+            };
             Counters::add(&self.shared.counters.client_segments_opened, 1);
-        }
+            (segno, true)
+        };
         let seq = self.shared.alloc_seq();
         // Moves may append entries of older partitions, down to the oldest
         // one not drained (snapshots keep the span within PARTITION_SPAN).
@@ -1011,6 +1026,7 @@ impl Shard {
             last_partition: base,
             closing: false,
             reserved: short,
+            in_window,
             next_data: 1,
             entries: Vec::with_capacity(geo.segment_blocks as usize),
             retired: 0,
@@ -1260,7 +1276,14 @@ impl Shard {
         let Some(b) = &self.barrier else { return };
         match b.stage {
             BarrierStage::Draining => {
-                if self.retire_seq < b.mark || (b.close && !self.segs.is_empty()) {
+                // Writes go on meanwhile (but for a shutdown), into the next
+                // partition: a segment they open after the barrier began is
+                // not one it closes.
+                let unclosed = match self.shutting_down {
+                    true => !self.segs.is_empty(),
+                    false => self.segs.iter().any(|s| s.closing),
+                };
+                if self.retire_seq < b.mark || (b.close && unclosed) {
                     return;
                 }
                 if let Some(p) = b.seal {

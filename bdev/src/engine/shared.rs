@@ -2,6 +2,7 @@
 //! pool and sequence counter (lock-free), and each core's inbound queues.
 
 use super::drain::BaselineMap;
+use super::free::FreeSegments;
 use super::request::Request;
 use super::shard::Msg;
 use super::space::{Counters, SegmentSpace};
@@ -19,7 +20,7 @@ pub(crate) struct Shared {
     pub uuid: [u8; 16],
     pub epoch: u32,
     pub cores: u32,
-    pub free_segments: ArrayQueue<u32>,
+    pub free: FreeSegments,
     pub next_seq: AtomicU64,
     pub inbox: Vec<ArrayQueue<Msg>>,
     pub clients: Vec<ArrayQueue<(u64, Request)>>,
@@ -39,6 +40,8 @@ pub(crate) struct Shared {
     /// The device copies blocks itself: the cleaner moves whole entries
     /// with [`DevOp::Copy`](crate::device::DevOp::Copy).
     pub copy_offload: bool,
+    /// What the mount of this bdev did.
+    pub mount: super::mount::MountReport,
 }
 
 /// Wall-clock time for policies and volume creation times: real in the
@@ -119,7 +122,7 @@ impl Shared {
     /// garbage since: while the cleaner still has room to work, ask it again
     /// when a segment's worth is there to reclaim.
     pub fn rearm_cleaner(&self) {
-        let free = self.free_segments.len();
+        let free = self.free.len();
         if free > self.reserve() || free <= self.cores as usize {
             return;
         }

@@ -15,7 +15,8 @@
 //!  80  4 draining (partition being drained into the baseline, or 2^32-1)
 //!  84  4 policy length       88  4 baseline bitmap length
 //!  92  8 drained below: log cursor positions below it may have drained
-//! 100 24 zero
+//! 100  4 window length       104  4 replay window (KiB)
+//! 108 16 zero
 //! 124  4 header CRC32C (of bytes 0..124)
 //! payload
 //!   volume records (96 bytes): partition u32, zero u32, created (unix s) u64,
@@ -25,6 +26,9 @@
 //!   policy: the storage-management policy, JSON (UTF-8)
 //!   baseline bitmap: bit s set when stripe s of the baseline region holds
 //!                    data (unset stripes read as zeros)
+//!   window: segno u32 each: the free segments client writes may open
+//!           before the next checkpoint (mount after a crash reads their
+//!           headers, and no others)
 //! ```
 
 use super::codec::{Reader, Writer};
@@ -39,6 +43,7 @@ const V1_HEADER_LEN: usize = 96;
 const V1_HEADER_CRC_AT: usize = 92;
 pub(super) const VOLUME_RECORD_LEN: usize = 96;
 const SEGMENT_RECORD_LEN: usize = 32;
+const WINDOW_ENTRY_LEN: usize = 4;
 /// Longest volume id, in bytes.
 pub const MAX_VOLUME_NAME: usize = 78;
 const FLAG_OPEN: u32 = 1;
@@ -92,6 +97,12 @@ pub struct Checkpoint {
     /// Log cursor positions below this may belong to entries that drained
     /// into the baseline and left the log.
     pub drained_below: u64,
+    /// The segments that may have been opened after this checkpoint; `None`
+    /// (format version 1): any free segment.
+    pub window: Option<Vec<u32>>,
+    /// How much log (KiB) a crash mount replays at most: the window's size.
+    /// 0 (format version 1): the default.
+    pub replay_window_kib: u32,
     /// The storage-management policy (JSON; empty for none).
     pub policy: String,
     /// Stripes of the baseline region that hold data, a bit each.
@@ -102,16 +113,24 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn max_encoded_len(max_volumes: usize, max_segments: usize, stripes: u64) -> usize {
-        Checkpoint::len_of(HEADER_LEN, max_volumes, max_segments, MAX_POLICY_LEN, stripes.div_ceil(8) as usize)
+        let bitmap = stripes.div_ceil(8) as usize;
+        // A segment is listed or in the window, not both, and a window
+        // entry is shorter than a record: the records' bound holds both.
+        Checkpoint::len_of(HEADER_LEN, max_volumes, max_segments, MAX_POLICY_LEN, bitmap, 0)
     }
 
-    fn len_of(header: usize, volumes: usize, segments: usize, policy: usize, bitmap: usize) -> usize {
-        header + volumes * VOLUME_RECORD_LEN + segments * SEGMENT_RECORD_LEN + policy + bitmap
+    fn len_of(header: usize, volumes: usize, segments: usize, policy: usize, bitmap: usize, window: usize) -> usize {
+        header
+            + volumes * VOLUME_RECORD_LEN
+            + segments * SEGMENT_RECORD_LEN
+            + policy
+            + bitmap
+            + window * WINDOW_ENTRY_LEN
     }
 
     pub fn encoded_len(&self) -> usize {
         let (v, s, p, b) = (self.volumes.len(), self.segments.len(), self.policy.len(), self.baseline_stripes.len());
-        Checkpoint::len_of(HEADER_LEN, v, s, p, b)
+        Checkpoint::len_of(HEADER_LEN, v, s, p, b, self.window.as_ref().map_or(0, Vec::len))
     }
 
     /// Encodes into `buf` (at least `encoded_len` bytes).
@@ -138,6 +157,10 @@ impl Checkpoint {
         }
         w.bytes(self.policy.as_bytes());
         w.bytes(&self.baseline_stripes);
+        let window = self.window.as_deref().unwrap_or_default();
+        for &segno in window {
+            w.u32(segno);
+        }
         let payload_crc = super::crc32c(payload);
         let mut w = Writer::new(header);
         w.bytes(MAGIC);
@@ -157,6 +180,8 @@ impl Checkpoint {
         w.u32(self.policy.len() as u32);
         w.u32(self.baseline_stripes.len() as u32);
         w.u64(self.drained_below);
+        w.u32(window.len() as u32);
+        w.u32(self.replay_window_kib);
         let crc = record_crc(header, HEADER_CRC_AT);
         header[HEADER_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
     }
@@ -178,13 +203,14 @@ impl Checkpoint {
             FORMAT_VERSION if buf.len() >= HEADER_LEN => (HEADER_LEN, HEADER_CRC_AT),
             v => return Err(Error::Corrupt(format!("unsupported checkpoint version {v}"))),
         };
+        let window = if len == HEADER_LEN { word(100) } else { 0 };
         if record_crc(&buf[..len], crc_at) != word(crc_at) {
             return Err(Error::Corrupt("checkpoint header CRC mismatch".into()));
         }
         if word(84) as usize > MAX_POLICY_LEN {
             return Err(Error::Corrupt("checkpoint policy too long".into()));
         }
-        Ok(Some(Header { len, volumes: word(64), segments: word(68), policy: word(84), bitmap: word(88) }))
+        Ok(Some(Header { len, volumes: word(64), segments: word(68), policy: word(84), bitmap: word(88), window }))
     }
 
     /// Decodes a slot. `Ok(None)`: the slot holds no checkpoint.
@@ -213,6 +239,8 @@ impl Checkpoint {
         r.skip(8)?;
         if h.len == HEADER_LEN {
             c.drained_below = r.u64()?;
+            r.skip(4)?;
+            c.replay_window_kib = r.u32()?;
         }
         let payload = &buf[h.len..len];
         if super::crc32c(payload) != payload_crc {
@@ -246,6 +274,9 @@ impl Checkpoint {
             .map_err(|_| Error::Corrupt("checkpoint policy is not UTF-8".into()))?
             .to_owned();
         c.baseline_stripes = r.bytes(h.bitmap as usize)?.to_vec();
+        if h.len == HEADER_LEN {
+            c.window = Some((0..h.window).map(|_| r.u32()).collect::<Result<_>>()?);
+        }
         Ok(Some(c))
     }
 }
@@ -258,12 +289,13 @@ struct Header {
     segments: u32,
     policy: u32,
     bitmap: u32,
+    window: u32,
 }
 
 impl Header {
     fn len(&self) -> usize {
         let (v, s, p, b) = (self.volumes as usize, self.segments as usize, self.policy as usize, self.bitmap as usize);
-        Checkpoint::len_of(self.len, v, s, p, b)
+        Checkpoint::len_of(self.len, v, s, p, b, self.window as usize)
     }
 }
 
@@ -283,6 +315,8 @@ mod tests {
             baseline_partition: 2,
             draining: Some(3),
             drained_below: 5 << 20 | 17,
+            window: Some(vec![9, 4]),
+            replay_window_kib: 1024,
             policy: r#"{"snapshot":{"interval_s":60}}"#.into(),
             baseline_stripes: vec![0b101, 0, 0x80],
             volumes: vec![VolumeRecord { name: "snap-1".into(), partition: 1, created_unix_s: 1_700_000_000 }],
@@ -310,7 +344,7 @@ mod tests {
     #[test]
     fn a_version_1_checkpoint_decodes() {
         // Version 1: a 96-byte header without `drained_below`, its CRC at 92.
-        let c = Checkpoint { drained_below: 0, ..sample() };
+        let c = Checkpoint { drained_below: 0, window: None, replay_window_kib: 0, ..sample() };
         let mut v2 = vec![0u8; 4096];
         c.encode(&mut v2);
         let mut v1 = vec![0u8; 4096];

@@ -15,6 +15,10 @@ pub struct FormatOptions {
     pub log_percent: u8,
     /// Most snapshot volumes that can exist at once.
     pub max_volumes: u32,
+    /// How much log a mount after a crash replays at most (bytes, rounded
+    /// to KiB): a checkpoint comes before more is written. Kept in the
+    /// checkpoint.
+    pub replay_window_bytes: u64,
 }
 
 impl Default for FormatOptions {
@@ -22,7 +26,13 @@ impl Default for FormatOptions {
         // The log is the room for snapshot deltas plus a write buffer: it
         // drains into the baseline, so the user gets at least 80 % of the
         // device as volume.
-        FormatOptions { stripe_bytes: 1 << 20, segment_bytes: 4 << 20, log_percent: 18, max_volumes: 1024 }
+        FormatOptions {
+            stripe_bytes: 1 << 20,
+            segment_bytes: 4 << 20,
+            log_percent: 18,
+            max_volumes: 1024,
+            replay_window_bytes: DEFAULT_REPLAY_WINDOW_KIB << 10,
+        }
     }
 }
 
@@ -41,6 +51,9 @@ pub struct Geometry {
     pub segment_count: u32,
     pub stripe_blocks: u32,
 }
+
+/// The replay window when none is set (see `FormatOptions`): 1 GiB.
+pub const DEFAULT_REPLAY_WINDOW_KIB: u64 = 1 << 20;
 
 /// Superblock A and B.
 const SUPERBLOCK_BLOCKS: u64 = 2;
@@ -78,6 +91,9 @@ impl Geometry {
         }
         if opts.max_volumes == 0 || opts.max_volumes > MAX_VOLUMES {
             return Err(Error::InvalidArgument(format!("max_volumes must be in 1..={MAX_VOLUMES}")));
+        }
+        if !(1 << 10..=u64::from(u32::MAX) << 10).contains(&opts.replay_window_bytes) {
+            return Err(Error::InvalidArgument("the replay window must be 1 KiB to 4 TiB".into()));
         }
         // The checkpoint slot is sized for the most segments the device could hold.
         let max_segments = device_blocks / segment_blocks;
@@ -186,6 +202,14 @@ impl Geometry {
     /// Summary entries one summary block holds.
     pub fn entries_per_summary(&self) -> u32 {
         ((self.block_size as usize - super::SUMMARY_HEADER_LEN) / super::SUMMARY_ENTRY_LEN) as u32
+    }
+
+    /// Segments a replay window of `kib` holds (0: the default): at least
+    /// two, at most the log.
+    pub fn window_segments(&self, kib: u32) -> usize {
+        let kib = if kib == 0 { DEFAULT_REPLAY_WINDOW_KIB } else { u64::from(kib) };
+        let segment_bytes = u64::from(self.segment_blocks) * u64::from(self.block_size);
+        ((kib << 10) / segment_bytes).clamp(2, u64::from(self.segment_count)) as usize
     }
 
     /// Room checked by `checkpoint` for encoding.

@@ -10,7 +10,13 @@ use ilog_bdev::Result;
 /// device log.
 pub fn small_format(block_size: u32) -> FormatOptions {
     let bs = u64::from(block_size);
-    FormatOptions { stripe_bytes: 16 * bs, segment_bytes: 64 * bs, log_percent: 50, max_volumes: 16 }
+    FormatOptions {
+        stripe_bytes: 16 * bs,
+        segment_bytes: 64 * bs,
+        log_percent: 50,
+        max_volumes: 16,
+        ..FormatOptions::default()
+    }
 }
 
 /// Formats ([`small_format`]) and mounts a simulated device of
