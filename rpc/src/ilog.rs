@@ -112,7 +112,7 @@
 
 use crate::error::RpcError;
 use base64::Engine as _;
-use ilog_bdev::engine::{CompactMode, LogBatch, LogEntry, LogEntryKind, Stats, VolumeInfo};
+use ilog_bdev::engine::{volume_bdev_name, BdevInfo, CompactMode, LogBatch, LogEntry, LogEntryKind, Stats, VolumeInfo};
 use ilog_bdev::format::FormatOptions;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -409,17 +409,6 @@ fn non_empty(field: &str, value: &str) -> Result<(), RpcError> {
     Ok(())
 }
 
-/// What a runtime reports about one ilog bdev for `bdev_ilog_get_bdevs`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IlogBdevInfo {
-    pub name: String,
-    pub base_bdev_name: String,
-    pub block_size: u32,
-    pub num_blocks: u64,
-    pub cores: u32,
-    pub volumes: Vec<VolumeInfo>,
-}
-
 /// `bdev_ilog_create`: the new bdev's name, as SPDK's create methods answer.
 pub fn create_result(name: &str) -> Value {
     Value::String(name.to_owned())
@@ -431,10 +420,10 @@ pub fn done_result() -> Value {
     Value::Bool(true)
 }
 
-pub fn bdevs_result(bdevs: &[IlogBdevInfo]) -> Value {
+pub fn bdevs_result(bdevs: &[BdevInfo]) -> Value {
     let bdevs = bdevs.iter().map(|b| {
         // Destructured so that a new field cannot be left out unnoticed.
-        let IlogBdevInfo { name, base_bdev_name, block_size, num_blocks, cores, volumes } = b;
+        let BdevInfo { name, base_bdev_name, block_size, num_blocks, cores, volumes } = b;
         json!({
             "name": name,
             "base_bdev_name": base_bdev_name,
@@ -445,11 +434,6 @@ pub fn bdevs_result(bdevs: &[IlogBdevInfo]) -> Value {
         })
     });
     Value::Array(bdevs.collect())
-}
-
-/// The bdev a snapshot volume is exported as.
-pub fn volume_bdev_name(bdev: &str, volume: &str) -> String {
-    format!("{bdev}@{volume}")
 }
 
 pub fn snapshot_result(bdev: &str, v: &VolumeInfo) -> Value {
@@ -802,7 +786,7 @@ mod tests {
         assert_eq!(volumes_result("ilog0", &vs), volumes);
         assert_eq!(volumes_result("ilog0", &[]), json!([]));
         let bdevs = [
-            IlogBdevInfo {
+            BdevInfo {
                 name: "ilog0".into(),
                 base_bdev_name: "Malloc0".into(),
                 block_size: 4096,
@@ -810,7 +794,7 @@ mod tests {
                 cores: 2,
                 volumes: vs.to_vec(),
             },
-            IlogBdevInfo {
+            BdevInfo {
                 name: "ilog1".into(),
                 base_bdev_name: "Nvme0n1".into(),
                 block_size: 512,

@@ -6,7 +6,7 @@
 //! handler, so each method gets its own `extern "C"` trampoline, generated
 //! by `trampolines!`, that names the method to [`dispatch`].
 
-use crate::ilog::{self as methods, Command, IlogBdevInfo};
+use crate::ilog::{self as methods, Command};
 use crate::jobs::Jobs;
 use crate::RpcError;
 use ilog_bdev::engine::{Reply, Request};
@@ -169,18 +169,8 @@ fn execute(cmd: Command, r: Responder) {
             module::delete(&name, move |res| r.answer(res.map(|()| methods::done_result()).map_err(rpc_error)))
         }
         Command::GetBdevs { name } => {
-            let infos: Vec<IlogBdevInfo> = module::bdevs()
-                .into_iter()
-                .filter(|b| name.as_ref().is_none_or(|want| *want == b.name))
-                .map(|b| IlogBdevInfo {
-                    name: b.name,
-                    base_bdev_name: b.base_bdev_name,
-                    block_size: b.block_size,
-                    num_blocks: b.num_blocks,
-                    cores: b.cores,
-                    volumes: b.volumes,
-                })
-                .collect();
+            let infos: Vec<_> =
+                module::bdevs().into_iter().filter(|b| name.as_ref().is_none_or(|want| *want == b.name)).collect();
             match name {
                 Some(want) if infos.is_empty() => {
                     r.err(&RpcError::errno(libc::ENODEV, format!("No such ilog bdev: {want}")))

@@ -7,8 +7,9 @@
 //! Needs python3; installs the `spdk` package with pip when it is missing,
 //! and fails (never skips) when it cannot.
 
+use ilog_bdev::engine::BdevInfo;
 use ilog_bdev::engine::{LogBatch, LogEntry, LogEntryKind, Stats, VolumeInfo};
-use ilog_rpc::ilog::{self, Command, CreateParams, IlogBdevInfo};
+use ilog_rpc::ilog::{self, Command, CreateParams};
 use ilog_rpc::{Handler, RpcError, Server};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -35,7 +36,7 @@ impl Handler for Recorder {
                 return Err(RpcError::errno(19, "No such device"))
             }
             Command::Delete { .. } | Command::DeleteVolume { .. } => ilog::done_result(),
-            Command::GetBdevs { .. } => ilog::bdevs_result(&[IlogBdevInfo {
+            Command::GetBdevs { .. } => ilog::bdevs_result(&[BdevInfo {
                 name: "ilog0".into(),
                 base_bdev_name: "Malloc0".into(),
                 block_size: 4096,

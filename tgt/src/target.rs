@@ -6,10 +6,11 @@
 use crate::export::{BaseExport, IlogExport};
 use crate::nbd::{Export, Listen, NbdServer};
 use ilog_bdev::device::{BlockDevice, FileDevice, MallocDevice};
+use ilog_bdev::engine::BdevInfo;
 use ilog_bdev::engine::{Request, View};
 use ilog_bdev::runtime::native::{Callback, Ilog, Reactors};
 use ilog_bdev::Error;
-use ilog_rpc::ilog::{self as methods, Command, CreateParams, IlogBdevInfo};
+use ilog_rpc::ilog::{self as methods, Command, CreateParams};
 use ilog_rpc::jobs::Jobs;
 use ilog_rpc::{Handler, RpcError};
 use serde::Deserialize;
@@ -88,19 +89,6 @@ fn no_such_bdev(name: &str) -> RpcError {
 
 fn busy(what: String) -> RpcError {
     RpcError::errno(libc::EBUSY, what)
-}
-
-fn random_uuid() -> [u8; 16] {
-    use std::io::Read;
-    let mut u = [0u8; 16];
-    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut u)) {
-        log::warn!("no /dev/urandom ({e}): uuid from the clock");
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        u = t.to_le_bytes();
-    }
-    u[6] = (u[6] & 0x0f) | 0x40; // RFC 4122 version 4
-    u[8] = (u[8] & 0x3f) | 0x80;
-    u
 }
 
 fn uuid_string(u: &[u8; 16]) -> String {
@@ -249,7 +237,7 @@ impl Target {
             return Err(RpcError::errno(libc::ENOMEM, "malloc bdev larger than 1 TiB"));
         }
         let dev: Arc<dyn BlockDevice> = Arc::new(MallocDevice::new(p.num_blocks, p.block_size));
-        let uuid = p.uuid.unwrap_or_else(|| uuid_string(&random_uuid()));
+        let uuid = p.uuid.unwrap_or_else(|| uuid_string(&ilog_bdev::format::random_uuid()));
         st.bases.insert(name.clone(), Base { kind: BaseKind::Malloc, dev, uuid, claimed_by: None });
         st.order.push(name.clone());
         log::info!("created malloc bdev {name}: {} blocks of {}", p.num_blocks, p.block_size);
@@ -269,7 +257,7 @@ impl Target {
             RpcError::errno(e.raw_os_error().unwrap_or(libc::EINVAL), format!("{}: {e}", p.filename.display()))
         })?;
         log::info!("created aio bdev {} on {} (O_DIRECT: {})", p.name, p.filename.display(), dev.is_direct());
-        let uuid = p.uuid.unwrap_or_else(|| uuid_string(&random_uuid()));
+        let uuid = p.uuid.unwrap_or_else(|| uuid_string(&ilog_bdev::format::random_uuid()));
         let base = Base { kind: BaseKind::Aio { filename: p.filename }, dev: Arc::new(dev), uuid, claimed_by: None };
         st.bases.insert(p.name.clone(), base);
         st.order.push(p.name.clone());
@@ -306,7 +294,7 @@ impl Target {
         let dev = base.dev.clone();
         let ilog = match Ilog::attach(dev.clone(), &self.reactors) {
             Err(Error::NotFormatted) => {
-                ilog_bdev::engine::format(dev.as_ref(), &p.format_options(), random_uuid())?;
+                ilog_bdev::engine::format(dev.as_ref(), &p.format_options(), ilog_bdev::format::random_uuid())?;
                 log::info!("formatted {} for {}", p.base_bdev_name, p.name);
                 Ilog::attach(dev, &self.reactors)?
             }
@@ -360,7 +348,7 @@ impl Target {
                     .iter()
                     .filter(|(n, _)| name.as_ref().is_none_or(|want| want == *n))
                     .map(|(n, b)| {
-                        Ok(IlogBdevInfo {
+                        Ok(BdevInfo {
                             name: n.clone(),
                             base_bdev_name: b.params.base_bdev_name.clone(),
                             block_size: b.ilog.block_size(),
@@ -389,7 +377,7 @@ impl Target {
             Command::DeleteVolume { name, volume } => {
                 let st = self.lock();
                 let ilog = self.ilog(&st, &name)?;
-                let bdev = methods::volume_bdev_name(&name, &volume);
+                let bdev = ilog_bdev::engine::volume_bdev_name(&name, &volume);
                 if let Some((dev, _)) = st.nbd.iter().find(|(_, d)| d.bdev == bdev) {
                     return Err(busy(format!("volume bdev {bdev} is exported at {dev}")));
                 }
@@ -473,7 +461,7 @@ impl Target {
             }));
             for v in b.ilog.volumes()? {
                 out.push(json!({
-                    "name": methods::volume_bdev_name(n, &v.name), "aliases": [], "product_name": "ilog snapshot volume",
+                    "name": ilog_bdev::engine::volume_bdev_name(n, &v.name), "aliases": [], "product_name": "ilog snapshot volume",
                     "block_size": bs, "num_blocks": blocks, "claimed": false, "supported_io_types": io_types(false),
                     "driver_specific": {"ilog_volume": {"ilog_bdev": n, "volume_id": v.name, "partition": v.partition}},
                 }));

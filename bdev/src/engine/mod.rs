@@ -28,6 +28,8 @@ mod space;
 
 pub use mount::{format, mount, mount_with_clock, MountReport, Mounted};
 pub use policy::Policy;
-pub use request::{CompactMode, LogBatch, LogEntry, LogEntryKind, Reply, Request, Stats, View, VolumeInfo};
+pub use request::{
+    volume_bdev_name, BdevInfo, CompactMode, LogBatch, LogEntry, LogEntryKind, Reply, Request, Stats, View, VolumeInfo,
+};
 pub use shard::{audit_space, Shard};
 pub use shared::{Clock, Submitter, SystemClock};

@@ -120,6 +120,22 @@ pub struct VolumeInfo {
     pub created_unix_s: u64,
 }
 
+/// The bdev a snapshot volume is exported as, in every runtime.
+pub fn volume_bdev_name(bdev: &str, volume: &str) -> String {
+    format!("{bdev}@{volume}")
+}
+
+/// What a runtime reports about one ilog bdev (`bdev_ilog_get_bdevs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BdevInfo {
+    pub name: String,
+    pub base_bdev_name: String,
+    pub block_size: u32,
+    pub num_blocks: u64,
+    pub cores: u32,
+    pub volumes: Vec<VolumeInfo>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogEntryKind {
     Data,

@@ -38,6 +38,21 @@ pub fn crc32c(bytes: &[u8]) -> u32 {
     crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes) as u32
 }
 
+/// A new format's uuid (RFC 4122 version 4), from /dev/urandom; from the
+/// clock, with a warning, where there is none.
+pub fn random_uuid() -> [u8; 16] {
+    use std::io::Read;
+    let mut u = [0u8; 16];
+    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut u)) {
+        log::warn!("no /dev/urandom ({e}): uuid from the clock");
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        u = t.to_le_bytes();
+    }
+    u[6] = (u[6] & 0x0f) | 0x40;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    u
+}
+
 /// CRC32C of a record whose own CRC field sits at `crc_at` (4 bytes, skipped).
 pub(crate) fn record_crc(bytes: &[u8], crc_at: usize) -> u32 {
     let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
@@ -48,7 +63,17 @@ pub(crate) fn record_crc(bytes: &[u8], crc_at: usize) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use super::{crc32c, record_crc};
+    use super::{crc32c, random_uuid, record_crc};
+
+    #[test]
+    fn random_uuids_are_version_4_and_differ() {
+        let (a, b) = (random_uuid(), random_uuid());
+        assert_ne!(a, b);
+        for u in [a, b] {
+            assert_eq!(u[6] >> 4, 4, "version 4");
+            assert_eq!(u[8] >> 6, 0b10, "RFC 4122 variant");
+        }
+    }
 
     #[test]
     fn crc32c_is_the_standard_one() {

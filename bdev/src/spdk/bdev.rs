@@ -10,9 +10,9 @@ use super::device::SpdkDevice;
 use super::io::{self, CALLBACK_TAG};
 use super::reactor::Reactors;
 use super::thread::Thread;
-use super::volumes::{self, volume_bdev_name, VolumeBdevs};
+use super::volumes::{self, VolumeBdevs};
 use crate::device::BlockDevice;
-use crate::engine::{self, Mounted, Reply, Request, Submitter, View, VolumeInfo};
+use crate::engine::{self, volume_bdev_name, BdevInfo, Mounted, Reply, Request, Submitter, View};
 use crate::error::{Error, Result};
 use crate::format::FormatOptions;
 use ilog_sys as sys;
@@ -223,17 +223,6 @@ fn call_on(ilog: Arc<Ilog>, req: Request, done: impl FnOnce(Result<Reply>) + Sen
     });
 }
 
-/// What `bdev_ilog_get_bdevs` reports about one bdev.
-#[derive(Debug, Clone)]
-pub struct BdevInfo {
-    pub name: String,
-    pub base_bdev_name: String,
-    pub block_size: u32,
-    pub num_blocks: u64,
-    pub cores: u32,
-    pub volumes: Vec<VolumeInfo>,
-}
-
 /// Every ready ilog bdev, in creation order.
 pub fn bdevs() -> Vec<BdevInfo> {
     registry()
@@ -250,16 +239,6 @@ pub fn bdevs() -> Vec<BdevInfo> {
             State::Creating { .. } => None,
         })
         .collect()
-}
-
-fn random_uuid() -> [u8; 16] {
-    use std::io::Read;
-    let mut u = [0u8; 16];
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut u)).is_err() {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        u = t.to_le_bytes();
-    }
-    u
 }
 
 /// Creates ilog bdev `name` on `base` (formatting it with `opts` if it
@@ -309,7 +288,7 @@ fn mount_or_format(dev: &Arc<SpdkDevice>, cores: u32, opts: &FormatOptions) -> R
     let block_dev: Arc<dyn BlockDevice> = Arc::new(dev.clone());
     match engine::mount(block_dev.clone(), cores) {
         Err(Error::NotFormatted) => {
-            engine::format(block_dev.as_ref(), opts, random_uuid())?;
+            engine::format(block_dev.as_ref(), opts, crate::format::random_uuid())?;
             log::info!("ilog: formatted {}", dev.name);
             engine::mount(block_dev, cores)
         }

@@ -23,9 +23,4 @@ mod reactor;
 mod thread;
 mod volumes;
 
-pub use bdev::{bdevs, call, create, delete, delete_volume, register_module, BdevInfo, SpdkError};
-
-/// Runs `f` on the SPDK app thread (RPC handlers, bdev registration).
-pub fn on_app_thread(f: impl FnOnce() + Send + 'static) {
-    thread::Thread::app().send(f);
-}
+pub use bdev::{bdevs, call, create, delete, delete_volume, register_module, SpdkError};

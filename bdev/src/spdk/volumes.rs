@@ -17,7 +17,7 @@
 
 use super::bdev::{is_open, register_disk, submit_control, unregister, DiskPtr, Ilog};
 use super::reactor::Reactors;
-use crate::engine::{Reply, Request, View, VolumeInfo};
+use crate::engine::{volume_bdev_name, Reply, Request, View, VolumeInfo};
 use crate::error::Result;
 use ilog_sys as sys;
 use std::ffi::{c_int, c_void};
@@ -28,12 +28,6 @@ const WATCH_PERIOD_US: u64 = 100_000;
 
 /// Runs once a reconcile that started after the caller's change is done.
 pub(super) type Waiter = Box<dyn FnOnce() + Send>;
-
-/// The bdev name a snapshot volume is exported as; the same convention as
-/// `ilog_rpc::ilog::volume_bdev_name`.
-pub(super) fn volume_bdev_name(bdev: &str, volume: &str) -> String {
-    format!("{bdev}@{volume}")
-}
 
 /// The volume bdevs of one ilog bdev (in its `Ilog`).
 #[derive(Default)]
