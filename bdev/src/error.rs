@@ -19,6 +19,8 @@ pub enum Error {
     ReadOnly,
     #[error("the log is full")]
     NoSpace,
+    #[error("too many snapshot volumes: this bdev holds at most {max} (max_volumes at format)")]
+    TooManyVolumes { max: u32 },
     #[error("device I/O error (errno {0})")]
     Io(i32),
     #[error("no ilog superblock on the device")]
@@ -42,6 +44,7 @@ impl Error {
             Error::VolumeExists(_) => libc::EEXIST,
             Error::ReadOnly => libc::EROFS,
             Error::NoSpace => libc::ENOSPC,
+            Error::TooManyVolumes { .. } => libc::EDQUOT,
             Error::Io(e) => *e,
             Error::NotFormatted => libc::ENODEV,
             Error::Corrupt(_) => libc::EUCLEAN,

@@ -181,6 +181,56 @@ fn volume_ids_follow_the_scheme() {
 }
 
 #[test]
+fn a_generated_id_too_long_with_its_suffix_fails_that_snapshot_alone() {
+    let mut b = Bdev::new(11, 2);
+    let longest = "a".repeat(ilog_bdev::format::MAX_VOLUME_NAME);
+    b.set_policy(&format!(r#"{{"volume_id": {{"scheme": "template", "template": "{longest}"}}}}"#)).unwrap();
+    b.write(3, 1);
+    b.call(Request::Snapshot { name: None }).unwrap();
+    // The second id needs the suffix "-2": one character too many.
+    let err = b.call(Request::Snapshot { name: None }).unwrap_err();
+    assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("volume id")), "{err}");
+    // Nothing sealed, the bdev serves on, and a named snapshot still works.
+    b.write(3, 2);
+    b.call(Request::Snapshot { name: Some("by-hand".into()) }).unwrap();
+    assert_eq!(b.names(), [longest.as_str(), "by-hand"]);
+    let (first, second) = (b.partition(&longest), b.partition("by-hand"));
+    assert_eq!(second, first + 1, "the failed snapshot sealed no partition");
+    assert_eq!((b.read(3, View::Volume(first)), b.read(3, View::Volume(second))), (1, 2));
+    b.remount();
+    assert_eq!(b.names(), [longest.as_str(), "by-hand"], "the checkpoint encodes the longest id");
+    // %n at the 10th snapshot: 77 characters plus two digits.
+    b.set_policy(&format!(r#"{{"volume_id": {{"scheme": "template", "template": "{}%n"}}}}"#, "b".repeat(77))).unwrap();
+    // Numbers 2 to 9 fit; the failed snapshot took no number.
+    let results: Vec<bool> = (0..9).map(|_| b.call(Request::Snapshot { name: None }).is_ok()).collect();
+    assert_eq!(results, [[true; 8].as_slice(), &[false]].concat(), "only the 10th id is too long");
+    b.write(4, 3);
+    assert_eq!(b.read(4, View::Current), 3);
+}
+
+#[test]
+fn a_template_too_long_once_its_timestamp_expands_is_refused() {
+    let mut b = Bdev::new(12, 1);
+    let template = format!("{}%s", "c".repeat(70));
+    let err =
+        b.set_policy(&format!(r#"{{"volume_id": {{"scheme": "template", "template": "{template}"}}}}"#)).unwrap_err();
+    assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("volume_id.template")), "{err}");
+}
+
+#[test]
+fn the_volume_limit_is_its_own_error_naming_the_limit() {
+    let mut b = Bdev::new(13, 1);
+    let max = common::sim::small_format(BS as u32).max_volumes;
+    for i in 0..max {
+        b.call(Request::Snapshot { name: Some(format!("v{i}")) }).unwrap();
+    }
+    let err = b.call(Request::Snapshot { name: None }).unwrap_err();
+    assert!(matches!(err, Error::TooManyVolumes { max: m } if m == max), "{err}");
+    assert_eq!(err.errno(), libc::EDQUOT);
+    assert!(err.to_string().contains(&max.to_string()), "{err}");
+}
+
+#[test]
 fn an_invalid_policy_is_refused_and_changes_nothing() {
     let mut b = Bdev::new(5, 1);
     let good = r#"{"snapshot":{"interval_s":3600}}"#;

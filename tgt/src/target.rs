@@ -18,8 +18,13 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// The target's subsystems, in initialization order, with their dependencies.
+/// How long `bdev_ilog_delete` waits for other RPCs using the bdev to end
+/// before it answers busy.
+const DELETE_WAIT: Duration = Duration::from_secs(2);
+
 const SUBSYSTEMS: &[(&str, &[&str])] = &[("bdev", &[]), ("nbd", &["bdev"])];
 
 /// SPDK's methods this target serves besides the `bdev_ilog_*` ones.
@@ -233,10 +238,20 @@ impl Target {
             ));
         }
         let bytes = p.num_blocks.checked_mul(u64::from(p.block_size)).filter(|&b| b <= 1 << 40);
-        if bytes.is_none() {
+        let Some(bytes) = bytes else {
             return Err(RpcError::errno(libc::ENOMEM, "malloc bdev larger than 1 TiB"));
+        };
+        let host = host_memory_bytes();
+        if bytes > host {
+            return Err(RpcError::errno(
+                libc::ENOMEM,
+                format!("malloc bdev of {bytes} bytes is larger than the host's memory ({host} bytes)"),
+            ));
         }
-        let dev: Arc<dyn BlockDevice> = Arc::new(MallocDevice::new(p.num_blocks, p.block_size));
+        let Some(dev) = MallocDevice::try_new(p.num_blocks, p.block_size) else {
+            return Err(RpcError::errno(libc::ENOMEM, format!("cannot allocate {bytes} bytes for a malloc bdev")));
+        };
+        let dev: Arc<dyn BlockDevice> = Arc::new(dev);
         let uuid = p.uuid.unwrap_or_else(|| uuid_string(&ilog_bdev::format::random_uuid()));
         st.bases.insert(name.clone(), Base { kind: BaseKind::Malloc, dev, uuid, claimed_by: None });
         st.order.push(name.clone());
@@ -253,6 +268,9 @@ impl Target {
         let mut st = self.lock();
         check_new_name(&st, &p.name)?;
         let bs = p.block_size.filter(|&b| b != 0).unwrap_or(4096);
+        if !bs.is_power_of_two() || !(512..=65536).contains(&bs) {
+            return Err(RpcError::invalid_params(format!("block_size {bs} must be a power of two in 512..=65536")));
+        }
         let dev = FileDevice::open(&p.filename, bs).map_err(|e| {
             RpcError::errno(e.raw_os_error().unwrap_or(libc::EINVAL), format!("{}: {e}", p.filename.display()))
         })?;
@@ -330,15 +348,24 @@ impl Target {
                 if let Some(dev) = Target::exported(&st, &name) {
                     return Err(busy(format!("bdev {name} or one of its volumes is exported at {dev}")));
                 }
+                // Other RPCs hold the bdev only for their call, and cannot
+                // reach it again while the state is locked: wait for them.
+                // Nothing changes until the engine is ours alone, so a busy
+                // answer leaves the bdev and its base claim as they were.
+                let deadline = Instant::now() + DELETE_WAIT;
+                while Arc::strong_count(&st.ilogs[&name].ilog) > 1 {
+                    if Instant::now() >= deadline {
+                        return Err(busy(format!("bdev {name} has I/O in flight")));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 let bdev = st.ilogs.remove(&name).expect("checked");
+                let ilog = Arc::try_unwrap(bdev.ilog).unwrap_or_else(|_| unreachable!("no other holder, state locked"));
                 st.order.retain(|n| n != &name);
                 for base in st.bases.values_mut().filter(|b| b.claimed_by.as_deref() == Some(name.as_str())) {
                     base.claimed_by = None;
                 }
-                match Arc::try_unwrap(bdev.ilog) {
-                    Ok(ilog) => ilog.close()?,
-                    Err(_) => return Err(busy(format!("bdev {name} has I/O in flight"))),
-                }
+                ilog.close()?;
                 Ok(methods::done_result())
             }
             Command::GetBdevs { name } => {
@@ -597,6 +624,13 @@ impl Target {
     }
 }
 
+/// Physical memory: no malloc bdev can be larger.
+fn host_memory_bytes() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    u64::try_from(pages).unwrap_or(0).saturating_mul(u64::try_from(page).unwrap_or(0))
+}
+
 fn check_new_name(st: &State, name: &str) -> Result<(), RpcError> {
     if name.is_empty() || name.contains('@') || name.contains('/') {
         return Err(RpcError::invalid_params(format!("bdev name {name:?} must be non-empty, without '@' or '/'")));
@@ -656,4 +690,99 @@ impl Handler for Target {
 
 fn params_of<T: for<'de> Deserialize<'de>>(p: Option<Value>) -> Result<T, RpcError> {
     params(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn call(t: &Target, method: &str, params: Value) -> Result<Value, RpcError> {
+        t.call(method, Some(params))
+    }
+
+    fn target_with_malloc() -> Target {
+        let t = Target::new(1);
+        call(&t, "bdev_malloc_create", json!({"name": "Malloc0", "num_blocks": 65536, "block_size": 4096})).unwrap();
+        t
+    }
+
+    fn create(t: &Target, name: &str) -> Result<Value, RpcError> {
+        call(t, "bdev_ilog_create", json!({"name": name, "base_bdev_name": "Malloc0"}))
+    }
+
+    #[test]
+    fn delete_waits_for_rpcs_that_use_the_bdev_and_then_frees_its_base() {
+        let t = target_with_malloc();
+        create(&t, "ilog0").unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = call(&t, "bdev_ilog_get_volumes", json!({"name": "ilog0"}));
+                }
+            });
+            let rounds: Vec<Result<(), String>> = (0..20)
+                .map(|round| {
+                    call(&t, "bdev_ilog_delete", json!({"name": "ilog0"}))
+                        .map_err(|e| format!("round {round}: delete: {}", e.message))?;
+                    create(&t, "ilog0").map_err(|e| format!("round {round}: create: {}", e.message))?;
+                    Ok(())
+                })
+                .collect();
+            stop.store(true, Ordering::Relaxed);
+            let failed: Vec<&String> = rounds.iter().filter_map(|r| r.as_ref().err()).collect();
+            assert!(failed.is_empty(), "{failed:?}");
+        });
+    }
+
+    #[test]
+    fn a_malloc_bdev_larger_than_the_host_fails_with_enomem_and_the_target_serves_on() {
+        let t = target_with_malloc();
+        let blocks = (host_memory_bytes() / 4096 + 1).min((1 << 28) + 1);
+        let err = call(&t, "bdev_malloc_create", json!({"name": "Huge", "num_blocks": blocks, "block_size": 4096}))
+            .unwrap_err();
+        assert_eq!(err.code, -libc::ENOMEM, "{}", err.message);
+        create(&t, "ilog0").expect("the target serves on");
+    }
+
+    #[test]
+    fn an_aio_bdev_with_a_block_size_not_a_power_of_two_is_refused() {
+        let t = Target::new(1);
+        let path = std::env::temp_dir().join(format!("ilog-aio-bs-{}", std::process::id()));
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        for bs in [1000, 3072, 256, 131072] {
+            let err =
+                call(&t, "bdev_aio_create", json!({"name": "Aio0", "filename": path, "block_size": bs})).unwrap_err();
+            assert_eq!(err.code, -32602, "block_size {bs}: {}", err.message);
+        }
+        call(&t, "bdev_aio_create", json!({"name": "Aio0", "filename": path, "block_size": 512})).unwrap();
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn an_ilog_bdev_on_a_base_too_small_names_the_minimum() {
+        let t = Target::new(1);
+        for blocks in [1, 16] {
+            let name = format!("Tiny{blocks}");
+            call(&t, "bdev_malloc_create", json!({"name": name, "num_blocks": blocks, "block_size": 4096})).unwrap();
+            let err = call(&t, "bdev_ilog_create", json!({"name": "ilog0", "base_bdev_name": name})).unwrap_err();
+            assert!(err.message.contains("too small") && err.message.contains("at least"), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn a_busy_delete_leaves_the_bdev_and_its_base_claim_as_they_were() {
+        let t = target_with_malloc();
+        create(&t, "ilog0").unwrap();
+        let held = t.lock().ilogs["ilog0"].ilog.clone();
+        let err = call(&t, "bdev_ilog_delete", json!({"name": "ilog0"})).unwrap_err();
+        assert_eq!(err.code, -libc::EBUSY, "{}", err.message);
+        let err = create(&t, "ilog1").unwrap_err();
+        assert!(err.message.contains("Malloc0"), "a second engine on the same base: {}", err.message);
+        call(&t, "bdev_ilog_get_volumes", json!({"name": "ilog0"})).expect("ilog0 still serves");
+        drop(held);
+        call(&t, "bdev_ilog_delete", json!({"name": "ilog0"})).unwrap();
+        create(&t, "ilog1").expect("the base is free once the bdev is deleted");
+    }
 }

@@ -2,12 +2,15 @@
 //! the next poll of the channel that submitted them.
 
 use super::{BlockDevice, DevChannel, DevOp, DevRequest, DevStatus, QueueFull};
+use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 struct Memory {
     ptr: *mut u8,
+    /// The device's bytes (the layout is at least one byte).
     len: usize,
+    layout: Layout,
 }
 
 // SAFETY: the engine never has two requests in flight that overlap a write
@@ -20,8 +23,8 @@ unsafe impl Sync for Memory {}
 
 impl Drop for Memory {
     fn drop(&mut self) {
-        // SAFETY: built from a boxed slice of exactly this length.
-        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len)) });
+        // SAFETY: allocated by `alloc_zeroed` with this layout.
+        unsafe { dealloc(self.ptr, self.layout) };
     }
 }
 
@@ -34,9 +37,16 @@ pub struct MallocDevice {
 
 impl MallocDevice {
     pub fn new(num_blocks: u64, block_size: u32) -> MallocDevice {
-        let len = usize::try_from(num_blocks * u64::from(block_size)).expect("malloc device fits in memory");
-        let ptr = Box::into_raw(vec![0u8; len].into_boxed_slice()) as *mut u8;
-        MallocDevice { mem: Arc::new(Memory { ptr, len }), block_size, num_blocks }
+        MallocDevice::try_new(num_blocks, block_size).expect("malloc device fits in memory")
+    }
+
+    /// A device of `num_blocks`, or `None` when the memory cannot be had.
+    pub fn try_new(num_blocks: u64, block_size: u32) -> Option<MallocDevice> {
+        let len = usize::try_from(num_blocks.checked_mul(u64::from(block_size))?).ok()?;
+        let layout = Layout::array::<u8>(len.max(1)).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        (!ptr.is_null()).then(|| MallocDevice { mem: Arc::new(Memory { ptr, len, layout }), block_size, num_blocks })
     }
 }
 

@@ -188,10 +188,10 @@ impl Control {
     }
 
     /// The id of the next snapshot taken without a name, as the policy
-    /// directs; a suffix keeps it unique.
-    fn next_volume_id(&mut self, now: u64) -> String {
-        self.next_snapshot_number = self.next_snapshot_number.saturating_add(1);
-        let base = self.policy.volume_id(now, self.next_snapshot_number);
+    /// directs; a suffix keeps it unique. Checked whole, suffix included:
+    /// a template near the length limit fails this one snapshot.
+    fn next_volume_id(&self, now: u64) -> Result<String> {
+        let base = self.policy.volume_id(now, self.next_snapshot_number.saturating_add(1));
         let taken = |n: &str| self.volumes.iter().any(|v| v.name == n);
         let mut name = base.clone();
         let mut k = 2;
@@ -199,7 +199,8 @@ impl Control {
             name = format!("{base}-{k}");
             k += 1;
         }
-        name
+        check_volume_name(&name)?;
+        Ok(name)
     }
 
     /// Queues an operation nobody waits for (policy actions, follow-ups).
@@ -505,6 +506,19 @@ impl Shard {
             }
             return self.reply(q.origin, q.reply, Err(e));
         }
+        let mut q = q;
+        if let Op::Snapshot(name @ None) = &mut q.op {
+            // The generated id is fixed (and checked) before anything seals.
+            let now = self.shared.clock.now_unix_s();
+            let c = self.ctl_mut();
+            match c.next_volume_id(now) {
+                Ok(id) => {
+                    c.next_snapshot_number = c.next_snapshot_number.saturating_add(1);
+                    *name = Some(id);
+                }
+                Err(e) => return self.reply(q.origin, q.reply, Err(e)),
+            }
+        }
         let mut seal = None;
         let (mut close, mut shutdown) = (false, false);
         match &q.op {
@@ -694,7 +708,7 @@ impl Shard {
     }
 
     fn check_new_volume(&mut self, name: Option<&str>) -> Result<()> {
-        let max = self.shared.geo.max_volumes as usize;
+        let max = self.shared.geo.max_volumes;
         let c = self.ctl_mut();
         if let Some(name) = name {
             check_volume_name(name)?;
@@ -702,8 +716,8 @@ impl Shard {
                 return Err(Error::VolumeExists(name.to_owned()));
             }
         }
-        if c.volumes.len() >= max {
-            return Err(Error::InvalidArgument(format!("{max} snapshot volumes exist, the most this bdev holds")));
+        if c.volumes.len() >= max as usize {
+            return Err(Error::TooManyVolumes { max });
         }
         Ok(())
     }
@@ -747,10 +761,9 @@ impl Shard {
         match &cur.q.op {
             Op::Flush => self.finish_control(Ok(Reply::Done)),
             Op::Snapshot(name) => {
-                let name = name.clone();
+                let name = name.clone().expect("named when it started");
                 let now = self.shared.clock.now_unix_s();
                 let c = self.ctl_mut();
-                let name = name.unwrap_or_else(|| c.next_volume_id(now));
                 c.last_snapshot_at = now;
                 let record = VolumeRecord { name, partition: c.open_partition - 1, created_unix_s: now };
                 c.volumes.push(record.clone());

@@ -323,6 +323,10 @@ struct Trusted {
 /// Step 1: the superblock, the newest valid checkpoint, and the summaries
 /// of the segments it lists, up to their trusted entries.
 fn load_trusted(io: &mut SyncIo, dev: &dyn BlockDevice) -> Result<Trusted> {
+    if dev.num_blocks() < crate::format::SUPERBLOCK_BLOCKS {
+        // Not even room for the superblocks: formatting says how small.
+        return Err(Error::NotFormatted);
+    }
     let (a, b) = (io.read(0, 1)?, io.read(1, 1)?);
     let sb = Superblock::choose(&a, &b, dev.num_blocks(), dev.block_size())?;
     let geo = sb.geometry;

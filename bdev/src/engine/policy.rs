@@ -259,8 +259,9 @@ impl Policy {
                 Some(Some("timestamp")) => VolumeIdScheme::Timestamp,
                 Some(Some("template")) => {
                     let t = template.ok_or_else(|| invalid("volume_id.template", "the template scheme needs one"))?;
-                    // A template must expand to a valid volume id.
-                    super::request::check_volume_name(&expand(t, 0, 1))
+                    // A template must expand to a valid volume id, with a
+                    // timestamp as wide as they come (10 digits until 2286).
+                    super::request::check_volume_name(&expand(t, WIDEST_UNIX_S, 1))
                         .map_err(|_| invalid("volume_id.template", "does not expand to a valid volume id"))?;
                     VolumeIdScheme::Template(t.to_owned())
                 }
@@ -458,6 +459,9 @@ impl Shard {
 }
 
 /// Expands a volume id template at `now` (UTC) for snapshot number `n`.
+/// 2099-12-31T23:59:59Z: what a template is checked with.
+const WIDEST_UNIX_S: u64 = 4_102_444_799;
+
 pub fn expand(template: &str, now: u64, n: u64) -> String {
     let (y, mo, d) = civil_from_days((now / 86_400) as i64);
     let secs = now % 86_400;

@@ -56,7 +56,7 @@ pub struct Geometry {
 pub const DEFAULT_REPLAY_WINDOW_KIB: u64 = 1 << 20;
 
 /// Superblock A and B.
-const SUPERBLOCK_BLOCKS: u64 = 2;
+pub(crate) const SUPERBLOCK_BLOCKS: u64 = 2;
 /// Summary entries address segment offsets and cursors pack them in 20 bits.
 pub const MAX_SEGMENT_BLOCKS: u32 = 1 << 20;
 /// Bounds the checkpoint slot.
@@ -96,19 +96,43 @@ impl Geometry {
             return Err(Error::InvalidArgument("the replay window must be 1 KiB to 4 TiB".into()));
         }
         // The checkpoint slot is sized for the most segments the device could hold.
-        let max_segments = device_blocks / segment_blocks;
-        let max_stripes = device_blocks.div_ceil(stripe_blocks);
-        let slot_bytes = Checkpoint::max_encoded_len(opts.max_volumes as usize, max_segments as usize, max_stripes);
-        let ckpt_slot_blocks = slot_bytes.div_ceil(bs as usize) as u64;
+        let ckpt_slot_blocks = |device_blocks: u64| {
+            let max_segments = device_blocks / segment_blocks;
+            let max_stripes = device_blocks.div_ceil(stripe_blocks);
+            let slot_bytes = Checkpoint::max_encoded_len(opts.max_volumes as usize, max_segments as usize, max_stripes);
+            slot_bytes.div_ceil(bs as usize) as u64
+        };
         let ckpt_start = SUPERBLOCK_BLOCKS;
-        let meta_end = ckpt_start + 2 * ckpt_slot_blocks;
-        let usable = device_blocks.saturating_sub(meta_end);
-        let segment_count = usable * u64::from(opts.log_percent) / 100 / segment_blocks;
+        let meta_end = |device_blocks: u64| ckpt_start + 2 * ckpt_slot_blocks(device_blocks);
+        let segments_in = |device_blocks: u64| {
+            device_blocks.saturating_sub(meta_end(device_blocks)) * u64::from(opts.log_percent) / 100 / segment_blocks
+        };
+        let segment_count = segments_in(device_blocks);
         if segment_count < 2 {
+            // The smallest device with two log segments: the checkpoint
+            // slot grows a little with the device, so search for it.
+            let mut hi = device_blocks.max(1);
+            while segments_in(hi) < 2 {
+                hi *= 2;
+            }
+            let mut lo = device_blocks;
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if segments_in(mid) < 2 {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            let min = hi;
             return Err(Error::DeviceTooSmall(format!(
-                "{device_blocks} blocks leave room for {segment_count} log segments of {segment_blocks} blocks; at least 2 are needed"
+                "{device_blocks} blocks of {block_size} bytes leave room for {segment_count} log segments of {segment_blocks} blocks \
+                 (2 needed): the base must have at least {min} blocks ({} KiB) with these options",
+                min * bs / 1024
             )));
         }
+        let meta_end = meta_end(device_blocks);
+        let usable = device_blocks - meta_end;
         let log_blocks = segment_count * segment_blocks;
         let volume_blocks = usable - log_blocks;
         let g = Geometry {
@@ -117,7 +141,7 @@ impl Geometry {
             volume_blocks,
             baseline_start: meta_end,
             ckpt_start,
-            ckpt_slot_blocks: u32::try_from(ckpt_slot_blocks)
+            ckpt_slot_blocks: u32::try_from(ckpt_slot_blocks(device_blocks))
                 .map_err(|_| Error::InvalidArgument("checkpoint too large".into()))?,
             max_volumes: opts.max_volumes,
             log_start: meta_end + volume_blocks,
@@ -232,8 +256,24 @@ mod tests {
     }
 
     #[test]
-    fn plan_refuses_a_device_too_small_for_two_segments() {
-        assert!(matches!(Geometry::plan(4096, 1500, &FormatOptions::default()), Err(Error::DeviceTooSmall(_))));
+    fn plan_refuses_a_device_too_small_for_two_segments_and_names_the_minimum() {
+        for (blocks, opts) in [
+            (0, FormatOptions::default()),
+            (1500, FormatOptions::default()),
+            (100, FormatOptions { log_percent: 95, ..FormatOptions::default() }),
+        ] {
+            let Err(Error::DeviceTooSmall(why)) = Geometry::plan(4096, blocks, &opts) else {
+                panic!("{blocks} blocks")
+            };
+            let min: u64 = why
+                .split("at least ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no minimum named: {why}"));
+            assert!(Geometry::plan(4096, min, &opts).is_ok(), "{min} blocks: {why}");
+            assert!(Geometry::plan(4096, min - 1, &opts).is_err(), "{min} is not the least: {why}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::device::{BlockDevice, DmaBuf};
 use crate::engine::{mount, CompactMode, LogBatch, Reply, Request, Shard, Stats, Submitter, View, VolumeInfo};
 use crate::error::{Error, Result};
 use crossbeam_queue::SegQueue;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -59,7 +60,15 @@ impl Reactors {
                 let shared = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("ilog-reactor-{core}"))
-                    .spawn(move || reactor(core, &shared))
+                    .spawn(move || {
+                        // A reactor that died would leave every request it
+                        // owns unanswered and the process hung: a panic
+                        // (already printed by the hook) ends the process.
+                        if std::panic::catch_unwind(AssertUnwindSafe(|| reactor(core, &shared))).is_err() {
+                            log::error!("reactor {core} panicked: aborting");
+                            std::process::abort();
+                        }
+                    })
                     .expect("spawn reactor")
             })
             .collect();
