@@ -65,9 +65,11 @@
 //!
 //! ## Log batch
 //!
-//! `{"entries": [..], "next_cursor": int, "oldest_cursor": int}`: pass
-//! `next_cursor` back as `cursor` to continue after the last entry
-//! returned. Entries that drained into the baseline have left the log: a
+//! `{"entries": [..], "next_cursor": int, "oldest_cursor": int,
+//! "bytes_limited": bool}`: pass `next_cursor` back as `cursor` to continue
+//! after the last entry returned. A batch carries at most 1 MiB of data
+//! (at least one entry): `bytes_limited` says it ended before `count`
+//! entries for that reason. Entries that drained into the baseline have left the log: a
 //! cursor below `oldest_cursor` (other than 0, which reads all the log
 //! still holds) fails with `-ERANGE`, naming it. Each entry:
 //!
@@ -134,8 +136,8 @@ pub const METHODS: &[&str] = &[
     "bdev_ilog_event",
 ];
 
-/// Most entries one `bdev_ilog_log_read` returns: bounds the reply (with
-/// data, up to this many full I/Os, base64-encoded) and the engine's work.
+/// Most entries one `bdev_ilog_log_read` returns: bounds the reply and the
+/// engine's work (with data, the engine's byte budget ends a batch sooner).
 pub const MAX_LOG_READ_COUNT: u32 = 4096;
 
 /// Parameters of `bdev_ilog_create`. Serializes to the params that
@@ -454,11 +456,12 @@ pub fn volumes_result(bdev: &str, vs: &[VolumeInfo]) -> Value {
 }
 
 pub fn log_result(batch: &LogBatch) -> Value {
-    let LogBatch { entries, next_cursor, oldest_cursor } = batch;
+    let LogBatch { entries, next_cursor, oldest_cursor, bytes_limited } = batch;
     json!({
         "entries": entries.iter().map(log_entry).collect::<Vec<_>>(),
         "next_cursor": next_cursor,
         "oldest_cursor": oldest_cursor,
+        "bytes_limited": bytes_limited,
     })
 }
 
@@ -840,6 +843,7 @@ mod tests {
             ],
             next_cursor: 7,
             oldest_cursor: 3,
+            bytes_limited: true,
         };
         assert_eq!(
             log_result(&batch),
@@ -851,11 +855,12 @@ mod tests {
                 ],
                 "next_cursor": 7,
                 "oldest_cursor": 3,
+                "bytes_limited": true,
             })
         );
         assert_eq!(
-            log_result(&LogBatch { entries: vec![], next_cursor: 0, oldest_cursor: 0 }),
-            json!({"entries": [], "next_cursor": 0, "oldest_cursor": 0})
+            log_result(&LogBatch { entries: vec![], next_cursor: 0, oldest_cursor: 0, bytes_limited: false }),
+            json!({"entries": [], "next_cursor": 0, "oldest_cursor": 0, "bytes_limited": false})
         );
     }
 

@@ -60,6 +60,7 @@ impl Handler for Recorder {
                 }],
                 next_cursor: cursor + 1,
                 oldest_cursor: 0,
+                bytes_limited: false,
             }),
             Command::GetStats { name } => ilog::stats_result(&name, &Stats { block_size: 4096, ..Stats::default() }),
             Command::Compact { background, .. } => ilog::compact_result(background.then_some(7)),

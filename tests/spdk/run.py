@@ -6,6 +6,7 @@ needs `cargo build --release --features spdk` first. Each test starts its
 own apps; `run.py NAME...` runs only those tests.
 """
 
+import base64
 import filecmp
 import json
 import os
@@ -336,6 +337,31 @@ def test_unmap_and_write_zeroes_storms_never_fill_the_log():
     perf.stop()
 
 
+def test_log_read_with_data_is_bounded_in_bytes():
+    """1 MiB writes after a snapshot (so the drain keeps them in the log),
+    then a log read of 4096 entries with data: the reply carries at most
+    1 MiB of data (one entry here), says so, and the next batch goes on from
+    its cursor."""
+    wd = workdir()
+    cfg = write_config(wd, "logread.json", [
+        {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 131072, "block_size": 4096}},
+        {"method": "bdev_ilog_create", "params": {"name": "ilog0", "base_bdev_name": "Malloc0", "log_percent": 90}},
+        {"method": "bdev_wait_for_examine"},
+    ])
+    perf = App(wd, BDEVPERF, "-z", "--json", cfg, "-T", "ilog0", "-q", 1, "-o", 1 << 20, "-w", "write", "-t", 1,
+               mem=2048, name="logread")
+    perf.rpc("bdev_ilog_snapshot", "ilog0")
+    run = subprocess.run(["python3", BDEVPERF_PY, "-s", perf.sock, "-t", "60", "perform_tests"],
+                         env=env(preload=False), capture_output=True, text=True, timeout=90)
+    assert run.returncode == 0, f"perform_tests failed:\n{run.stdout}{run.stderr}\n{perf.tail()}"
+    first = perf.rpc("bdev_ilog_log_read", "ilog0", "-n", 4096, "--with-data")
+    data = sum(len(base64.b64decode(e["data"])) for e in first["entries"] if "data" in e)
+    assert first["bytes_limited"] and 0 < data <= 1 << 20 < data + (1 << 20), (len(first["entries"]), data)
+    second = perf.rpc("bdev_ilog_log_read", "ilog0", "-c", first["next_cursor"], "-n", 1)
+    assert second["entries"] and second["entries"][0]["sequence"] >= first["next_cursor"], second
+    perf.stop()
+
+
 def test_policies_and_compaction_keep_volume_bdevs_in_step():
     """bdev_ilog_set_policy/get_policy/event/compact in spdk_tgt, with data
     written and read over NVMe/TCP by spdk_dd while it runs: the volume
@@ -510,6 +536,7 @@ TESTS = [
     test_nvme_tcp_base_and_export,
     test_verify_over_the_whole_bdev_on_the_defaults,
     test_unmap_and_write_zeroes_storms_never_fill_the_log,
+    test_log_read_with_data_is_bounded_in_bytes,
     test_policies_and_compaction_keep_volume_bdevs_in_step,
     test_a_volume_deleted_while_open_is_hot_removed_and_its_name_reused,
 ]

@@ -9,7 +9,7 @@
 //! "everything the log still holds".
 
 use super::control::{summary_groups, summary_reads, Stage, ENTRY_BITS};
-use super::request::{LogBatch, LogEntry, LogEntryKind, Reply};
+use super::request::{LogBatch, LogEntry, LogEntryKind, Reply, MAX_LOG_READ_DATA_BYTES};
 use super::shard::Shard;
 use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf};
 use crate::error::Error;
@@ -29,6 +29,9 @@ pub(super) struct LogRead {
     /// (entry in `entries`, device block of its data) of the entries read
     /// from the current segment whose data is wanted.
     pending_data: Vec<(usize, u64)>,
+    /// Data bytes of the entries taken, and whether that ended the batch.
+    data_bytes: u64,
+    bytes_limited: bool,
     /// Reads in flight, and the first that failed.
     outstanding: u32,
     error: Option<Error>,
@@ -53,6 +56,8 @@ impl Shard {
             bufs: Vec::new(),
             entries: Vec::new(),
             pending_data: Vec::new(),
+            data_bytes: 0,
+            bytes_limited: false,
             outstanding: 0,
             error: None,
         });
@@ -68,7 +73,7 @@ impl Shard {
         let Some(seg) = log.segments.last().copied().filter(|_| (log.entries.len() as u32) < log.count) else {
             let log = c.log.take().expect("log read state");
             let next_cursor = log.entries.last().map_or(log.cursor, |e| e.sequence + 1);
-            let batch = LogBatch { entries: log.entries, next_cursor, oldest_cursor };
+            let batch = LogBatch { entries: log.entries, next_cursor, oldest_cursor, bytes_limited: log.bytes_limited };
             return self.finish_control(Ok(Reply::Log(batch)));
         };
         log.outstanding = summary_reads(&geo, &seg);
@@ -136,6 +141,13 @@ impl Shard {
                 continue;
             }
             if log.with_data && e.kind == EntryKind::Data {
+                let bytes = u64::from(e.blocks) * bs as u64;
+                if !log.entries.is_empty() && log.data_bytes + bytes > MAX_LOG_READ_DATA_BYTES {
+                    log.count = log.entries.len() as u32;
+                    log.bytes_limited = true;
+                    continue;
+                }
+                log.data_bytes += bytes;
                 log.pending_data.push((log.entries.len(), start + u64::from(e.data_offset)));
             }
             log.entries.push(LogEntry {

@@ -30,6 +30,7 @@ pub use mount::{format, mount, mount_with_clock, MountReport, Mounted};
 pub use policy::Policy;
 pub use request::{
     volume_bdev_name, BdevInfo, CompactMode, LogBatch, LogEntry, LogEntryKind, Reply, Request, Stats, View, VolumeInfo,
+    MAX_LOG_READ_DATA_BYTES,
 };
 pub use shard::{audit_space, Shard};
 pub use shared::{Clock, Submitter, SystemClock};

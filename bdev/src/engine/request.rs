@@ -165,7 +165,17 @@ pub struct LogBatch {
     /// below it may have drained into the baseline (cursor 0 reads all
     /// the log still holds).
     pub oldest_cursor: u64,
+    /// The batch ended before `count` entries because their data reached
+    /// `MAX_LOG_READ_DATA_BYTES`.
+    pub bytes_limited: bool,
 }
+
+/// Most data bytes one log batch carries (at least one entry's, whatever
+/// its size): bounds the reply and what building it holds in memory. Small,
+/// because the stock rpc.py client re-parses its whole buffer after every
+/// 4 KiB it receives: a 1 MiB batch (1.4 MiB of JSON) takes it about a
+/// second, 8 MiB over a minute.
+pub const MAX_LOG_READ_DATA_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Stats {
