@@ -104,6 +104,7 @@ fn main() -> std::process::ExitCode {
     }
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(std::time::Duration::from_millis(50));
+        target.stop_exports_of_retired_volumes();
     }
     log::info!("shutting down");
     server.stop();

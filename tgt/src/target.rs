@@ -61,6 +61,8 @@ struct Base {
 struct IlogBdev {
     ilog: Arc<Ilog>,
     params: CreateParams,
+    /// The volumes generation its exports were last checked at.
+    volumes_seen: u64,
 }
 
 struct NbdDisk {
@@ -322,7 +324,7 @@ impl Target {
         st.bases.get_mut(&p.base_bdev_name).expect("checked").claimed_by = Some(p.name.clone());
         st.order.push(p.name.clone());
         let name = p.name.clone();
-        st.ilogs.insert(name.clone(), IlogBdev { ilog: Arc::new(ilog), params: p });
+        st.ilogs.insert(name.clone(), IlogBdev { ilog: Arc::new(ilog), params: p, volumes_seen: 0 });
         Ok(methods::create_result(&name))
     }
 
@@ -538,6 +540,36 @@ impl Target {
         log::info!("exporting {} over NBD at {}", p.bdev_name, p.nbd_device);
         st.nbd.insert(p.nbd_device.clone(), NbdDisk { bdev: p.bdev_name, server });
         Ok(json!(p.nbd_device))
+    }
+
+    /// Stops the NBD exports of volumes that are gone: retired by a baseline
+    /// compaction or a retention policy, which do not ask about exports. The
+    /// export leaves the saved config with them, so a restart does not fail
+    /// on it. Cheap when nothing changed: one atomic load per ilog bdev.
+    pub fn stop_exports_of_retired_volumes(&self) {
+        let mut st = self.lock();
+        let State { ilogs, nbd, .. } = &mut *st;
+        let mut gone = Vec::new();
+        for (name, b) in ilogs.iter_mut() {
+            // Read before listing: a change after this moves it again.
+            let generation = b.ilog.volumes_generation();
+            if generation == b.volumes_seen {
+                continue;
+            }
+            let Ok(volumes) = b.ilog.volumes() else { continue };
+            b.volumes_seen = generation;
+            let exported = nbd.iter().filter_map(|(dev, d)| Some((dev, d.bdev.split_once('@')?)));
+            for (dev, _) in exported.filter(|(_, (of, v))| of == name && !volumes.iter().any(|x| x.name == *v)) {
+                gone.push(dev.clone());
+            }
+        }
+        let disks: Vec<(String, NbdDisk)> =
+            gone.into_iter().filter_map(|dev| Some((dev.clone(), nbd.remove(&dev)?))).collect();
+        drop(st);
+        for (dev, disk) in disks {
+            log::warn!("{} was retired: stopping its NBD export at {dev}", disk.bdev);
+            disk.server.stop();
+        }
     }
 
     fn nbd_stop(&self, p: NbdDevice) -> Result<Value, RpcError> {
@@ -769,6 +801,31 @@ mod tests {
             let err = call(&t, "bdev_ilog_create", json!({"name": "ilog0", "base_bdev_name": name})).unwrap_err();
             assert!(err.message.contains("too small") && err.message.contains("at least"), "{}", err.message);
         }
+    }
+
+    #[test]
+    fn the_export_of_a_volume_retired_by_a_baseline_compaction_is_stopped_and_leaves_the_config() {
+        let t = target_with_malloc();
+        create(&t, "ilog0").unwrap();
+        for s in ["s1", "s2"] {
+            call(&t, "bdev_ilog_snapshot", json!({"name": "ilog0", "snapshot_name": s})).unwrap();
+        }
+        let dir = std::env::temp_dir();
+        let sock = |v: &str| dir.join(format!("ilog-retired-{}-{v}.sock", std::process::id())).display().to_string();
+        for v in ["s1", "s2"] {
+            call(&t, "nbd_start_disk", json!({"bdev_name": format!("ilog0@{v}"), "nbd_device": sock(v)})).unwrap();
+        }
+        t.stop_exports_of_retired_volumes();
+        assert_eq!(call(&t, "nbd_get_disks", json!({})).unwrap().as_array().unwrap().len(), 2, "nothing retired yet");
+        // Draining up to s2 retires s1.
+        call(&t, "bdev_ilog_compact", json!({"name": "ilog0", "volume": "s2", "mode": "baseline"})).unwrap();
+        t.stop_exports_of_retired_volumes();
+        let disks = call(&t, "nbd_get_disks", json!({})).unwrap();
+        let exported: Vec<&str> = disks.as_array().unwrap().iter().map(|d| d["bdev_name"].as_str().unwrap()).collect();
+        assert_eq!(exported, ["ilog0@s2"]);
+        let config = t.save_config().to_string();
+        assert!(!config.contains("ilog0@s1") && config.contains("ilog0@s2"), "{config}");
+        call(&t, "nbd_stop_disk", json!({"nbd_device": sock("s2")})).unwrap();
     }
 
     #[test]

@@ -280,6 +280,12 @@ impl Ilog {
         }
     }
 
+    /// Moves whenever the volume table changes (a snapshot, a deletion, a
+    /// volume retired by compaction or a policy): one atomic load.
+    pub fn volumes_generation(&self) -> u64 {
+        self.submitter.volumes_generation()
+    }
+
     pub fn volumes(&self) -> Result<Vec<VolumeInfo>> {
         match self.call(Request::ListVolumes)? {
             Reply::Volumes(v) => Ok(v),
