@@ -206,10 +206,9 @@ impl Target {
     /// Stops every NBD export and closes every ilog bdev cleanly.
     pub fn shutdown(&self) {
         let mut st = self.lock();
-        for (dev, disk) in std::mem::take(&mut st.nbd) {
-            log::info!("stopping NBD export {dev}");
-            disk.server.stop();
-        }
+        let disks = std::mem::take(&mut st.nbd);
+        log::info!("stopping {} NBD export(s)", disks.len());
+        NbdServer::stop_all(disks.into_values().map(|d| d.server));
         for (name, bdev) in std::mem::take(&mut st.ilogs) {
             match Arc::try_unwrap(bdev.ilog) {
                 Ok(ilog) => match ilog.close() {
@@ -537,9 +536,12 @@ impl Target {
         let export = self.export_of(&st, &p.bdev_name)?;
         let server = NbdServer::start(listen, p.bdev_name.clone(), export)
             .map_err(|e| RpcError::errno(e.raw_os_error().unwrap_or(libc::EIO), format!("{}: {e}", p.nbd_device)))?;
-        log::info!("exporting {} over NBD at {}", p.bdev_name, p.nbd_device);
-        st.nbd.insert(p.nbd_device.clone(), NbdDisk { bdev: p.bdev_name, server });
-        Ok(json!(p.nbd_device))
+        // Known by where it really listens (a TCP port 0 is chosen now): the
+        // address every other method and the saved config use.
+        let at = server.listen().to_string();
+        log::info!("exporting {} over NBD at {at}", p.bdev_name);
+        st.nbd.insert(at.clone(), NbdDisk { bdev: p.bdev_name, server });
+        Ok(json!(at))
     }
 
     /// Stops the NBD exports of volumes that are gone: retired by a baseline
@@ -826,6 +828,30 @@ mod tests {
         let config = t.save_config().to_string();
         assert!(!config.contains("ilog0@s1") && config.contains("ilog0@s2"), "{config}");
         call(&t, "nbd_stop_disk", json!({"nbd_device": sock("s2")})).unwrap();
+    }
+
+    #[test]
+    fn tcp_exports_on_port_0_are_known_by_the_port_they_got() {
+        let t = target_with_malloc();
+        create(&t, "ilog0").unwrap();
+        call(&t, "bdev_ilog_snapshot", json!({"name": "ilog0", "snapshot_name": "s1"})).unwrap();
+        let mut at = Vec::new();
+        for bdev in ["ilog0", "ilog0@s1"] {
+            let got = call(&t, "nbd_start_disk", json!({"bdev_name": bdev, "nbd_device": "127.0.0.1:0"})).unwrap();
+            let got = got.as_str().unwrap().to_owned();
+            assert!(got.starts_with("127.0.0.1:") && !got.ends_with(":0"), "{got}");
+            at.push(got);
+        }
+        let disks = call(&t, "nbd_get_disks", json!({})).unwrap();
+        let listed: Vec<&str> = disks.as_array().unwrap().iter().map(|d| d["nbd_device"].as_str().unwrap()).collect();
+        assert_eq!(listed.len(), 2);
+        assert!(at.iter().all(|a| listed.contains(&a.as_str())), "{listed:?} {at:?}");
+        let config = t.save_config().to_string();
+        assert!(at.iter().all(|a| config.contains(a.as_str())) && !config.contains("127.0.0.1:0\""), "{config}");
+        for a in &at {
+            call(&t, "nbd_stop_disk", json!({"nbd_device": a})).unwrap_or_else(|e| panic!("stop {a}: {}", e.message));
+        }
+        assert_eq!(call(&t, "nbd_get_disks", json!({})).unwrap(), json!([]));
     }
 
     #[test]
