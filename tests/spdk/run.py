@@ -362,6 +362,39 @@ def test_log_read_with_data_is_bounded_in_bytes():
     perf.stop()
 
 
+def test_delete_right_after_create_on_two_cores_succeeds():
+    """SPDK's examine opens a new bdev for a moment (its reads run on the
+    other core too): a delete issued right after the create, on the same
+    connection as a script would, waits for it instead of answering that the
+    bdev is open."""
+    from spdk.rpc.client import JSONRPCClient, JSONRPCException
+    wd = workdir()
+    tgt = App(wd, SPDK_TGT, mem=2048, cores="0x3", name="cycle")
+    client = JSONRPCClient(tgt.sock, timeout=60)
+    client.call("bdev_malloc_create", {"name": "Malloc0", "num_blocks": 65536, "block_size": 4096})
+    failed = []
+    for i in range(40):
+        client.call("bdev_ilog_create", {"name": "ilog0", "base_bdev_name": "Malloc0"})
+        try:
+            client.call("bdev_ilog_delete", {"name": "ilog0"})
+        except JSONRPCException as e:
+            failed.append(i)
+            wait_until("the delete to go through", lambda: try_call(client, "bdev_ilog_delete", {"name": "ilog0"}))
+            last = str(e)
+    assert not failed, f"deletes right after create failed in rounds {failed}: {last}"
+    tgt.stop()
+
+
+def try_call(client, method, params):
+    """Whether `method` succeeded."""
+    from spdk.rpc.client import JSONRPCException
+    try:
+        client.call(method, params)
+        return True
+    except JSONRPCException:
+        return False
+
+
 def test_policies_and_compaction_keep_volume_bdevs_in_step():
     """bdev_ilog_set_policy/get_policy/event/compact in spdk_tgt, with data
     written and read over NVMe/TCP by spdk_dd while it runs: the volume
@@ -537,6 +570,7 @@ TESTS = [
     test_verify_over_the_whole_bdev_on_the_defaults,
     test_unmap_and_write_zeroes_storms_never_fill_the_log,
     test_log_read_with_data_is_bounded_in_bytes,
+    test_delete_right_after_create_on_two_cores_succeeds,
     test_policies_and_compaction_keep_volume_bdevs_in_step,
     test_a_volume_deleted_while_open_is_hot_removed_and_its_name_reused,
 ]

@@ -20,6 +20,7 @@ use std::cell::UnsafeCell;
 use std::ffi::{c_int, c_void, CString};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A failed module operation: errno and message, for the RPC answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -429,20 +430,75 @@ fn teardown(ilog: &Arc<Ilog>, done: Option<Box<dyn FnOnce(i32)>>) {
     }
 }
 
+/// How long a delete waits for an open that is not a user's to end.
+const DELETE_WAIT: Duration = Duration::from_secs(2);
+const DELETE_RETRY_US: u64 = 1000;
+
+/// Runs `step` on the app thread now, then every `period_us` until it
+/// returns true.
+fn poll_until(period_us: u64, mut step: Box<dyn FnMut() -> bool>) {
+    struct Retry {
+        step: Box<dyn FnMut() -> bool>,
+        poller: *mut sys::spdk_poller,
+    }
+    unsafe extern "C" fn tick(arg: *mut c_void) -> c_int {
+        let retry = arg.cast::<Retry>();
+        // SAFETY: the box leaked below, freed here once its poller is gone.
+        unsafe {
+            if ((*retry).step)() {
+                sys::spdk_poller_unregister(&mut (*retry).poller);
+                drop(Box::from_raw(retry));
+            }
+        }
+        1
+    }
+    if step() {
+        return;
+    }
+    let retry = Box::into_raw(Box::new(Retry { step, poller: std::ptr::null_mut() }));
+    // SAFETY: on the app thread; `tick` owns `retry` from now on.
+    unsafe {
+        (*retry).poller = sys::spdk_poller_register_named(Some(tick), retry.cast(), period_us, c"ilog_retry".as_ptr())
+    };
+}
+
 /// Deletes ilog bdev `name` and its volume bdevs (the base keeps its data:
-/// creating on it again re-opens them). Refused while any is open.
+/// creating on it again re-opens them). Refused while any is open, after a
+/// short wait: SPDK's examine opens a new bdev and closes it a moment after
+/// it reports done (later still with reactors on other cores), which a
+/// delete right after the create must not take for a user's open.
 pub fn delete(name: &str, done: impl FnOnce(std::result::Result<(), SpdkError>) + 'static) {
+    let name = name.to_owned();
+    let deadline = Instant::now() + DELETE_WAIT;
+    let mut done = Some(done);
+    poll_until(
+        DELETE_RETRY_US,
+        Box::new(move || {
+            let open = lookup(&name).is_ok_and(|ilog| open_bdev(&ilog).is_some());
+            if open && Instant::now() < deadline {
+                return false;
+            }
+            delete_unless_open(&name, done.take().expect("answered once"));
+            true
+        }),
+    );
+}
+
+/// The name of an open bdev of `ilog` (itself or a volume's), if any.
+fn open_bdev(ilog: &Arc<Ilog>) -> Option<String> {
+    if ilog.main.lock().expect("main").is_some_and(is_open) {
+        return Some(ilog.name.clone());
+    }
+    volumes::open_volume(ilog).map(|v| volume_bdev_name(&ilog.name, &v))
+}
+
+fn delete_unless_open(name: &str, done: impl FnOnce(std::result::Result<(), SpdkError>) + 'static) {
     let ilog = match lookup(name) {
         Ok(i) => i,
         Err(e) => return done(Err(e)),
     };
-    let main = *ilog.main.lock().expect("main");
-    let open_volume = volumes::open_volume(&ilog);
-    if main.is_some_and(is_open) {
-        return done(Err(SpdkError::new(libc::EBUSY, format!("bdev {name} is open"))));
-    }
-    if let Some(v) = open_volume {
-        return done(Err(SpdkError::new(libc::EBUSY, format!("bdev {} is open", volume_bdev_name(name, &v)))));
+    if let Some(open) = open_bdev(&ilog) {
+        return done(Err(SpdkError::new(libc::EBUSY, format!("bdev {open} is open"))));
     }
     let name = name.to_owned();
     teardown(
