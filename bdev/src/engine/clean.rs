@@ -19,8 +19,9 @@
 //! over the cost of reading and rewriting the live part.
 
 use super::control::{summaries_lost, summary_groups, Op, Stage};
+use super::msg::Msg;
 use super::policy::OnFull;
-use super::shard::{Msg, Shard};
+use super::shard::Shard;
 use super::shared::SpaceState;
 use crate::device::{DevStatus, DmaBuf};
 use crate::error::{Error, Result};

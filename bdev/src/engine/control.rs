@@ -11,9 +11,10 @@
 use super::clean::{CleanJob, CleanTarget};
 use super::cursor::LogRead;
 use super::drain::DrainJob;
+use super::msg::{Msg, ReplyTo};
 use super::policy::Policy;
 use super::request::{check_volume_name, CompactMode, Reply, Request, Stats, VolumeInfo};
-use super::shard::{Msg, ReplyTo, Shard, TAG_CONTROL};
+use super::shard::{Shard, TAG_CONTROL};
 use super::shared::SpaceState;
 use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf};
 use crate::error::{Error, Result};
