@@ -13,7 +13,7 @@ use super::cursor::LogRead;
 use super::drain::DrainJob;
 use super::msg::{Msg, ReplyTo};
 use super::policy::Policy;
-use super::request::{check_volume_name, CompactMode, Reply, Request, Stats, VolumeInfo};
+use super::request::{check_volume_name, CompactMode, Reply, Request, VolumeInfo};
 use super::shard::{Shard, TAG_CONTROL};
 use super::shared::SpaceState;
 use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf};
@@ -26,6 +26,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::Ordering::{self, Relaxed};
 use std::sync::Arc;
+
+mod checkpoint;
+mod stats;
 
 /// Summary groups holding a segment's trusted entries.
 pub(super) fn summary_groups(geo: &Geometry, record: &SegmentRecord) -> u32 {
@@ -418,47 +421,6 @@ impl Shard {
         self.ctl_mut().queue.push_back(Queued { origin, reply, op });
     }
 
-    fn stats(&mut self) -> Stats {
-        let shared = self.shared.clone();
-        let (geo, counters) = (shared.geo, &shared.counters);
-        let (bs, seg_bytes) = (u64::from(geo.block_size), u64::from(geo.segment_blocks) * u64::from(geo.block_size));
-        let free = shared.free.len() as u32;
-        let (mut used, mut live) = (0u64, 0u64);
-        for s in &shared.space {
-            used += u64::from(s.used.load(Relaxed));
-            live += u64::from(s.live());
-        }
-        let c = self.ctl_mut();
-        let load = |n: &std::sync::atomic::AtomicU64| n.load(Relaxed);
-        let capacity = u64::from(geo.segment_count) * seg_bytes;
-        Stats {
-            block_size: geo.block_size,
-            volume_blocks: geo.volume_blocks,
-            segment_blocks: geo.segment_blocks,
-            segments_total: geo.segment_count,
-            segments_free: free,
-            volumes: c.volumes.len() as u32,
-            partitions: c.partitions_in_log(),
-            open_partition: c.open_partition,
-            baseline_partition: c.baseline_partition,
-            log_capacity_bytes: capacity,
-            log_used_bytes: u64::from(geo.segment_count - free) * seg_bytes,
-            live_bytes: live * bs,
-            garbage_bytes: used.saturating_sub(live) * bs,
-            versions_percent: (live * bs * 100 / capacity.max(1)) as u8,
-            user_bytes_written: load(&counters.user_blocks) * bs,
-            device_bytes_written: load(&counters.device_blocks) * bs,
-            compactions: load(&counters.compactions),
-            bytes_moved: load(&counters.moved_blocks) * bs,
-            bytes_copied: load(&counters.copied_blocks) * bs,
-            segments_freed: load(&counters.segments_freed),
-            drains: load(&counters.drains),
-            volumes_retired: load(&counters.volumes_retired),
-            last_mount: shared.mount,
-            policy_actions: load(&counters.policy_actions),
-        }
-    }
-
     pub(super) fn reply(&mut self, origin: u32, reply: ReplyTo, result: Result<Reply>) {
         if origin == self.core {
             self.deliver(reply, result);
@@ -785,45 +747,6 @@ impl Shard {
             }
             Op::DrainCommit => self.drain_commit_after_barrier(),
         }
-    }
-
-    pub(super) fn write_checkpoint(&mut self, clean: bool) {
-        let (uuid, epoch, bs) = (self.shared.uuid, self.shared.epoch, self.shared.geo.block_size as usize);
-        let geo = self.shared.geo;
-        let baseline_stripes = self.shared.baseline.to_bytes();
-        let c = self.ctl.as_mut().expect("control runs on core 0");
-        let added = self.shared.free.take_for_window(c.window_pending.len());
-        // Window segments the registry knows are listed as such; the others
-        // (still free, or opened since the barrier) are the window.
-        c.window.extend_from_slice(&added);
-        c.window_pending.extend(added);
-        let registry = &c.registry;
-        c.window.retain(|s| !registry.contains_key(s));
-        let ckpt = Checkpoint {
-            generation: c.generation + 1,
-            uuid,
-            seq_high: c.seq_high,
-            epoch,
-            next_partition: c.open_partition,
-            next_snapshot_number: c.next_snapshot_number,
-            clean,
-            baseline_partition: c.baseline_partition,
-            draining: c.draining,
-            drained_below: c.drained_below,
-            window: Some(c.window.clone()),
-            replay_window_kib: c.replay_window_kib,
-            policy: c.policy.json.clone(),
-            baseline_stripes,
-            volumes: c.volumes.clone(),
-            segments: c.registry.values().map(|s| s.record).collect(),
-        };
-        let len = ckpt.encoded_len();
-        ckpt.encode(&mut c.ckpt_buf);
-        let block = geo.ckpt_slot_start((ckpt.generation % 2) as u32);
-        let buf = c.ckpt_buf.as_mut_ptr();
-        c.current.as_mut().expect("running").stage = Stage::CheckpointWrite;
-        let nblocks = len.div_ceil(bs) as u32;
-        self.dev_submit(DevRequest { op: DevOp::Write, block, nblocks, buf, tag: TAG_CONTROL });
     }
 
     pub(super) fn control_device_done(&mut self, value: u64, status: DevStatus) {
