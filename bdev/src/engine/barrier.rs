@@ -27,7 +27,7 @@ pub(super) struct PendingBarrier {
 }
 
 #[derive(PartialEq, Eq)]
-pub(super) enum BarrierStage {
+enum BarrierStage {
     Draining,
     Summaries { ticket: u64 },
     Flushing,

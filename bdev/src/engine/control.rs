@@ -18,32 +18,13 @@ use super::shard::{Shard, TAG_CONTROL};
 use super::shared::SpaceState;
 use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf};
 use crate::error::{Error, Result};
-use crate::format::{
-    Checkpoint, Geometry, SegmentId, SegmentRecord, SummaryChain, SummaryEntry, SummaryKey, VolumeRecord,
-    PARTITION_SPAN,
-};
+use crate::format::{Checkpoint, SegmentRecord, VolumeRecord, PARTITION_SPAN};
 use std::collections::{BTreeMap, VecDeque};
-use std::ops::Range;
 use std::sync::atomic::Ordering::{self, Relaxed};
 use std::sync::Arc;
 
 mod checkpoint;
 mod stats;
-
-/// Summary groups holding a segment's trusted entries.
-pub(super) fn summary_groups(geo: &Geometry, record: &SegmentRecord) -> u32 {
-    record.trusted_entries.div_ceil(geo.entries_per_summary())
-}
-
-/// Device reads of a segment's trusted summary groups (two slots each).
-pub(super) fn summary_reads(geo: &Geometry, record: &SegmentRecord) -> u32 {
-    2 * summary_groups(geo, record)
-}
-
-/// A segment's summaries end before the entries its checkpoint vouches for.
-pub(super) fn summaries_lost(segno: u32) -> Error {
-    Error::Corrupt(format!("segment {segno} lost flushed summaries"))
-}
 
 /// Log cursor positions pack (segment seq, entry index) like this.
 pub(super) const ENTRY_BITS: u32 = 20;
@@ -874,45 +855,5 @@ impl Shard {
         if let Some(snapshot) = hook {
             self.policy_hook(snapshot);
         }
-    }
-
-    /// Reads both slots of summary groups `groups` of `record` into `bufs`
-    /// (slot `i` into `bufs[i]`, tag `TAG_CONTROL | i`), which are reused
-    /// and completed to the `summary_reads` the record vouches for.
-    pub(super) fn read_summary_groups(&mut self, record: &SegmentRecord, groups: Range<u32>, bufs: &mut Vec<DmaBuf>) {
-        let geo = self.shared.geo;
-        let bs = geo.block_size as usize;
-        let n = summary_reads(&geo, record) as usize;
-        bufs.truncate(n);
-        bufs.resize_with(n, || DmaBuf::new(bs, bs));
-        for i in 2 * groups.start..2 * groups.end {
-            let block = geo.summary_slot(record.segno, i / 2, i % 2);
-            let tag = TAG_CONTROL | u64::from(i);
-            let buf = bufs[i as usize].as_mut_ptr();
-            self.dev_submit(DevRequest { op: DevOp::Read, block, nblocks: 1, buf, tag });
-        }
-    }
-
-    /// How a segment's summaries are decoded.
-    pub(super) fn summary_key(record: &SegmentRecord) -> SummaryKey {
-        SummaryKey { id: SegmentId { epoch: record.epoch, seq: record.seq }, base: record.partition }
-    }
-
-    /// The entries of `record` its checkpoint vouches for, from the slots
-    /// `read_summary_groups` read (all of them).
-    pub(super) fn trusted_summaries(&self, record: &SegmentRecord, bufs: &[DmaBuf]) -> Result<Vec<SummaryEntry>> {
-        let key = Shard::summary_key(record);
-        let mut chain = SummaryChain::new(self.shared.uuid, key, self.shared.geo.entries_per_summary());
-        for pair in bufs.chunks_exact(2) {
-            if !chain.push([&pair[0], &pair[1]]) {
-                break;
-            }
-        }
-        let mut entries = chain.into_entries();
-        if entries.len() < record.trusted_entries as usize {
-            return Err(summaries_lost(record.segno));
-        }
-        entries.truncate(record.trusted_entries as usize);
-        Ok(entries)
     }
 }

@@ -28,6 +28,7 @@ mod retire;
 mod shard;
 mod shared;
 mod space;
+mod summaries;
 mod writer;
 
 pub use mount::{format, mount, mount_with_clock, MountReport, Mounted};
