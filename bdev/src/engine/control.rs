@@ -7,6 +7,9 @@
 //! A snapshot: barrier that seals the open partition on every core (each
 //! drains, summarizes and flushes) -> checkpoint naming the sealed partition
 //! -> device flush -> the volume becomes readable everywhere -> reply.
+//!
+//! What a checkpoint holds, and where it goes, is `control/checkpoint.rs`;
+//! the stats are assembled in `control/stats.rs`.
 
 use super::clean::{CleanJob, CleanTarget};
 use super::cursor::LogRead;

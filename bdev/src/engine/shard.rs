@@ -10,6 +10,12 @@
 //! index always agrees with what replay of the log would build. Summaries
 //! reach the device when a group of entries is complete and at barriers
 //! (flush, snapshot, close), which also flush the device.
+//!
+//! Cores talk in `Msg`s (`msg.rs`). The segment writer (`writer.rs`),
+//! retirement (`retire.rs`) and barriers (`barrier.rs`) are `impl Shard`
+//! blocks of their own; this file keeps the shard's state, its poll loop,
+//! the dispatch of messages, device completions and client requests, and
+//! the read path.
 
 use super::addr::{LogAddr, ZERO};
 use super::barrier::PendingBarrier;
