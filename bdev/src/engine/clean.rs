@@ -18,10 +18,12 @@
 //! Victims are chosen by LFS's cost-benefit: free space gained times age,
 //! over the cost of reading and rewriting the live part.
 
-use super::control::{summaries_lost, summary_groups, Op, Stage};
+use super::control::{Op, Stage};
+use super::msg::Msg;
 use super::policy::OnFull;
-use super::shard::{Msg, Shard};
+use super::shard::Shard;
 use super::shared::SpaceState;
+use super::summaries::{summaries_lost, summary_groups};
 use crate::device::{DevStatus, DmaBuf};
 use crate::error::{Error, Result};
 use crate::format::{SegmentRecord, SummaryChain, SummaryEntry};

@@ -7,39 +7,27 @@
 //! A snapshot: barrier that seals the open partition on every core (each
 //! drains, summarizes and flushes) -> checkpoint naming the sealed partition
 //! -> device flush -> the volume becomes readable everywhere -> reply.
+//!
+//! What a checkpoint holds, and where it goes, is `control/checkpoint.rs`;
+//! the stats are assembled in `control/stats.rs`.
 
 use super::clean::{CleanJob, CleanTarget};
 use super::cursor::LogRead;
 use super::drain::DrainJob;
+use super::msg::{Msg, ReplyTo};
 use super::policy::Policy;
-use super::request::{check_volume_name, CompactMode, Reply, Request, Stats, VolumeInfo};
-use super::shard::{Msg, ReplyTo, Shard, TAG_CONTROL};
+use super::request::{check_volume_name, CompactMode, Reply, Request, VolumeInfo};
+use super::shard::{Shard, TAG_CONTROL};
 use super::shared::SpaceState;
 use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf};
 use crate::error::{Error, Result};
-use crate::format::{
-    Checkpoint, Geometry, SegmentId, SegmentRecord, SummaryChain, SummaryEntry, SummaryKey, VolumeRecord,
-    PARTITION_SPAN,
-};
+use crate::format::{Checkpoint, SegmentRecord, VolumeRecord, PARTITION_SPAN};
 use std::collections::{BTreeMap, VecDeque};
-use std::ops::Range;
 use std::sync::atomic::Ordering::{self, Relaxed};
 use std::sync::Arc;
 
-/// Summary groups holding a segment's trusted entries.
-pub(super) fn summary_groups(geo: &Geometry, record: &SegmentRecord) -> u32 {
-    record.trusted_entries.div_ceil(geo.entries_per_summary())
-}
-
-/// Device reads of a segment's trusted summary groups (two slots each).
-pub(super) fn summary_reads(geo: &Geometry, record: &SegmentRecord) -> u32 {
-    2 * summary_groups(geo, record)
-}
-
-/// A segment's summaries end before the entries its checkpoint vouches for.
-pub(super) fn summaries_lost(segno: u32) -> Error {
-    Error::Corrupt(format!("segment {segno} lost flushed summaries"))
-}
+mod checkpoint;
+mod stats;
 
 /// Log cursor positions pack (segment seq, entry index) like this.
 pub(super) const ENTRY_BITS: u32 = 20;
@@ -417,47 +405,6 @@ impl Shard {
         self.ctl_mut().queue.push_back(Queued { origin, reply, op });
     }
 
-    fn stats(&mut self) -> Stats {
-        let shared = self.shared.clone();
-        let (geo, counters) = (shared.geo, &shared.counters);
-        let (bs, seg_bytes) = (u64::from(geo.block_size), u64::from(geo.segment_blocks) * u64::from(geo.block_size));
-        let free = shared.free.len() as u32;
-        let (mut used, mut live) = (0u64, 0u64);
-        for s in &shared.space {
-            used += u64::from(s.used.load(Relaxed));
-            live += u64::from(s.live());
-        }
-        let c = self.ctl_mut();
-        let load = |n: &std::sync::atomic::AtomicU64| n.load(Relaxed);
-        let capacity = u64::from(geo.segment_count) * seg_bytes;
-        Stats {
-            block_size: geo.block_size,
-            volume_blocks: geo.volume_blocks,
-            segment_blocks: geo.segment_blocks,
-            segments_total: geo.segment_count,
-            segments_free: free,
-            volumes: c.volumes.len() as u32,
-            partitions: c.partitions_in_log(),
-            open_partition: c.open_partition,
-            baseline_partition: c.baseline_partition,
-            log_capacity_bytes: capacity,
-            log_used_bytes: u64::from(geo.segment_count - free) * seg_bytes,
-            live_bytes: live * bs,
-            garbage_bytes: used.saturating_sub(live) * bs,
-            versions_percent: (live * bs * 100 / capacity.max(1)) as u8,
-            user_bytes_written: load(&counters.user_blocks) * bs,
-            device_bytes_written: load(&counters.device_blocks) * bs,
-            compactions: load(&counters.compactions),
-            bytes_moved: load(&counters.moved_blocks) * bs,
-            bytes_copied: load(&counters.copied_blocks) * bs,
-            segments_freed: load(&counters.segments_freed),
-            drains: load(&counters.drains),
-            volumes_retired: load(&counters.volumes_retired),
-            last_mount: shared.mount,
-            policy_actions: load(&counters.policy_actions),
-        }
-    }
-
     pub(super) fn reply(&mut self, origin: u32, reply: ReplyTo, result: Result<Reply>) {
         if origin == self.core {
             self.deliver(reply, result);
@@ -786,45 +733,6 @@ impl Shard {
         }
     }
 
-    pub(super) fn write_checkpoint(&mut self, clean: bool) {
-        let (uuid, epoch, bs) = (self.shared.uuid, self.shared.epoch, self.shared.geo.block_size as usize);
-        let geo = self.shared.geo;
-        let baseline_stripes = self.shared.baseline.to_bytes();
-        let c = self.ctl.as_mut().expect("control runs on core 0");
-        let added = self.shared.free.take_for_window(c.window_pending.len());
-        // Window segments the registry knows are listed as such; the others
-        // (still free, or opened since the barrier) are the window.
-        c.window.extend_from_slice(&added);
-        c.window_pending.extend(added);
-        let registry = &c.registry;
-        c.window.retain(|s| !registry.contains_key(s));
-        let ckpt = Checkpoint {
-            generation: c.generation + 1,
-            uuid,
-            seq_high: c.seq_high,
-            epoch,
-            next_partition: c.open_partition,
-            next_snapshot_number: c.next_snapshot_number,
-            clean,
-            baseline_partition: c.baseline_partition,
-            draining: c.draining,
-            drained_below: c.drained_below,
-            window: Some(c.window.clone()),
-            replay_window_kib: c.replay_window_kib,
-            policy: c.policy.json.clone(),
-            baseline_stripes,
-            volumes: c.volumes.clone(),
-            segments: c.registry.values().map(|s| s.record).collect(),
-        };
-        let len = ckpt.encoded_len();
-        ckpt.encode(&mut c.ckpt_buf);
-        let block = geo.ckpt_slot_start((ckpt.generation % 2) as u32);
-        let buf = c.ckpt_buf.as_mut_ptr();
-        c.current.as_mut().expect("running").stage = Stage::CheckpointWrite;
-        let nblocks = len.div_ceil(bs) as u32;
-        self.dev_submit(DevRequest { op: DevOp::Write, block, nblocks, buf, tag: TAG_CONTROL });
-    }
-
     pub(super) fn control_device_done(&mut self, value: u64, status: DevStatus) {
         let c = self.ctl_mut();
         let cur = c.current.as_mut().expect("control I/O belongs to the running operation");
@@ -950,45 +858,5 @@ impl Shard {
         if let Some(snapshot) = hook {
             self.policy_hook(snapshot);
         }
-    }
-
-    /// Reads both slots of summary groups `groups` of `record` into `bufs`
-    /// (slot `i` into `bufs[i]`, tag `TAG_CONTROL | i`), which are reused
-    /// and completed to the `summary_reads` the record vouches for.
-    pub(super) fn read_summary_groups(&mut self, record: &SegmentRecord, groups: Range<u32>, bufs: &mut Vec<DmaBuf>) {
-        let geo = self.shared.geo;
-        let bs = geo.block_size as usize;
-        let n = summary_reads(&geo, record) as usize;
-        bufs.truncate(n);
-        bufs.resize_with(n, || DmaBuf::new(bs, bs));
-        for i in 2 * groups.start..2 * groups.end {
-            let block = geo.summary_slot(record.segno, i / 2, i % 2);
-            let tag = TAG_CONTROL | u64::from(i);
-            let buf = bufs[i as usize].as_mut_ptr();
-            self.dev_submit(DevRequest { op: DevOp::Read, block, nblocks: 1, buf, tag });
-        }
-    }
-
-    /// How a segment's summaries are decoded.
-    pub(super) fn summary_key(record: &SegmentRecord) -> SummaryKey {
-        SummaryKey { id: SegmentId { epoch: record.epoch, seq: record.seq }, base: record.partition }
-    }
-
-    /// The entries of `record` its checkpoint vouches for, from the slots
-    /// `read_summary_groups` read (all of them).
-    pub(super) fn trusted_summaries(&self, record: &SegmentRecord, bufs: &[DmaBuf]) -> Result<Vec<SummaryEntry>> {
-        let key = Shard::summary_key(record);
-        let mut chain = SummaryChain::new(self.shared.uuid, key, self.shared.geo.entries_per_summary());
-        for pair in bufs.chunks_exact(2) {
-            if !chain.push([&pair[0], &pair[1]]) {
-                break;
-            }
-        }
-        let mut entries = chain.into_entries();
-        if entries.len() < record.trusted_entries as usize {
-            return Err(summaries_lost(record.segno));
-        }
-        entries.truncate(record.trusted_entries as usize);
-        Ok(entries)
     }
 }

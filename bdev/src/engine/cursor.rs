@@ -8,9 +8,10 @@
 //! an error naming where reading can go on without a gap. Cursor 0 means
 //! "everything the log still holds".
 
-use super::control::{summary_groups, summary_reads, Stage, ENTRY_BITS};
+use super::control::{Stage, ENTRY_BITS};
 use super::request::{LogBatch, LogEntry, LogEntryKind, Reply, MAX_LOG_READ_DATA_BYTES};
 use super::shard::Shard;
+use super::summaries::{summary_groups, summary_reads};
 use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf};
 use crate::error::Error;
 use crate::format::{EntryKind, SegmentRecord};

@@ -32,9 +32,10 @@
 use super::addr::{LogAddr, ZERO};
 use super::control::{Control, Op, Stage};
 use super::evacuate::MOVE_RUN_BLOCKS;
+use super::msg::{Msg, ReplyTo};
 use super::partition::BlockHasher;
 use super::request::Reply;
-use super::shard::{Msg, ReplyTo, Shard, TAG_DRAIN};
+use super::shard::{Shard, TAG_DRAIN};
 use super::shared::SpaceState;
 use super::space::pinned_after_overwrite;
 use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf};

@@ -24,8 +24,10 @@
 //! addresses stay readable.
 
 use super::addr::{LogAddr, ZERO};
+use super::msg::Msg;
 use super::request::View;
-use super::shard::{Msg, Payload, Purpose, Shard, TAG_GC_READ};
+use super::shard::{Shard, TAG_GC_READ};
+use super::writer::{Payload, Purpose};
 use crate::device::{DevOp, DevRequest, DevStatus};
 use crate::error::{Error, Result};
 use crate::format::{EntryKind, SummaryEntry};

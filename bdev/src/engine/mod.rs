@@ -8,6 +8,7 @@
 //! to `poll`, on the core the request was submitted to.
 
 pub(crate) mod addr;
+mod barrier;
 mod clean;
 mod control;
 mod cursor;
@@ -18,13 +19,17 @@ mod index;
 mod logmap;
 mod mount;
 mod mount_io;
+mod msg;
 mod partition;
 pub mod policy;
 mod repin;
 mod request;
+mod retire;
 mod shard;
 mod shared;
 mod space;
+mod summaries;
+mod writer;
 
 pub use mount::{format, mount, mount_with_clock, MountReport, Mounted};
 pub use policy::Policy;

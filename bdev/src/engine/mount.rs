@@ -526,23 +526,18 @@ pub fn mount_with_clock(dev: Arc<dyn BlockDevice>, cores: u32, clock: Arc<dyn Cl
     // so nothing torn or dropped here is ever replayed again.
     let seq_high = loaded.values().map(|l| l.record.seq).max().unwrap_or(0).max(seq_seen);
     let exhausted = || Error::Corrupt("checkpoint counters at their limit".into());
+    // Everything else (volumes, policy, baseline and drain state, the
+    // snapshot counter) is the mounted checkpoint's: the fence changes none.
     let next = Checkpoint {
         generation: ckpt.generation.checked_add(1).ok_or_else(exhausted)?,
         uuid: sb.uuid,
         seq_high,
         epoch: ckpt.epoch.checked_add(1).ok_or_else(exhausted)?,
         next_partition: open_partition,
-        next_snapshot_number: ckpt.next_snapshot_number,
         clean: false,
-        baseline_partition: ckpt.baseline_partition,
-        draining: ckpt.draining,
-        drained_below: ckpt.drained_below,
         window: None,
-        replay_window_kib: ckpt.replay_window_kib,
-        policy: ckpt.policy.clone(),
-        baseline_stripes: ckpt.baseline_stripes.clone(),
-        volumes: ckpt.volumes.clone(),
         segments: loaded.values().map(|l| l.record).collect(),
+        ..ckpt.clone()
     };
     let first_seq = seq_high.checked_add(1).ok_or_else(exhausted)?;
     let free = FreeSegments::new(geo.segment_count, geo.window_segments(ckpt.replay_window_kib));

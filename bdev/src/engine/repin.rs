@@ -22,8 +22,9 @@
 //! walk meets it before or after it is overwritten.
 
 use super::addr::{LogAddr, ZERO};
+use super::msg::Msg;
 use super::partition::{BlockHasher, Table};
-use super::shard::{Msg, Shard};
+use super::shard::Shard;
 use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::Ordering::Relaxed;

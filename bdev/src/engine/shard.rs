@@ -10,23 +10,29 @@
 //! index always agrees with what replay of the log would build. Summaries
 //! reach the device when a group of entries is complete and at barriers
 //! (flush, snapshot, close), which also flush the device.
+//!
+//! Cores talk in `Msg`s (`msg.rs`). The segment writer (`writer.rs`),
+//! retirement (`retire.rs`) and barriers (`barrier.rs`) are `impl Shard`
+//! blocks of their own; this file keeps the shard's state, its poll loop,
+//! the dispatch of messages, device completions and client requests, and
+//! the read path.
 
 use super::addr::{LogAddr, ZERO};
+use super::barrier::PendingBarrier;
 use super::control::SegmentInfo;
 use super::drain::{DrainCopy, Forget};
 use super::evacuate::{BufRead, Evacuation, MOVE_RUN_BLOCKS};
 use super::index::BlockIndex;
 use super::logmap::LogMap;
+use super::msg::{Msg, Piece, PieceOp, ReplyTo};
 use super::partition::Partitions;
 use super::repin::Repin;
 use super::request::{Reply, Request, View};
-use super::shared::{Shared, SpaceState};
-use super::space::{pinned_after_overwrite, Counters};
+use super::retire::RobEntry;
+use super::shared::Shared;
+use super::writer::{MetaBuf, Segment};
 use crate::device::{DevChannel, DevOp, DevRequest, DevStatus, DmaBuf};
 use crate::error::{Error, Result};
-use crate::format::{
-    EntryKind, SegmentHeader, SegmentId, SegmentRecord, SummaryBlock, SummaryEntry, SummaryKey, PARTITION_SPAN,
-};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -34,17 +40,17 @@ use std::sync::Arc;
 /// Requests in flight that one core submitted, and pieces it is serving.
 const SLOTS: usize = 4096;
 /// Writes appended but not yet retired, per core.
-const ROB_DEPTH: usize = 4096;
+pub(super) const ROB_DEPTH: usize = 4096;
 /// Metadata blocks (segment headers, summaries) in flight per core.
 const META_BUFS: usize = 64;
 /// Messages or client requests handled per poll before yielding.
 const BATCH: usize = 256;
 
 // Device request tags: the top byte says what completed.
-const TAG_WRITE: u64 = 1 << 56;
+pub(super) const TAG_WRITE: u64 = 1 << 56;
 const TAG_READ: u64 = 2 << 56;
-const TAG_META: u64 = 3 << 56;
-const TAG_FLUSH: u64 = 4 << 56;
+pub(super) const TAG_META: u64 = 3 << 56;
+pub(super) const TAG_FLUSH: u64 = 4 << 56;
 pub(super) const TAG_CONTROL: u64 = 5 << 56;
 pub(super) const TAG_GC_READ: u64 = 6 << 56;
 pub(super) const TAG_DRAIN: u64 = 7 << 56;
@@ -52,111 +58,6 @@ pub(super) const TAG_DRAIN: u64 = 7 << 56;
 /// of reads in flight per core.
 const GC_BUFS: usize = 32;
 const TAG_KIND: u64 = 0xff << 56;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PieceOp {
-    Read,
-    Write,
-    Zero,
-}
-
-/// The part of a request that falls in one stripe.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Piece {
-    origin: u32,
-    slot: u32,
-    op: PieceOp,
-    lba: u64,
-    blocks: u32,
-    buf: *mut u8,
-    view: View,
-}
-
-// SAFETY: the buffer belongs to a request whose submitter keeps it valid
-// until completion; only the core serving the piece touches it meanwhile.
-unsafe impl Send for Piece {}
-
-/// Where a control request's answer goes.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum ReplyTo {
-    /// A client request's token, completed on the origin core.
-    Client(u64),
-    /// An origin slot (a flush forwarded by the data path).
-    Slot(u32),
-    /// Work the bdev started itself (reclaiming space, merging a deleted
-    /// volume): nobody waits for it.
-    Nobody,
-}
-
-pub(crate) enum Msg {
-    Piece(Piece),
-    PieceDone {
-        slot: u32,
-        status: Result<()>,
-    },
-    /// From core 0: drain writes issued so far, make their summaries
-    /// durable, flush; optionally seal the open partition (a snapshot or a
-    /// cut), close every segment (so a drain can free them all), and take
-    /// no more writes (shutdown). Answered with `BarrierDone`.
-    Barrier {
-        id: u64,
-        seal: Option<u32>,
-        close: bool,
-        shutdown: bool,
-    },
-    BarrierDone {
-        id: u64,
-        segments: Vec<SegmentInfo>,
-        status: Result<()>,
-    },
-    /// The partitions that are live snapshot volumes, after a change.
-    /// Answered with `VolumesAck`: a volume is announced only once every
-    /// core serves it, and gone only once none does.
-    Volumes(Arc<Vec<u32>>),
-    VolumesAck,
-    Control {
-        origin: u32,
-        reply: ReplyTo,
-        req: Request,
-    },
-    ControlDone {
-        reply: ReplyTo,
-        result: Result<Reply>,
-    },
-    /// From core 0: move this core's live blocks out of segment `segno`,
-    /// each into its partition's canonical one. Answered with
-    /// `EvacuateDone` once every move retired.
-    Evacuate {
-        segno: u32,
-        entries: Vec<SummaryEntry>,
-    },
-    EvacuateDone {
-        segno: u32,
-        status: Result<()>,
-    },
-    /// Write the version as of partition `target` of every owned block
-    /// that partitions up to it hold into the baseline (see `drain.rs`).
-    /// Answered with `DrainCopied`.
-    DrainCopy {
-        target: u32,
-    },
-    DrainCopied {
-        status: Result<()>,
-    },
-    /// The baseline holds partition `target`'s image: forget the
-    /// partitions up to it. Answered with `DrainForgot`.
-    DrainForget {
-        target: u32,
-    },
-    DrainForgot {
-        /// Log cursor positions at or above this hold no client entry of
-        /// the drained partitions.
-        drained_below: u64,
-    },
-}
-
-// SAFETY: pieces and requests are Send (see there); the rest is owned data.
-unsafe impl Send for Msg {}
 
 struct Slot {
     token: u64,
@@ -171,111 +72,6 @@ struct ReadCtx {
     status: Result<()>,
 }
 
-/// A write appended to the stream, waiting to retire in log order.
-struct RobEntry {
-    done: bool,
-    status: Result<()>,
-    segno: u32,
-    entry: u32,
-    partition: u32,
-    lba: u64,
-    blocks: u32,
-    /// First block's log address, or `ZERO`.
-    addr: LogAddr,
-    purpose: Purpose,
-}
-
-/// What an appended entry's blocks hold.
-#[derive(Clone, Copy)]
-pub(super) enum Payload {
-    /// Data in a buffer the device write reads; its CRC is computed here.
-    Buf(*const u8),
-    /// Data the device copies from log address `src`: a whole entry moved
-    /// unchanged, whose CRC `crc` still holds.
-    Copy { src: LogAddr, crc: u32 },
-    /// Zeroes: no data.
-    Zero,
-}
-
-/// Why an entry was appended.
-#[derive(Clone, Copy)]
-pub(super) enum Purpose {
-    /// A piece of a client request, completed on `origin` in `slot`.
-    Client { origin: u32, slot: u32 },
-    /// The cleaner's copy of the live block at `src` (`ZERO` for a zero
-    /// entry) of partition `src_partition`; `buf` is the cleaner buffer
-    /// holding its data.
-    Move { src: LogAddr, src_partition: u32, buf: Option<u16> },
-}
-
-#[derive(Clone, Copy, Default)]
-struct Group {
-    /// Next version to write.
-    version: u32,
-    /// Entries covered by the newest summary write issued.
-    written: u32,
-    /// The newest write is not yet flushed: rewriting now could overwrite
-    /// the only durable version in the other slot.
-    unflushed: bool,
-}
-
-struct Segment {
-    segno: u32,
-    seq: u64,
-    /// No entry's partition is below it (the header's partition).
-    base: u32,
-    /// The newest partition of its entries so far.
-    last_partition: u32,
-    closing: bool,
-    /// Opened by the cleaner out of its reserve: client writes stay out of
-    /// it while the log is that short, or they would eat the reserve.
-    reserved: bool,
-    /// Taken out of the window (see `free.rs`): mount after a crash finds
-    /// it by its header. Client writes go to such segments only.
-    in_window: bool,
-    next_data: u32,
-    entries: Vec<SummaryEntry>,
-    retired: u32,
-    groups: Vec<Group>,
-    /// Metadata writes (header, summaries) in flight for this segment.
-    meta_inflight: u32,
-}
-
-impl Segment {
-    /// Summary blocks the current entries need, as pairs from the end.
-    fn summary_blocks(&self, entries: usize, per_group: u32) -> u32 {
-        2 * (entries as u32).div_ceil(per_group)
-    }
-}
-
-struct MetaBuf {
-    buf: DmaBuf,
-    busy: bool,
-    ticket: u64,
-    segno: u32,
-}
-
-struct PendingBarrier {
-    id: u64,
-    mark: u64,
-    seal: Option<u32>,
-    close: bool,
-    stage: BarrierStage,
-    /// Per segment, the entries this barrier makes durable: fixed when the
-    /// writes it waited for have retired, so a later retry never rewrites a
-    /// group twice before the flush.
-    targets: Vec<(u32, u32)>,
-    /// Segments as reported, captured when the flush is issued.
-    report: Vec<SegmentInfo>,
-}
-
-#[derive(PartialEq, Eq)]
-enum BarrierStage {
-    Draining,
-    Summaries { ticket: u64 },
-    Flushing,
-}
-
 /// One core of an ilog bdev. Not `Sync`: only its own core touches it.
 pub struct Shard {
     pub(super) core: u32,
@@ -285,7 +81,7 @@ pub struct Shard {
     pub(super) parts: Partitions,
     /// The partition of each log block this core may point into.
     pub(super) logmap: LogMap,
-    open_partition: u32,
+    pub(super) open_partition: u32,
     /// Partitions up to this one live in the baseline: their versions are
     /// neither current nor pinned (their entries are dead where they lie).
     pub(super) drained: u32,
@@ -299,21 +95,21 @@ pub struct Shard {
     free_slots: Vec<u32>,
     reads: Vec<Option<ReadCtx>>,
     free_reads: Vec<u32>,
-    rob: VecDeque<RobEntry>,
-    alloc_seq: u64,
-    retire_seq: u64,
-    segs: Vec<Segment>,
+    pub(super) rob: VecDeque<RobEntry>,
+    pub(super) alloc_seq: u64,
+    pub(super) retire_seq: u64,
+    pub(super) segs: Vec<Segment>,
     /// Segments opened or closed since the last barrier report.
-    changed: Vec<SegmentInfo>,
-    meta: Vec<MetaBuf>,
-    next_ticket: u64,
+    pub(super) changed: Vec<SegmentInfo>,
+    pub(super) meta: Vec<MetaBuf>,
+    pub(super) next_ticket: u64,
     dev_retry: VecDeque<DevRequest>,
     deferred: VecDeque<Piece>,
     outbox: VecDeque<(u32, Msg)>,
-    barrier: Option<PendingBarrier>,
+    pub(super) barrier: Option<PendingBarrier>,
     /// Set by a failed metadata write: the log can no longer be trusted to
     /// persist writes, so they fail from then on.
-    failed: Option<Error>,
+    pub(super) failed: Option<Error>,
     pub(super) shutting_down: bool,
     completions: Vec<(u64, Result<Reply>)>,
     dev_done: Vec<(u64, DevStatus)>,
@@ -744,7 +540,7 @@ impl Shard {
         }
     }
 
-    fn finish_piece(&mut self, origin: u32, slot: u32, status: Result<()>) {
+    pub(super) fn finish_piece(&mut self, origin: u32, slot: u32, status: Result<()>) {
         self.send(origin, Msg::PieceDone { slot, status });
     }
 
@@ -861,501 +657,7 @@ impl Shard {
         self.finish_piece(r.origin, r.slot, r.status);
     }
 
-    fn append_piece(&mut self, p: Piece) -> bool {
-        // After a close barrier nothing may reach the log: the clean
-        // checkpoint would not know about it.
-        if let Some(e) = self.failed.clone().or(self.shutting_down.then_some(Error::ShuttingDown)) {
-            self.finish_piece(p.origin, p.slot, Err(e));
-            return true;
-        }
-        let payload = if p.op == PieceOp::Write { Payload::Buf(p.buf) } else { Payload::Zero };
-        let purpose = Purpose::Client { origin: p.origin, slot: p.slot };
-        match self.append_entry(payload, p.lba, p.blocks, self.open_partition, purpose) {
-            Ok(appended) => {
-                if appended {
-                    self.drain_credit = self.drain_credit.saturating_add(p.blocks);
-                }
-                appended
-            }
-            Err(e) => {
-                self.finish_piece(p.origin, p.slot, Err(e));
-                true
-            }
-        }
-    }
-
-    /// Appends an entry to the open segment of `partition` and starts its
-    /// data write. `Ok(false)`: not now (reorder buffer, metadata buffers or
-    /// free segments short); try again later.
-    pub(super) fn append_entry(
-        &mut self,
-        payload: Payload,
-        lba: u64,
-        blocks: u32,
-        partition: u32,
-        purpose: Purpose,
-    ) -> Result<bool> {
-        if self.rob.len() == ROB_DEPTH {
-            return Ok(false);
-        }
-        let kind = if matches!(payload, Payload::Zero) { EntryKind::Zero } else { EntryKind::Data };
-        let data_blocks = if kind == EntryKind::Data { blocks } else { 0 };
-        let reserve_ok = matches!(purpose, Purpose::Move { .. });
-        let Some(seg) = self.segment_with_room(data_blocks, partition, reserve_ok)? else { return Ok(false) };
-        let geo = &self.shared.geo;
-        let bs = geo.block_size as usize;
-        let s = &mut self.segs[seg];
-        let entry = s.entries.len() as u32;
-        let (addr, summary) = if kind == EntryKind::Data {
-            let offset = s.next_data;
-            s.next_data += blocks;
-            let crc = match payload {
-                Payload::Buf(buf) => {
-                    // SAFETY: the entry's buffer holds `blocks` blocks.
-                    crate::format::crc32c(unsafe { std::slice::from_raw_parts(buf, blocks as usize * bs) })
-                }
-                Payload::Copy { crc, .. } => crc,
-                Payload::Zero => unreachable!("data"),
-            };
-            let e = SummaryEntry { lba, blocks, data_offset: offset, data_crc: crc, kind, partition };
-            (s.segno * geo.segment_blocks + offset, e)
-        } else {
-            (ZERO, SummaryEntry { lba, blocks, data_offset: u32::MAX, data_crc: 0, kind, partition })
-        };
-        s.entries.push(summary);
-        s.last_partition = s.last_partition.max(partition);
-        let segno = s.segno;
-        if kind == EntryKind::Data {
-            self.logmap.note(segno, summary.data_offset, partition);
-            self.shared.space[segno as usize].used.store(s.next_data - 1, Relaxed);
-            let counters = &self.shared.counters;
-            Counters::add(&counters.device_blocks, u64::from(blocks));
-            match purpose {
-                Purpose::Client { .. } => Counters::add(&counters.user_blocks, u64::from(blocks)),
-                Purpose::Move { .. } => Counters::add(&counters.moved_blocks, u64::from(blocks)),
-            }
-            if matches!(payload, Payload::Copy { .. }) {
-                Counters::add(&counters.copied_blocks, u64::from(blocks));
-            }
-        }
-        let seq = self.alloc_seq;
-        self.alloc_seq += 1;
-        self.rob.push_back(RobEntry {
-            done: kind == EntryKind::Zero,
-            status: Ok(()),
-            segno,
-            entry,
-            partition,
-            lba,
-            blocks,
-            addr,
-            purpose,
-        });
-        let log_start = self.shared.geo.log_start;
-        let (op, buf) = match payload {
-            Payload::Buf(buf) => (DevOp::Write, buf as *mut u8),
-            Payload::Copy { src, .. } => (DevOp::Copy { src: log_start + u64::from(src) }, std::ptr::null_mut()),
-            Payload::Zero => return Ok(true),
-        };
-        let block = log_start + u64::from(addr);
-        self.dev_submit(DevRequest { op, block, nblocks: blocks, buf, tag: TAG_WRITE | seq });
-        Ok(true)
-    }
-
-    /// The core's open segment if the next entry (with `data_blocks`, of
-    /// `partition`) fits, else a new one. `Ok(None)`: wait (no metadata
-    /// buffer, or free segments down to the cleaner's reserve while the log
-    /// drains or the cleaner reclaims space). Only the cleaner
-    /// (`reserve_ok`) may use the reserve: it is what lets a volume's
-    /// delete make room when no segment is free.
-    fn segment_with_room(&mut self, data_blocks: u32, partition: u32, reserve_ok: bool) -> Result<Option<usize>> {
-        let geo = self.shared.geo;
-        let per_group = geo.entries_per_summary();
-        let short = self.shared.free.len() <= self.shared.reserve();
-        if let Some(i) = self.segs.iter().position(|s| !s.closing) {
-            let s = &self.segs[i];
-            if s.reserved && short && !reserve_ok {
-                return self.wait_for_space();
-            }
-            let n = s.entries.len();
-            let fits = (s.in_window || reserve_ok)
-                && n < geo.segment_blocks as usize
-                && s.next_data + data_blocks + s.summary_blocks(n + 1, per_group) <= geo.segment_blocks
-                && partition.checked_sub(s.base).is_some_and(|o| o < PARTITION_SPAN);
-            if fits {
-                return Ok(Some(i));
-            }
-            self.segs[i].closing = true;
-            self.try_close(i);
-        }
-        if self.meta.iter().all(|m| m.busy) {
-            return Ok(None);
-        }
-        if !reserve_ok && short {
-            return self.wait_for_space();
-        }
-        let (segno, in_window) = if reserve_ok {
-            // Out of segments, nothing frees one while the move waits: the
-            // cleaner's commit waits for it.
-            let Some(taken) = self.shared.free.take_for_moves() else { return Err(Error::NoSpace) };
-            taken
-        } else {
-            // Free segments are there (the log is not short), behind the
-            // window: core 0's next checkpoint moves them in.
-            let Some(segno) = self.shared.free.take() else {
-                return match self.shared.space_state() {
-                    SpaceState::Failed => Err(Error::Io(libc::EIO)),
-                    _ => Ok(None),
-                };
-            };
-            Counters::add(&self.shared.counters.client_segments_opened, 1);
-            (segno, true)
-        };
-        let seq = self.shared.alloc_seq();
-        // Moves may append entries of older partitions, down to the oldest
-        // one not drained (snapshots keep the span within PARTITION_SPAN).
-        let base = (self.drained + 1).min(partition);
-        self.logmap.open(segno, partition);
-        let max_groups = (geo.segment_blocks / 2) as usize;
-        let mut groups = Vec::with_capacity(max_groups);
-        groups.resize(max_groups, Group::default());
-        self.segs.push(Segment {
-            segno,
-            seq,
-            base,
-            last_partition: base,
-            closing: false,
-            reserved: short,
-            in_window,
-            next_data: 1,
-            entries: Vec::with_capacity(geo.segment_blocks as usize),
-            retired: 0,
-            groups,
-            meta_inflight: 0,
-        });
-        let record = self.record_of(self.segs.len() - 1, 0, true);
-        self.changed.push(record);
-        let header =
-            SegmentHeader { uuid: self.shared.uuid, seq, epoch: self.shared.epoch, stream: self.core, partition: base };
-        let m = self.take_meta(segno).expect("checked above");
-        header.encode(&mut self.meta[m].buf);
-        self.segs.last_mut().expect("just pushed").meta_inflight += 1;
-        self.submit_meta(m, geo.segment_start(segno));
-        Ok(Some(self.segs.len() - 1))
-    }
-
-    /// A client write that needs a new segment and finds the log short:
-    /// wait for the drain or the cleaner, or fail with ENOSPC once the
-    /// cleaner found nothing to reclaim (the log holds only versions that
-    /// volumes need, and the policy says to fail).
-    fn wait_for_space(&mut self) -> Result<Option<usize>> {
-        if self.shared.space_state() == SpaceState::Exhausted {
-            self.shared.rearm_cleaner();
-        }
-        match self.shared.space_state() {
-            SpaceState::Exhausted => Err(Error::NoSpace),
-            SpaceState::Failed => Err(Error::Io(libc::EIO)),
-            SpaceState::Ok | SpaceState::Wanted => {
-                self.shared.want_space();
-                Ok(None)
-            }
-        }
-    }
-
-    fn record_of(&self, i: usize, trusted: u32, open: bool) -> SegmentInfo {
-        let s = &self.segs[i];
-        let record = SegmentRecord {
-            segno: s.segno,
-            seq: s.seq,
-            stream: self.core,
-            epoch: self.shared.epoch,
-            partition: s.base,
-            trusted_entries: trusted,
-            open,
-        };
-        SegmentInfo { record, last_partition: s.last_partition }
-    }
-
-    fn take_meta(&mut self, segno: u32) -> Option<usize> {
-        let m = self.meta.iter().position(|m| !m.busy)?;
-        let ticket = self.next_ticket;
-        self.next_ticket += 1;
-        let mb = &mut self.meta[m];
-        (mb.busy, mb.ticket, mb.segno) = (true, ticket, segno);
-        Some(m)
-    }
-
-    fn submit_meta(&mut self, m: usize, block: u64) {
-        Counters::add(&self.shared.counters.device_blocks, 1);
-        let buf = self.meta[m].buf.as_mut_ptr();
-        self.dev_submit(DevRequest { op: DevOp::Write, block, nblocks: 1, buf, tag: TAG_META | m as u64 });
-    }
-
-    fn meta_done(&mut self, m: usize, status: DevStatus) {
-        self.meta[m].busy = false;
-        if let Err(e) = status {
-            log::error!("core {}: metadata write failed (errno {e}); writes will fail from now on", self.core);
-            self.failed = Some(Error::Io(e));
-        }
-        let segno = self.meta[m].segno;
-        if let Some(i) = self.segs.iter().position(|s| s.segno == segno) {
-            self.segs[i].meta_inflight -= 1;
-        }
-        // A freed buffer may be what a waiting summary needed.
-        for i in (0..self.segs.len()).rev() {
-            self.summarize_full_groups(i);
-            self.try_close(i);
-        }
-    }
-
-    // ---- retirement and summaries ------------------------------------------
-
-    fn retire(&mut self) -> usize {
-        let mut n = 0;
-        while self.rob.front().is_some_and(|e| e.done) {
-            let e = self.rob.pop_front().expect("checked");
-            self.retire_seq += 1;
-            n += 1;
-            let i =
-                self.segs.iter().position(|s| s.segno == e.segno).expect("an entry's segment stays until it retires");
-            let applied = match (e.purpose, &e.status) {
-                (Purpose::Client { .. }, Ok(())) => {
-                    for b in 0..e.blocks {
-                        let addr = if e.addr == ZERO { ZERO } else { e.addr + b };
-                        let lba = e.lba + u64::from(b);
-                        self.supersede(lba, e.partition);
-                        if addr != ZERO {
-                            self.shared.segment_of(addr).current.fetch_add(1, Relaxed);
-                        }
-                        self.index.set(lba, addr);
-                        self.parts.record(e.partition, lba as u32, addr);
-                    }
-                    true
-                }
-                (Purpose::Move { src, src_partition, .. }, Ok(())) => {
-                    self.retire_move(e.lba, e.blocks, src, src_partition, e.addr, e.partition);
-                    true
-                }
-                (_, Err(_)) => false,
-            };
-            if !applied {
-                // Replay must skip it, not stop at its missing data.
-                self.segs[i].entries[e.entry as usize].kind = EntryKind::Hole;
-            }
-            self.segs[i].retired += 1;
-            self.summarize_full_groups(i);
-            self.try_close(i);
-            match e.purpose {
-                Purpose::Client { origin, slot } => self.finish_piece(origin, slot, e.status),
-                Purpose::Move { buf, .. } => self.move_done(buf, e.status),
-            }
-        }
-        n
-    }
-
-    /// Accounts for `lba`'s current version being replaced by one in
-    /// `partition`: it stops being current, and stays live only if a volume
-    /// pins it.
-    fn supersede(&mut self, lba: u64, partition: u32) {
-        let Some(old) = self.index.get(lba).filter(|&a| a != ZERO) else { return };
-        let space = self.shared.segment_of(old);
-        space.current.fetch_sub(1, Relaxed);
-        let old_partition = self.logmap.partition(old);
-        if old_partition <= self.drained {
-            // The baseline holds it: no volume needs this copy. The forget
-            // walk under way must not unpin it either.
-            if let Some(f) = self.forget.as_mut() {
-                f.overwrote(old);
-            }
-            return;
-        }
-        // While a volume change's walk runs, the volumes before it count.
-        let volumes = self.repin.as_ref().map_or(&self.live_volumes, |w| &w.before);
-        if pinned_after_overwrite(old_partition, partition, volumes) {
-            space.pinned.fetch_add(1, Relaxed);
-        }
-        if let Some(walk) = self.repin.as_mut().filter(|w| w.decides(old_partition, partition)) {
-            walk.overwrote(old);
-        }
-    }
-
-    /// Writes the summary of every group whose entries have all retired.
-    fn summarize_full_groups(&mut self, i: usize) {
-        let per_group = self.shared.geo.entries_per_summary();
-        let s = &self.segs[i];
-        let upto = if s.closing && s.retired as usize == s.entries.len() {
-            s.retired
-        } else {
-            s.retired / per_group * per_group
-        };
-        self.summarize(i, upto, false);
-    }
-
-    /// Issues summary writes so that groups cover entries `0..upto`.
-    /// Outside barriers a group whose last write is unflushed waits.
-    fn summarize(&mut self, i: usize, upto: u32, barrier: bool) {
-        let per_group = self.shared.geo.entries_per_summary();
-        let mut g = 0;
-        while g * per_group < upto {
-            let count = (upto - g * per_group).min(per_group);
-            let group = self.segs[i].groups[g as usize];
-            if group.written < count && (barrier || !group.unflushed) {
-                let Some(m) = self.take_meta(self.segs[i].segno) else { return };
-                let s = &mut self.segs[i];
-                let first = (g * per_group) as usize;
-                let entries = &s.entries[first..first + count as usize];
-                let key = SummaryKey { id: SegmentId { epoch: self.shared.epoch, seq: s.seq }, base: s.base };
-                SummaryBlock::encode(&self.shared.uuid, key, g, group.version, entries, &mut self.meta[m].buf);
-                let seg_blocks = self.shared.geo.segment_blocks;
-                let block =
-                    self.shared.geo.segment_start(s.segno) + u64::from(seg_blocks - 2 * g - 2 + group.version % 2);
-                s.groups[g as usize] = Group { version: group.version + 1, written: count, unflushed: barrier };
-                s.meta_inflight += 1;
-                self.submit_meta(m, block);
-            }
-            g += 1;
-        }
-    }
-
-    /// Entries covered by issued summary writes, as a prefix.
-    fn summarized_prefix(&self, i: usize) -> u32 {
-        let per_group = self.shared.geo.entries_per_summary();
-        let mut n = 0;
-        for g in &self.segs[i].groups {
-            n += g.written;
-            if g.written < per_group {
-                break;
-            }
-        }
-        n
-    }
-
-    fn try_close(&mut self, i: usize) {
-        let s = &self.segs[i];
-        let n = s.entries.len() as u32;
-        if !s.closing || s.retired < n {
-            return;
-        }
-        if self.summarized_prefix(i) < n {
-            self.summarize(i, n, false);
-            return;
-        }
-        if s.meta_inflight == 0 {
-            let record = self.record_of(i, n, false);
-            self.segs.remove(i);
-            self.changed.push(record);
-        }
-    }
-
-    // ---- barriers ------------------------------------------------------------
-
-    fn start_barrier(&mut self, id: u64, seal: Option<u32>, close: bool, shutdown: bool) {
-        debug_assert!(self.barrier.is_none(), "core 0 runs one barrier at a time");
-        if let Some(p) = seal {
-            // The open segment goes on with the next partition's entries.
-            let position = match self.segs.iter().find(|s| !s.closing) {
-                Some(s) => s.seq << super::control::ENTRY_BITS | s.entries.len() as u64,
-                None => self.shared.next_seq.load(Relaxed) << super::control::ENTRY_BITS,
-            };
-            self.sealed_at.insert(self.open_partition, position);
-            self.open_partition = p;
-        }
-        for i in (0..self.segs.len()).rev() {
-            if close {
-                self.segs[i].closing = true;
-                self.try_close(i);
-            }
-        }
-        self.shutting_down |= shutdown;
-        let mark = self.alloc_seq;
-        let stage = BarrierStage::Draining;
-        self.barrier = Some(PendingBarrier { id, mark, seal, close, stage, targets: Vec::new(), report: Vec::new() });
-    }
-
-    fn advance_barrier(&mut self) {
-        let Some(b) = &self.barrier else { return };
-        match b.stage {
-            BarrierStage::Draining => {
-                // Writes go on meanwhile (but for a shutdown), into the next
-                // partition: a segment they open after the barrier began is
-                // not one it closes.
-                let unclosed = match self.shutting_down {
-                    true => !self.segs.is_empty(),
-                    false => self.segs.iter().any(|s| s.closing),
-                };
-                if self.retire_seq < b.mark || (b.close && unclosed) {
-                    return;
-                }
-                if let Some(p) = b.seal {
-                    self.parts.seal_up_to(p);
-                }
-                let mut targets = std::mem::take(&mut self.barrier.as_mut().expect("checked").targets);
-                if targets.is_empty() {
-                    targets = self.segs.iter().map(|s| (s.segno, s.retired)).collect();
-                }
-                let mut covered = true;
-                for &(segno, upto) in &targets {
-                    if let Some(i) = self.segs.iter().position(|s| s.segno == segno) {
-                        self.summarize(i, upto, true);
-                        covered &= self.summarized_prefix(i) >= upto;
-                    }
-                }
-                let b = self.barrier.as_mut().expect("checked");
-                b.targets = targets;
-                if !covered {
-                    return; // out of metadata buffers: retry on a later poll
-                }
-                b.stage = BarrierStage::Summaries { ticket: self.next_ticket - 1 };
-                self.advance_barrier();
-            }
-            BarrierStage::Summaries { ticket } => {
-                if self.meta.iter().any(|m| m.busy && m.ticket <= ticket) {
-                    return;
-                }
-                let mut report = std::mem::take(&mut self.changed);
-                let targets = std::mem::take(&mut self.barrier.as_mut().expect("checked").targets);
-                for i in 0..self.segs.len() {
-                    let segno = self.segs[i].segno;
-                    let trusted = targets.iter().find(|t| t.0 == segno).map_or(0, |t| t.1);
-                    report.push(self.record_of(i, trusted, true));
-                }
-                let b = self.barrier.as_mut().expect("checked");
-                b.report = report;
-                b.stage = BarrierStage::Flushing;
-                let flush =
-                    DevRequest { op: DevOp::Flush, block: 0, nblocks: 0, buf: std::ptr::null_mut(), tag: TAG_FLUSH };
-                self.dev_submit(flush);
-            }
-            BarrierStage::Flushing => {}
-        }
-    }
-
-    fn barrier_flushed(&mut self, status: DevStatus) {
-        let b = self.barrier.take().expect("a flush belongs to a barrier");
-        for s in &mut self.segs {
-            for g in &mut s.groups {
-                g.unflushed = false;
-            }
-        }
-        for i in (0..self.segs.len()).rev() {
-            self.summarize_full_groups(i);
-            self.try_close(i);
-        }
-        let mut status = status.map_err(Error::Io);
-        if let Some(e) = &self.failed {
-            status = Err(e.clone());
-        }
-        self.send(0, Msg::BarrierDone { id: b.id, segments: b.report, status });
-    }
-
     // ---- accounting ------------------------------------------------------------
-
-    /// Whether a client write of `lba` waits in the reorder buffer.
-    pub(super) fn client_write_pending(&self, lba: u64) -> bool {
-        self.rob
-            .iter()
-            .any(|e| matches!(e.purpose, Purpose::Client { .. }) && (e.lba..e.lba + u64::from(e.blocks)).contains(&lba))
-    }
 
     pub(super) fn index_get(&self, lba: u64) -> Option<LogAddr> {
         self.index.get(lba)

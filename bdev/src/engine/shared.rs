@@ -3,8 +3,8 @@
 
 use super::drain::BaselineMap;
 use super::free::FreeSegments;
+use super::msg::Msg;
 use super::request::Request;
-use super::shard::Msg;
 use super::space::{Counters, SegmentSpace};
 use crate::error::{Error, Result};
 use crate::format::Geometry;

@@ -1,0 +1,116 @@
+//! The messages cores send each other: the pieces of client requests, on
+//! their way to a stripe's owner and back, and core 0's control traffic
+//! (barriers, volume changes, evacuations, drains). Every exchange between
+//! cores is a `Msg`, so the protocol reads in one place, apart from the
+//! shard that handles it.
+
+use super::control::SegmentInfo;
+use super::request::{Reply, Request, View};
+use crate::error::Result;
+use crate::format::SummaryEntry;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PieceOp {
+    Read,
+    Write,
+    Zero,
+}
+
+/// The part of a request that falls in one stripe.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Piece {
+    pub(super) origin: u32,
+    pub(super) slot: u32,
+    pub(super) op: PieceOp,
+    pub(super) lba: u64,
+    pub(super) blocks: u32,
+    pub(super) buf: *mut u8,
+    pub(super) view: View,
+}
+
+// SAFETY: the buffer belongs to a request whose submitter keeps it valid
+// until completion; only the core serving the piece touches it meanwhile.
+unsafe impl Send for Piece {}
+
+/// Where a control request's answer goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ReplyTo {
+    /// A client request's token, completed on the origin core.
+    Client(u64),
+    /// An origin slot (a flush forwarded by the data path).
+    Slot(u32),
+    /// Work the bdev started itself (reclaiming space, merging a deleted
+    /// volume): nobody waits for it.
+    Nobody,
+}
+
+pub(crate) enum Msg {
+    Piece(Piece),
+    PieceDone {
+        slot: u32,
+        status: Result<()>,
+    },
+    /// From core 0: drain writes issued so far, make their summaries
+    /// durable, flush; optionally seal the open partition (a snapshot or a
+    /// cut), close every segment (so a drain can free them all), and take
+    /// no more writes (shutdown). Answered with `BarrierDone`.
+    Barrier {
+        id: u64,
+        seal: Option<u32>,
+        close: bool,
+        shutdown: bool,
+    },
+    BarrierDone {
+        id: u64,
+        segments: Vec<SegmentInfo>,
+        status: Result<()>,
+    },
+    /// The partitions that are live snapshot volumes, after a change.
+    /// Answered with `VolumesAck`: a volume is announced only once every
+    /// core serves it, and gone only once none does.
+    Volumes(Arc<Vec<u32>>),
+    VolumesAck,
+    Control {
+        origin: u32,
+        reply: ReplyTo,
+        req: Request,
+    },
+    ControlDone {
+        reply: ReplyTo,
+        result: Result<Reply>,
+    },
+    /// From core 0: move this core's live blocks out of segment `segno`,
+    /// each into its partition's canonical one. Answered with
+    /// `EvacuateDone` once every move retired.
+    Evacuate {
+        segno: u32,
+        entries: Vec<SummaryEntry>,
+    },
+    EvacuateDone {
+        segno: u32,
+        status: Result<()>,
+    },
+    /// Write the version as of partition `target` of every owned block
+    /// that partitions up to it hold into the baseline (see `drain.rs`).
+    /// Answered with `DrainCopied`.
+    DrainCopy {
+        target: u32,
+    },
+    DrainCopied {
+        status: Result<()>,
+    },
+    /// The baseline holds partition `target`'s image: forget the
+    /// partitions up to it. Answered with `DrainForgot`.
+    DrainForget {
+        target: u32,
+    },
+    DrainForgot {
+        /// Log cursor positions at or above this hold no client entry of
+        /// the drained partitions.
+        drained_below: u64,
+    },
+}
+
+// SAFETY: pieces and requests are Send (see there); the rest is owned data.
+unsafe impl Send for Msg {}
