@@ -191,7 +191,9 @@ impl CreateParams {
                 return Err(RpcError::invalid_params(format!("Invalid parameters: {field} is too large")));
             }
         }
-        Ok(())
+        // Checked whether or not the base is formatted already: a config
+        // saved with them must be able to format a blank base.
+        self.format_options().validate().map_err(|e| RpcError::invalid_params(format!("Invalid parameters: {e}")))
     }
 }
 
@@ -752,6 +754,21 @@ mod tests {
             Some(json!({"name": "a", "base_bdev_name": "M", "segment_size_kib": u64::MAX})),
         );
         assert!(msg.contains("segment_size_kib"), "{msg}");
+    }
+
+    #[test]
+    fn create_refuses_options_that_could_not_format_whatever_the_base() {
+        for (field, value, says) in [
+            ("max_volumes", 0, "max_volumes"),
+            ("stripe_size_kib", 0, "stripe"),
+            ("segment_size_kib", 0, "segment"),
+            ("log_percent", 0, "log_percent"),
+            ("log_percent", 96, "log_percent"),
+            ("replay_window_mib", 0, "replay window"),
+        ] {
+            let msg = invalid("bdev_ilog_create", Some(json!({"name": "a", "base_bdev_name": "M", field: value})));
+            assert!(msg.contains(says), "{field} {value}: {msg}");
+        }
     }
 
     #[test]

@@ -36,6 +36,27 @@ impl Default for FormatOptions {
     }
 }
 
+impl FormatOptions {
+    /// The checks that do not depend on the device: what a create on a base
+    /// already formatted (whose options are on media) must still pass, so a
+    /// saved config never records options that could not format.
+    pub fn validate(&self) -> Result<()> {
+        if self.stripe_bytes == 0 || self.segment_bytes == 0 {
+            return Err(Error::InvalidArgument("stripe and segment sizes must not be zero".into()));
+        }
+        if !(1..=95).contains(&self.log_percent) {
+            return Err(Error::InvalidArgument("log_percent must be in 1..=95".into()));
+        }
+        if self.max_volumes == 0 || self.max_volumes > MAX_VOLUMES {
+            return Err(Error::InvalidArgument(format!("max_volumes must be in 1..={MAX_VOLUMES}")));
+        }
+        if !(1 << 10..=u64::from(u32::MAX) << 10).contains(&self.replay_window_bytes) {
+            return Err(Error::InvalidArgument("the replay window must be 1 KiB to 4 TiB".into()));
+        }
+        Ok(())
+    }
+}
+
 /// The layout of a formatted device, in blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
@@ -70,6 +91,7 @@ impl Geometry {
                 "block size {block_size} is not a power of two in 512..=65536"
             )));
         }
+        opts.validate()?;
         let bs = u64::from(block_size);
         let stripe_blocks = opts.stripe_bytes / bs;
         let segment_blocks = opts.segment_bytes / bs;
@@ -85,15 +107,6 @@ impl Geometry {
         // next to its header and one summary pair.
         if segment_blocks < stripe_blocks + 3 {
             return Err(Error::InvalidArgument("a segment must hold a whole stripe plus 3 metadata blocks".into()));
-        }
-        if !(1..=95).contains(&opts.log_percent) {
-            return Err(Error::InvalidArgument("log_percent must be in 1..=95".into()));
-        }
-        if opts.max_volumes == 0 || opts.max_volumes > MAX_VOLUMES {
-            return Err(Error::InvalidArgument(format!("max_volumes must be in 1..={MAX_VOLUMES}")));
-        }
-        if !(1 << 10..=u64::from(u32::MAX) << 10).contains(&opts.replay_window_bytes) {
-            return Err(Error::InvalidArgument("the replay window must be 1 KiB to 4 TiB".into()));
         }
         // The checkpoint slot is sized for the most segments the device could hold.
         let ckpt_slot_blocks = |device_blocks: u64| {
