@@ -57,7 +57,7 @@
 //! | Field | Type | Meaning |
 //! |---|---|---|
 //! | `volume_id` | string | e.g. `snap-1` |
-//! | `bdev` | string | the volume's bdev name, `<name>@<volume_id>` |
+//! | `bdev` | string or null | the volume's bdev name, `<name>@<volume_id>`; null under SPDK when another module's bdev has that name (the volume is not exported; a snapshot named so is refused with -17) |
 //! | `partition` | int | the log partition it sealed |
 //! | `created` | int | when it was taken, in Unix seconds |
 //!

@@ -9,7 +9,7 @@
 use crate::ilog::{self as methods, Command};
 use crate::jobs::Jobs;
 use crate::RpcError;
-use ilog_bdev::engine::{Reply, Request};
+use ilog_bdev::engine::{volume_bdev_name, Reply, Request};
 use ilog_bdev::spdk::{self as module, SpdkError};
 use ilog_sys as sys;
 use serde_json::Value;
@@ -156,6 +156,21 @@ fn engine_call(name: String, req: Request, r: Responder, encode: impl FnOnce(&st
     }
 }
 
+/// A volume whose bdev name another module's bdev has (a generated id can
+/// meet one) is not exported: its `"bdev"` is null, never the other bdev.
+fn unexported_as_null(bdev: &str, mut result: Value) -> Value {
+    let fix = |v: &mut Value| {
+        if v["volume_id"].as_str().is_some_and(|id| module::foreign_volume_bdev(bdev, id)) {
+            v["bdev"] = Value::Null;
+        }
+    };
+    match &mut result {
+        Value::Array(volumes) => volumes.iter_mut().for_each(fix),
+        volume => fix(volume),
+    }
+    result
+}
+
 fn execute(cmd: Command, r: Responder) {
     match cmd {
         Command::Create(p) => {
@@ -179,13 +194,19 @@ fn execute(cmd: Command, r: Responder) {
             }
         }
         Command::Snapshot { name, snapshot_name } => {
+            if let Some(taken) =
+                snapshot_name.as_deref().map(|v| volume_bdev_name(&name, v)).filter(|b| module::bdev_exists(b))
+            {
+                // Refused before anything seals: the volume could not be exported.
+                return r.err(&RpcError::errno(libc::EEXIST, format!("bdev {taken} already exists")));
+            }
             engine_call(name, Request::Snapshot { name: snapshot_name }, r, |bdev, reply| match reply {
-                Reply::Volume(v) => methods::snapshot_result(bdev, &v),
+                Reply::Volume(v) => unexported_as_null(bdev, methods::snapshot_result(bdev, &v)),
                 other => unreachable!("snapshot answered {other:?}"),
             })
         }
         Command::GetVolumes { name } => engine_call(name, Request::ListVolumes, r, |bdev, reply| match reply {
-            Reply::Volumes(vs) => methods::volumes_result(bdev, &vs),
+            Reply::Volumes(vs) => unexported_as_null(bdev, methods::volumes_result(bdev, &vs)),
             other => unreachable!("list volumes answered {other:?}"),
         }),
         Command::DeleteVolume { name, volume } => module::delete_volume(&name, &volume, move |res| {

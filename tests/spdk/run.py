@@ -395,6 +395,25 @@ def try_call(client, method, params):
         return False
 
 
+def test_a_volume_named_like_another_bdev_is_refused_or_not_exported():
+    """With a malloc bdev named `ilog0@snap-1`: a snapshot asked for by that
+    name is refused before it seals (-17); the generated id `snap-1` is
+    taken, but its volume reports no bdev rather than the malloc."""
+    wd = workdir()
+    tgt = App(wd, SPDK_TGT, mem=2048, name="clash")
+    tgt.rpc("bdev_malloc_create", "-b", "Malloc0", 256, 4096)
+    tgt.rpc("bdev_malloc_create", "-b", "ilog0@snap-1", 8, 4096)
+    tgt.rpc("bdev_ilog_create", "-b", "Malloc0", "-p", "ilog0")
+    expect_error(EEXIST, tgt.sock, "bdev_ilog_snapshot", "ilog0", "-n", "snap-1")
+    assert tgt.rpc("bdev_ilog_get_volumes", "ilog0") == [], "the refused snapshot sealed a volume"
+    made = tgt.rpc("bdev_ilog_snapshot", "ilog0")
+    assert made == {"volume_id": "snap-1", "bdev": None}, made
+    volumes = tgt.rpc("bdev_ilog_get_volumes", "ilog0")
+    assert [(v["volume_id"], v["bdev"]) for v in volumes] == [("snap-1", None)], volumes
+    assert tgt.rpc("bdev_get_bdevs", "-b", "ilog0@snap-1")[0]["product_name"] == "Malloc disk"
+    tgt.stop()
+
+
 def test_policies_and_compaction_keep_volume_bdevs_in_step():
     """bdev_ilog_set_policy/get_policy/event/compact in spdk_tgt, with data
     written and read over NVMe/TCP by spdk_dd while it runs: the volume
@@ -571,6 +590,7 @@ TESTS = [
     test_unmap_and_write_zeroes_storms_never_fill_the_log,
     test_log_read_with_data_is_bounded_in_bytes,
     test_delete_right_after_create_on_two_cores_succeeds,
+    test_a_volume_named_like_another_bdev_is_refused_or_not_exported,
     test_policies_and_compaction_keep_volume_bdevs_in_step,
     test_a_volume_deleted_while_open_is_hot_removed_and_its_name_reused,
 ]

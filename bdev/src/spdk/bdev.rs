@@ -430,6 +430,20 @@ fn teardown(ilog: &Arc<Ilog>, done: Option<Box<dyn FnOnce(i32)>>) {
     }
 }
 
+/// Whether a bdev named `bdev` exists (of any module).
+pub fn bdev_exists(bdev: &str) -> bool {
+    let Ok(c) = CString::new(bdev) else { return false };
+    // SAFETY: a NUL-terminated name; SPDK looks it up under its own lock.
+    unsafe { !sys::spdk_bdev_get_by_name(c.as_ptr()).is_null() }
+}
+
+/// Whether the bdev named as `volume` of ilog bdev `name` would be
+/// (`<name>@<volume>`) is another module's: the volume is not exported.
+pub fn foreign_volume_bdev(name: &str, volume: &str) -> bool {
+    bdev_exists(&volume_bdev_name(name, volume))
+        && lookup(name).map_or(true, |ilog| volumes::bdev_of(&ilog, volume).is_none())
+}
+
 /// How long a delete waits for an open that is not a user's to end.
 const DELETE_WAIT: Duration = Duration::from_secs(2);
 const DELETE_RETRY_US: u64 = 1000;

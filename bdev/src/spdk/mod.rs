@@ -23,4 +23,6 @@ mod reactor;
 mod thread;
 mod volumes;
 
-pub use bdev::{bdevs, call, create, delete, delete_volume, register_module, SpdkError};
+pub use bdev::{
+    bdev_exists, bdevs, call, create, delete, delete_volume, foreign_volume_bdev, register_module, SpdkError,
+};
