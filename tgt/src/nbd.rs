@@ -95,6 +95,12 @@ const MAX_IN_FLIGHT: usize = 128;
 /// Request-buffer bytes a connection may have in flight, so 128 maximal requests cannot pin 4 GiB.
 const MAX_IN_FLIGHT_BYTES: u64 = 256 << 20;
 const _: () = assert!(MAX_REQUEST as u64 <= MAX_IN_FLIGHT_BYTES, "a lone maximal request must fit the byte budget");
+/// Request-buffer bytes every connection of the process together may have in flight: a few clients that send large
+/// reads and never take the replies cannot exhaust memory; readers wait for room (back-pressure) beyond it.
+const MAX_PROCESS_IN_FLIGHT_BYTES: u64 = 1 << 30;
+static PROCESS_BYTES: ByteBudget = ByteBudget::new(MAX_PROCESS_IN_FLIGHT_BYTES);
+/// Connections one export serves at once; more are closed as they come.
+const MAX_CONNECTIONS: usize = 256;
 /// Longest option data accepted in the handshake (a name is at most 4096 bytes).
 const MAX_OPTION_LEN: u32 = 16 << 10;
 /// Longest export name the protocol allows.
@@ -423,6 +429,11 @@ fn spawn_connection(shared: &Arc<Shared>, id: u64, stream: Stream) {
         } else {
             i += 1;
         }
+    }
+    if conns.len() >= MAX_CONNECTIONS {
+        warn!("NBD connection {id}: refused: {} serves {MAX_CONNECTIONS} connections already", shared.name);
+        let _ = handle.shutdown(Shutdown::Both);
+        return;
     }
     *lock(&shared.live) += 1;
     let thread_shared = Arc::clone(shared);
@@ -1037,6 +1048,7 @@ struct InFlightState {
 }
 
 impl InFlight {
+    /// Takes room for a request of `cost` bytes: the connection's, then the process's.
     fn acquire(&self, cost: u32) {
         let mut state = lock(&self.state);
         while state.requests >= MAX_IN_FLIGHT || state.bytes + u64::from(cost) > MAX_IN_FLIGHT_BYTES {
@@ -1044,9 +1056,12 @@ impl InFlight {
         }
         state.requests += 1;
         state.bytes += u64::from(cost);
+        drop(state);
+        PROCESS_BYTES.acquire(u64::from(cost));
     }
 
     fn release(&self, cost: u32) {
+        PROCESS_BYTES.release(u64::from(cost));
         let mut state = lock(&self.state);
         state.requests -= 1;
         state.bytes -= u64::from(cost);
@@ -1058,6 +1073,32 @@ impl InFlight {
         while state.requests > 0 {
             state = self.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
         }
+    }
+}
+
+/// Bytes shared by many takers, who wait for room.
+struct ByteBudget {
+    used: Mutex<u64>,
+    changed: Condvar,
+    limit: u64,
+}
+
+impl ByteBudget {
+    const fn new(limit: u64) -> ByteBudget {
+        ByteBudget { used: Mutex::new(0), changed: Condvar::new(), limit }
+    }
+
+    fn acquire(&self, n: u64) {
+        let mut used = lock(&self.used);
+        while *used + n > self.limit {
+            used = self.changed.wait(used).unwrap_or_else(PoisonError::into_inner);
+        }
+        *used += n;
+    }
+
+    fn release(&self, n: u64) {
+        *lock(&self.used) -= n;
+        self.changed.notify_all();
     }
 }
 
@@ -1718,6 +1759,56 @@ mod tests {
         let took = start.elapsed();
         assert!(took < STOP_GRACE * 2, "4 stuck exports took {took:?} to stop (one grace period is {STOP_GRACE:?})");
         drop(clients);
+    }
+
+    #[test]
+    fn connections_beyond_the_limit_are_closed_as_they_come() {
+        let (server, path) = serve(MemExport::build(512, 64, false, Duration::ZERO));
+        let mut held: Vec<Client> = (0..MAX_CONNECTIONS).map(|_| Client::connect(&path)).collect();
+        wait_for("every connection to be served", || server.connections() == MAX_CONNECTIONS);
+        let mut extra = Client::connect(&path);
+        assert!(extra.closed(), "connection {} was served", MAX_CONNECTIONS + 1);
+        // One leaves: room for the next.
+        held.pop();
+        wait_for("the connection to end", || server.connections() < MAX_CONNECTIONS);
+        let (mut c, ..) = Client::go(&path);
+        assert_eq!(c.read(0, 512), Ok(vec![0; 512]));
+        drop(held);
+        server.stop();
+    }
+
+    /// Resident memory of this process.
+    fn rss_bytes() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    #[test]
+    fn clients_that_send_large_reads_and_never_take_the_replies_cannot_exhaust_memory() {
+        let export = MemExport::build(512, 65536, false, Duration::ZERO);
+        export.fill(0, &[7; 512]);
+        let (server, path) = serve(export);
+        let before = rss_bytes();
+        // 12 connections, 9 reads of 32 MiB each: 3.4 GiB asked for, 3 GiB within each connection's own budget.
+        let clients: Vec<Client> = (0..12)
+            .map(|_| {
+                let (mut c, ..) = Client::go(&path);
+                for handle in 0..9 {
+                    c.request(CMD_READ, 0, handle, 0, MAX_REQUEST, &[]);
+                }
+                c
+            })
+            .collect();
+        wait_for("the process budget to fill", || {
+            *lock(&PROCESS_BYTES.used) + u64::from(MAX_REQUEST) > MAX_PROCESS_IN_FLIGHT_BYTES
+        });
+        thread::sleep(Duration::from_millis(200));
+        let grown = rss_bytes().saturating_sub(before);
+        assert!(grown < MAX_PROCESS_IN_FLIGHT_BYTES + (256 << 20), "resident memory grew by {} MiB", grown >> 20);
+        drop(clients);
+        server.stop();
+        wait_for("the budget to be returned", || *lock(&PROCESS_BYTES.used) == 0);
     }
 
     #[test]
