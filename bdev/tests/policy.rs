@@ -167,6 +167,25 @@ fn named_events_and_snapshot_events_run_their_actions() {
 }
 
 #[test]
+fn a_storm_of_one_event_runs_its_actions_once_while_they_are_queued() {
+    let mut b = Bdev::new(14, 2);
+    b.set_policy(r#"{"events": {"on": {"backup-done": ["snapshot"]}}}"#).unwrap();
+    // A snapshot in flight keeps the actions queued behind it.
+    b.sim.submit(0, 900, Request::Snapshot { name: Some("by-hand".into()) }).unwrap();
+    for token in 1000..1500 {
+        b.sim.submit(token as u32 % 2, token, Request::Event { name: "backup-done".into() }).unwrap();
+    }
+    b.sim.run_until_idle(&mut |t, r| assert!(r.is_ok(), "request {t}: {r:?}"));
+    let names = b.names();
+    assert!(names.len() <= 3 && names.len() >= 2, "500 events took {} snapshots: {names:?}", names.len() - 1);
+    assert!(b.stats().policy_actions <= 2, "{} policy actions", b.stats().policy_actions);
+    // Once they ran, the event runs them again.
+    b.call(Request::Event { name: "backup-done".into() }).unwrap();
+    b.wait(1, 1);
+    assert_eq!(b.names().len(), names.len() + 1);
+}
+
+#[test]
 fn volume_ids_follow_the_scheme() {
     let mut b = Bdev::new(4, 1);
     b.set_policy(r#"{"volume_id": {"scheme": "timestamp"}}"#).unwrap();

@@ -22,7 +22,7 @@ use super::shared::SpaceState;
 use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf};
 use crate::error::{Error, Result};
 use crate::format::{Checkpoint, SegmentRecord, VolumeRecord, PARTITION_SPAN};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::Ordering::{self, Relaxed};
 use std::sync::Arc;
 
@@ -72,6 +72,9 @@ struct Queued {
     origin: u32,
     reply: ReplyTo,
     op: Op,
+    /// The event whose queued actions end with this one (see
+    /// `Control::events_queued`).
+    event: Option<String>,
 }
 
 #[derive(Debug)]
@@ -154,6 +157,10 @@ pub(crate) struct Control {
     /// When the policy was last consulted (unix s), and how many actions it
     /// took in that second.
     pub(super) policy_checked: (u64, u32),
+    /// Events whose actions are queued and not all started: the same event
+    /// again is covered by them (they act on the state when they run), so
+    /// a storm of events runs each event's actions once at a time.
+    events_queued: BTreeSet<String>,
     /// The highest threshold (80, 95) of log space held by live versions
     /// warned about, until the share falls back below 75 %.
     versions_warned: u8,
@@ -193,12 +200,23 @@ impl Control {
 
     /// Queues an operation nobody waits for (policy actions, follow-ups).
     pub(super) fn enqueue_background(&mut self, origin: u32, op: Op) {
-        self.queue.push_back(Queued { origin, reply: ReplyTo::Nobody, op });
+        self.queue.push_back(Queued { origin, reply: ReplyTo::Nobody, op, event: None });
     }
 
     /// Queues an operation nobody waits for, ahead of the others.
+    pub(super) fn event_queued(&self, name: &str) -> bool {
+        self.events_queued.contains(name)
+    }
+
+    /// The actions of event `name` were just queued: until the last one
+    /// starts, the event again is covered by them.
+    pub(super) fn note_event_queued(&mut self, name: &str) {
+        self.queue.back_mut().expect("the event's actions were queued").event = Some(name.to_owned());
+        self.events_queued.insert(name.to_owned());
+    }
+
     pub(super) fn enqueue_front(&mut self, origin: u32, op: Op) {
-        self.queue.push_front(Queued { origin, reply: ReplyTo::Nobody, op });
+        self.queue.push_front(Queued { origin, reply: ReplyTo::Nobody, op, event: None });
     }
 
     pub(super) fn is_busy(&self) -> bool {
@@ -277,6 +295,7 @@ impl Control {
             policy,
             last_snapshot_at,
             policy_checked: (0, 0),
+            events_queued: BTreeSet::new(),
             versions_warned: 0,
             writes_seen: (0, now),
         }
@@ -305,7 +324,11 @@ impl Control {
         let draining = self.drain.is_some();
         let i =
             self.queue.iter().position(|q| !(draining && matches!(q.op, Op::Clean(_) | Op::Fold(_) | Op::Drain)))?;
-        self.queue.remove(i)
+        let q = self.queue.remove(i)?;
+        if let Some(event) = &q.event {
+            self.events_queued.remove(event);
+        }
+        Some(q)
     }
 
     fn live_partitions(&self) -> Arc<Vec<u32>> {
@@ -402,7 +425,7 @@ impl Shard {
                 unreachable!("data requests never reach the coordinator")
             }
         };
-        self.ctl_mut().queue.push_back(Queued { origin, reply, op });
+        self.ctl_mut().queue.push_back(Queued { origin, reply, op, event: None });
     }
 
     pub(super) fn reply(&mut self, origin: u32, reply: ReplyTo, result: Result<Reply>) {
@@ -507,7 +530,7 @@ impl Shard {
                 let (core, c) = (self.core, self.ctl_mut());
                 if older.is_empty() {
                     // The volume is the oldest now: drain up to it.
-                    c.queue.push_front(Queued { origin: q.origin, reply: q.reply, op: Op::Drain });
+                    c.queue.push_front(Queued { origin: q.origin, reply: q.reply, op: Op::Drain, event: None });
                     return;
                 }
                 // The baseline is about to hold a newer image: the volumes
@@ -515,7 +538,12 @@ impl Shard {
                 c.queue.push_front(q);
                 for name in older.into_iter().rev() {
                     log::info!("retiring volume {name}: a newer volume goes into the baseline");
-                    c.queue.push_front(Queued { origin: core, reply: ReplyTo::Nobody, op: Op::Delete(name) });
+                    c.queue.push_front(Queued {
+                        origin: core,
+                        reply: ReplyTo::Nobody,
+                        op: Op::Delete(name),
+                        event: None,
+                    });
                 }
                 return;
             }

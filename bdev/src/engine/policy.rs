@@ -448,20 +448,29 @@ impl Shard {
         let Some(actions) = self.ctl_mut().policy.on_event.get(name).cloned() else {
             return Err(Error::InvalidArgument(format!("the policy binds no action to event {name:?}")));
         };
+        if self.ctl_mut().event_queued(name) {
+            log::debug!("event {name:?}: its actions from before are still queued and cover it");
+            return Ok(Reply::Done);
+        }
         let situation = self.situation();
         let names: Vec<&str> = actions.iter().map(|a| a.name()).collect();
         log::info!("event {name:?}: {}", names.join(", "));
-        for d in Policy::decide_actions(&actions, &situation) {
+        let decisions = Policy::decide_actions(&actions, &situation);
+        let queued = !decisions.is_empty();
+        for d in decisions {
             self.enqueue_decision(d, &format!("event {name:?}"));
+        }
+        if queued {
+            self.ctl_mut().note_event_queued(name);
         }
         Ok(Reply::Done)
     }
 }
 
-/// Expands a volume id template at `now` (UTC) for snapshot number `n`.
 /// 2099-12-31T23:59:59Z: what a template is checked with.
 const WIDEST_UNIX_S: u64 = 4_102_444_799;
 
+/// Expands a volume id template at `now` (UTC) for snapshot number `n`.
 pub fn expand(template: &str, now: u64, n: u64) -> String {
     let (y, mo, d) = civil_from_days((now / 86_400) as i64);
     let secs = now % 86_400;
