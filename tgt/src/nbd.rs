@@ -1805,7 +1805,9 @@ mod tests {
         });
         thread::sleep(Duration::from_millis(200));
         let grown = rss_bytes().saturating_sub(before);
-        assert!(grown < MAX_PROCESS_IN_FLIGHT_BYTES + (256 << 20), "resident memory grew by {} MiB", grown >> 20);
+        // Room for what tests running beside this one hold; without the process budget it may grow by 3 GiB
+        // (12 connections of 256 MiB).
+        assert!(grown < MAX_PROCESS_IN_FLIGHT_BYTES + (512 << 20), "resident memory grew by {} MiB", grown >> 20);
         drop(clients);
         server.stop();
         wait_for("the budget to be returned", || *lock(&PROCESS_BYTES.used) == 0);
