@@ -8,6 +8,7 @@ use crate::nbd::{Export, Listen, NbdServer};
 use ilog_bdev::device::{BlockDevice, FileDevice, MallocDevice};
 use ilog_bdev::engine::BdevInfo;
 use ilog_bdev::engine::{Request, View};
+use ilog_bdev::format::valid_block_size;
 use ilog_bdev::runtime::native::{Callback, Ilog, Reactors};
 use ilog_bdev::Error;
 use ilog_rpc::ilog::{self as methods, Command, CreateParams};
@@ -233,7 +234,7 @@ impl Target {
                 .expect("a free name"),
         };
         check_new_name(&st, &name)?;
-        if p.num_blocks == 0 || !(512..=65536).contains(&p.block_size) || !p.block_size.is_power_of_two() {
+        if p.num_blocks == 0 || !valid_block_size(p.block_size) {
             return Err(RpcError::invalid_params(
                 "num_blocks must be > 0 and block_size a power of two in 512..=65536",
             ));
@@ -269,7 +270,7 @@ impl Target {
         let mut st = self.lock();
         check_new_name(&st, &p.name)?;
         let bs = p.block_size.filter(|&b| b != 0).unwrap_or(4096);
-        if !bs.is_power_of_two() || !(512..=65536).contains(&bs) {
+        if !valid_block_size(bs) {
             return Err(RpcError::invalid_params(format!("block_size {bs} must be a power of two in 512..=65536")));
         }
         let dev = FileDevice::open(&p.filename, bs).map_err(|e| {

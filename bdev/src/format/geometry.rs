@@ -57,6 +57,11 @@ impl FormatOptions {
     }
 }
 
+/// Block sizes ilog formats and serves: powers of two in 512..=65536.
+pub fn valid_block_size(block_size: u32) -> bool {
+    (512..=65536).contains(&block_size) && block_size.is_power_of_two()
+}
+
 /// The layout of a formatted device, in blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
@@ -86,7 +91,7 @@ pub const MAX_VOLUMES: u32 = 1 << 16;
 impl Geometry {
     /// Lays out a device of `device_blocks` blocks of `block_size` bytes.
     pub fn plan(block_size: u32, device_blocks: u64, opts: &FormatOptions) -> Result<Geometry> {
-        if !(512..=65536).contains(&block_size) || !block_size.is_power_of_two() {
+        if !valid_block_size(block_size) {
             return Err(Error::InvalidArgument(format!(
                 "block size {block_size} is not a power of two in 512..=65536"
             )));
@@ -171,7 +176,7 @@ impl Geometry {
     /// a device of `device_blocks`.
     pub fn validate(&self, device_blocks: u64) -> Result<()> {
         let bad = |why: &str| Err(Error::Corrupt(format!("superblock geometry: {why}")));
-        if !(512..=65536).contains(&self.block_size) || !self.block_size.is_power_of_two() {
+        if !valid_block_size(self.block_size) {
             return bad("block size");
         }
         // Fields come from media: every sum is checked, nothing may wrap.

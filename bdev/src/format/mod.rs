@@ -18,7 +18,7 @@ mod superblock;
 
 pub use checkpoint::{Checkpoint, SegmentRecord, VolumeRecord, MAX_POLICY_LEN, MAX_VOLUME_NAME};
 pub(crate) use geometry::SUPERBLOCK_BLOCKS;
-pub use geometry::{FormatOptions, Geometry, DEFAULT_REPLAY_WINDOW_KIB};
+pub use geometry::{valid_block_size, FormatOptions, Geometry, DEFAULT_REPLAY_WINDOW_KIB};
 pub use segment::{
     EntryKind, SegmentHeader, SegmentId, SummaryBlock, SummaryChain, SummaryEntry, SummaryKey, PARTITION_SPAN,
     SUMMARY_ENTRY_LEN, SUMMARY_HEADER_LEN,
