@@ -36,6 +36,53 @@ impl BlockIndex {
         BlockIndex { leaves, stripe_blocks, cores, core, mapped: 0 }
     }
 
+    /// An index for core `core` (as [`Self::new`]) holding `versions`:
+    /// (lba, address) pairs in the order they were written, newest last.
+    /// Mount builds it this way: the versions sorted into their leaves by
+    /// counting (two passes), each leaf allocated once, where a `set` per
+    /// version would grow sparse leaves a word at a time.
+    pub fn from_versions(
+        volume_blocks: u64,
+        stripe_blocks: u32,
+        cores: u32,
+        core: u32,
+        versions: &[(u64, LogAddr)],
+    ) -> BlockIndex {
+        let mut ix = BlockIndex::new(volume_blocks, stripe_blocks, cores, core);
+        // starts[l]..starts[l + 1]: leaf l's versions in `by_leaf`.
+        let mut starts = vec![0usize; ix.leaves.len() + 1];
+        for v in versions {
+            starts[ix.locate(v.0).0 + 1] += 1;
+        }
+        for l in 1..starts.len() {
+            starts[l] += starts[l - 1];
+        }
+        let mut at = starts.clone();
+        let mut by_leaf = vec![(0u32, NONE); versions.len()];
+        for &(lba, addr) in versions {
+            let (leaf, off) = ix.locate(lba);
+            by_leaf[at[leaf]] = (off, addr);
+            at[leaf] += 1;
+        }
+        for (leaf, bounds) in starts.windows(2).enumerate().filter(|(_, b)| b[0] < b[1]) {
+            let run = &mut by_leaf[bounds[0]..bounds[1]];
+            // Stable: a block's versions stay in write order, its last wins.
+            run.sort_by_key(|v| v.0);
+            let newest = run.iter().enumerate().filter(|(i, v)| run.get(i + 1).is_none_or(|n| n.0 != v.0));
+            let mapped = newest.clone().count();
+            ix.mapped += mapped as u64;
+            // Dense where that is smaller, as `set` switches.
+            ix.leaves[leaf] = if mapped * 8 >= stripe_blocks as usize * 4 {
+                let mut d = vec![NONE; stripe_blocks as usize].into_boxed_slice();
+                newest.for_each(|(_, &(off, addr))| d[off as usize] = addr);
+                Leaf::Dense(d)
+            } else {
+                Leaf::Sparse(newest.map(|(_, &(off, addr))| u64::from(off) << 32 | u64::from(addr)).collect())
+            };
+        }
+        ix
+    }
+
     fn locate(&self, lba: u64) -> (usize, u32) {
         let stripe = lba / u64::from(self.stripe_blocks);
         ((stripe / u64::from(self.cores)) as usize, (lba % u64::from(self.stripe_blocks)) as u32)
@@ -154,6 +201,30 @@ mod tests {
         ix.set(300, ZERO);
         assert_eq!(ix.get(300), Some(ZERO));
         assert_eq!(ix.mapped(), 256);
+    }
+
+    #[test]
+    fn built_from_versions_as_set_one_by_one() {
+        // Core 1 of 2, stripes of 16: leaves going sparse and dense, blocks
+        // rewritten, a zero block, in a scattered write order.
+        let mut versions = Vec::new();
+        let mut x = 11u64;
+        for i in 0..3000u32 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let stripe = 2 * ((x >> 33) % 40) + 1;
+            // Stripe 1 gets many blocks (dense), the others a few (sparse).
+            let off = if stripe == 1 { (x >> 20) % 16 } else { (x >> 20) % 3 };
+            versions.push((stripe * 16 + off, if i % 97 == 0 { ZERO } else { i }));
+        }
+        let mut one_by_one = BlockIndex::new(80 * 16, 16, 2, 1);
+        versions.iter().for_each(|&(lba, addr)| one_by_one.set(lba, addr));
+        let built = BlockIndex::from_versions(80 * 16, 16, 2, 1, &versions);
+        assert!(matches!(built.leaves[0], Leaf::Dense(_)) && matches!(built.leaves[1], Leaf::Sparse(_)));
+        assert_eq!(built.mapped(), one_by_one.mapped());
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        built.for_each(|lba, addr| a.push((lba, addr)));
+        one_by_one.for_each(|lba, addr| b.push((lba, addr)));
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! Mount runs before the reactors start, so it drives one device channel
 //! synchronously.
 
-use super::addr::ZERO;
+use super::addr::{LogAddr, ZERO};
 use super::control::{Control, SegmentInfo, ENTRY_BITS};
 use super::drain::BaselineMap;
 use super::free::FreeSegments;
@@ -158,8 +158,8 @@ impl Loaded {
 const CHUNK_GROUPS: u32 = 16;
 /// Most blocks of one read of replayed data.
 const DATA_CHUNK_BLOCKS: u32 = 2048;
-/// Segments whose replayed data is read in one batch.
-const DATA_BATCH_SEGMENTS: usize = 16;
+/// Replayed data read ahead of the check of its CRCs, at most.
+const READ_AHEAD_BYTES: usize = 64 << 20;
 
 /// The blocks of summary groups `from..to` of `segno`, one request:
 /// groups grow down from the segment's end.
@@ -266,27 +266,43 @@ impl SegmentData {
     }
 }
 
-/// Reads, in one batch, the data the entries of each segment of `batch`
-/// hold (the entries in bounds: their data lies between the header and
-/// the summaries, in append order).
-fn read_entry_data(
+/// The data offsets `first..end` a segment's entries hold (those in
+/// bounds: their data lies between the header and the summaries, in append
+/// order), if any.
+fn data_span(geo: &Geometry, rec: &SegmentRecord, entries: &[SummaryEntry]) -> Option<(u32, u32)> {
+    let count = rec.trusted_entries as usize + entries.len();
+    let data = entries.iter().filter(|e| e.kind == EntryKind::Data && entry_in_bounds(geo, e, count));
+    let first = data.clone().map(|e| e.data_offset).min()?;
+    let end = data.map(|e| e.data_offset + e.blocks).max()?;
+    Some((first, end))
+}
+
+/// How many of a segment's `entries` (after its `trusted_entries`) are
+/// intact, from the first: in bounds, their data matching its CRC.
+fn intact_entries(geo: &Geometry, rec: &SegmentRecord, entries: &[SummaryEntry], data: Option<&SegmentData>) -> usize {
+    let count = rec.trusted_entries as usize + entries.len();
+    let bs = geo.block_size as usize;
+    let intact = |e: &SummaryEntry| {
+        entry_in_bounds(geo, e, count)
+            && (e.kind != EntryKind::Data || data.is_some_and(|d| d.crc(e.data_offset, e.blocks, bs) == e.data_crc))
+    };
+    entries.iter().take_while(|e| intact(e)).count()
+}
+
+/// For each of `segments` (record, entries not yet trusted), how many
+/// entries are intact. Their data is read in order with reads in flight
+/// while earlier segments are checked, and held only until checked.
+fn verify_segments(
     io: &mut SyncIo,
     geo: &Geometry,
-    batch: &[(SegmentRecord, Vec<SummaryEntry>)],
-) -> Result<Vec<Option<SegmentData>>> {
-    let spans: Vec<Option<(u32, u32)>> = batch
-        .iter()
-        .map(|(rec, entries)| {
-            let count = rec.trusted_entries as usize + entries.len();
-            let data = entries.iter().filter(|e| e.kind == EntryKind::Data && entry_in_bounds(geo, e, count));
-            let first = data.clone().map(|e| e.data_offset).min()?;
-            let end = data.map(|e| e.data_offset + e.blocks).max()?;
-            Some((first, end))
-        })
-        .collect();
+    segments: &[(SegmentRecord, Vec<SummaryEntry>)],
+) -> Result<Vec<usize>> {
+    let mut good: Vec<usize> = segments.iter().map(|(rec, entries)| intact_entries(geo, rec, entries, None)).collect();
+    // (segment, first offset, chunks): one request per chunk.
+    let mut reads: Vec<(usize, u32, usize)> = Vec::new();
     let mut reqs = Vec::new();
-    for ((rec, _), span) in batch.iter().zip(&spans) {
-        let Some((first, end)) = *span else { continue };
+    for (i, (rec, entries)) in segments.iter().enumerate() {
+        let Some((first, end)) = data_span(geo, rec, entries) else { continue };
         let start = geo.segment_start(rec.segno);
         let mut at = first;
         while at < end {
@@ -294,16 +310,24 @@ fn read_entry_data(
             reqs.push((start + u64::from(at), n));
             at += n;
         }
+        reads.push((i, first, (end - first).div_ceil(DATA_CHUNK_BLOCKS) as usize));
     }
-    let mut bufs = io.read_batch(&reqs)?.into_iter();
-    Ok(spans
-        .into_iter()
-        .map(|span| {
-            let (first, end) = span?;
-            let chunks = (end - first).div_ceil(DATA_CHUNK_BLOCKS) as usize;
-            Some(SegmentData { first, chunks: bufs.by_ref().take(chunks).collect() })
-        })
-        .collect())
+    let mut reads = reads.into_iter();
+    let mut current: Option<((usize, u32, usize), Vec<DmaBuf>)> = None;
+    io.read_in_order(&reqs, READ_AHEAD_BYTES, |_, buf, spares| {
+        let ((seg, first, chunks), mut bufs) =
+            current.take().unwrap_or_else(|| (reads.next().expect("a read for every request"), Vec::new()));
+        bufs.push(buf);
+        if bufs.len() < chunks {
+            current = Some(((seg, first, chunks), bufs));
+            return;
+        }
+        let (rec, entries) = &segments[seg];
+        let data = SegmentData { first, chunks: bufs };
+        good[seg] = intact_entries(geo, rec, entries, Some(&data));
+        spares.extend(data.chunks);
+    })?;
+    Ok(good)
 }
 
 /// Mounts a formatted device for `cores` cores.
@@ -412,28 +436,19 @@ fn replay_tail(io: &mut SyncIo, t: &mut Trusted) -> Result<u64> {
     }
     let mut to_verify = std::mem::take(&mut t.to_verify);
     to_verify.sort_by_key(|(r, _)| (r.epoch, r.stream, r.seq));
+    let good = verify_segments(io, &geo, &to_verify)?;
     let mut torn_stream = None;
-    for batch in to_verify.chunks(DATA_BATCH_SEGMENTS) {
-        let data = read_entry_data(io, &geo, batch)?;
-        for ((rec, entries), data) in batch.iter().zip(data) {
-            if torn_stream == Some((rec.epoch, rec.stream)) {
-                continue;
-            }
-            let count = rec.trusted_entries as usize + entries.len();
-            let intact = |e: &SummaryEntry| {
-                entry_in_bounds(&geo, e, count)
-                    && (e.kind != EntryKind::Data
-                        || data.as_ref().is_some_and(|d| d.crc(e.data_offset, e.blocks, io.bs) == e.data_crc))
-            };
-            let good = entries.iter().take_while(|e| intact(e)).count();
-            if good < entries.len() {
-                log::warn!("replay: stream {}.{} ends in segment {} at entry {good}", rec.epoch, rec.stream, rec.segno);
-                torn_stream = Some((rec.epoch, rec.stream));
-            }
-            let seg = t.loaded.entry(rec.segno).or_insert(Loaded { record: *rec, entries: Vec::new() });
-            seg.entries.extend_from_slice(&entries[..good]);
-            seg.record.trusted_entries = seg.entries.len() as u32;
+    for ((rec, entries), good) in to_verify.iter().zip(good) {
+        if torn_stream == Some((rec.epoch, rec.stream)) {
+            continue;
         }
+        if good < entries.len() {
+            log::warn!("replay: stream {}.{} ends in segment {} at entry {good}", rec.epoch, rec.stream, rec.segno);
+            torn_stream = Some((rec.epoch, rec.stream));
+        }
+        let seg = t.loaded.entry(rec.segno).or_insert(Loaded { record: *rec, entries: Vec::new() });
+        seg.entries.extend_from_slice(&entries[..good]);
+        seg.record.trusted_entries = seg.entries.len() as u32;
     }
     let listed = &t.ckpt.segments;
     t.loaded.retain(|_, l| !l.entries.is_empty() || listed.iter().any(|s| s.segno == l.record.segno));
@@ -455,40 +470,71 @@ struct Rebuilt {
 fn rebuild(geo: &Geometry, ckpt: &Checkpoint, loaded: &BTreeMap<u32, Loaded>, cores: u32) -> Rebuilt {
     let drained = ckpt.baseline_partition;
     let mut logmap = LogMap::new(geo.segment_count, geo.segment_blocks);
-    let mut order: Vec<(u32, u64, u32, usize)> = Vec::new(); // (partition, seq, segno, entry)
-    for l in loaded.values() {
+    let mut segments: Vec<&Loaded> = loaded.values().collect();
+    segments.sort_unstable_by_key(|l| l.record.seq);
+    // (partition, segno, entry) in log order, then stably by partition: a
+    // run of one partition stays sorted, so this costs a pass over the
+    // entries, not a sort.
+    let mut order: Vec<(u32, u32, &SummaryEntry)> = Vec::new();
+    for l in &segments {
         logmap.open(l.record.segno, l.record.partition);
-        for (i, e) in l.entries.iter().enumerate() {
+        for e in &l.entries {
             if e.kind == EntryKind::Data {
                 logmap.note(l.record.segno, e.data_offset, e.partition);
             }
             if e.kind != EntryKind::Hole && e.partition > drained {
-                order.push((e.partition, l.record.seq, l.record.segno, i));
+                order.push((e.partition, l.record.segno, e));
             }
         }
     }
-    order.sort_unstable();
+    order.sort_by_key(|o| o.0);
     let max_partition = order.last().map_or(0, |o| o.0);
     let open_partition = ckpt.next_partition.max(max_partition).max(1);
     let first_partition = order.first().map_or(open_partition, |o| o.0);
-    let mut indexes: Vec<BlockIndex> =
-        (0..cores).map(|c| BlockIndex::new(geo.volume_blocks, geo.stripe_blocks, cores, c)).collect();
-    let mut parts: Vec<Partitions> = (0..cores).map(|_| Partitions::new(first_partition)).collect();
-    for &(partition, _, segno, i) in &order {
-        let e = &loaded[&segno].entries[i];
+    // Each core's versions, in that order.
+    let mut versions: Vec<Vec<(u32, u32, LogAddr)>> = vec![Vec::new(); cores as usize];
+    for &(partition, segno, e) in &order {
         let base = segno * geo.segment_blocks;
         for b in 0..e.blocks {
             let lba = e.lba + u64::from(b);
             let owner = ((lba / u64::from(geo.stripe_blocks)) % u64::from(cores)) as usize;
             let addr = if e.kind == EntryKind::Data { base + e.data_offset + b } else { ZERO };
-            indexes[owner].set(lba, addr);
-            parts[owner].record(partition, lba as u32, addr);
+            // Volumes have at most `u32::MAX` blocks (`Geometry`).
+            versions[owner].push((partition, lba as u32, addr));
         }
     }
-    for p in &mut parts {
-        p.seal_up_to(open_partition);
-    }
+    let index_of = |core: usize| {
+        let v: Vec<(u64, LogAddr)> = versions[core].iter().map(|&(_, lba, addr)| (u64::from(lba), addr)).collect();
+        BlockIndex::from_versions(geo.volume_blocks, geo.stripe_blocks, cores, core as u32, &v)
+    };
+    let parts_of = |core: usize| {
+        let mut parts = Partitions::from_versions(first_partition, &versions[core]);
+        parts.seal_up_to(open_partition);
+        parts
+    };
+    // Independent of each other and across cores: built side by side.
+    let (indexes, parts) = std::thread::scope(|s| {
+        let parts = s.spawn(|| in_parallel(cores as usize, parts_of));
+        (in_parallel(cores as usize, index_of), parts.join().expect("a partition table rebuild panicked"))
+    });
     Rebuilt { indexes, parts, logmap, open_partition }
+}
+
+/// `f(0..n)`, spread over the machine's threads; the results in order.
+fn in_parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(n);
+    if threads <= 1 {
+        return (0..n).map(f).collect();
+    }
+    let mut done: Vec<(usize, T)> = std::thread::scope(|s| {
+        let f = &f;
+        let workers: Vec<_> = (0..threads)
+            .map(|w| s.spawn(move || (w..n).step_by(threads).map(|i| (i, f(i))).collect::<Vec<_>>()))
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("a mount thread panicked")).collect()
+    });
+    done.sort_unstable_by_key(|d| d.0);
+    done.into_iter().map(|d| d.1).collect()
 }
 
 /// [`mount`] with the clock policies and volume times follow.

@@ -78,8 +78,10 @@ pub struct Geometry {
     pub stripe_blocks: u32,
 }
 
-/// The replay window when none is set (see `FormatOptions`): 1 GiB.
-pub const DEFAULT_REPLAY_WINDOW_KIB: u64 = 1 << 20;
+/// The replay window when none is set (see `FormatOptions`): 256 MiB, what
+/// a crash mount reads in well under a second from a device that reads
+/// 500 MB/s; a checkpoint comes every 128 MiB written.
+pub const DEFAULT_REPLAY_WINDOW_KIB: u64 = 256 << 10;
 
 /// Superblock A and B.
 pub(crate) const SUPERBLOCK_BLOCKS: u64 = 2;

@@ -4,7 +4,7 @@
 //! ([`Ilog::submit`]) and blocking methods.
 
 use crate::device::{BlockDevice, DmaBuf};
-use crate::engine::{mount, CompactMode, LogBatch, Reply, Request, Shard, Stats, Submitter, View, VolumeInfo};
+use crate::engine::{mount, CompactMode, LogBatch, Mounted, Reply, Request, Shard, Stats, Submitter, View, VolumeInfo};
 use crate::error::{Error, Result};
 use crossbeam_queue::SegQueue;
 use std::panic::AssertUnwindSafe;
@@ -152,25 +152,32 @@ pub struct Ilog {
 impl Ilog {
     /// Mounts a formatted `dev` on reactors of its own, one per core.
     pub fn start(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Ilog> {
-        Ilog::attach(dev, &Reactors::start(cores))
+        // The reactors start once mount is done: its rebuild has every CPU.
+        let align = dev.buf_align();
+        let mounted = mount(dev, cores)?;
+        Ok(Ilog::serve(mounted, align, &Reactors::start(cores)))
     }
 
     /// Mounts a formatted `dev` with a shard on every reactor of `reactors`.
     pub fn attach(dev: Arc<dyn BlockDevice>, reactors: &Arc<Reactors>) -> Result<Ilog> {
         let align = dev.buf_align();
-        let mounted = mount(dev, reactors.cores())?;
+        Ok(Ilog::serve(mount(dev, reactors.cores())?, align, reactors))
+    }
+
+    /// Hands `mounted`'s shards to `reactors`.
+    fn serve(mounted: Mounted, align: usize, reactors: &Arc<Reactors>) -> Ilog {
         let id = reactors.next_bdev.fetch_add(1, Ordering::Relaxed);
         for (core, shard) in mounted.shards.into_iter().enumerate() {
             reactors.shared.inboxes[core].push(ReactorMsg::Attach(id, Box::new(shard)));
         }
-        Ok(Ilog {
+        Ilog {
             reactors: reactors.clone(),
             id,
             submitter: mounted.submitter,
             next_core: AtomicU32::new(0),
             align,
             attached: true,
-        })
+        }
     }
 
     pub fn block_size(&self) -> u32 {
