@@ -4,6 +4,7 @@
 #   ILOG_RPC_SOCK   RPC socket    (default /var/tmp/ilog.sock)
 #   ILOG_NBD_SOCK   NBD socket    (default /var/tmp/ilog0.nbd)
 #   ILOG_CPUMASK    reactor cores (default 0x3)
+#   CARGO_TARGET_DIR where cargo builds (default target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rpc_sock="${ILOG_RPC_SOCK:-/var/tmp/ilog.sock}"
@@ -38,4 +39,4 @@ Try, from another shell (scripts/install-deps.sh installs the clients):
   spdk-rpc -s $rpc_sock --plugin rpc_ilog bdev_ilog_get_volumes ilog0
   spdk-rpc -s $rpc_sock --plugin rpc_ilog bdev_ilog_log_read ilog0 -n 4
 TXT
-exec target/release/ilog_tgt -m "$cpumask" -r "$rpc_sock" -c "$config"
+exec "${CARGO_TARGET_DIR:-target}/release/ilog_tgt" -m "$cpumask" -r "$rpc_sock" -c "$config"

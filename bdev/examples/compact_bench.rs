@@ -35,8 +35,8 @@ use crossbeam_queue::ArrayQueue;
 use ilog_bdev::device::{BlockDevice, DevOp, DevRequest, MallocDevice};
 use ilog_bdev::engine::{CompactMode, Request, Stats, View};
 use ilog_bdev::format::FormatOptions;
+use ilog_bdev::rng::Rng;
 use ilog_bdev::runtime::native::{Callback, Ilog};
-use ilog_bdev::runtime::sim::Rng;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -279,10 +279,14 @@ fn floor_phase(dev: &Arc<MallocDevice>, a: &Args, copy_mbs: f64) -> (Vec<u64>, f
 // ---- async I/O helpers ----------------------------------------------------------------
 
 /// Submits `req`, retrying while the core's queue is full.
-fn submit(ilog: &Ilog, req: Request, done: Callback) {
+///
+/// # Safety
+/// As [`Ilog::submit`]: `req`'s buffer stays valid until `done` runs.
+unsafe fn submit(ilog: &Ilog, req: Request, done: Callback) {
     let mut done = done;
     loop {
-        match ilog.submit(None, req.clone(), done) {
+        // SAFETY: the caller's contract.
+        match unsafe { ilog.submit(None, req.clone(), done) } {
             Ok(()) => return,
             Err(r) if r.error == ilog_bdev::Error::Io(libc::EAGAIN) => {
                 done = r.done;
@@ -311,13 +315,12 @@ fn write_all(ilog: &Ilog, pieces: impl Iterator<Item = (u64, u32)>, qd: usize, m
         };
         let tx = tx.clone();
         let req = Request::Write { lba, blocks, buf: bufs[slot].as_ptr() };
-        submit(
-            ilog,
-            req,
-            Box::new(move |r| {
-                let _ = tx.send((slot, r.is_ok()));
-            }),
-        );
+        let done: Callback = Box::new(move |r| {
+            let _ = tx.send((slot, r.is_ok()));
+        });
+        // SAFETY: the slot's buffer is reused only after its completion
+        // came back, and `bufs` outlives the final wait for all of them.
+        unsafe { submit(ilog, req, done) };
     }
     for _ in free.len()..qd {
         let (_, ok) = rx.recv().expect("completion");
@@ -414,18 +417,17 @@ fn foreground(ilog: &Ilog, a: &Args, blocks: u64, rng: &mut Rng, stop: &dyn Fn(&
             let done = done.clone();
             let me = sleep.then(|| me.clone());
             let t0 = Instant::now();
-            submit(
-                ilog,
-                req,
-                Box::new(move |r| {
-                    let ns = t0.elapsed().as_nanos() as u64;
-                    // At most `qd` ops are in flight: there is room.
-                    let _ = done.push(Done { slot, write, ns, ok: r.is_ok() });
-                    if let Some(t) = me {
-                        t.unpark();
-                    }
-                }),
-            );
+            let done: Callback = Box::new(move |r| {
+                let ns = t0.elapsed().as_nanos() as u64;
+                // At most `qd` ops are in flight: there is room.
+                let _ = done.push(Done { slot, write, ns, ok: r.is_ok() });
+                if let Some(t) = me {
+                    t.unpark();
+                }
+            });
+            // SAFETY: the slot's buffer is reused only after its completion
+            // came back, and the loop waits for every slot before `bufs` goes.
+            unsafe { submit(ilog, req, done) };
         }
         if stopping && free.len() == a.qd {
             break;

@@ -33,6 +33,7 @@ pub mod device;
 pub mod engine;
 pub mod error;
 pub mod format;
+pub mod rng;
 pub mod runtime;
 #[cfg(feature = "spdk")]
 pub mod spdk;

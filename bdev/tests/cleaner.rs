@@ -67,13 +67,15 @@ fn a_failed_write_racing_a_move_keeps_the_old_block() {
             call(&mut sim, Request::Write { lba: 32, blocks: 16, buf: other.as_ptr() }).unwrap();
         }
         call(&mut sim, Request::Flush).unwrap();
-        sim.submit(0, 1, Request::Compact { volume: None, mode: CompactMode::InPlace }).unwrap();
+        // SAFETY: a compaction carries no buffer.
+        unsafe { sim.submit(0, 1, Request::Compact { volume: None, mode: CompactMode::InPlace }) }.unwrap();
         let mut results = Vec::new();
         let mut submitted = false;
         for _ in 0..1_000_000 {
             sim.step(&mut |t, r| results.push((t, r)));
             if !submitted && sim.shards()[0].busy_with().is_some_and(|w| w.contains("an evacuation")) {
-                sim.submit(0, 2, Request::Write { lba: 0, blocks: 16, buf: new.as_ptr() }).unwrap();
+                // SAFETY: `new` outlives every seed's run.
+                unsafe { sim.submit(0, 2, Request::Write { lba: 0, blocks: 16, buf: new.as_ptr() }) }.unwrap();
                 sim.step(&mut |t, r| results.push((t, r)));
                 sim.disk.set_faults(Faults { read_eio_ppm: 0, write_eio_ppm: 500_000 });
                 submitted = true;

@@ -24,8 +24,9 @@ use ilog_bdev::engine::{self, LogEntryKind, Reply, Request, View};
 use ilog_bdev::format::{
     Checkpoint, EntryKind, FormatOptions, Geometry, SegmentId, SummaryBlock, SummaryKey, Superblock,
 };
+use ilog_bdev::rng::Rng;
 use ilog_bdev::runtime::native::Ilog;
-use ilog_bdev::runtime::sim::{Rng, Sim};
+use ilog_bdev::runtime::sim::Sim;
 use ilog_bdev::Error;
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -278,9 +279,12 @@ impl Session {
         }
     }
 
+    /// A buffer `req` points at must outlive the call.
     fn call(&mut self, req: Request) -> Result<Reply, Error> {
         let core = self.rng.below(u64::from(self.cores)) as u32;
-        self.sim.submit(core, 7, req)?;
+        // SAFETY: the run ends with the request completed, before the call
+        // returns; the caller's buffer outlives the call.
+        unsafe { self.sim.submit(core, 7, req) }?;
         let mut out = None;
         self.sim.run_until_idle(&mut |_, r| out = Some(r));
         out.unwrap_or_else(|| panic!("seed {}: a request never completed", self.seed))
@@ -392,9 +396,10 @@ impl Session {
                     self.ever.entry(l).or_default().insert(v);
                     bufs.push(payload(l, v));
                     let core = self.rng.below(u64::from(self.cores)) as u32;
-                    self.sim
-                        .submit(core, 9, Request::Write { lba: l, blocks: 1, buf: bufs.last().unwrap().as_ptr() })
-                        .unwrap();
+                    let req = Request::Write { lba: l, blocks: 1, buf: bufs.last().unwrap().as_ptr() };
+                    // SAFETY: each buffer is its own heap block, alive in
+                    // `bufs` until the power cut ends its write.
+                    unsafe { self.sim.submit(core, 9, req) }.unwrap();
                 }
                 for _ in 0..self.rng.below(40) {
                     self.sim.step(&mut |_, _| {});

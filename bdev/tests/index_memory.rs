@@ -20,7 +20,8 @@
 
 use ilog_bdev::engine::{Reply, Request};
 use ilog_bdev::format::{FormatOptions, Geometry};
-use ilog_bdev::runtime::sim::{Rng, Sim};
+use ilog_bdev::rng::Rng;
+use ilog_bdev::runtime::sim::Sim;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -107,9 +108,12 @@ struct Driver {
 }
 
 impl Driver {
+    /// `req` writes from `data` (or carries no buffer).
     fn submit(&mut self, req: Request) {
         let core = (self.next_token % u64::from(self.cores)) as u32;
-        self.sim.submit(core, self.next_token, req).expect("the client queue has room");
+        // SAFETY: `data` lives as long as the driver, which steps every
+        // request to completion.
+        unsafe { self.sim.submit(core, self.next_token, req) }.expect("the client queue has room");
         self.next_token += 1;
     }
 

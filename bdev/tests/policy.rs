@@ -24,10 +24,13 @@ impl Bdev {
 
     /// Submits and runs until every core is idle; polls some more first so
     /// core 0 consults the policy at the current simulated time.
+    /// `req` carries no buffer (policy tests send control requests).
     fn call(&mut self, req: Request) -> Result<Reply, Error> {
         let token = self.next_token;
         self.next_token += 1;
-        self.sim.submit(token as u32 % self.cores, token, req).unwrap();
+        assert!(!req.has_buffer(), "policy tests send control requests only");
+        // SAFETY: checked just above: no buffer.
+        unsafe { self.sim.submit(token as u32 % self.cores, token, req) }.unwrap();
         let mut out = None;
         self.sim.run_until_idle(&mut |t, r| {
             if t == token {
@@ -171,9 +174,11 @@ fn a_storm_of_one_event_runs_its_actions_once_while_they_are_queued() {
     let mut b = Bdev::new(14, 2);
     b.set_policy(r#"{"events": {"on": {"backup-done": ["snapshot"]}}}"#).unwrap();
     // A snapshot in flight keeps the actions queued behind it.
-    b.sim.submit(0, 900, Request::Snapshot { name: Some("by-hand".into()) }).unwrap();
+    // SAFETY: a request with no buffer.
+    unsafe { b.sim.submit(0, 900, Request::Snapshot { name: Some("by-hand".into()) }) }.unwrap();
     for token in 1000..1500 {
-        b.sim.submit(token as u32 % 2, token, Request::Event { name: "backup-done".into() }).unwrap();
+        // SAFETY: a request with no buffer.
+        unsafe { b.sim.submit(token as u32 % 2, token, Request::Event { name: "backup-done".into() }) }.unwrap();
     }
     b.sim.run_until_idle(&mut |t, r| assert!(r.is_ok(), "request {t}: {r:?}"));
     let names = b.names();
@@ -347,10 +352,13 @@ fn the_volumes_generation_moves_with_every_change_of_the_table() {
 /// Lists the volumes after every simulator step while `req` runs: no list
 /// may show its change before `req` completes, every list after it must.
 fn listed_only_once_published(b: &mut Bdev, req: Request, name: &str, added: bool) {
-    b.sim.submit(0, 1, req).unwrap();
+    assert!(!req.has_buffer(), "a volume change");
+    // SAFETY: checked just above: no buffer.
+    unsafe { b.sim.submit(0, 1, req) }.unwrap();
     let (mut done, mut token) = (false, 2);
     while !done {
-        b.sim.submit(1, token, Request::ListVolumes).unwrap();
+        // SAFETY: a request with no buffer.
+        unsafe { b.sim.submit(1, token, Request::ListVolumes) }.unwrap();
         token += 1;
         b.sim.step(&mut |t, r| match r {
             _ if t == 1 => done = true,

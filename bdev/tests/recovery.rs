@@ -5,8 +5,8 @@
 
 use ilog_bdev::device::MallocDevice;
 use ilog_bdev::format::FormatOptions;
+use ilog_bdev::rng::Rng;
 use ilog_bdev::runtime::native::Ilog;
-use ilog_bdev::runtime::sim::Rng;
 use std::sync::Arc;
 
 const BS: usize = 4096;

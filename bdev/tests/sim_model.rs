@@ -24,7 +24,8 @@
 use ilog_bdev::device::sim::Faults;
 use ilog_bdev::engine::{audit_space, CompactMode, LogEntryKind, Reply, Request, View};
 use ilog_bdev::format::FormatOptions;
-use ilog_bdev::runtime::sim::{Rng, Sim};
+use ilog_bdev::rng::Rng;
+use ilog_bdev::runtime::sim::Sim;
 use ilog_bdev::Error;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -261,7 +262,9 @@ impl Harness {
         self.next_token += 1;
         self.tick += 1;
         let core = self.rng.below(u64::from(self.cores)) as u32;
-        match self.sim.submit(core, token, req) {
+        // SAFETY: a request's buffer is its `op`'s, kept in `inflight` until
+        // the request completes or a power cut ends it.
+        match unsafe { self.sim.submit(core, token, req) } {
             Ok(()) => {
                 self.inflight.insert(token, op);
             }
@@ -714,7 +717,8 @@ impl Harness {
     fn list_volumes(&mut self) -> BTreeMap<String, u32> {
         let token = self.next_token;
         self.next_token += 1;
-        self.sim.submit(0, token, Request::ListVolumes).unwrap();
+        // SAFETY: a listing carries no buffer.
+        unsafe { self.sim.submit(0, token, Request::ListVolumes) }.unwrap();
         let mut out = None;
         self.sim.run_until_idle(&mut |_, r| out = Some(r));
         match out {
@@ -742,7 +746,9 @@ impl Harness {
                 let token = self.next_token;
                 self.next_token += 1;
                 let core = self.rng.below(u64::from(self.cores)) as u32;
-                self.sim.submit(core, token, Request::Read { lba, blocks: n, buf: buf.as_mut_ptr(), view: v }).unwrap();
+                let req = Request::Read { lba, blocks: n, buf: buf.as_mut_ptr(), view: v };
+                // SAFETY: `buf` outlives the run that completes the read.
+                unsafe { self.sim.submit(core, token, req) }.unwrap();
                 let mut out = None;
                 self.sim.run_until_idle(&mut |_, r| out = Some(r));
                 match out {
@@ -769,7 +775,8 @@ impl Harness {
         self.drain();
         let token = self.next_token;
         self.next_token += 1;
-        self.sim.submit(0, token, Request::Close).unwrap();
+        // SAFETY: a close carries no buffer.
+        unsafe { self.sim.submit(0, token, Request::Close) }.unwrap();
         let mut out = None;
         self.sim.run_until_idle(&mut |_, r| out = Some(r));
         match out {

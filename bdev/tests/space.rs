@@ -31,8 +31,8 @@ use common::blocks::{decode, fill, tag_of, Seen, Tag};
 use ilog_bdev::device::{BlockDevice, MallocDevice};
 use ilog_bdev::engine::{Reply, Request, Stats};
 use ilog_bdev::format::FormatOptions;
+use ilog_bdev::rng::Rng;
 use ilog_bdev::runtime::native::Ilog;
-use ilog_bdev::runtime::sim::Rng;
 use ilog_bdev::Error;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -140,17 +140,16 @@ fn stats(ilog: &Ilog, ctx: &Ctx) -> Stats {
 }
 
 /// Submits `req` and waits for it, failing the test if it takes longer than
-/// `HANG` (a hang, not an error).
+/// `HANG` (a hang, not an error). A buffer `req` points at must outlive the
+/// call.
 fn call(ilog: &Ilog, ctx: &Ctx, what: &str, req: Request) -> Result<Reply, Error> {
     let (tx, rx) = mpsc::channel();
-    ilog.submit(
-        None,
-        req,
-        Box::new(move |r| {
-            let _ = tx.send(r);
-        }),
-    )
-    .map_err(|refused| refused.error)?;
+    let done: ilog_bdev::runtime::native::Callback = Box::new(move |r| {
+        let _ = tx.send(r);
+    });
+    // SAFETY: the answer is awaited before the call returns (a hang fails
+    // the test), and the caller's buffer outlives the call.
+    unsafe { ilog.submit(None, req, done) }.map_err(|refused| refused.error)?;
     rx.recv_timeout(HANG).unwrap_or_else(|_| panic!("{ctx} {what}: no answer within {HANG:?} (hang)"))
 }
 
@@ -203,7 +202,9 @@ fn overwrite(ilog: &Ilog, ctx: &Ctx, w: &Worker, model: &mut [Tag], next_tag: &m
             let mut done: Option<ilog_bdev::runtime::native::Callback> = Some(done);
             let start = Instant::now();
             loop {
-                match ilog.submit(None, req.take().expect("req"), done.take().expect("done")) {
+                // SAFETY: `buf` goes into `inflight` (its heap block stays
+                // put) and is dropped only once the write's answer came.
+                match unsafe { ilog.submit(None, req.take().expect("req"), done.take().expect("done")) } {
                     Ok(()) => break,
                     Err(refused) => {
                         assert_eq!(refused.error, Error::Io(libc::EAGAIN), "{ctx} thread {}: submit refused", w.t);

@@ -45,14 +45,18 @@ fn a_volume_deleted_while_its_blocks_are_overwritten_keeps_the_space_exact() {
             write(&mut sim, 5000);
         }
 
-        sim.submit(0, 1, Request::DeleteVolume { name: deleted.into() }).unwrap();
+        // SAFETY: a delete carries no buffer.
+        unsafe { sim.submit(0, 1, Request::DeleteVolume { name: deleted.into() }) }.unwrap();
         let mut results = Vec::new();
         let (mut next, mut walked) = (0u64, false);
         while results.len() < 1 + next as usize || !sim.shards().iter().all(|s| s.is_idle()) {
             sim.step(&mut |t, r| results.push((t, r)));
             let walking = sim.shards()[0].busy_with().is_some_and(|w| w.contains("a volume change's walk"));
             if walking && next < 1000 / 16 {
-                sim.submit(0, 2 + next, Request::Write { lba: next * 16, blocks: 16, buf: new.as_ptr() }).unwrap();
+                let req = Request::Write { lba: next * 16, blocks: 16, buf: new.as_ptr() };
+                // SAFETY: `new` lives until the end of the test, after the
+                // loop stepped every request to completion.
+                unsafe { sim.submit(0, 2 + next, req) }.unwrap();
                 next += 1;
             }
             if walked && !walking {

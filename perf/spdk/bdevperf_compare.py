@@ -24,7 +24,7 @@ Every session first writes the whole malloc base through a passthru (see
 `--ilog-only N` runs part 1 for ilog alone, N times, a line each: for
 A/B runs of two builds of the library (ILOG_SPDK_LIB picks the one loaded).
 
-Needs `cargo build --release --features spdk`; SPDK_DIR (default /opt/spdk).
+Needs `cargo build --release -p ilog-spdk --features spdk`; SPDK_DIR (default /opt/spdk).
 """
 
 import argparse

@@ -147,7 +147,9 @@ impl Target for IlogTarget {
         let done = Box::new(move |r: ilog_bdev::Result<_>| {
             let _ = completions.push((slot, r.is_ok()));
         });
-        self.ilog.submit(None, req, done).is_ok()
+        // SAFETY: the driver keeps the slot's buffer alive and untouched
+        // until the slot's completion is polled (as for the raw device).
+        unsafe { self.ilog.submit(None, req, done) }.is_ok()
     }
 
     fn poll(&mut self, done: &mut Vec<(u32, bool)>) {

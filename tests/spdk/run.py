@@ -2,7 +2,7 @@
 """SPDK integration tests for libilog_spdk.so in stock SPDK apps.
 
 Run by ci/run when an SPDK build is found (SPDK_DIR, default /opt/spdk);
-needs `cargo build --release --features spdk` first. Each test starts its
+needs `cargo build --release -p ilog-spdk --features spdk` first. Each test starts its
 own apps; `run.py NAME...` runs only those tests.
 """
 

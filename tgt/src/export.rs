@@ -32,7 +32,7 @@ impl Export for IlogExport {
     fn buf_align(&self) -> usize {
         self.ilog.buf_align()
     }
-    fn submit(&self, io: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>) {
+    unsafe fn submit(&self, io: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>) {
         let req = match io {
             ExportIo::Read { lba, blocks, buf } => Request::Read { lba, blocks, buf, view: self.view },
             ExportIo::Flush => Request::Flush,
@@ -44,7 +44,9 @@ impl Export for IlogExport {
         let callback = Box::new(move |result: ilog_bdev::Result<ilog_bdev::engine::Reply>| {
             done(result.map(drop).map_err(|e| e.errno()));
         });
-        if let Err(refused) = self.ilog.submit(None, req, callback) {
+        // SAFETY: our caller keeps the buffer valid until `done`, which the
+        // callback runs, runs.
+        if let Err(refused) = unsafe { self.ilog.submit(None, req, callback) } {
             (refused.done)(Err(refused.error));
         }
     }
@@ -92,7 +94,7 @@ impl Export for BaseExport {
     fn buf_align(&self) -> usize {
         self.dev.buf_align()
     }
-    fn submit(&self, io: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>) {
+    unsafe fn submit(&self, io: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>) {
         let result = match io {
             ExportIo::Read { lba, blocks, buf } => self.run(DevOp::Read, lba, blocks, buf),
             ExportIo::Write { lba, blocks, buf } => self.run(DevOp::Write, lba, blocks, buf as *mut u8),

@@ -125,9 +125,13 @@ pub trait Export: Send + Sync + 'static {
     /// Buffer alignment zero-copy I/O needs (the server allocates request buffers with it): a power of two.
     fn buf_align(&self) -> usize;
     /// Starts `io`; `done` runs exactly once, on any thread (often a busy-polling reactor: it must only hand the
-    /// result over, never block). Buffers in `io` stay valid until then. `Err` carries a positive errno.
-    /// Dropping `done` uncalled counts as an EIO completion, after which the buffers are freed.
-    fn submit(&self, io: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>);
+    /// result over, never block). `Err` carries a positive errno. Dropping `done` uncalled counts as an EIO
+    /// completion, after which the buffers are freed.
+    ///
+    /// # Safety
+    /// The buffer in `io` holds its `blocks` blocks and stays valid (for a read, untouched by anything else) until
+    /// `done` runs or is dropped.
+    unsafe fn submit(&self, io: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>);
 }
 
 /// One I/O the server asks of an [`Export`]. Ranges are in blocks, non-empty and inside the export; buffers hold
@@ -973,8 +977,11 @@ impl Drop for Pending {
     }
 }
 
+/// Submits `io`, whose buffer `pending`'s reply holds: it lives until the completion (or the completion's drop)
+/// hands the reply on.
 fn submit(export: &dyn Export, io: ExportIo, mut pending: Pending) {
-    export.submit(io, Box::new(move |result| pending.finish(result.map_err(nbd_error))));
+    // SAFETY: the buffer is the reply's, which `pending` (moved into the completion) keeps until it finishes.
+    unsafe { export.submit(io, Box::new(move |result| pending.finish(result.map_err(nbd_error)))) };
 }
 
 /// Maps an export's errno to the protocol's error values.
@@ -1295,7 +1302,7 @@ mod tests {
         fn buf_align(&self) -> usize {
             ALIGN
         }
-        fn submit(&self, io: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>) {
+        unsafe fn submit(&self, io: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>) {
             self.submitted.fetch_add(1, Ordering::SeqCst);
             self.jobs.send((io, done)).expect("the workers live as long as the export");
         }
@@ -1317,7 +1324,7 @@ mod tests {
         fn buf_align(&self) -> usize {
             1
         }
-        fn submit(&self, _: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>) {
+        unsafe fn submit(&self, _: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>) {
             drop(done);
         }
     }

@@ -440,7 +440,8 @@ impl Target {
                     log::info!("compaction job {id}: {state}");
                     table.lock().expect("job table").finish(id, state);
                 });
-                if let Err(refused) = ilog.submit(None, req, done) {
+                // SAFETY: a compaction carries no buffer.
+                if let Err(refused) = unsafe { ilog.submit(None, req, done) } {
                     self.jobs.lock().expect("job table").forget(id);
                     return Err(refused.error.into());
                 }

@@ -6,7 +6,7 @@
 //! write whose data is read from the disk when it runs.
 
 use super::{BlockDevice, DevChannel, DevOp, DevRequest, DevStatus, QueueFull};
-use crate::runtime::sim::Rng;
+use crate::rng::Rng;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 const QUEUE_DEPTH: usize = 4096;

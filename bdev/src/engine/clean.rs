@@ -265,7 +265,7 @@ impl Shard {
             return self.evacuate_victim(vec![Vec::new(); self.shared.cores as usize]);
         }
         self.ctl_mut().set_stage(Stage::CleanRead);
-        let key = Shard::summary_key(&record);
+        let key = record.summary_key();
         let chain = SummaryChain::new(self.shared.uuid, key, self.shared.geo.entries_per_summary());
         let groups = summary_groups(&self.shared.geo, &record);
         let per_core = vec![Vec::new(); self.shared.cores as usize];

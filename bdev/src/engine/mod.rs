@@ -18,7 +18,6 @@ mod free;
 mod index;
 mod logmap;
 mod mount;
-mod mount_io;
 mod msg;
 mod partition;
 pub mod policy;

@@ -104,6 +104,13 @@ impl Request {
         )
     }
 
+    /// Whether the request points at a caller's buffer (a read or a
+    /// write): only such a request has anything for `submit`'s safety
+    /// contract to keep valid.
+    pub fn has_buffer(&self) -> bool {
+        matches!(self, Request::Read { .. } | Request::Write { .. })
+    }
+
     /// Whether this is a data-path request that any core may take.
     pub(crate) fn is_io(&self) -> bool {
         matches!(

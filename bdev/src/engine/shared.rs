@@ -168,7 +168,13 @@ impl Submitter {
     /// poll with `token`. Control requests go to core 0 whatever `core` is.
     /// `Err` (with the request dropped) when the queue is full or the bdev
     /// closed.
-    pub fn submit(&self, core: u32, token: u64, req: Request) -> Result<()> {
+    ///
+    /// # Safety
+    /// The buffer a `Read` or `Write` points at must hold its `blocks`
+    /// blocks and stay valid, and for a read untouched by anything else,
+    /// until its completion comes out of a poll (or `submit` answers
+    /// `Err`): the engine reads or fills it in between.
+    pub unsafe fn submit(&self, core: u32, token: u64, req: Request) -> Result<()> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }

@@ -6,7 +6,7 @@
 use super::shard::{Shard, TAG_CONTROL};
 use crate::device::{DevOp, DevRequest, DmaBuf};
 use crate::error::{Error, Result};
-use crate::format::{Geometry, SegmentId, SegmentRecord, SummaryChain, SummaryEntry, SummaryKey};
+use crate::format::{Geometry, SegmentRecord, SummaryChain, SummaryEntry};
 use std::ops::Range;
 
 /// Summary groups holding a segment's trusted entries.
@@ -42,15 +42,10 @@ impl Shard {
         }
     }
 
-    /// How a segment's summaries are decoded.
-    pub(super) fn summary_key(record: &SegmentRecord) -> SummaryKey {
-        SummaryKey { id: SegmentId { epoch: record.epoch, seq: record.seq }, base: record.partition }
-    }
-
     /// The entries of `record` its checkpoint vouches for, from the slots
     /// `read_summary_groups` read (all of them).
     pub(super) fn trusted_summaries(&self, record: &SegmentRecord, bufs: &[DmaBuf]) -> Result<Vec<SummaryEntry>> {
-        let key = Shard::summary_key(record);
+        let key = record.summary_key();
         let mut chain = SummaryChain::new(self.shared.uuid, key, self.shared.geo.entries_per_summary());
         for pair in bufs.chunks_exact(2) {
             if !chain.push([&pair[0], &pair[1]]) {

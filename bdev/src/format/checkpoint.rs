@@ -32,6 +32,7 @@
 //! ```
 
 use super::codec::{Reader, Writer};
+use super::segment::{SegmentId, SummaryKey};
 use super::{record_crc, FORMAT_VERSION};
 use crate::error::{Error, Result};
 
@@ -72,6 +73,13 @@ pub struct SegmentRecord {
     /// Still being appended to at checkpoint time: entries past
     /// `trusted_entries` are replayed with their data CRC checked.
     pub open: bool,
+}
+
+impl SegmentRecord {
+    /// What this incarnation's summaries are keyed by.
+    pub fn summary_key(&self) -> SummaryKey {
+        SummaryKey { id: SegmentId { epoch: self.epoch, seq: self.seq }, base: self.partition }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -194,12 +194,19 @@ impl Ilog {
     }
 
     /// Submits `req` to `core` (the next one in turn if `None`); `done` runs
-    /// on a reactor when it completes. Buffers in `req` must stay valid until
-    /// then. A refused request gives `done` back, unrun.
-    pub fn submit(&self, core: Option<u32>, req: Request, done: Callback) -> std::result::Result<(), Refused> {
+    /// on a reactor when it completes. A refused request gives `done` back,
+    /// unrun.
+    ///
+    /// # Safety
+    /// The buffer a `Read` or `Write` points at must hold its `blocks`
+    /// blocks and stay valid, and for a read untouched by anything else,
+    /// until `done` runs (or `submit` answers `Err`).
+    pub unsafe fn submit(&self, core: Option<u32>, req: Request, done: Callback) -> std::result::Result<(), Refused> {
         let core = core.unwrap_or_else(|| self.next_core.fetch_add(1, Ordering::Relaxed) % self.submitter.cores());
         let token = Box::into_raw(Box::new(done)) as u64;
-        self.submitter.submit(core, token, req).map_err(|error| {
+        // SAFETY: the caller keeps the buffers valid until `done` runs,
+        // which is when the completion with `token` is polled.
+        unsafe { self.submitter.submit(core, token, req) }.map_err(|error| {
             // SAFETY: the request was refused, so the token is ours again.
             let done = *unsafe { Box::from_raw(token as *mut Callback) };
             Refused { error, done }
@@ -210,15 +217,13 @@ impl Ilog {
     fn call(&self, req: Request) -> Result<Reply> {
         let slot = Arc::new((Mutex::new(None), Condvar::new()));
         let waiter = slot.clone();
-        self.submit(
-            None,
-            req,
-            Box::new(move |result| {
-                *waiter.0.lock().expect("waiter lock") = Some(result);
-                waiter.1.notify_one();
-            }),
-        )
-        .map_err(|r| r.error)?;
+        let done: Callback = Box::new(move |result| {
+            *waiter.0.lock().expect("waiter lock") = Some(result);
+            waiter.1.notify_one();
+        });
+        // SAFETY: the buffers `req` points at are borrowed by our caller
+        // for this whole call, which returns only once `done` ran.
+        unsafe { self.submit(None, req, done) }.map_err(|r| r.error)?;
         let mut result = slot.0.lock().expect("waiter lock");
         loop {
             if let Some(r) = result.take() {

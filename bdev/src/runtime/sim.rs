@@ -6,37 +6,9 @@ use crate::device::sim::SimDisk;
 use crate::engine::{format, mount_with_clock, Clock, Reply, Request, Shard, Submitter};
 use crate::error::Result;
 use crate::format::FormatOptions;
+use crate::rng::Rng;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-/// SplitMix64: small, fast, and good enough to drive a simulation.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-    pub fn chance_ppm(&mut self, ppm: u32) -> bool {
-        ppm > 0 && self.below(1_000_000) < u64::from(ppm)
-    }
-    pub fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i as u64 + 1) as usize);
-        }
-    }
-}
 
 /// Simulated wall-clock time: moves only when the test advances it.
 pub struct SimClock(AtomicU64);
@@ -98,8 +70,15 @@ impl Sim {
         &self.mounted.as_ref().expect("mounted").1
     }
 
-    pub fn submit(&mut self, core: u32, token: u64, req: Request) -> Result<()> {
-        self.submitter().submit(core, token, req)
+    /// Queues `req` on `core`; its completion comes out of [`Sim::step`]
+    /// with `token`.
+    ///
+    /// # Safety
+    /// As [`Submitter::submit`]: the buffer of a `Read` or `Write` stays
+    /// valid until its completion is stepped out.
+    pub unsafe fn submit(&mut self, core: u32, token: u64, req: Request) -> Result<()> {
+        // SAFETY: the caller's contract is the submitter's.
+        unsafe { self.submitter().submit(core, token, req) }
     }
 
     /// Polls one randomly chosen core once; its completions go to `sink`.

@@ -190,11 +190,15 @@ fn sink(token: u64, result: Result<Reply>, returns: &mut io::Returns) {
 
 type Callback = Box<dyn FnOnce(Result<Reply>) + Send>;
 
+/// Submits `req`, a control request (no buffer); `done` runs on the app
+/// thread.
 pub(super) fn submit_control(submitter: &Submitter, req: Request, done: impl FnOnce(Result<Reply>) + Send + 'static) {
+    assert!(!req.has_buffer(), "a control request carries no buffer");
     let cb: Callback = Box::new(move |r| Thread::app().send(move || done(r)));
     let token = Box::into_raw(Box::new(cb)) as u64;
     debug_assert!(token & CALLBACK_TAG == 0);
-    if let Err(e) = submitter.submit(0, token | CALLBACK_TAG, req) {
+    // SAFETY: checked above: no buffer to keep valid.
+    if let Err(e) = unsafe { submitter.submit(0, token | CALLBACK_TAG, req) } {
         // SAFETY: refused, so the token is ours again.
         let cb = unsafe { Box::from_raw(token as *mut Callback) };
         cb(Err(e));

@@ -152,9 +152,14 @@ unsafe fn one(disk: &Disk, ctx: *mut IoCtx, req: Request) {
     }
 }
 
+/// # Safety
+/// `ctx` is the I/O's, initialised; `req`'s buffer (the I/O's iovs or its
+/// bounce buffer, which `ctx` holds) lives until the I/O completes.
 unsafe fn submit(disk: &Disk, ctx: *mut IoCtx, req: Request) {
     let core = disk.reactors.local_index();
-    if let Err(e) = disk.submitter.submit(core, ctx as u64, req) {
+    // SAFETY: the buffer lives until the I/O completes, after this piece's
+    // completion (the caller's contract).
+    if let Err(e) = unsafe { disk.submitter.submit(core, ctx as u64, req) } {
         // SAFETY: the engine refused it, so this piece completes here, on
         // the submitting thread.
         unsafe {
