@@ -12,7 +12,7 @@
 //!    aligned `--overwrite-blocks` writes (older segments hold about 50 %
 //!    garbage) and a snapshot seals it; then the idle phase (a 4 KiB random
 //!    read/write mix, paced at `--iops` with at most `--qd` in flight, for
-//!    `--seconds`, the cleaner quiet) and the compaction phase (the same
+//!    `--seconds`, compaction quiet) and the compaction phase (the same
 //!    load while the previous pass's volume is deleted, its partition
 //!    merged into the next, and then everything compacted in place, until
 //!    that completes). Latency is per op, from submit to the completion
@@ -179,7 +179,7 @@ fn raw_bandwidth(dev: &Arc<MallocDevice>, threads: u32, bytes: u64, raw: Raw) ->
 /// target's share of the compaction's device work, on this machine: a
 /// thread per core answers each request the moment it looks (no engine
 /// work at all) and, when copying, copies `MOVE_RUN`-block runs on the
-/// device one at a time (the cleaner's run length), paced to half the raw
+/// device one at a time (compaction's run length), paced to half the raw
 /// copy bandwidth, the least the target asks of a compaction. The load is
 /// the bench's own, paced the same. On a device the host copies for, an
 /// engine whose reactors do that copying too cannot expect a lower p99
@@ -192,7 +192,7 @@ struct Floor {
     copy_mbs: f64,
 }
 
-/// The cleaner's move run, in blocks (the engine's `MOVE_RUN_BLOCKS`).
+/// Compaction's move run, in blocks (the engine's `MOVE_RUN_BLOCKS`).
 const MOVE_RUN: u32 = 8;
 
 fn machine_floor(dev: &Arc<MallocDevice>, a: &Args, raw_copy: f64) -> Floor {
@@ -573,7 +573,7 @@ fn run(a: &Args, seed: u64) -> RunResult {
         );
 
         // 3. Idle foreground. It stops early rather than bring the emergency
-        // cleaner in: a quarter of the log stays free for the compaction.
+        // compaction in: a quarter of the log stays free for the compaction.
         let keep_free = s0.segments_total / 4;
         let room = u64::from(s1.segments_free.saturating_sub(keep_free)) * u64::from(s0.segment_blocks) * BS / 2;
         let idle_stop = |l: &Load| l.elapsed.as_secs_f64() >= a.seconds || l.writes.len() as u64 * BS >= room;
@@ -581,7 +581,7 @@ fn run(a: &Args, seed: u64) -> RunResult {
         let s2 = stats(&ilog);
 
         // 4. The same load while the previous pass's volume is deleted (the
-        // cleaner merges its partition into the next; the flush queues
+        // compaction merges its partition into the next; the flush queues
         // behind that merge) and then everything is compacted in place.
         let done = AtomicBool::new(false);
         let (busy, took, ok) = std::thread::scope(|s| {

@@ -560,7 +560,7 @@ fn workload(backing: Backing, cores: u32, remount_cores: u32, crash_cores: u32, 
     expected.sort();
     assert_eq!(listed, expected, "{ctx} the live volumes");
 
-    // Until the cleaner rewrites the log (the merge of a deleted volume) or
+    // Until compaction rewrites the log (the merge of a deleted volume) or
     // part of it drains, it holds one entry per stripe piece of every
     // mutation.
     let log = scan_log(&ilog, &ctx, volume_blocks, &volumes, rng.next_u64(), true);

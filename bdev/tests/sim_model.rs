@@ -163,7 +163,7 @@ impl Harness {
     fn new(seed: u64) -> Harness {
         let mut rng = Rng::new(seed);
         let bs = if rng.below(4) == 0 { 4096 } else { 512 };
-        // Stripes of 64 small blocks: entries longer than the cleaner's
+        // Stripes of 64 small blocks: entries longer than compaction's
         // move runs, which it splits.
         let stripe_blocks = [4u64, 8, 16, 64][rng.below(if bs == 512 { 4 } else { 3 }) as usize];
         let segment_blocks = stripe_blocks + 3 + rng.below(3 * stripe_blocks.min(16));
@@ -278,7 +278,7 @@ impl Harness {
     }
 
     fn random_range(&mut self) -> (u64, u32) {
-        // Now and then a long one: entries longer than a cleaner's move run.
+        // Now and then a long one: entries longer than a compaction's move run.
         let longest = if self.rng.below(8) == 0 { 80 } else { 20 };
         let n = 1 + self.rng.below(longest) as u32;
         let lba = self.rng.below(self.volume_blocks - u64::from(n) + 1);
@@ -546,7 +546,7 @@ impl Harness {
             Op::Compact { volume } => match result {
                 Ok(_) => {}
                 Err(Error::Io(_)) if self.write_eio => {}
-                // The log too full for the cleaner to move anything.
+                // The log too full for compaction to move anything.
                 Err(Error::NoSpace) => {}
                 Err(Error::NoSuchVolume(_))
                     if self.retire || volume.as_ref().is_some_and(|v| self.delete_issued.contains(v)) => {}
@@ -839,7 +839,7 @@ impl Harness {
     }
 }
 
-/// Segments the cleaner freed and bytes it moved, over every seed run.
+/// Segments compaction freed and bytes it moved, over every seed run.
 static FREED: AtomicU64 = AtomicU64::new(0);
 static MOVED: AtomicU64 = AtomicU64::new(0);
 static COPIED: AtomicU64 = AtomicU64::new(0);
@@ -879,12 +879,12 @@ fn random_workloads_match_the_model_across_crashes() {
     let (policy_actions, copied) = (POLICY_ACTIONS.load(Relaxed), COPIED.load(Relaxed));
     let (drains, retired, cuts) = (DRAINS.load(Relaxed), RETIRED.load(Relaxed), CUTS_IN_DRAINS.load(Relaxed));
     eprintln!(
-        "sim: {} seeds passed in {:.1?}; {freed} segments freed, the cleaner moved {moved} bytes ({copied} by device copies); {drains} drains into the baseline, {folds} asked for; {retired} volumes retired by a full log; {cuts} power cuts during drains; {policy_actions} policy actions",
+        "sim: {} seeds passed in {:.1?}; {freed} segments freed, compaction moved {moved} bytes ({copied} by device copies); {drains} drains into the baseline, {folds} asked for; {retired} volumes retired by a full log; {cuts} power cuts during drains; {policy_actions} policy actions",
         seeds.len(),
         started.elapsed()
     );
     if seeds.len() >= 50 {
-        assert!(freed > 0 && moved > 0, "the workloads must exercise the cleaner (freed {freed}, moved {moved})");
+        assert!(freed > 0 && moved > 0, "the workloads must exercise compaction (freed {freed}, moved {moved})");
         assert!(copied > 0 && copied < moved, "moves must go both by device copies and through buffers");
         assert!(folds > 0, "the workloads must fold volumes into the baseline");
         assert!(policy_actions > 0, "the status policies must act");

@@ -10,7 +10,7 @@
 //!   show that the drain did the work.
 //! - `snapshots_during_overwrites`: a working set overwritten with a
 //!   snapshot taken between rounds; each snapshot reads back as of its time
-//!   while the drain and the cleaner move blocks, and is deleted (merged)
+//!   while the drain and compaction move blocks, and is deleted (merged)
 //!   after the next one.
 //! - `enospc_*`: a full disk is snapshotted and overwritten at distinct
 //!   LBAs until a write fails; it fails with `Error::NoSpace`, everything
@@ -130,8 +130,8 @@ fn device(log_percent: u8) -> Arc<MallocDevice> {
 
 /// Every test of this file runs under a status policy: compaction in the
 /// background once the log is 80 % used or a partition half garbage (the
-/// emergency cleaner still runs when free segments run short).
-fn set_cleaner_policy(ilog: &Ilog) {
+/// emergency compaction still runs when free segments run short).
+fn set_compaction_policy(ilog: &Ilog) {
     ilog.set_policy(r#"{"compaction": {"log_used_pct": 80, "garbage_pct": 50}}"#).expect("set the status policy");
 }
 
@@ -153,7 +153,7 @@ fn call(ilog: &Ilog, ctx: &Ctx, what: &str, req: Request) -> Result<Reply, Error
     rx.recv_timeout(HANG).unwrap_or_else(|_| panic!("{ctx} {what}: no answer within {HANG:?} (hang)"))
 }
 
-// ---- overwrites: the cleaner keeps up ------------------------------------------
+// ---- overwrites: compaction keeps up ------------------------------------------
 
 /// One client thread's share of the working set.
 struct Worker {
@@ -320,7 +320,7 @@ fn assert_reclaimed(ctx: &Ctx, s: &Stats, total: u64) {
 }
 
 /// The whole volume, on the default log share, written over 10 times at
-/// random: never an error, and the drain (not the cleaner) makes the room.
+/// random: never an error, and the drain (not compaction) makes the room.
 fn overwrite_run(cores: u32, seed: u64) {
     let _ = env_logger::builder().is_test(true).try_init();
     let ctx = Ctx { what: format!("whole volume overwritten 10x, {cores} core(s)"), seed };
@@ -328,7 +328,7 @@ fn overwrite_run(cores: u32, seed: u64) {
     let dev = device(log_percent);
     format(dev.as_ref(), log_percent, &ctx);
     let ilog = Ilog::start(dev.clone(), cores).unwrap_or_else(|e| panic!("{ctx} start: {e}"));
-    set_cleaner_policy(&ilog);
+    set_compaction_policy(&ilog);
     let s0 = stats(&ilog, &ctx);
     let volume_blocks = ilog.volume_blocks();
     assert!(volume_blocks * BS as u64 > 3 * s0.log_capacity_bytes, "{ctx}: the volume dwarfs the log");
@@ -372,7 +372,7 @@ fn the_whole_volume_takes_10x_overwrites_two_cores() {
 }
 
 /// Criterion (c): snapshots taken between rounds of overwrites read back as
-/// of their time while the cleaner moves their blocks; the older one is
+/// of their time while compaction moves their blocks; the older one is
 /// deleted (merged) once a newer one exists. Current image plus one volume
 /// stay within 70 % of the log.
 #[test]
@@ -384,7 +384,7 @@ fn snapshots_during_overwrites() {
     let dev = device(50);
     format(dev.as_ref(), 50, &ctx);
     let ilog = Ilog::start(dev.clone(), cores).unwrap_or_else(|e| panic!("{ctx} start: {e}"));
-    set_cleaner_policy(&ilog);
+    set_compaction_policy(&ilog);
     let capacity = stats(&ilog, &ctx).log_capacity_bytes;
     // A snapshot pins up to the whole working set again.
     let live_blocks = capacity * 30 / 100 / BS as u64;
@@ -447,7 +447,7 @@ fn enospc_run(cores: u32, seed: u64) {
     let dev = device(log_percent);
     format(dev.as_ref(), log_percent, &ctx);
     let ilog = Ilog::start(dev.clone(), cores).unwrap_or_else(|e| panic!("{ctx} start: {e}"));
-    set_cleaner_policy(&ilog);
+    set_compaction_policy(&ilog);
     let volume_blocks = ilog.volume_blocks();
     let mut model = fill_volume(&ilog, &ctx, 1);
     let snapshot = model.clone();

@@ -1,5 +1,5 @@
 //! Core 0's coordinator: runs control operations one at a time across all
-//! cores (flush, snapshot, volume delete, log cursor, close, the cleaner's
+//! cores (flush, snapshot, volume delete, log cursor, close, compaction's
 //! jobs, a drain's start and commit) and owns the volume table, the segment
 //! registry and the checkpoint. It also starts the background work the
 //! log needs by itself: drains into the baseline, and reclaiming space.
@@ -11,7 +11,7 @@
 //! What a checkpoint holds, and where it goes, is `control/checkpoint.rs`;
 //! the stats are assembled in `control/stats.rs`.
 
-use super::clean::{CleanJob, CleanTarget};
+use super::compact::{CompactJob, CompactTarget};
 use super::cursor::LogRead;
 use super::drain::DrainJob;
 use super::msg::{Msg, ReplyTo};
@@ -52,7 +52,7 @@ pub(super) enum Op {
         with_data: bool,
     },
     Close,
-    Clean(CleanTarget),
+    Compact(CompactTarget),
     /// Baseline compaction asked for: retire the volumes older than this
     /// one (the oldest if `None`), then drain up to it.
     Fold(Option<String>),
@@ -97,10 +97,10 @@ pub(super) enum Stage {
         acks: u32,
         result: Reply,
     },
-    /// The cleaner reads a victim's summaries.
-    CleanRead,
-    /// The cleaner waits for every core to evacuate a victim.
-    CleanEvacuate,
+    /// Compaction reads a victim's summaries.
+    CompactRead,
+    /// Compaction waits for every core to move a victim.
+    CompactMove,
     /// A drain's commit waits for every core to forget what drained.
     DrainForget,
 }
@@ -128,7 +128,7 @@ pub(crate) struct Control {
     /// checkpoint is written again until a remount recovers from the last
     /// good one.
     failed: Option<Error>,
-    pub(super) clean: Option<CleanJob>,
+    pub(super) compaction: Option<CompactJob>,
     pub(super) log: Option<LogRead>,
     /// The drain whose cores copy or forget, if any.
     pub(super) drain: Option<DrainJob>,
@@ -278,7 +278,7 @@ impl Control {
             next_barrier: 1,
             ckpt_buf,
             failed: None,
-            clean: None,
+            compaction: None,
             log: None,
             drain: None,
             drain_failures: 0,
@@ -318,12 +318,12 @@ impl Control {
     }
 
     /// Takes the first queued operation that may start now: while a drain's
-    /// cores copy, cleaning jobs and other drains wait (they would move or
+    /// cores copy, compaction jobs and other drains wait (they would move or
     /// free what the copy reads).
     fn next_runnable(&mut self) -> Option<Queued> {
         let draining = self.drain.is_some();
         let i =
-            self.queue.iter().position(|q| !(draining && matches!(q.op, Op::Clean(_) | Op::Fold(_) | Op::Drain)))?;
+            self.queue.iter().position(|q| !(draining && matches!(q.op, Op::Compact(_) | Op::Fold(_) | Op::Drain)))?;
         let q = self.queue.remove(i)?;
         if let Some(event) = &q.event {
             self.events_queued.remove(event);
@@ -392,12 +392,12 @@ impl Shard {
             Request::DeleteVolume { name } => Op::Delete(name),
             Request::LogRead { cursor, count, with_data } => Op::LogRead { cursor, count, with_data },
             Request::Close => Op::Close,
-            Request::Compact { volume: None, mode: CompactMode::InPlace } => Op::Clean(CleanTarget::All),
+            Request::Compact { volume: None, mode: CompactMode::InPlace } => Op::Compact(CompactTarget::All),
             Request::Compact { volume: Some(name), mode: CompactMode::InPlace } => {
                 let Some(v) = self.ctl_mut().volumes.iter().find(|v| v.name == name) else {
                     return self.reply(origin, reply, Err(Error::NoSuchVolume(name)));
                 };
-                Op::Clean(CleanTarget::Partition(v.partition))
+                Op::Compact(CompactTarget::Partition(v.partition))
             }
             Request::Compact { volume, mode: CompactMode::Baseline } => Op::Fold(volume),
             Request::SetPolicy { policy } => match Policy::parse(&policy) {
@@ -466,7 +466,7 @@ impl Shard {
             return self.reply(q.origin, q.reply, Err(Error::ShuttingDown));
         }
         if let Some(e) = self.ctl_mut().failed.clone() {
-            if matches!(q.op, Op::Clean(_) | Op::Drain | Op::DrainCommit | Op::Checkpoint) {
+            if matches!(q.op, Op::Compact(_) | Op::Drain | Op::DrainCommit | Op::Checkpoint) {
                 // No checkpoint can free a segment now: writes waiting for
                 // space must fail rather than wait for ever.
                 self.shared.set_space_state(SpaceState::Failed);
@@ -570,9 +570,9 @@ impl Shard {
                 self.ctl_mut().current = Some(Current { q, stage: Stage::DrainForget, volume: None });
                 return self.drain_commit_start();
             }
-            Op::Clean(target) => {
+            Op::Compact(target) => {
                 let target = *target;
-                self.ctl_mut().clean = Some(CleanJob::new(target));
+                self.ctl_mut().compaction = Some(CompactJob::new(target));
             }
             Op::Flush | Op::LogRead { .. } | Op::Checkpoint => {}
         }
@@ -611,7 +611,7 @@ impl Shard {
 
     /// Background work the log needs, when no operation is queued: a drain
     /// into the baseline when there is something to drain and a reason to,
-    /// else (writes waiting for room) the cleaner.
+    /// else (writes waiting for room) compaction.
     fn background_tick(&mut self) {
         self.warn_on_versions();
         let core = self.core;
@@ -627,7 +627,7 @@ impl Shard {
             self.ctl_mut().enqueue_background(core, Op::Drain);
         } else if wanted {
             log::info!("log full: reclaiming space");
-            self.ctl_mut().enqueue_background(core, Op::Clean(CleanTarget::Reclaim));
+            self.ctl_mut().enqueue_background(core, Op::Compact(CompactTarget::Reclaim));
         }
     }
 
@@ -752,7 +752,7 @@ impl Shard {
             }
             Op::Delete(_) | Op::SetPolicy(_) | Op::Fold(_) => unreachable!("no barrier"),
             Op::Checkpoint => self.write_checkpoint(false),
-            Op::Clean(_) => self.clean_after_barrier(),
+            Op::Compact(_) => self.compact_after_barrier(),
             Op::Drain => {
                 let cut = c.open_partition - 1;
                 self.drain_intent(cut)
@@ -781,8 +781,8 @@ impl Shard {
             }
             Stage::CheckpointFlush => self.checkpoint_done(status),
             Stage::LogSummaries | Stage::LogData => self.log_read_done(value, status),
-            Stage::CleanRead => self.clean_read_done(status),
-            Stage::Barrier { .. } | Stage::Publish { .. } | Stage::CleanEvacuate | Stage::DrainForget => {
+            Stage::CompactRead => self.compact_read_done(status),
+            Stage::Barrier { .. } | Stage::Publish { .. } | Stage::CompactMove | Stage::DrainForget => {
                 unreachable!("no control I/O in this stage")
             }
         }
@@ -800,7 +800,7 @@ impl Shard {
             }
             log::error!("checkpoint write failed (errno {e}): refusing metadata changes until remounted");
             c.failed = Some(Error::Io(e));
-            c.clean = None;
+            c.compaction = None;
             if matches!(cur.q.op, Op::DrainCommit) {
                 self.drain_end(Err(Error::Io(e)));
             }
@@ -812,7 +812,7 @@ impl Shard {
         let c = self.ctl_mut();
         let cur = c.current.as_ref().expect("running");
         match cur.q.op {
-            Op::Clean(_) => return self.clean_checkpointed(),
+            Op::Compact(_) => return self.compact_checkpointed(),
             Op::Drain => {
                 let cur = c.current.take().expect("running");
                 let target = c.draining.expect("the intent names the target");
@@ -881,7 +881,7 @@ impl Shard {
         self.finish_control(Ok(result));
         if let Some(p) = merge {
             let core = self.core;
-            self.ctl_mut().enqueue_background(core, Op::Clean(CleanTarget::Partition(p)));
+            self.ctl_mut().enqueue_background(core, Op::Compact(CompactTarget::Partition(p)));
         }
         if let Some(snapshot) = hook {
             self.policy_hook(snapshot);

@@ -25,13 +25,13 @@
 //!    segments holding only drained entries, which are then free.
 //!
 //! The copy runs beside other control operations (snapshots, deletes,
-//! flushes are not held up by it); cleaning jobs and another drain wait
+//! flushes are not held up by it); compaction jobs and another drain wait
 //! for it. The forget walk and the commit are one control operation, so no
 //! volume change overlaps the walk.
 
 use super::addr::{LogAddr, ZERO};
 use super::control::{Control, Op, Stage};
-use super::evacuate::MOVE_RUN_BLOCKS;
+use super::moves::MOVE_RUN_BLOCKS;
 use super::msg::{Msg, ReplyTo};
 use super::partition::BlockHasher;
 use super::request::Reply;
@@ -161,7 +161,7 @@ impl Shard {
             rewrites: Default::default(),
             stripe_bufs: Vec::new(),
             zeros: DmaBuf::new(bs * MOVE_RUN_BLOCKS as usize, bs),
-            runs: vec![(0, 0); self.gc_bufs.len()],
+            runs: vec![(0, 0); self.compact_bufs.len()],
             inflight: 0,
             error: None,
         });
@@ -277,10 +277,10 @@ impl Shard {
             };
             DevRequest { op, block, nblocks: n, buf, tag: TAG_DRAIN | DIRECT_WRITE }
         } else {
-            let b = self.gc_free.pop()?;
+            let b = self.compact_free.pop()?;
             let d = self.drain_copy.as_mut().expect("copying");
             d.runs[b as usize] = (block, n);
-            let buf = self.gc_bufs[b as usize].as_mut_ptr();
+            let buf = self.compact_bufs[b as usize].as_mut_ptr();
             let src = geo.log_start + u64::from(addr);
             DevRequest { op: DevOp::Read, block: src, nblocks: n, buf, tag: TAG_DRAIN | RUN_READ | u64::from(b) }
         };
@@ -393,17 +393,17 @@ impl Shard {
             RUN_READ => {
                 let b = (value & 0xffff) as u16;
                 if d.error.is_some() {
-                    self.gc_free.push(b);
+                    self.compact_free.push(b);
                     return;
                 }
                 let (block, nblocks) = d.runs[b as usize];
                 d.inflight += 1;
-                let buf = self.gc_bufs[b as usize].as_mut_ptr();
+                let buf = self.compact_bufs[b as usize].as_mut_ptr();
                 super::space::Counters::add(&self.shared.counters.device_blocks, u64::from(nblocks));
                 let tag = TAG_DRAIN | RUN_WRITE | u64::from(b);
                 self.dev_submit(DevRequest { op: DevOp::Write, block, nblocks, buf, tag });
             }
-            RUN_WRITE => self.gc_free.push((value & 0xffff) as u16),
+            RUN_WRITE => self.compact_free.push((value & 0xffff) as u16),
             _ => unreachable!("drain tag {value:#x}"),
         }
     }

@@ -9,7 +9,7 @@
 //! of the log. Core 0 asks for a checkpoint once half the window is used.
 //!
 //! Only core 0 moves segments into the window and returns freed segments to
-//! the pool; any core opens segments out of the window. The cleaner, whose
+//! the pool; any core opens segments out of the window. Compaction, whose
 //! moves copy blocks that stay where they were until its commit's
 //! checkpoint, may also take from the pool when the window is empty (a
 //! move lost in a crash loses nothing); client writes never go to such a
@@ -40,7 +40,7 @@ impl FreeSegments {
         self.window.pop()
     }
 
-    /// A segment to open for the cleaner's moves: the window's, else the
+    /// A segment to open for compaction's moves: the window's, else the
     /// pool's (`false`: outside the window).
     pub fn take_for_moves(&self) -> Option<(u32, bool)> {
         self.window.pop().map(|s| (s, true)).or_else(|| self.pool.pop().map(|s| (s, false)))

@@ -5,7 +5,7 @@
 //! partitions of its data blocks as runs: from a data offset on, blocks
 //! belong to a partition until the next run. A segment written between two
 //! snapshots is one run; each cut while it is open adds one, and so do the
-//! cleaner's moves into older partitions.
+//! compaction's moves into older partitions.
 //!
 //! Each core keeps its own map, written by the core appending to a segment
 //! and read by the cores that index its blocks: the same core for segments

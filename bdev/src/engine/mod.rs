@@ -9,15 +9,15 @@
 
 pub(crate) mod addr;
 mod barrier;
-mod clean;
+mod compact;
 mod control;
 mod cursor;
 mod drain;
-mod evacuate;
 mod free;
 mod index;
 mod logmap;
 mod mount;
+mod moves;
 mod msg;
 mod partition;
 pub mod policy;

@@ -1,6 +1,6 @@
 //! The messages cores send each other: the pieces of client requests, on
 //! their way to a stripe's owner and back, and core 0's control traffic
-//! (barriers, volume changes, evacuations, drains). Every exchange between
+//! (barriers, volume changes, victims' moves, drains). Every exchange between
 //! cores is a `Msg`, so the protocol reads in one place, apart from the
 //! shard that handles it.
 
@@ -82,12 +82,12 @@ pub(crate) enum Msg {
     },
     /// From core 0: move this core's live blocks out of segment `segno`,
     /// each into its partition's canonical one. Answered with
-    /// `EvacuateDone` once every move retired.
-    Evacuate {
+    /// `MovesDone` once every move retired.
+    MoveLive {
         segno: u32,
         entries: Vec<SummaryEntry>,
     },
-    EvacuateDone {
+    MovesDone {
         segno: u32,
         status: Result<()>,
     },

@@ -39,7 +39,7 @@ impl Hasher for BlockHasher {
 /// Blocks a bucket holds before it splits in two. A split rehashes one
 /// bucket, a few µs; a table that doubled as a whole (or a 64th of it at a
 /// time, as before) rehashed thousands of blocks inline, on the write path
-/// or in a cleaner slice: 45-100 µs per growth of a 1,792-block 64th.
+/// or in a compaction slice: 45-100 µs per growth of a 1,792-block 64th.
 const BUCKET_BLOCKS: usize = 448;
 /// Where buckets stop splitting: only a hash that fails to spread the
 /// blocks would get there, and the bucket then simply grows.
@@ -304,7 +304,7 @@ impl Partitions {
         }
     }
 
-    /// Applies the cleaner's moves out of partition `from` into `to` (see
+    /// Applies compaction's moves out of partition `from` into `to` (see
     /// `Shard::relocate`): moved blocks leave `from`'s table and enter
     /// `to`'s. The work is per block moved, not per block of the partition.
     pub fn relocate(&mut self, from: u32, to: u32, moves: &[(u32, LogAddr, LogAddr)]) {

@@ -14,7 +14,7 @@
 //! Every section and key is optional. A document with an unknown key or a
 //! value of the wrong kind is refused with a message naming the field.
 
-use super::clean::CleanTarget;
+use super::compact::CompactTarget;
 use super::control::Op;
 use super::request::Reply;
 use super::shard::Shard;
@@ -36,7 +36,7 @@ pub enum RetentionAction {
 }
 
 /// What happens when the log is full of versions that volumes need (the
-/// drain and the cleaner can free nothing more).
+/// drain and compaction can free nothing more).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnFull {
     /// Writes that need new room fail with ENOSPC; nothing written is
@@ -397,8 +397,8 @@ impl Shard {
             Decision::Snapshot => Op::Snapshot(None),
             Decision::Delete(name) => Op::Delete(name),
             Decision::Fold(name) => Op::Fold(Some(name)),
-            Decision::CompactAll => Op::Clean(CleanTarget::All),
-            Decision::CompactPartition(p) => Op::Clean(CleanTarget::Partition(p)),
+            Decision::CompactAll => Op::Compact(CompactTarget::All),
+            Decision::CompactPartition(p) => Op::Compact(CompactTarget::Partition(p)),
         };
         let core = self.core();
         self.ctl_mut().enqueue_background(core, op);

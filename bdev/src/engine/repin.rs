@@ -14,7 +14,7 @@
 //! with every write), every block written between two snapshots: 150,000
 //! blocks took 1.6-1.9 ms in one go, so it goes a slice per poll, before
 //! the core acknowledges the new volume set. Sealed tables do not change
-//! meanwhile (control operations, the cleaner's included, run one at a
+//! meanwhile (control operations, compaction's included, run one at a
 //! time); the index does, as client writes overwrite blocks. Overwrites keep being accounted with
 //! the volumes as they were until the walk ends, and the versions they
 //! overwrite whose pinning `v` decides are set aside and accounted at the

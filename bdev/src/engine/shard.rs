@@ -21,9 +21,9 @@ use super::addr::{LogAddr, ZERO};
 use super::barrier::PendingBarrier;
 use super::control::SegmentInfo;
 use super::drain::{DrainCopy, Forget};
-use super::evacuate::{BufRead, Evacuation, MOVE_RUN_BLOCKS};
 use super::index::BlockIndex;
 use super::logmap::LogMap;
+use super::moves::{BufRead, VictimMoves, MOVE_RUN_BLOCKS};
 use super::msg::{Msg, Piece, PieceOp, ReplyTo};
 use super::partition::Partitions;
 use super::repin::Repin;
@@ -52,11 +52,11 @@ const TAG_READ: u64 = 2 << 56;
 pub(super) const TAG_META: u64 = 3 << 56;
 pub(super) const TAG_FLUSH: u64 = 4 << 56;
 pub(super) const TAG_CONTROL: u64 = 5 << 56;
-pub(super) const TAG_GC_READ: u64 = 6 << 56;
+pub(super) const TAG_COMPACT_READ: u64 = 6 << 56;
 pub(super) const TAG_DRAIN: u64 = 7 << 56;
-/// Cleaner buffers per core, each for one run (`MOVE_RUN_BLOCKS`): 1 MiB
+/// Compaction buffers per core, each for one run (`MOVE_RUN_BLOCKS`): 1 MiB
 /// of reads in flight per core.
-const GC_BUFS: usize = 32;
+const COMPACT_BUFS: usize = 32;
 const TAG_KIND: u64 = 0xff << 56;
 
 struct Slot {
@@ -116,8 +116,8 @@ pub struct Shard {
     /// Client requests popped in one go, before any is handled.
     intake: Vec<(u64, Request)>,
     pub(super) ctl: Option<Box<super::control::Control>>,
-    /// Victims to evacuate, the first one running.
-    pub(super) evac: VecDeque<Evacuation>,
+    /// Victims to move, the first one running.
+    pub(super) moving: VecDeque<VictimMoves>,
     /// This core's part of a drain into the baseline: copying, then
     /// forgetting what drained.
     pub(super) drain_copy: Option<DrainCopy>,
@@ -125,11 +125,11 @@ pub struct Shard {
     /// Blocks clients appended since the drain's last slice: what it owes
     /// to keep pace.
     pub(super) drain_credit: u32,
-    pub(super) gc_bufs: Vec<DmaBuf>,
-    pub(super) gc_free: Vec<u16>,
-    /// The run each cleaner buffer holds, and the moves still using it.
-    pub(super) gc_pending: Vec<BufRead>,
-    pub(super) gc_refs: Vec<u32>,
+    pub(super) compact_bufs: Vec<DmaBuf>,
+    pub(super) compact_free: Vec<u16>,
+    /// The run each compaction buffer holds, and the moves still using it.
+    pub(super) compact_pending: Vec<BufRead>,
+    pub(super) compact_refs: Vec<u32>,
 }
 
 pub(super) struct ShardInit {
@@ -186,14 +186,14 @@ impl Shard {
             dev_done: Vec::with_capacity(SLOTS),
             intake: Vec::with_capacity(BATCH),
             ctl: None,
-            evac: VecDeque::new(),
+            moving: VecDeque::new(),
             drain_copy: None,
             forget: None,
             drain_credit: 0,
-            gc_bufs: (0..GC_BUFS).map(|_| DmaBuf::new(bs * MOVE_RUN_BLOCKS as usize, bs)).collect(),
-            gc_free: (0..GC_BUFS as u16).collect(),
-            gc_pending: vec![BufRead::default(); GC_BUFS],
-            gc_refs: vec![0; GC_BUFS],
+            compact_bufs: (0..COMPACT_BUFS).map(|_| DmaBuf::new(bs * MOVE_RUN_BLOCKS as usize, bs)).collect(),
+            compact_free: (0..COMPACT_BUFS as u16).collect(),
+            compact_pending: vec![BufRead::default(); COMPACT_BUFS],
+            compact_refs: vec![0; COMPACT_BUFS],
             shared,
         }
     }
@@ -210,7 +210,7 @@ impl Shard {
 
     /// Does one round of work: device completions, messages from other
     /// cores, client requests, retirement, then a slice of background work
-    /// (the cleaner, a fold, control operations). Completed client requests
+    /// (compaction, a fold, control operations). Completed client requests
     /// go to `sink(token, result)` before the background slice runs: a
     /// request that arrived during one waits for that slice, not for the
     /// next one too. Returns how much work was done (0 = idle).
@@ -259,7 +259,7 @@ impl Shard {
             sink(token, result);
         }
         work += self.advance_repin();
-        work += self.advance_evacuation();
+        work += self.advance_moves();
         work += self.advance_drain_copy();
         work += self.advance_forget();
         self.advance_barrier();
@@ -307,7 +307,7 @@ impl Shard {
             (!self.deferred.is_empty(), "deferred pieces"),
             (!self.outbox.is_empty(), "messages to send"),
             (self.barrier.is_some(), "a barrier"),
-            (!self.evac.is_empty(), "an evacuation"),
+            (!self.moving.is_empty(), "a victim's moves"),
             (self.drain_copy.is_some(), "a drain's copy"),
             (self.forget.is_some(), "a drain's forget walk"),
             (self.repin.is_some(), "a volume change's walk"),
@@ -385,11 +385,11 @@ impl Shard {
             Msg::VolumesAck => self.on_volumes_ack(),
             Msg::Control { origin, reply, req } => self.control_enqueue(origin, reply, req),
             Msg::ControlDone { reply, result } => self.deliver(reply, result),
-            Msg::Evacuate { segno, entries } => {
+            Msg::MoveLive { segno, entries } => {
                 let base = segno * self.shared.geo.segment_blocks;
-                self.start_evacuation(Evacuation::new(segno, entries, base, self.shared.copy_offload));
+                self.start_moves(VictimMoves::new(segno, entries, base, self.shared.copy_offload));
             }
-            Msg::EvacuateDone { segno, status } => self.on_evacuate_done(segno, status),
+            Msg::MovesDone { segno, status } => self.on_moves_done(segno, status),
             Msg::DrainCopy { target } => self.start_drain_copy(target),
             Msg::DrainCopied { status } => self.on_drain_copied(status),
             Msg::DrainForget { target } => self.start_forget(target),
@@ -451,7 +451,7 @@ impl Shard {
             TAG_META => self.meta_done(value as usize, status),
             TAG_FLUSH => self.barrier_flushed(status),
             TAG_CONTROL => self.control_device_done(value, status),
-            TAG_GC_READ => self.gc_read_done(value as u16, status),
+            TAG_COMPACT_READ => self.move_read_done(value as u16, status),
             TAG_DRAIN => self.drain_io_done(value, status),
             _ => unreachable!("unknown device tag {tag:#x}"),
         }

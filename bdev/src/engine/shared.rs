@@ -29,7 +29,7 @@ pub(crate) struct Shared {
     /// Per segment: used and live data blocks.
     pub space: Vec<SegmentSpace>,
     pub counters: Counters,
-    /// `SpaceState`: whether writes wait for the cleaner.
+    /// `SpaceState`: whether writes wait for compaction.
     pub space_state: AtomicU8,
     /// Stripes of the baseline region that hold data.
     pub baseline: BaselineMap,
@@ -37,7 +37,7 @@ pub(crate) struct Shared {
     /// Counts changes of the volume table (snapshots and deletes, whoever
     /// asked), each once every core reads by it.
     pub volumes_generation: AtomicU64,
-    /// The device copies blocks itself: the cleaner moves whole entries
+    /// The device copies blocks itself: compaction moves whole entries
     /// with [`DevOp::Copy`](crate::device::DevOp::Copy).
     pub copy_offload: bool,
     /// What the mount of this bdev did.
@@ -71,9 +71,9 @@ impl Clock for SystemClock {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SpaceState {
     Ok = 0,
-    /// A core's writes wait for the cleaner to free segments.
+    /// A core's writes wait for compaction to free segments.
     Wanted = 1,
-    /// Neither the drain nor the cleaner can make room (the log holds only
+    /// Neither the drain nor compaction can make room (the log holds only
     /// versions volumes need): writes needing room fail with ENOSPC.
     Exhausted = 2,
     /// The drain keeps failing (the device does): writes needing room fail
@@ -90,7 +90,7 @@ impl Shared {
         &self.space[(addr / self.geo.segment_blocks) as usize]
     }
 
-    /// Free segments kept for the cleaner: it needs room to move live data
+    /// Free segments kept for compaction: it needs room to move live data
     /// before it can free anything (two segments per core), as a volume's
     /// delete does to free what it held. At most half of what the cores'
     /// open segments leave, so that writes always have room once the log
@@ -113,15 +113,15 @@ impl Shared {
         self.space_state.store(state as u8, Ordering::Release);
     }
 
-    /// Asks the cleaner for space (unless it already gave up).
+    /// Asks compaction for space (unless it already gave up).
     pub fn want_space(&self) {
         let _ = self.space_state.compare_exchange(0, SpaceState::Wanted as u8, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Once the log was found exhausted, writes may have turned data into
-    /// garbage since: while the cleaner still has room to work, ask it again
+    /// garbage since: while compaction still has room to work, ask it again
     /// when a segment's worth is there to reclaim.
-    pub fn rearm_cleaner(&self) {
+    pub fn rearm_compaction(&self) {
         let free = self.free.len();
         if free > self.reserve() || free <= self.cores as usize {
             return;

@@ -10,7 +10,7 @@
 //! Owners update the counts with relaxed atomics as blocks change state
 //! (retirement, volume deletion, compaction); segments are shared only
 //! after a change of core count, so the counters are rarely contended.
-//! Everything else (used - live) is garbage the cleaner can reclaim.
+//! Everything else (used - live) is garbage compaction can reclaim.
 
 use super::addr::{LogAddr, ZERO};
 use super::index::BlockIndex;
@@ -55,7 +55,7 @@ pub(crate) struct Counters {
     /// Volumes retired because the log was full of versions
     /// (`retention.on_full`).
     pub volumes_retired: AtomicU64,
-    /// Segments opened for client writes (the cleaner's measure of room
+    /// Segments opened for client writes (compaction's measure of room
     /// taken while it works).
     pub client_segments_opened: AtomicU64,
     pub policy_actions: AtomicU64,

@@ -1,5 +1,5 @@
 //! Reading a segment's summaries back on core 0, as far as its checkpoint
-//! record vouches for them: the log cursor and the cleaner read segments
+//! record vouches for them: the log cursor and compaction read segments
 //! this way while the bdev runs (mount reads them on its own, before).
 //! Apart from the operation queue, which only decides when to read.
 

@@ -38,8 +38,8 @@ pub(super) enum Payload {
 pub(super) enum Purpose {
     /// A piece of a client request, completed on `origin` in `slot`.
     Client { origin: u32, slot: u32 },
-    /// The cleaner's copy of the live block at `src` (`ZERO` for a zero
-    /// entry) of partition `src_partition`; `buf` is the cleaner buffer
+    /// Compaction's copy of the live block at `src` (`ZERO` for a zero
+    /// entry) of partition `src_partition`; `buf` is compaction buffer
     /// holding its data.
     Move { src: LogAddr, src_partition: u32, buf: Option<u16> },
 }
@@ -63,7 +63,7 @@ pub(super) struct Segment {
     /// The newest partition of its entries so far.
     last_partition: u32,
     pub(super) closing: bool,
-    /// Opened by the cleaner out of its reserve: client writes stay out of
+    /// Opened by compaction out of its reserve: client writes stay out of
     /// it while the log is that short, or they would eat the reserve.
     reserved: bool,
     /// Taken out of the window (see `free.rs`): mount after a crash finds
@@ -195,8 +195,8 @@ impl Shard {
 
     /// The core's open segment if the next entry (with `data_blocks`, of
     /// `partition`) fits, else a new one. `Ok(None)`: wait (no metadata
-    /// buffer, or free segments down to the cleaner's reserve while the log
-    /// drains or the cleaner reclaims space). Only the cleaner
+    /// buffer, or free segments down to compaction's reserve while the log
+    /// drains or compaction reclaims space). Only compaction
     /// (`reserve_ok`) may use the reserve: it is what lets a volume's
     /// delete make room when no segment is free.
     fn segment_with_room(&mut self, data_blocks: u32, partition: u32, reserve_ok: bool) -> Result<Option<usize>> {
@@ -227,7 +227,7 @@ impl Shard {
         }
         let (segno, in_window) = if reserve_ok {
             // Out of segments, nothing frees one while the move waits: the
-            // cleaner's commit waits for it.
+            // compaction's commit waits for it.
             let Some(taken) = self.shared.free.take_for_moves() else { return Err(Error::NoSpace) };
             taken
         } else {
@@ -276,12 +276,12 @@ impl Shard {
     }
 
     /// A client write that needs a new segment and finds the log short:
-    /// wait for the drain or the cleaner, or fail with ENOSPC once the
-    /// cleaner found nothing to reclaim (the log holds only versions that
+    /// wait for the drain or compaction, or fail with ENOSPC once the
+    /// compaction found nothing to reclaim (the log holds only versions that
     /// volumes need, and the policy says to fail).
     fn wait_for_space(&mut self) -> Result<Option<usize>> {
         if self.shared.space_state() == SpaceState::Exhausted {
-            self.shared.rearm_cleaner();
+            self.shared.rearm_compaction();
         }
         match self.shared.space_state() {
             SpaceState::Exhausted => Err(Error::NoSpace),

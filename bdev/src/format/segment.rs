@@ -244,7 +244,7 @@ impl SummaryChain {
         }
         let (uuid, key, group) = (&self.uuid, self.key, self.next_group);
         // The newest valid slot: headers and CRCs first, so only the slot
-        // used has its entries decoded (the cleaner does this per victim).
+        // used has its entries decoded (compaction does this per victim).
         let [a, b] = slots.map(|s| SummaryBlock::check(s, uuid, key.id, group).map(|(v, count)| (v, count, s)));
         let newest_first = if b.map(|x| x.0) >= a.map(|x| x.0) { [b, a] } else { [a, b] };
         let newest =

@@ -1,4 +1,4 @@
-//! The cleaner at its edges: long zero entries, a client write racing a
+//! Compaction at its edges: long zero entries, a client write racing a
 //! move of the block it replaces, and the CRCs of moved entries.
 
 mod common;
@@ -15,7 +15,7 @@ use ilog_bdev::runtime::sim::Sim;
 use std::sync::Arc;
 
 /// Segments full of live zero entries (unmaps of a whole stripe, each
-/// longer than a cleaner's move run) compact without costing more segments
+/// longer than a compaction's move run) compact without costing more segments
 /// than they free: a zero entry moves as one entry, never split.
 #[test]
 fn compacting_long_zero_entries_frees_more_than_it_uses() {
@@ -50,7 +50,7 @@ fn compacting_long_zero_entries_frees_more_than_it_uses() {
     ilog.close().unwrap();
 }
 
-/// A client write of a block the cleaner is about to move into the open
+/// A client write of a block compaction is about to move into the open
 /// partition, whose data write then fails: the block is still live and
 /// must move before its segment is freed. Over many seeds (each a
 /// different interleaving and set of failed writes), the space accounting
@@ -73,7 +73,7 @@ fn a_failed_write_racing_a_move_keeps_the_old_block() {
         let mut submitted = false;
         for _ in 0..1_000_000 {
             sim.step(&mut |t, r| results.push((t, r)));
-            if !submitted && sim.shards()[0].busy_with().is_some_and(|w| w.contains("an evacuation")) {
+            if !submitted && sim.shards()[0].busy_with().is_some_and(|w| w.contains("a victim's moves")) {
                 // SAFETY: `new` outlives every seed's run.
                 unsafe { sim.submit(0, 2, Request::Write { lba: 0, blocks: 16, buf: new.as_ptr() }) }.unwrap();
                 sim.step(&mut |t, r| results.push((t, r)));
@@ -105,7 +105,7 @@ fn a_failed_write_racing_a_move_keeps_the_old_block() {
 
 /// Replay trusts a moved entry past the checkpoint by its data CRC, so a
 /// move must leave a CRC that matches what it wrote: one computed over the
-/// cleaner's buffer, or the source entry's own when the device copied a
+/// compaction's buffer, or the source entry's own when the device copied a
 /// whole entry. After compacting entries that are wholly and partly live,
 /// with and without device copies, every data entry on the media checks.
 #[test]

@@ -1,11 +1,11 @@
-//! Core 0's cleaner: reclaims log segments by evacuating victims.
+//! Core 0's compaction: reclaims log segments by moving victims.
 //!
 //! A job (emergency reclaim, in-place compaction of a partition, or a
 //! compaction of everything) runs as a control operation:
 //! 1. a barrier, so the segment registry knows every closed segment;
 //! 2. per victim: read its summaries, decode them a group per poll (a
 //!    victim's thousand entries took 15-30 µs to decode at once), send each
-//!    core the entries it owns (`Msg::Evacuate`), wait until every core
+//!    core the entries it owns (`Msg::MoveLive`), wait until every core
 //!    moved its live blocks. Up to `PIPELINE` victims are in flight: the
 //!    next one's summaries are read and sent while the cores still move the
 //!    last one's blocks, and each core queues them and works them in order;
@@ -30,17 +30,17 @@ use crate::format::{SegmentRecord, SummaryChain, SummaryEntry};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 
-/// Victims evacuated between two checkpoints. A commit waits for every
+/// Victims moved between two checkpoints. A commit waits for every
 /// victim in flight, so the cores idle through it: with 2 reactors, 8
 /// victims per commit and 4 at once moved 15 % more than 4 and 2 (the cores
 /// waited for victims), and more of either gained little.
 const BATCH: usize = 8;
-/// Victims evacuated at once.
+/// Victims moved at once.
 const PIPELINE: usize = 4;
 
-/// What a cleaning job reclaims.
+/// What a compaction job reclaims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum CleanTarget {
+pub(super) enum CompactTarget {
     /// Segments until writes have room again (the log filled up).
     Reclaim,
     /// Every closed segment holding entries of one partition: in-place
@@ -72,19 +72,19 @@ struct InFlight {
     failed: bool,
 }
 
-pub(super) struct CleanJob {
-    pub target: CleanTarget,
+pub(super) struct CompactJob {
+    pub target: CompactTarget,
     /// Victims chosen up front (all but `Reclaim`).
     victims: VecDeque<u32>,
-    /// Evacuated victims waiting for the next checkpoint.
+    /// Moved victims waiting for the next checkpoint.
     freed: Vec<u32>,
     /// The victim whose summaries are read, its slots, and reads outstanding.
     reading: Option<SegmentRecord>,
     bufs: Vec<DmaBuf>,
     reads: u32,
     decoding: Option<VictimDecode>,
-    /// Victims the cores evacuate, oldest first.
-    evacuating: VecDeque<InFlight>,
+    /// Victims the cores move, oldest first.
+    moving: VecDeque<InFlight>,
     started: bool,
     committing: bool,
     /// Segments opened from here on (by the job's own moves among others)
@@ -102,9 +102,9 @@ pub(super) struct CleanJob {
     pub error: Option<Error>,
 }
 
-impl CleanJob {
-    pub(super) fn new(target: CleanTarget) -> CleanJob {
-        CleanJob {
+impl CompactJob {
+    pub(super) fn new(target: CompactTarget) -> CompactJob {
+        CompactJob {
             target,
             victims: VecDeque::new(),
             freed: Vec::new(),
@@ -112,7 +112,7 @@ impl CleanJob {
             bufs: Vec::new(),
             reads: 0,
             decoding: None,
-            evacuating: VecDeque::new(),
+            moving: VecDeque::new(),
             started: false,
             committing: false,
             start_seq: 0,
@@ -126,16 +126,16 @@ impl CleanJob {
 }
 
 impl Shard {
-    pub(super) fn job(&mut self) -> &mut CleanJob {
-        self.ctl_mut().clean.as_mut().expect("a cleaning job runs")
+    pub(super) fn job(&mut self) -> &mut CompactJob {
+        self.ctl_mut().compaction.as_mut().expect("a compaction job runs")
     }
 
-    /// Closed segments worth evacuating for `target`, best first.
+    /// Closed segments worth moving for `target`, best first.
     ///
-    /// What evacuating a segment gains is the room its data area had minus
+    /// What moving a segment gains is the room its data area had minus
     /// what stays live: garbage, and the unused tail of a segment closed
-    /// early (at a snapshot, or the end of a cleaning job).
-    fn candidates(&mut self, target: CleanTarget) -> Vec<u32> {
+    /// early (at a snapshot, or the end of a compaction job).
+    fn candidates(&mut self, target: CompactTarget) -> Vec<u32> {
         let geo = self.shared.geo;
         let per_group = geo.entries_per_summary();
         let next_seq = self.shared.next_seq.load(Relaxed);
@@ -155,10 +155,10 @@ impl Shard {
                 let live = live[s.segno as usize].min(room);
                 let gain = room - live;
                 let wanted = match target {
-                    CleanTarget::Partition(p) => (s.partition..=info.last_partition).contains(&p) && gain > 0,
+                    CompactTarget::Partition(p) => (s.partition..=info.last_partition).contains(&p) && gain > 0,
                     // Reclaiming space: a segment must give back enough to
                     // be worth rewriting the rest.
-                    CleanTarget::Reclaim | CleanTarget::All => gain >= min_gain,
+                    CompactTarget::Reclaim | CompactTarget::All => gain >= min_gain,
                 };
                 let u = f64::from(live) / f64::from(room);
                 let age = next_seq.saturating_sub(s.seq) as f64;
@@ -169,8 +169,8 @@ impl Shard {
         scored.into_iter().map(|(_, segno)| segno).collect()
     }
 
-    /// After a barrier of a cleaning job: start it, or commit its batch.
-    pub(super) fn clean_after_barrier(&mut self) {
+    /// After a barrier of a compaction job: start it, or commit its batch.
+    pub(super) fn compact_after_barrier(&mut self) {
         let job = self.job();
         if job.committing {
             let freed = job.freed.clone();
@@ -191,35 +191,35 @@ impl Shard {
             job.start_free = free;
             job.client_segments_at_start = client_segments;
             let target = job.target;
-            if target != CleanTarget::Reclaim {
+            if target != CompactTarget::Reclaim {
                 let victims = self.candidates(target);
                 self.job().victims = victims.into();
             }
         }
-        self.clean_next();
+        self.compact_next();
     }
 
-    /// Evacuates the next victim, commits a full batch, or ends the job.
-    fn clean_next(&mut self) {
+    /// Moves the live runs of the next victim, commits a full batch, or ends the job.
+    fn compact_next(&mut self) {
         let job = self.job();
         // Called again when the read ends or a victim completes.
-        if job.reading.is_some() || job.evacuating.len() >= PIPELINE {
+        if job.reading.is_some() || job.moving.len() >= PIPELINE {
             return;
         }
         let cores = self.shared.cores as usize;
         let want_more = match self.job().target {
             // Enough room for writes again, with headroom for the next moves.
-            CleanTarget::Reclaim => self.shared.free.len() <= self.shared.reserve() + cores,
+            CompactTarget::Reclaim => self.shared.free.len() <= self.shared.reserve() + cores,
             _ => true,
         };
         let job = self.job();
-        let in_flight = job.evacuating.len();
+        let in_flight = job.moving.len();
         let next = if job.error.is_some() || !want_more {
             None
-        } else if job.target == CleanTarget::Reclaim {
-            let busy: Vec<u32> = job.freed.iter().copied().chain(job.evacuating.iter().map(|v| v.segno)).collect();
+        } else if job.target == CompactTarget::Reclaim {
+            let busy: Vec<u32> = job.freed.iter().copied().chain(job.moving.iter().map(|v| v.segno)).collect();
             let start_seq = job.start_seq;
-            let candidates: Vec<u32> = self.candidates(CleanTarget::Reclaim);
+            let candidates: Vec<u32> = self.candidates(CompactTarget::Reclaim);
             let registry = self.ctl_mut().registry();
             candidates
                 .into_iter()
@@ -229,7 +229,7 @@ impl Shard {
         };
         // Moves need free segments (a victim's live blocks, spread over the
         // cores, may open a segment on each and fill one more): commit what
-        // is evacuated before the cleaner's own room runs out. Each victim
+        // is moved before compaction's own room runs out. Each victim
         // in flight may need that much.
         let room = self.shared.free.len() > cores * (in_flight + 1);
         let job = self.job();
@@ -241,7 +241,7 @@ impl Shard {
                     let record = self.ctl_mut().registry().get(&segno).expect("victims are registered").record;
                     self.read_victim(record);
                 }
-                Some(segno) if job.target != CleanTarget::Reclaim => job.victims.push_front(segno),
+                Some(segno) if job.target != CompactTarget::Reclaim => job.victims.push_front(segno),
                 _ => {}
             }
             return;
@@ -254,7 +254,7 @@ impl Shard {
             job.committing = true;
             return self.start_control_barrier(None, false, false);
         }
-        let Some(segno) = next.filter(|_| room) else { return self.clean_finish() };
+        let Some(segno) = next.filter(|_| room) else { return self.compact_finish() };
         let record = self.ctl_mut().registry().get(&segno).expect("victims are registered").record;
         self.read_victim(record);
     }
@@ -262,9 +262,9 @@ impl Shard {
     fn read_victim(&mut self, record: SegmentRecord) {
         self.job().reading = Some(record);
         if record.trusted_entries == 0 {
-            return self.evacuate_victim(vec![Vec::new(); self.shared.cores as usize]);
+            return self.move_victim(vec![Vec::new(); self.shared.cores as usize]);
         }
-        self.ctl_mut().set_stage(Stage::CleanRead);
+        self.ctl_mut().set_stage(Stage::CompactRead);
         let key = record.summary_key();
         let chain = SummaryChain::new(self.shared.uuid, key, self.shared.geo.entries_per_summary());
         let groups = summary_groups(&self.shared.geo, &record);
@@ -287,7 +287,7 @@ impl Shard {
         self.job().bufs = bufs;
     }
 
-    pub(super) fn clean_read_done(&mut self, status: DevStatus) {
+    pub(super) fn compact_read_done(&mut self, status: DevStatus) {
         let job = self.job();
         job.reads -= 1;
         if let Err(e) = status {
@@ -304,7 +304,7 @@ impl Shard {
     /// cores after its last group.
     pub(super) fn advance_victim_decode(&mut self) -> usize {
         let shared = &self.shared;
-        let Some(job) = self.ctl.as_mut().and_then(|c| c.clean.as_mut()) else { return 0 };
+        let Some(job) = self.ctl.as_mut().and_then(|c| c.compaction.as_mut()) else { return 0 };
         let Some(d) = job.decoding.as_mut().filter(|_| job.reads == 0) else { return 0 };
         if job.error.is_some() {
             // Another victim failed meanwhile: the job ends.
@@ -329,55 +329,55 @@ impl Shard {
             job.error.get_or_insert(summaries_lost(segno));
             self.victim_unread();
         } else {
-            self.evacuate_victim(d.per_core);
+            self.move_victim(d.per_core);
         }
         1
     }
 
-    /// The victim being read cannot be evacuated (the job has failed).
+    /// The victim being read cannot be moved (the job has failed).
     fn victim_unread(&mut self) {
         let job = self.job();
         job.reading = None;
         // Until the cores answer for victims in flight, if any.
-        self.ctl_mut().set_stage(Stage::CleanEvacuate);
-        self.clean_next()
+        self.ctl_mut().set_stage(Stage::CompactMove);
+        self.compact_next()
     }
 
     /// Sends each core the victim's entries it owns.
-    fn evacuate_victim(&mut self, per_core: Vec<Vec<SummaryEntry>>) {
-        let rec = self.job().reading.take().expect("evacuating a victim");
+    fn move_victim(&mut self, per_core: Vec<Vec<SummaryEntry>>) {
+        let rec = self.job().reading.take().expect("moving a victim");
         let cores = self.shared.cores;
         let job = self.job();
-        job.evacuating.push_back(InFlight { segno: rec.segno, outstanding: cores, failed: false });
-        self.ctl_mut().set_stage(Stage::CleanEvacuate);
+        job.moving.push_back(InFlight { segno: rec.segno, outstanding: cores, failed: false });
+        self.ctl_mut().set_stage(Stage::CompactMove);
         for (core, entries) in per_core.into_iter().enumerate() {
-            self.send(core as u32, Msg::Evacuate { segno: rec.segno, entries });
+            self.send(core as u32, Msg::MoveLive { segno: rec.segno, entries });
         }
         // The next victim's summaries are read while the cores move these.
-        self.clean_next();
+        self.compact_next();
     }
 
-    pub(super) fn on_evacuate_done(&mut self, segno: u32, status: Result<()>) {
+    pub(super) fn on_moves_done(&mut self, segno: u32, status: Result<()>) {
         let job = self.job();
-        let victim = job.evacuating.iter_mut().find(|v| v.segno == segno).expect("a victim in flight");
+        let victim = job.moving.iter_mut().find(|v| v.segno == segno).expect("a victim in flight");
         victim.outstanding -= 1;
         if let Err(e) = status {
             victim.failed = true;
             job.error.get_or_insert(e);
         }
         // Each core answers in order, so victims complete in order.
-        while job.evacuating.front().is_some_and(|v| v.outstanding == 0) {
-            let victim = job.evacuating.pop_front().expect("checked");
+        while job.moving.front().is_some_and(|v| v.outstanding == 0) {
+            let victim = job.moving.pop_front().expect("checked");
             // A failed victim stays: what did not move keeps its place.
             if !victim.failed {
                 job.freed.push(victim.segno);
             }
         }
-        self.clean_next();
+        self.compact_next();
     }
 
     /// The checkpoint without the batch is durable: free its segments.
-    pub(super) fn clean_checkpointed(&mut self) {
+    pub(super) fn compact_checkpointed(&mut self) {
         let freed = std::mem::take(&mut self.job().freed);
         for &segno in &freed {
             self.shared.space[segno as usize].reset();
@@ -385,7 +385,7 @@ impl Shard {
         }
         let counters = &self.shared.counters;
         counters.segments_freed.fetch_add(freed.len() as u64, Relaxed);
-        log::debug!("cleaner freed {} segment(s): {:?}", freed.len(), freed);
+        log::debug!("compaction freed {} segment(s): {:?}", freed.len(), freed);
         let (free, next_seq) = (self.shared.free.len(), self.shared.next_seq.load(Relaxed));
         let job = self.job();
         job.reclaimed += freed.len() as u32;
@@ -394,15 +394,15 @@ impl Shard {
             job.best_free = free;
             job.start_seq = next_seq;
         }
-        self.clean_next();
+        self.compact_next();
     }
 
-    fn clean_finish(&mut self) {
-        let job = self.ctl_mut().clean.take().expect("a cleaning job runs");
+    fn compact_finish(&mut self) {
+        let job = self.ctl_mut().compaction.take().expect("a compaction job runs");
         let free = self.shared.free.len();
         let room = free > self.shared.reserve();
-        log::info!("cleaner {:?} done: {} segment(s) freed, {free} free", job.target, job.reclaimed);
-        if job.target == CleanTarget::Reclaim {
+        log::info!("compaction {:?} done: {} segment(s) freed, {free} free", job.target, job.reclaimed);
+        if job.target == CompactTarget::Reclaim {
             // Writes waiting for space may have taken what the job freed as
             // fast as it freed it: a job that gained room for them (more
             // free segments, counting those writes took) hands over to a
@@ -428,7 +428,7 @@ impl Shard {
         self.finish_control(result);
     }
 
-    /// Neither the drain nor the cleaner can make room: the log holds only
+    /// Neither the drain nor compaction can make room: the log holds only
     /// versions that volumes need. The policy's `retention.on_full` says
     /// what gives: writes (ENOSPC), or the oldest volume.
     fn log_full_of_versions(&mut self) -> SpaceState {

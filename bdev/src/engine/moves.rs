@@ -1,8 +1,8 @@
-//! The cleaner's work on one core: moving the live blocks this core owns out
+//! Compaction's work on one core: moving the live blocks this core owns out
 //! of a victim segment, so core 0 can free it.
 //!
 //! Each run of blocks of the victim is checked against the views (see
-//! `space.rs`): live data is read into a cleaner buffer and appended again as
+//! `space.rs`): live data is read into a compaction buffer and appended again as
 //! a *move* entry in its partition's canonical one (its own, or the next
 //! view's when its partition lost its volume: that is how a deleted volume
 //! merges into the next partition); live zero blocks are appended again as
@@ -26,7 +26,7 @@
 use super::addr::{LogAddr, ZERO};
 use super::msg::Msg;
 use super::request::View;
-use super::shard::{Shard, TAG_GC_READ};
+use super::shard::{Shard, TAG_COMPACT_READ};
 use super::writer::{Payload, Purpose};
 use crate::device::{DevOp, DevRequest, DevStatus};
 use crate::error::{Error, Result};
@@ -35,12 +35,12 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// Longest run read and moved at once (32 KiB of 4 KiB blocks): the size of
-/// a cleaner buffer, and of the longest entry a device copy moves whole.
+/// a compaction buffer, and of the longest entry a device copy moves whole.
 /// Where the host copies the data (a malloc device), a run is also the
-/// longest a client request arriving meanwhile waits for the cleaner: a
+/// longest a client request arriving meanwhile waits for compaction: a
 /// 128 KiB run took 15-20 µs of a poll.
 pub(super) const MOVE_RUN_BLOCKS: u32 = 8;
-/// Blocks a core reads or moves for the cleaner per poll (a zero run counts
+/// Blocks a core reads or moves for compaction per poll (a zero run counts
 /// as one; a run started is finished, so a poll may go up to a run over).
 /// A poll stops sooner when client work arrives (`work_waiting`). 8 rather
 /// than 16 or 32: as much bandwidth, and client ops that arrive between
@@ -48,7 +48,7 @@ pub(super) const MOVE_RUN_BLOCKS: u32 = 8;
 const MOVE_BLOCKS_PER_POLL: u32 = 8;
 /// The least a read or a device copy counts against `MOVE_BLOCKS_PER_POLL`,
 /// however few its blocks: each also costs an append, a retirement and a
-/// relocation. (Reads were bounded by the cleaner buffers; copies need none.)
+/// relocation. (Reads were bounded by compaction buffers; copies need none.)
 const MOVE_ENTRY_COST: u32 = 4;
 /// Partition-table updates (a lookup or two each) a core applies at once
 /// when a victim's moves are done, and slices of them per poll (fewer when
@@ -71,7 +71,7 @@ pub(super) struct Run {
     partition: u32,
 }
 
-/// A cleaner buffer being filled: the run it is for, read part by part.
+/// A compaction buffer being filled: the run it is for, read part by part.
 #[derive(Clone, Copy, Default)]
 pub(super) struct BufRead {
     run: Run,
@@ -83,7 +83,7 @@ pub(super) struct BufRead {
 /// Where a move's data comes from.
 #[derive(Clone, Copy)]
 enum Source {
-    /// The cleaner buffer that holds the run's blocks.
+    /// Compaction buffer that holds the run's blocks.
     Buf(u16),
     /// The device copies the run, a whole entry whose CRC this is.
     Copy(u32),
@@ -91,11 +91,11 @@ enum Source {
     Zero,
 }
 
-/// One victim segment being evacuated on this core. A core queues the
+/// One victim segment being moved on this core. A core queues the
 /// victims core 0 sends and works them one at a time, in order: all reads
 /// and moves in flight belong to the first, and each victim's liveness
 /// checks see the partition tables the one before updated.
-pub(super) struct Evacuation {
+pub(super) struct VictimMoves {
     /// The victim segment.
     segno: u32,
     /// The victim's entries this core owns, and where the segment's data
@@ -110,7 +110,7 @@ pub(super) struct Evacuation {
     /// that run to resume from.
     cursor: (usize, u32),
     resume: u32,
-    /// Runs read into cleaner buffer `.0`, appended up to block `.2`.
+    /// Runs read into compaction buffer `.0`, appended up to block `.2`.
     ready: VecDeque<(u16, Run, u32)>,
     /// Reads and moves not finished.
     inflight: u32,
@@ -124,7 +124,7 @@ pub(super) struct Evacuation {
     error: Option<Error>,
 }
 
-/// Progress of a finished evacuation's table updates: the moves applied,
+/// Progress of a victim's finished moves' table updates: the moves applied,
 /// then the freed victim's data blocks from (entry, block) on.
 #[derive(Clone, Copy, Default)]
 struct Relocation {
@@ -132,9 +132,9 @@ struct Relocation {
     freed: (usize, u32),
 }
 
-impl Evacuation {
+impl VictimMoves {
     pub(super) fn new(segno: u32, entries: Vec<SummaryEntry>, base: LogAddr, copy: bool) -> Self {
-        Evacuation {
+        VictimMoves {
             segno,
             entries,
             base,
@@ -255,9 +255,9 @@ impl Shard {
         parts
     }
 
-    /// Queues a victim; the poll's cleaner step starts it.
-    pub(super) fn start_evacuation(&mut self, evac: Evacuation) {
-        self.evac.push_back(evac);
+    /// Queues a victim; the poll's compaction step starts it.
+    pub(super) fn start_moves(&mut self, moving: VictimMoves) {
+        self.moving.push_back(moving);
     }
 
     /// Appends the live parts of `run` from block `from` on; returns where
@@ -287,7 +287,7 @@ impl Shard {
             let (payload, buf) = match source {
                 Source::Buf(b) => {
                     // SAFETY: the buffer holds the run's blocks; `off + n` is within it.
-                    let at = unsafe { self.gc_bufs[b as usize].as_ptr().add(off as usize * bs) };
+                    let at = unsafe { self.compact_bufs[b as usize].as_ptr().add(off as usize * bs) };
                     (Payload::Buf(at), Some(b))
                 }
                 Source::Copy(crc) => {
@@ -300,11 +300,11 @@ impl Shard {
             match self.append_entry(payload, lba, n, dest, purpose) {
                 Ok(false) => return off,
                 Ok(true) => match buf {
-                    Some(b) => self.gc_refs[b as usize] += 1,
-                    None => self.evac.front_mut().expect("running").inflight += 1,
+                    Some(b) => self.compact_refs[b as usize] += 1,
+                    None => self.moving.front_mut().expect("running").inflight += 1,
                 },
                 Err(e) => {
-                    self.evac.front_mut().expect("running").error.get_or_insert(e);
+                    self.moving.front_mut().expect("running").error.get_or_insert(e);
                 }
             }
         }
@@ -313,14 +313,14 @@ impl Shard {
 
     /// Moves as much as buffers and the log allow; answers core 0 when every
     /// run is dealt with.
-    pub(super) fn advance_evacuation(&mut self) -> usize {
-        let Some(ev) = self.evac.front() else { return 0 };
+    pub(super) fn advance_moves(&mut self) -> usize {
+        let Some(ev) = self.moving.front() else { return 0 };
         if ev.relocation.is_some() {
             return self.advance_relocation();
         }
         let mut work = 0;
         let mut spent = 0;
-        while let Some(&(buf, run, from)) = self.evac.front().and_then(|e| e.ready.front()) {
+        while let Some(&(buf, run, from)) = self.moving.front().and_then(|e| e.ready.front()) {
             if spent >= MOVE_BLOCKS_PER_POLL || (spent > 0 && self.work_waiting()) {
                 return work.max(1);
             }
@@ -328,24 +328,24 @@ impl Shard {
             // Checked now: a client may have rewritten blocks during the read.
             let next = self.append_run(&run, from, Source::Buf(buf));
             if next < run.blocks {
-                self.evac.front_mut().expect("running").ready.front_mut().expect("peeked").2 = next;
+                self.moving.front_mut().expect("running").ready.front_mut().expect("peeked").2 = next;
                 break;
             }
-            self.evac.front_mut().expect("running").ready.pop_front();
-            self.release_gc_buf(buf);
+            self.moving.front_mut().expect("running").ready.pop_front();
+            self.release_compact_buf(buf);
             work += 1;
         }
-        while let Some((run, after)) = self.evac.front().and_then(|e| e.run_at(e.cursor)) {
+        while let Some((run, after)) = self.moving.front().and_then(|e| e.run_at(e.cursor)) {
             if spent >= MOVE_BLOCKS_PER_POLL || (spent > 0 && self.work_waiting()) {
                 return work.max(1);
             }
             if run.addr == ZERO {
                 // An append without data: counted as one block of work.
                 spent += 1;
-                let from = self.evac.front().expect("running").resume;
+                let from = self.moving.front().expect("running").resume;
                 let next = self.append_run(&run, from, Source::Zero);
                 if next < run.blocks {
-                    self.evac.front_mut().expect("running").resume = next;
+                    self.moving.front_mut().expect("running").resume = next;
                     break;
                 }
             } else {
@@ -356,17 +356,17 @@ impl Shard {
                         break;
                     }
                 } else if !parts.is_empty() {
-                    let Some(buf) = self.gc_free.pop() else { break };
+                    let Some(buf) = self.compact_free.pop() else { break };
                     // The run holds the buffer until all its moves retired.
-                    self.gc_refs[buf as usize] = 1;
-                    self.gc_pending[buf as usize] = BufRead { run, reads: parts.len() as u32, failed: false };
-                    self.evac.front_mut().expect("running").inflight += 1;
+                    self.compact_refs[buf as usize] = 1;
+                    self.compact_pending[buf as usize] = BufRead { run, reads: parts.len() as u32, failed: false };
+                    self.moving.front_mut().expect("running").inflight += 1;
                     // Only the live parts are read, each to its place in the
                     // buffer: what is live when they are appended is among
                     // them (a block stops being live, never starts again).
                     let bs = self.shared.geo.block_size as usize;
-                    let base = self.gc_bufs[buf as usize].as_mut_ptr();
-                    let tag = TAG_GC_READ | u64::from(buf);
+                    let base = self.compact_bufs[buf as usize].as_mut_ptr();
+                    let tag = TAG_COMPACT_READ | u64::from(buf);
                     for (off, n) in parts {
                         let block = self.shared.geo.log_start + u64::from(run.addr + off);
                         // SAFETY: `off + n <= run.blocks`, which the buffer holds.
@@ -376,11 +376,11 @@ impl Shard {
                     }
                 }
             }
-            let ev = self.evac.front_mut().expect("running");
+            let ev = self.moving.front_mut().expect("running");
             (ev.cursor, ev.resume) = (after, 0);
             work += 1;
         }
-        let ev = self.evac.front_mut().expect("running");
+        let ev = self.moving.front_mut().expect("running");
         if ev.run_at(ev.cursor).is_none() && ev.ready.is_empty() && ev.inflight == 0 {
             // The tables are updated from the next poll on.
             ev.relocation = Some(Relocation::default());
@@ -396,40 +396,40 @@ impl Shard {
         !self.shared.clients[core].is_empty() || !self.shared.inbox[core].is_empty()
     }
 
-    fn release_gc_buf(&mut self, buf: u16) {
-        self.gc_refs[buf as usize] -= 1;
-        if self.gc_refs[buf as usize] == 0 {
-            self.gc_free.push(buf);
-            self.evac.front_mut().expect("running").inflight -= 1;
+    fn release_compact_buf(&mut self, buf: u16) {
+        self.compact_refs[buf as usize] -= 1;
+        if self.compact_refs[buf as usize] == 0 {
+            self.compact_free.push(buf);
+            self.moving.front_mut().expect("running").inflight -= 1;
         }
     }
 
-    pub(super) fn gc_read_done(&mut self, buf: u16, status: DevStatus) {
-        let read = &mut self.gc_pending[buf as usize];
+    pub(super) fn move_read_done(&mut self, buf: u16, status: DevStatus) {
+        let read = &mut self.compact_pending[buf as usize];
         read.reads -= 1;
         read.failed |= status.is_err();
         let read = *read;
         if let Err(e) = status {
-            self.evac.front_mut().expect("reads belong to an evacuation").error.get_or_insert(Error::Io(e));
+            self.moving.front_mut().expect("reads belong to a victim's moves").error.get_or_insert(Error::Io(e));
         }
         if read.reads > 0 {
             return;
         }
         if read.failed {
-            self.release_gc_buf(buf);
+            self.release_compact_buf(buf);
         } else {
-            self.evac.front_mut().expect("reads belong to an evacuation").ready.push_back((buf, read.run, 0));
+            self.moving.front_mut().expect("reads belong to a victim's moves").ready.push_back((buf, read.run, 0));
         }
     }
 
     /// A move retired.
     pub(super) fn move_done(&mut self, buf: Option<u16>, status: Result<()>) {
         if let Err(e) = status {
-            self.evac.front_mut().expect("moves belong to an evacuation").error.get_or_insert(e);
+            self.moving.front_mut().expect("moves belong to a victim's moves").error.get_or_insert(e);
         }
         match buf {
-            Some(b) => self.release_gc_buf(b),
-            None => self.evac.front_mut().expect("moves belong to an evacuation").inflight -= 1,
+            Some(b) => self.release_compact_buf(b),
+            None => self.moving.front_mut().expect("moves belong to a victim's moves").inflight -= 1,
         }
     }
 
@@ -451,7 +451,7 @@ impl Shard {
                 if open {
                     self.record_open(dest, x, ZERO);
                 } else {
-                    let relocated = &mut self.evac.front_mut().expect("running").relocated;
+                    let relocated = &mut self.moving.front_mut().expect("running").relocated;
                     relocated.push((src_partition, dest, (x as u32, ZERO, ZERO)));
                 }
                 continue;
@@ -471,13 +471,13 @@ impl Shard {
             }
             let moved_to = if open { ZERO } else { to };
             if src_partition != dest || !open {
-                let relocated = &mut self.evac.front_mut().expect("running").relocated;
+                let relocated = &mut self.moving.front_mut().expect("running").relocated;
                 relocated.push((src_partition, dest, (x as u32, from, moved_to)));
             }
         }
     }
 
-    /// Applies a finished evacuation to the partition tables, a slice per
+    /// Applies a victim's finished moves to the partition tables, a slice per
     /// poll (see `Partitions::relocate`): each moved data block leaves the
     /// victim partition's table and, unless it went to the open partition,
     /// enters the destination's; zero moves enter the destination's.
@@ -494,16 +494,16 @@ impl Shard {
                 break;
             }
         }
-        let ev = self.evac.pop_front().expect("running");
+        let ev = self.moving.pop_front().expect("running");
         let status = ev.error.map_or(Ok(()), Err);
-        self.send(0, Msg::EvacuateDone { segno: ev.segno, status });
+        self.send(0, Msg::MovesDone { segno: ev.segno, status });
         1
     }
 
     /// Applies up to `RELOCATE_SLICE_BLOCKS` of the table updates; returns
     /// whether they are all done.
     fn relocate_slice(&mut self) -> bool {
-        let ev = self.evac.front_mut().expect("running");
+        let ev = self.moving.front_mut().expect("running");
         let mut at = ev.relocation.expect("relocating");
         let end = (at.moves + RELOCATE_SLICE_BLOCKS).min(ev.relocated.len());
         let mut budget = RELOCATE_SLICE_BLOCKS - (end - at.moves);
