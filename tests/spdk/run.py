@@ -315,7 +315,7 @@ def test_verify_over_the_whole_bdev_on_the_defaults():
 def test_unmap_and_write_zeroes_storms_never_fill_the_log():
     """bdevperf unmap, then write_zeroes, at depth 32 over a small bdev with
     most of the base given to the log: trim records that newer ones
-    supersede are garbage the drain and the cleaner reclaim, so no I/O
+    supersede are garbage the drain and compaction reclaim, so no I/O
     fails and the log does not stay full."""
     wd = workdir()
     cfg = write_config(wd, "trim.json", [
