@@ -77,17 +77,6 @@ fn top(h: u64, bits: u32) -> usize {
 }
 
 impl Table {
-    /// An empty table sized for about `blocks`: filling it splits no
-    /// bucket.
-    fn with_capacity(blocks: usize) -> Table {
-        let depth = blocks.div_ceil(BUCKET_BLOCKS / 2).next_power_of_two().trailing_zeros();
-        let per_bucket = (blocks >> depth) + (blocks >> depth) / 4 + 16;
-        let buckets = (0..1usize << depth)
-            .map(|_| (depth, Bucket::with_capacity_and_hasher(per_bucket, Default::default())))
-            .collect();
-        Table { dir: (0..1u32 << depth).collect(), buckets, depth }
-    }
-
     fn bucket(&self, lba: u32) -> Option<&Bucket> {
         let b = *self.dir.get(top(prefix(lba), self.depth))?;
         Some(&self.buckets[b as usize].1)
@@ -227,21 +216,6 @@ impl Partitions {
         Partitions { open_partition, open: Table::default(), sealed: Vec::new() }
     }
 
-    /// Partition tables holding `versions`: (partition, block, address) in
-    /// (partition, write) order, the newest version of a block last. Each
-    /// table is sized once, as mount rebuilds them.
-    pub fn from_versions(first_partition: u32, versions: &[(u32, u32, LogAddr)]) -> Partitions {
-        let mut parts = Partitions::new(first_partition);
-        for run in versions.chunk_by(|a, b| a.0 == b.0) {
-            parts.seal_up_to(run[0].0);
-            parts.open = Table::with_capacity(run.len());
-            for &(_, local, addr) in run {
-                parts.open.insert(local, addr);
-            }
-        }
-        parts
-    }
-
     /// Records a retired entry. Entries retire in log order, so a newer
     /// partition means the open one was sealed.
     pub fn record(&mut self, partition: u32, local: u32, addr: LogAddr) {
@@ -378,27 +352,6 @@ mod tests {
         assert_eq!(p.lookup_as_of(5, 2), Some(200));
         assert_eq!(p.lookup_as_of(6, 1), None);
         assert_eq!(p.lookup_as_of(5, 0), None);
-    }
-
-    #[test]
-    fn built_from_versions_as_recorded_one_by_one() {
-        let versions: Vec<(u32, u32, LogAddr)> =
-            (0..20_000u32).map(|i| (2 + i / 7000, (i * 7919) % 9000, if i % 50 == 0 { ZERO } else { i })).collect();
-        let mut recorded = Partitions::new(1);
-        versions.iter().for_each(|&(p, local, addr)| recorded.record(p, local, addr));
-        let built = Partitions::from_versions(1, &versions);
-        let sorted = |t: &Table| {
-            let mut v: Vec<_> = t.iter().collect();
-            v.sort_unstable();
-            v
-        };
-        assert_eq!(built.open_partition, recorded.open_partition);
-        assert_eq!(sorted(&built.open), sorted(&recorded.open));
-        assert_eq!(built.sealed.len(), 2);
-        for ((p, a), (q, b)) in built.sealed.iter().zip(&recorded.sealed) {
-            assert_eq!((p, sorted(a)), (q, sorted(b)));
-        }
-        assert!(built.sealed.iter().all(|(_, t)| t.buckets.iter().all(|(_, b)| b.len() <= BUCKET_BLOCKS)));
     }
 
     #[test]

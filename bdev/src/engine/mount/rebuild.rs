@@ -62,7 +62,10 @@ pub(super) fn rebuild(geo: &Geometry, ckpt: &Checkpoint, loaded: &BTreeMap<u32, 
         BlockIndex::from_versions(geo.volume_blocks, geo.stripe_blocks, cores, core as u32, &v)
     };
     let parts_of = |core: usize| {
-        let mut parts = Partitions::from_versions(first_partition, &versions[core]);
+        let mut parts = Partitions::new(first_partition);
+        for &(partition, lba, addr) in &versions[core] {
+            parts.record(partition, lba, addr);
+        }
         parts.seal_up_to(open_partition);
         parts
     };
