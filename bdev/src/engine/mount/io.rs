@@ -48,30 +48,9 @@ impl SyncIo {
     /// Reads every (block, blocks) of `reqs`, up to `QUEUE_DEPTH` at once;
     /// the buffers in the same order.
     pub fn read_batch(&mut self, reqs: &[(u64, u32)]) -> Result<Vec<DmaBuf>> {
-        let mut bufs: Vec<DmaBuf> = reqs.iter().map(|&(_, n)| DmaBuf::new(n as usize * self.bs, self.bs)).collect();
-        let (mut next, mut inflight, mut error) = (0, 0, None);
-        while next < reqs.len() || inflight > 0 {
-            while next < reqs.len() && inflight < QUEUE_DEPTH {
-                let (block, nblocks) = reqs[next];
-                let req = DevRequest { op: DevOp::Read, block, nblocks, buf: bufs[next].as_mut_ptr(), tag: 0 };
-                // SAFETY: the buffer holds `nblocks` blocks and lives in
-                // `bufs` until this function returns, after every
-                // completion was polled.
-                if unsafe { self.chan.submit(req) }.is_err() {
-                    break;
-                }
-                next += 1;
-                inflight += 1;
-            }
-            self.chan.poll(&mut |_, status| {
-                inflight -= 1;
-                if let Err(e) = status {
-                    error.get_or_insert(e);
-                }
-            });
-        }
-        self.read_bytes += bufs.iter().map(|b| b.len() as u64).sum::<u64>();
-        error.map_or(Ok(bufs), |e| Err(Error::Io(e)))
+        let mut bufs = Vec::with_capacity(reqs.len());
+        self.read_in_order(reqs, usize::MAX, |_, buf, _| bufs.push(buf))?;
+        Ok(bufs)
     }
 
     /// Reads every (block, blocks) of `reqs` with up to `QUEUE_DEPTH` in

@@ -24,8 +24,9 @@ pub(super) struct Rebuilt {
 pub(super) fn rebuild(geo: &Geometry, ckpt: &Checkpoint, loaded: &BTreeMap<u32, Loaded>, cores: u32) -> Rebuilt {
     let drained = ckpt.baseline_partition;
     let mut logmap = LogMap::new(geo.segment_count, geo.segment_blocks);
+    // In (sequence, segment number) order: stable over `loaded`'s order.
     let mut segments: Vec<&Loaded> = loaded.values().collect();
-    segments.sort_unstable_by_key(|l| l.record.seq);
+    segments.sort_by_key(|l| l.record.seq);
     // (partition, segno, entry) in log order, then stably by partition: a
     // run of one partition stays sorted, so this costs a pass over the
     // entries, not a sort.
