@@ -29,6 +29,8 @@ pub enum Error {
     Corrupt(String),
     #[error("the device is too small: {0}")]
     DeviceTooSmall(String),
+    #[error("the device is too large: {0}")]
+    DeviceTooLarge(String),
     #[error("the bdev is shutting down")]
     ShuttingDown,
     #[error("log cursor {cursor} is older than the log: entries below {oldest} drained into the baseline (go on from {oldest}, or from 0 for all the log holds)")]
@@ -49,6 +51,7 @@ impl Error {
             Error::NotFormatted => libc::ENODEV,
             Error::Corrupt(_) => libc::EUCLEAN,
             Error::DeviceTooSmall(_) => libc::ENOSPC,
+            Error::DeviceTooLarge(_) => libc::EFBIG,
             Error::ShuttingDown => libc::ESHUTDOWN,
             Error::CursorDrained { .. } => libc::ERANGE,
         }

@@ -114,8 +114,10 @@
 
 use crate::error::RpcError;
 use base64::Engine as _;
-use ilog_bdev::engine::{volume_bdev_name, BdevInfo, CompactMode, LogBatch, LogEntry, LogEntryKind, Stats, VolumeInfo};
-use ilog_bdev::format::FormatOptions;
+use ilog_bdev::engine::{
+    volume_bdev_name, BdevInfo, CompactMode, LogBatch, LogEntry, LogEntryKind, Stats, Submitter, VolumeInfo,
+};
+use ilog_bdev::format::{FormatOptions, Geometry};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -175,6 +177,47 @@ impl CreateParams {
             replay_window_bytes: self
                 .replay_window_mib
                 .map_or(d.replay_window_bytes, |mib| mib.saturating_mul(1 << 20)),
+        }
+    }
+
+    /// The options given that a base formatted as `geo` (with a replay
+    /// window of `replay_window_kib`) does not have: a formatted base mounts
+    /// as it is, so they do nothing.
+    pub fn ignored_by(&self, geo: &Geometry, replay_window_kib: u32) -> Vec<String> {
+        let bs = u64::from(geo.block_size);
+        let log_share = u64::from(geo.segment_count) * u64::from(geo.segment_blocks) * 100
+            / (geo.device_blocks - geo.baseline_start);
+        let stripe_kib = (u64::from(geo.stripe_blocks) * bs) >> 10;
+        let segment_kib = (u64::from(geo.segment_blocks) * bs) >> 10;
+        let window_mib = u64::from(replay_window_kib) >> 10;
+        let mut ignored = Vec::new();
+        let mut check = |name: &str, given: Option<u64>, fits: &dyn Fn(u64) -> bool, formatted: String| {
+            if let Some(given) = given.filter(|&given| !fits(given)) {
+                ignored.push(format!("{name} {given} (formatted with {formatted})"));
+            }
+        };
+        check("stripe_size_kib", self.stripe_size_kib, &|kib| kib == stripe_kib, stripe_kib.to_string());
+        check("segment_size_kib", self.segment_size_kib, &|kib| kib == segment_kib, segment_kib.to_string());
+        let max_volumes = u64::from(geo.max_volumes);
+        check("max_volumes", self.max_volumes.map(u64::from), &|n| n == max_volumes, max_volumes.to_string());
+        check("replay_window_mib", self.replay_window_mib, &|mib| mib == window_mib, window_mib.to_string());
+        // The log's share is rounded to whole segments: any percent that
+        // gives the same log is the same format.
+        let same_log = |percent: u64| u8::try_from(percent).is_ok_and(|p| geo.has_log_percent(p));
+        check("log_percent", self.log_percent.map(u64::from), &same_log, format!("a log of {log_share} %"));
+        ignored
+    }
+
+    /// Logs the options a create on an already formatted base ignored.
+    pub fn warn_ignored(&self, formatted: &Submitter) {
+        let ignored = self.ignored_by(&formatted.geometry(), formatted.replay_window_kib());
+        if !ignored.is_empty() {
+            log::warn!(
+                "{}: {} is already formatted and mounts as formatted; ignored: {}",
+                self.name,
+                self.base_bdev_name,
+                ignored.join(", ")
+            );
         }
     }
 
@@ -406,9 +449,10 @@ fn name_only(params: Option<&Value>) -> Result<String, RpcError> {
     Ok(p.name)
 }
 
+/// A name that must be a C string too (SPDK's decoder refuses a NUL).
 fn non_empty(field: &str, value: &str) -> Result<(), RpcError> {
-    if value.is_empty() {
-        return Err(RpcError::invalid_params(format!("Invalid parameters: {field} must not be empty")));
+    if value.is_empty() || value.contains('\0') {
+        return Err(RpcError::invalid_params(format!("Invalid parameters: {field} must be non-empty, without NUL")));
     }
     Ok(())
 }
@@ -551,6 +595,35 @@ mod tests {
         match parse(method, params.as_ref()) {
             Some(Err(e)) if e.code == RpcError::INVALID_PARAMS => e.message,
             other => panic!("{method} {params:?}: expected invalid params, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_options_a_formatted_base_does_not_have_are_named() {
+        let formatted = FormatOptions { log_percent: 50, ..FormatOptions::default() };
+        let geo = Geometry::plan(4096, 1 << 18, &formatted).unwrap();
+        let window_kib = (formatted.replay_window_bytes >> 10) as u32;
+        let create = |params: Value| match ok("bdev_ilog_create", params) {
+            Command::Create(p) => p.ignored_by(&geo, window_kib),
+            other => panic!("{other:?}"),
+        };
+        // None given, or the same ones (a percent rounding to the same log
+        // counts as the same): nothing to say.
+        assert!(create(json!({"name": "a", "base_bdev_name": "b"})).is_empty());
+        let same = json!({"name": "a", "base_bdev_name": "b", "log_percent": 50, "stripe_size_kib": 1024,
+                          "segment_size_kib": 4096, "max_volumes": 1024, "replay_window_mib": 256});
+        assert_eq!(create(same), Vec::<String>::new());
+        let differ = json!({"name": "a", "base_bdev_name": "b", "log_percent": 20, "stripe_size_kib": 512,
+                            "max_volumes": 8, "replay_window_mib": 64});
+        let ignored = create(differ);
+        assert_eq!(ignored.len(), 4, "{ignored:?}");
+        for want in [
+            "log_percent 20 (formatted with a log of 4",
+            "stripe_size_kib 512 (formatted with 1024)",
+            "max_volumes 8 (formatted with 1024)",
+            "replay_window_mib 64 (formatted with 256)",
+        ] {
+            assert!(ignored.iter().any(|i| i.starts_with(want)), "{want} not in {ignored:?}");
         }
     }
 

@@ -20,8 +20,12 @@
 //!   answered with `-32600`, with its id when one could be read and `null`
 //!   otherwise. SPDK has accepted a missing `jsonrpc` since 2018 and a null
 //!   `params` (as none) since 2019; so does this server;
+//! - the response's `id` is the request's as written, so an integer past
+//!   what u64 or f64 holds comes back digit for digit;
 //! - malformed JSON is answered with `-32700` and the connection is closed,
-//!   as the stream has no point to resynchronise at;
+//!   as the stream has no point to resynchronise at; well-formed JSON
+//!   nested deeper than 128 levels is answered with `-32700` too, and the
+//!   connection stays;
 //! - an array is a batch (as in SPDK since v26.05, for `spdk-rpc
 //!   --batch-mode`): one array of the responses that are not to
 //!   notifications, nothing if there are none, `-32600` if it is empty.
@@ -30,7 +34,9 @@
 //! slow or misbehaving client holds up only its own connection.
 
 use crate::error::RpcError;
+use serde::{Deserialize, Serialize};
 use serde_json::error::Category;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -257,24 +263,31 @@ impl<R: Read> Read for Counted<R> {
 /// Serves one connection until the client closes it, it fails, or it sends
 /// something that is not JSON.
 fn serve(stream: UnixStream, handler: &dyn Handler) {
-    let mut writer = match stream.try_clone() {
+    let writer = match stream.try_clone() {
         Ok(writer) => writer,
         Err(e) => {
             log::warn!("JSON-RPC connection dropped: {e}");
             return;
         }
     };
-    let taken = Rc::new(Cell::new(0));
     // Buffered: the parser reads a byte at a time.
-    let reader = Counted { inner: BufReader::new(stream), taken: taken.clone() };
+    serve_stream(BufReader::new(stream), writer, handler);
+}
+
+/// A connection's protocol, apart from its socket: answers the requests read
+/// from `input` on `writer` until `input` ends or fails, or sends something
+/// that is not JSON. Public so that the fuzz targets can feed it bytes.
+pub fn serve_stream(input: impl Read, mut writer: impl Write, handler: &dyn Handler) {
+    let taken = Rc::new(Cell::new(0));
+    let reader = Counted { inner: input, taken: taken.clone() };
     // Waits for more bytes whenever a value is incomplete; a value that
     // ends in a brace or bracket is returned without reading past it.
-    let mut requests = serde_json::Deserializer::from_reader(reader).into_iter::<Value>();
+    let mut requests = serde_json::Deserializer::from_reader(reader).into_iter::<Box<RawValue>>();
     loop {
         taken.set(0);
         let reply = match requests.next() {
             None => return,
-            Some(Ok(request)) => dispatch(handler, request),
+            Some(Ok(request)) => dispatch(handler, &request),
             Some(Err(e)) => {
                 let too_long = taken.get() >= MAX_REQUEST_BYTES;
                 if !too_long && !matches!(e.classify(), Category::Syntax | Category::Data) {
@@ -285,7 +298,7 @@ fn serve(stream: UnixStream, handler: &dyn Handler) {
                     if too_long { format!("request longer than {MAX_REQUEST_BYTES} bytes") } else { e.to_string() };
                 log::warn!("JSON-RPC parse error, closing the connection: {why}");
                 let error = RpcError::new(RpcError::PARSE_ERROR, format!("Parse error: {why}"));
-                let _ = writer.write_all(&line(&error_response(Value::Null, &error)));
+                let _ = writer.write_all(&line(&Response::error(null(), &error)));
                 return;
             }
         };
@@ -298,26 +311,37 @@ fn serve(stream: UnixStream, handler: &dyn Handler) {
 }
 
 /// The bytes to send for one top-level request or batch, if any.
-fn dispatch(handler: &dyn Handler, request: Value) -> Option<Vec<u8>> {
-    match request {
-        Value::Array(batch) if batch.is_empty() => Some(line(&invalid_request(Value::Null))),
-        Value::Array(batch) => {
-            let responses: Vec<Value> = batch.into_iter().filter_map(|r| call(handler, r)).collect();
-            (!responses.is_empty()).then(|| line(&Value::Array(responses)))
+fn dispatch(handler: &dyn Handler, request: &RawValue) -> Option<Vec<u8>> {
+    if !request.get().starts_with('[') {
+        return call(handler, request).map(|response| line(&response));
+    }
+    match serde_json::from_str::<Vec<&RawValue>>(request.get()) {
+        Ok(batch) if batch.is_empty() => Some(line(&invalid_request(null()))),
+        Ok(batch) => {
+            let responses: Vec<Response> = batch.into_iter().filter_map(|r| call(handler, r)).collect();
+            (!responses.is_empty()).then(|| line(&responses))
         }
-        request => call(handler, request).map(|response| line(&response)),
+        Err(_) => Some(line(&invalid_request(null()))),
     }
 }
 
 /// Runs one request; its response, unless it is a notification.
-fn call(handler: &dyn Handler, request: Value) -> Option<Value> {
-    let Value::Object(mut fields) = request else {
-        return Some(invalid_request(Value::Null));
+fn call(handler: &dyn Handler, raw: &RawValue) -> Option<Response> {
+    let mut fields = match serde_json::from_str::<Value>(raw.get()) {
+        Ok(Value::Object(fields)) => fields,
+        Ok(_) => return Some(invalid_request(null())),
+        // Well-formed but nested past the parser's depth limit: the stream
+        // is still in step, so the connection stays.
+        Err(e) => {
+            return Some(Response::error(null(), &RpcError::new(RpcError::PARSE_ERROR, format!("Parse error: {e}"))))
+        }
     };
     let id = fields.remove("id");
+    // The id goes back as its client wrote it: a number past what u64 or
+    // f64 holds must come back digit for digit.
     let reply_id = match &id {
-        Some(id @ (Value::String(_) | Value::Number(_))) => id.clone(),
-        _ => Value::Null,
+        Some(Value::String(_) | Value::Number(_)) => raw_id(raw).unwrap_or_else(null),
+        _ => null(),
     };
     let id_valid = matches!(id, None | Some(Value::Null | Value::String(_) | Value::Number(_)));
     let version_valid = match fields.remove("jsonrpc") {
@@ -345,22 +369,50 @@ fn call(handler: &dyn Handler, request: Value) -> Option<Value> {
     // A notification's outcome, error or not, is not sent.
     id.as_ref()?;
     Some(match outcome {
-        Ok(result) => json!({ "jsonrpc": "2.0", "id": reply_id, "result": result }),
-        Err(error) => error_response(reply_id, &error),
+        Ok(result) => Response { jsonrpc: "2.0", id: reply_id, result: Some(result), error: None },
+        Err(error) => Response::error(reply_id, &error),
     })
 }
 
-fn invalid_request(id: Value) -> Value {
-    error_response(id, &RpcError::new(RpcError::INVALID_REQUEST, "Invalid request"))
+/// A request's `id` member as it was written.
+fn raw_id(request: &RawValue) -> Option<Box<RawValue>> {
+    #[derive(Deserialize)]
+    struct Id<'a> {
+        #[serde(borrow)]
+        id: &'a RawValue,
+    }
+    serde_json::from_str::<Id>(request.get()).ok().map(|r| r.id.to_owned())
 }
 
-fn error_response(id: Value, error: &RpcError) -> Value {
-    json!({ "jsonrpc": "2.0", "id": id, "error": { "code": error.code, "message": error.message } })
+fn null() -> Box<RawValue> {
+    RawValue::from_string("null".into()).expect("valid JSON")
+}
+
+/// One response, in SPDK's member order.
+#[derive(Serialize)]
+struct Response {
+    jsonrpc: &'static str,
+    id: Box<RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Value>,
+}
+
+impl Response {
+    fn error(id: Box<RawValue>, error: &RpcError) -> Response {
+        let error = json!({ "code": error.code, "message": error.message });
+        Response { jsonrpc: "2.0", id, result: None, error: Some(error) }
+    }
+}
+
+fn invalid_request(id: Box<RawValue>) -> Response {
+    Response::error(id, &RpcError::new(RpcError::INVALID_REQUEST, "Invalid request"))
 }
 
 /// A response as sent: the JSON and a newline, as SPDK ends each one.
-fn line(response: &Value) -> Vec<u8> {
-    let mut bytes = response.to_string().into_bytes();
+fn line(response: &impl Serialize) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(response).expect("responses serialize");
     bytes.push(b'\n');
     bytes
 }

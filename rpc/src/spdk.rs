@@ -175,9 +175,13 @@ fn execute(cmd: Command, r: Responder) {
     match cmd {
         Command::Create(p) => {
             let config = serde_json::to_string(&p).expect("params serialize");
-            let name = p.name.clone();
-            module::create(&p.name, &p.base_bdev_name, p.format_options(), config, move |res| {
-                r.answer(res.map(|()| methods::create_result(&name)).map_err(rpc_error))
+            let (name, base) = (p.name.clone(), p.base_bdev_name.clone());
+            module::create(&name, &base, p.format_options(), config, move |res| {
+                let created = res.map(|formatted| {
+                    p.warn_ignored(&formatted);
+                    methods::create_result(&p.name)
+                });
+                r.answer(created.map_err(rpc_error))
             });
         }
         Command::Delete { name } => {

@@ -166,6 +166,14 @@ fn answers_a_request_with_a_newline_terminated_response() {
     let f = start();
     let mut c = Client::connect(&f);
     c.send(r#"{"jsonrpc":"2.0","method":"echo","params":{"name":"ilog0"},"id":1}"#);
+    let raw = recv_raw(&mut c);
+    assert_eq!(raw.matches('\n').count(), 1);
+    let response: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(response, result(json!(1), json!({"name": "ilog0"})));
+}
+
+/// The raw line of the next response, without parsing it.
+fn recv_raw(c: &mut Client) -> String {
     let mut raw = Vec::new();
     while !raw.ends_with(b"\n") {
         let mut chunk = [0; 4096];
@@ -173,9 +181,23 @@ fn answers_a_request_with_a_newline_terminated_response() {
         assert!(n > 0);
         raw.extend_from_slice(&chunk[..n]);
     }
-    assert_eq!(raw.iter().filter(|&&b| b == b'\n').count(), 1);
-    let response: Value = serde_json::from_slice(&raw).unwrap();
-    assert_eq!(response, result(json!(1), json!({"name": "ilog0"})));
+    String::from_utf8(raw).unwrap()
+}
+
+#[test]
+fn a_numeric_id_comes_back_exactly_as_sent() {
+    let f = start();
+    let mut c = Client::connect(&f);
+    // Beyond u64 and beyond f64's 53 bits: a client matches its responses
+    // by these digits, so they must not come back as a rounded float.
+    for id in ["123456789012345678901234567890", "18446744073709551617", "9007199254740993", "-12", "1.5"] {
+        c.send(&format!(r#"{{"jsonrpc":"2.0","method":"echo","id":{id}}}"#));
+        let raw = recv_raw(&mut c);
+        assert!(
+            raw.contains(&format!(r#""id":{id},"#)) || raw.contains(&format!(r#""id":{id}}}"#)),
+            "id {id} came back as {raw}"
+        );
+    }
 }
 
 #[test]
@@ -249,6 +271,10 @@ fn malformed_json_is_a_parse_error_that_closes_only_that_connection() {
         bad.assert_closed();
     }
 
+    // Well-formed, but nested deeper than the parser follows (serde_json
+    // stops at 128): a parse error, and the connection goes on.
+    good.send(&format!(r#"{{"method":"echo","id":2,"params":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000)));
+    assert_eq!(error_code(&good.recv()), -32700);
     assert_eq!(good.call(&json!({"jsonrpc": "2.0", "method": "echo", "id": 3})), result(json!(3), Value::Null));
     let mut fresh = Client::connect(&f);
     assert_eq!(fresh.call(&json!({"jsonrpc": "2.0", "method": "echo", "id": 4})), result(json!(4), Value::Null));

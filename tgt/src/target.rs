@@ -87,8 +87,39 @@ pub struct Target {
     jobs: Arc<Mutex<Jobs>>,
 }
 
-fn params<T: for<'de> Deserialize<'de>>(params: Option<Value>) -> Result<T, RpcError> {
+/// Decodes a method's params as SPDK does: by name only (an object, or
+/// none), never positionally.
+fn decode<T: for<'de> Deserialize<'de>>(params: Option<Value>) -> Result<T, RpcError> {
+    if params.as_ref().is_some_and(|p| !p.is_object()) {
+        return Err(RpcError::invalid_params("Invalid parameters: params must be an object"));
+    }
     serde_json::from_value(params.unwrap_or_else(|| json!({}))).map_err(|e| RpcError::invalid_params(e.to_string()))
+}
+
+/// Methods that take no params refuse any, as SPDK's do.
+fn no_params(params: Option<Value>) -> Result<(), RpcError> {
+    match params {
+        None => Ok(()),
+        Some(_) => Err(RpcError::invalid_params("Invalid parameters: this method takes none")),
+    }
+}
+
+/// `rpc_get_methods`'s params: every method serves in every state here.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetMethods {
+    #[serde(default, rename = "current")]
+    _current: bool,
+    #[serde(default, rename = "include_aliases")]
+    _include_aliases: bool,
+}
+
+/// The canonical text form of a uuid (8-4-4-4-12 hex digits), as SPDK
+/// parses one.
+fn valid_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups.iter().all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn no_such_bdev(name: &str) -> RpcError {
@@ -223,6 +254,7 @@ impl Target {
 
     fn malloc_create(&self, p: MallocCreate) -> Result<Value, RpcError> {
         p.check_unsupported()?;
+        check_uuid(p.uuid.as_deref())?;
         // Placement hints with no effect on a RAM bdev here.
         let _ = (p.optimal_io_boundary, p.numa_id);
         let mut st = self.lock();
@@ -267,6 +299,7 @@ impl Target {
         }
         // fallocate and nowait tune Linux AIO; io_uring needs neither.
         let _ = (p.fallocate, p.nowait);
+        check_uuid(p.uuid.as_deref())?;
         let mut st = self.lock();
         check_new_name(&st, &p.name)?;
         let bs = p.block_size.filter(|&b| b != 0).unwrap_or(4096);
@@ -276,6 +309,12 @@ impl Target {
         let dev = FileDevice::open(&p.filename, bs).map_err(|e| {
             RpcError::errno(e.raw_os_error().unwrap_or(libc::EINVAL), format!("{}: {e}", p.filename.display()))
         })?;
+        if dev.num_blocks() == 0 {
+            return Err(RpcError::errno(
+                libc::EINVAL,
+                format!("{} is smaller than one block of {bs} bytes", p.filename.display()),
+            ));
+        }
         log::info!("created aio bdev {} on {} (O_DIRECT: {})", p.name, p.filename.display(), dev.is_direct());
         let uuid = p.uuid.unwrap_or_else(|| uuid_string(&ilog_bdev::format::random_uuid()));
         let base = Base { kind: BaseKind::Aio { filename: p.filename }, dev: Arc::new(dev), uuid, claimed_by: None };
@@ -318,7 +357,11 @@ impl Target {
                 log::info!("formatted {} for {}", p.base_bdev_name, p.name);
                 Ilog::attach(dev, &self.reactors)?
             }
-            other => other?,
+            mounted => {
+                let ilog = mounted?;
+                p.warn_ignored(ilog.submitter());
+                ilog
+            }
         };
         log::info!("created ilog bdev {} on {}", p.name, p.base_bdev_name);
         st.bases.get_mut(&p.base_bdev_name).expect("checked").claimed_by = Some(p.name.clone());
@@ -667,9 +710,18 @@ fn host_memory_bytes() -> u64 {
     u64::try_from(pages).unwrap_or(0).saturating_mul(u64::try_from(page).unwrap_or(0))
 }
 
+fn check_uuid(uuid: Option<&str>) -> Result<(), RpcError> {
+    match uuid {
+        Some(u) if !valid_uuid(u) => Err(RpcError::invalid_params(format!(
+            "Invalid parameters: uuid {u:?} is not of the form 8-4-4-4-12 hex digits"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn check_new_name(st: &State, name: &str) -> Result<(), RpcError> {
-    if name.is_empty() || name.contains('@') || name.contains('/') {
-        return Err(RpcError::invalid_params(format!("bdev name {name:?} must be non-empty, without '@' or '/'")));
+    if name.is_empty() || name.contains(['@', '/', '\0']) {
+        return Err(RpcError::invalid_params(format!("bdev name {name:?} must be non-empty, without '@', '/' or NUL")));
     }
     if st.bases.contains_key(name) || st.ilogs.contains_key(name) {
         return Err(RpcError::errno(libc::EEXIST, format!("bdev {name} already exists")));
@@ -683,37 +735,42 @@ impl Handler for Target {
             return self.execute(cmd?);
         }
         match method {
-            "spdk_get_version" => Ok(json!({
-                "version": concat!("ilog_tgt v", env!("CARGO_PKG_VERSION")),
-                "fields": {"major": 0, "minor": 1, "patch": 0, "suffix": ""},
-            })),
+            "spdk_get_version" => no_params(params).map(|()| {
+                json!({
+                    "version": concat!("ilog_tgt v", env!("CARGO_PKG_VERSION")),
+                    "fields": {"major": 0, "minor": 1, "patch": 0, "suffix": ""},
+                })
+            }),
             "rpc_get_methods" => {
+                decode::<GetMethods>(params)?;
                 let mut all: Vec<&str> = SPDK_METHODS.iter().chain(methods::METHODS).copied().collect();
                 all.sort_unstable();
                 Ok(json!(all))
             }
             "framework_get_reactors" => {
+                no_params(params)?;
                 let reactors: Vec<Value> = (0..self.reactors.cores())
                     .map(|i| json!({"lcore": i, "busy": 0, "idle": 0, "in_interrupt": false, "lw_threads": []}))
                     .collect();
                 Ok(json!({"tick_rate": 1_000_000_000u64, "reactors": reactors}))
             }
-            "bdev_malloc_create" => self.malloc_create(params_of(params)?),
-            "bdev_malloc_delete" => self.base_delete(&params_of::<ByName>(params)?.name, true),
-            "bdev_aio_create" => self.aio_create(params_of(params)?),
-            "bdev_aio_delete" => self.base_delete(&params_of::<ByName>(params)?.name, false),
-            "bdev_get_bdevs" => self.get_bdevs(params_of::<MaybeName>(params)?.name),
-            "nbd_start_disk" => self.nbd_start(params_of(params)?),
-            "nbd_stop_disk" => self.nbd_stop(params_of(params)?),
-            "nbd_get_disks" => self.nbd_disks(params_of(params)?),
-            "save_config" => Ok(self.save_config()),
+            "bdev_malloc_create" => self.malloc_create(decode(params)?),
+            "bdev_malloc_delete" => self.base_delete(&decode::<ByName>(params)?.name, true),
+            "bdev_aio_create" => self.aio_create(decode(params)?),
+            "bdev_aio_delete" => self.base_delete(&decode::<ByName>(params)?.name, false),
+            "bdev_get_bdevs" => self.get_bdevs(decode::<MaybeName>(params)?.name),
+            "nbd_start_disk" => self.nbd_start(decode(params)?),
+            "nbd_stop_disk" => self.nbd_stop(decode(params)?),
+            "nbd_get_disks" => self.nbd_disks(decode(params)?),
+            "save_config" => no_params(params).map(|()| self.save_config()),
             "framework_get_subsystems" => {
+                no_params(params)?;
                 let list: Vec<Value> =
                     SUBSYSTEMS.iter().map(|(n, deps)| json!({"subsystem": n, "depends_on": deps})).collect();
                 Ok(Value::Array(list))
             }
             "framework_get_config" => {
-                let GetConfig { name, .. } = params_of(params)?;
+                let GetConfig { name, .. } = decode(params)?;
                 let config = self
                     .subsystem_config(&name)
                     .ok_or_else(|| RpcError::invalid_params(format!("no subsystem {name}")))?;
@@ -722,10 +779,6 @@ impl Handler for Target {
             _ => Err(RpcError::method_not_found(method)),
         }
     }
-}
-
-fn params_of<T: for<'de> Deserialize<'de>>(p: Option<Value>) -> Result<T, RpcError> {
-    params(p)
 }
 
 #[cfg(test)]

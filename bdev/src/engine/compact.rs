@@ -37,6 +37,37 @@ use std::sync::atomic::Ordering::Relaxed;
 const BATCH: usize = 8;
 /// Victims moved at once.
 const PIPELINE: usize = 4;
+/// Reclaims come as often as writes fill the log (every few tens of ms
+/// under sustained writes): they are logged as one summary at most this
+/// often (seconds).
+const RECLAIM_NOTICE_S: u64 = 10;
+
+/// The background reclaims since the last notice of them.
+#[derive(Default)]
+pub(super) struct ReclaimNotices {
+    last: Option<u64>,
+    runs: u64,
+    freed: u64,
+}
+
+impl ReclaimNotices {
+    /// Counts a reclaim that freed `freed` segments at `now` (unix s); the
+    /// line to log when a notice is due: the first reclaim, then one line
+    /// for each `RECLAIM_NOTICE_S` seconds that had some.
+    fn add(&mut self, now: u64, freed: u32) -> Option<String> {
+        self.runs += 1;
+        self.freed += u64::from(freed);
+        if self.last.is_some_and(|last| now < last + RECLAIM_NOTICE_S) {
+            return None;
+        }
+        let line = format!(
+            "compaction: {} background reclaim(s) freed {} segment(s) (logged at most every {RECLAIM_NOTICE_S} s)",
+            self.runs, self.freed
+        );
+        *self = ReclaimNotices { last: Some(now), runs: 0, freed: 0 };
+        Some(line)
+    }
+}
 
 /// What a compaction job reclaims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -401,7 +432,14 @@ impl Shard {
         let job = self.ctl_mut().compaction.take().expect("a compaction job runs");
         let free = self.shared.free.len();
         let room = free > self.shared.reserve();
-        log::info!("compaction {:?} done: {} segment(s) freed, {free} free", job.target, job.reclaimed);
+        if job.target == CompactTarget::Reclaim {
+            let now = self.shared.clock.now_unix_s();
+            if let Some(line) = self.ctl_mut().reclaim_notices.add(now, job.reclaimed) {
+                log::info!("{line}, {free} free");
+            }
+        } else {
+            log::info!("compaction {:?} done: {} segment(s) freed, {free} free", job.target, job.reclaimed);
+        }
         if job.target == CompactTarget::Reclaim {
             // Writes waiting for space may have taken what the job freed as
             // fast as it freed it: a job that gained room for them (more
@@ -451,5 +489,20 @@ impl Shard {
                 SpaceState::Exhausted
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reclaims_are_logged_once_then_summed_up_every_notice_period() {
+        let mut notices = ReclaimNotices::default();
+        assert!(notices.add(100, 1).is_some(), "the first reclaim is told");
+        // Every 40 ms for 25 s: one more line per period, not one a reclaim.
+        let lines: Vec<String> = (0..625u64).filter_map(|i| notices.add(100 + i * 40 / 1000, 2)).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[1].starts_with("compaction: 250 background reclaim(s) freed 500 segment(s)"), "{}", lines[1]);
     }
 }

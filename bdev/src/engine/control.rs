@@ -11,7 +11,7 @@
 //! What a checkpoint holds, and where it goes, is `control/checkpoint.rs`;
 //! the stats are assembled in `control/stats.rs`.
 
-use super::compact::{CompactJob, CompactTarget};
+use super::compact::{CompactJob, CompactTarget, ReclaimNotices};
 use super::cursor::LogRead;
 use super::drain::DrainJob;
 use super::msg::{Msg, ReplyTo};
@@ -129,6 +129,7 @@ pub(crate) struct Control {
     /// good one.
     failed: Option<Error>,
     pub(super) compaction: Option<CompactJob>,
+    pub(super) reclaim_notices: ReclaimNotices,
     pub(super) log: Option<LogRead>,
     /// The drain whose cores copy or forget, if any.
     pub(super) drain: Option<DrainJob>,
@@ -150,7 +151,6 @@ pub(crate) struct Control {
     /// Segments the checkpoint being written adds to the window: writes
     /// open them once it is durable.
     window_pending: Vec<u32>,
-    replay_window_kib: u32,
     pub(super) policy: Policy,
     /// When the last snapshot was taken (unix s), for the snapshot interval.
     pub(super) last_snapshot_at: u64,
@@ -291,12 +291,12 @@ impl Control {
             drained_below: ckpt.drained_below,
             window,
             window_pending: Vec::new(),
-            replay_window_kib: ckpt.replay_window_kib,
             policy,
             last_snapshot_at,
             policy_checked: (0, 0),
             events_queued: BTreeSet::new(),
             versions_warned: 0,
+            reclaim_notices: ReclaimNotices::default(),
             writes_seen: (0, now),
         }
     }
@@ -626,7 +626,7 @@ impl Shard {
         if self.drain_wanted(wanted) {
             self.ctl_mut().enqueue_background(core, Op::Drain);
         } else if wanted {
-            log::info!("log full: reclaiming space");
+            log::debug!("log full: reclaiming space");
             self.ctl_mut().enqueue_background(core, Op::Compact(CompactTarget::Reclaim));
         }
     }

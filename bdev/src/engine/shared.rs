@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub copy_offload: bool,
     /// What the mount of this bdev did.
     pub mount: super::mount::MountReport,
+    /// How much log a crash mount replays at most (fixed at format).
+    pub replay_window_kib: u32,
 }
 
 /// Wall-clock time for policies and volume creation times: real in the
@@ -156,6 +158,16 @@ impl Submitter {
 
     pub fn volume_blocks(&self) -> u64 {
         self.shared.geo.volume_blocks
+    }
+
+    /// The layout the base was formatted with.
+    pub fn geometry(&self) -> Geometry {
+        self.shared.geo
+    }
+
+    /// How much log a crash mount replays at most (fixed at format).
+    pub fn replay_window_kib(&self) -> u32 {
+        self.shared.replay_window_kib
     }
 
     /// Changes whenever the volume table did: a runtime that exports the

@@ -62,6 +62,11 @@ pub fn valid_block_size(block_size: u32) -> bool {
     (512..=65536).contains(&block_size) && block_size.is_power_of_two()
 }
 
+/// Log segments that `log_percent` of `usable` blocks hold.
+fn log_segments(usable: u64, log_percent: u8, segment_blocks: u64) -> u64 {
+    usable * u64::from(log_percent) / 100 / segment_blocks
+}
+
 /// The layout of a formatted device, in blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
@@ -89,6 +94,10 @@ pub(crate) const SUPERBLOCK_BLOCKS: u64 = 2;
 pub const MAX_SEGMENT_BLOCKS: u32 = 1 << 20;
 /// Bounds the checkpoint slot.
 pub const MAX_VOLUMES: u32 = 1 << 16;
+/// Index entries hold 32-bit LBAs and log addresses (two address values
+/// reserved), which bounds the volume and the log.
+pub const MAX_VOLUME_BLOCKS: u64 = u32::MAX as u64;
+pub const MAX_LOG_BLOCKS: u64 = u32::MAX as u64 - 2;
 
 impl Geometry {
     /// Lays out a device of `device_blocks` blocks of `block_size` bytes.
@@ -125,7 +134,7 @@ impl Geometry {
         let ckpt_start = SUPERBLOCK_BLOCKS;
         let meta_end = |device_blocks: u64| ckpt_start + 2 * ckpt_slot_blocks(device_blocks);
         let segments_in = |device_blocks: u64| {
-            device_blocks.saturating_sub(meta_end(device_blocks)) * u64::from(opts.log_percent) / 100 / segment_blocks
+            log_segments(device_blocks.saturating_sub(meta_end(device_blocks)), opts.log_percent, segment_blocks)
         };
         let segment_count = segments_in(device_blocks);
         if segment_count < 2 {
@@ -155,6 +164,17 @@ impl Geometry {
         let usable = device_blocks - meta_end;
         let log_blocks = segment_count * segment_blocks;
         let volume_blocks = usable - log_blocks;
+        // Index entries hold 32-bit LBAs and log addresses: say so here,
+        // before `validate` would call the plan corrupt.
+        if volume_blocks > MAX_VOLUME_BLOCKS || log_blocks > MAX_LOG_BLOCKS {
+            return Err(Error::DeviceTooLarge(format!(
+                "{device_blocks} blocks of {block_size} bytes with log_percent {} give a volume of {volume_blocks} blocks \
+                 and a log of {log_blocks}; at most {MAX_VOLUME_BLOCKS} and {MAX_LOG_BLOCKS} are addressable \
+                 ({} GiB each at this block size): use a larger block size, a smaller base, or another log_percent",
+                opts.log_percent,
+                (MAX_LOG_BLOCKS * bs) >> 30
+            )));
+        }
         let g = Geometry {
             block_size,
             device_blocks,
@@ -174,6 +194,13 @@ impl Geometry {
         Ok(g)
     }
 
+    /// Whether formatting with `log_percent` (and the other options this
+    /// layout was formatted with) gives this log.
+    pub fn has_log_percent(&self, log_percent: u8) -> bool {
+        let usable = self.device_blocks - self.baseline_start;
+        log_segments(usable, log_percent, u64::from(self.segment_blocks)) == u64::from(self.segment_count)
+    }
+
     /// Checks that a geometry read from media is self-consistent and fits
     /// a device of `device_blocks`.
     pub fn validate(&self, device_blocks: u64) -> Result<()> {
@@ -191,10 +218,8 @@ impl Geometry {
         if self.segment_count < 2 || self.max_volumes == 0 || self.max_volumes > MAX_VOLUMES {
             return bad("segment count or volume limit");
         }
-        // Index entries hold 32-bit LBAs and log addresses (two values reserved).
         let log_blocks = u64::from(self.segment_count) * u64::from(self.segment_blocks);
-        if self.volume_blocks == 0 || self.volume_blocks > u64::from(u32::MAX) || log_blocks >= u64::from(u32::MAX - 1)
-        {
+        if self.volume_blocks == 0 || self.volume_blocks > MAX_VOLUME_BLOCKS || log_blocks > MAX_LOG_BLOCKS {
             return bad("volume or log size");
         }
         let slot_needed =
@@ -294,6 +319,20 @@ mod tests {
             assert!(Geometry::plan(4096, min, &opts).is_ok(), "{min} blocks: {why}");
             assert!(Geometry::plan(4096, min - 1, &opts).is_err(), "{min} is not the least: {why}");
         }
+    }
+
+    #[test]
+    fn plan_refuses_a_device_beyond_the_addressable_blocks_by_its_size_not_as_corrupt() {
+        let log95 = FormatOptions { log_percent: 95, ..FormatOptions::default() };
+        let tib = |n: u64| n << 40 >> 12;
+        for (blocks, opts) in [(tib(64), &log95), (tib(64), &FormatOptions::default()), (tib(17), &log95)] {
+            let got = Geometry::plan(4096, blocks, opts);
+            let Err(Error::DeviceTooLarge(why)) = &got else { panic!("{blocks} blocks: {got:?}") };
+            assert!(why.contains("at most"), "{why}");
+        }
+        // The largest that fit: 16 TiB of volume or of log at 4 KiB blocks.
+        assert!(Geometry::plan(4096, tib(16), &log95).is_ok());
+        assert!(Geometry::plan(4096, tib(19), &FormatOptions::default()).is_ok());
     }
 
     #[test]

@@ -184,6 +184,11 @@ impl Ilog {
         self.submitter.block_size()
     }
 
+    /// The engine's handle, for what it tells of the mounted bdev.
+    pub fn submitter(&self) -> &Submitter {
+        &self.submitter
+    }
+
     pub fn volume_blocks(&self) -> u64 {
         self.submitter.volume_blocks()
     }

@@ -124,6 +124,13 @@ pub(crate) struct Disk {
     ilog: Arc<Ilog>,
 }
 
+impl Disk {
+    /// The base bdev.
+    pub(crate) fn base(&self) -> &SpdkDevice {
+        &self.ilog.dev
+    }
+}
+
 /// A mounted ilog bdev.
 pub(crate) struct Ilog {
     pub(super) name: String,
@@ -254,7 +261,7 @@ pub fn create(
     base: &str,
     opts: FormatOptions,
     config: String,
-    done: impl FnOnce(std::result::Result<(), SpdkError>) + Send + 'static,
+    done: impl FnOnce(std::result::Result<Submitter, SpdkError>) + Send + 'static,
 ) {
     let result = (|| {
         let exists = || SpdkError::new(libc::EEXIST, format!("bdev {name} already exists"));
@@ -308,7 +315,7 @@ fn finish_create(
     config: String,
     mounted: Result<Mounted>,
     reactors: &'static Reactors,
-    done: impl FnOnce(std::result::Result<(), SpdkError>) + Send + 'static,
+    done: impl FnOnce(std::result::Result<Submitter, SpdkError>) + Send + 'static,
 ) {
     let removed = registry().iter().any(|e| e.id == id && matches!(e.state, State::Creating { removed: true }));
     let registered = (|| {
@@ -359,7 +366,8 @@ fn finish_create(
     }
     log::info!("ilog: created {name} on {} ({} cores)", dev.name, reactors.cores());
     // A re-opened base comes back with its snapshot volumes.
-    volumes::start(&ilog, Box::new(move || done(Ok(()))));
+    let submitter = ilog.submitter.clone();
+    volumes::start(&ilog, Box::new(move || done(Ok(submitter))));
 }
 
 pub(super) fn register_disk(

@@ -34,7 +34,7 @@ impl Shard {
             draining: c.draining,
             drained_below: c.drained_below,
             window: Some(c.window.clone()),
-            replay_window_kib: c.replay_window_kib,
+            replay_window_kib: self.shared.replay_window_kib,
             policy: c.policy.json.clone(),
             baseline_stripes,
             volumes: c.volumes.clone(),

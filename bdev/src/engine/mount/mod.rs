@@ -202,6 +202,7 @@ pub fn mount_with_clock(dev: Arc<dyn BlockDevice>, cores: u32, clock: Arc<dyn Cl
         volumes_generation: AtomicU64::new(0),
         copy_offload: dev.supports_copy(),
         mount: report,
+        replay_window_kib: next.replay_window_kib,
     });
     let live_volumes = Arc::new(next.volumes.iter().map(|v| v.partition).collect::<Vec<_>>());
     let mut shards = Vec::with_capacity(cores as usize);
