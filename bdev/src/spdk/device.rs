@@ -112,6 +112,25 @@ impl SpdkDevice {
         }
     }
 
+    /// Resets the base bdev, from the calling SPDK thread, on a channel of
+    /// that thread; `done(success)` runs there once the base's reset has
+    /// completed (and with it, aborted or finished what was in flight on
+    /// the base).
+    pub fn reset(&self, done: Box<dyn FnOnce(bool)>) {
+        // SAFETY: desc is open; a channel may be taken on any SPDK thread.
+        let ch = unsafe { sys::spdk_bdev_get_io_channel(self.desc) };
+        if ch.is_null() {
+            return done(false);
+        }
+        let arg = Box::into_raw(Box::new((ch, done))).cast::<c_void>();
+        // SAFETY: ch is this thread's; `reset_done` takes `arg` back.
+        let rc = unsafe { sys::spdk_bdev_reset(self.desc, ch, Some(reset_done), arg) };
+        if rc != 0 {
+            // SAFETY: not submitted: the box and the channel are ours.
+            unsafe { finish_reset(arg, false) };
+        }
+    }
+
     /// Submits on `ch`; `cb(arg)` gets the completion.
     ///
     /// # Safety
@@ -195,6 +214,26 @@ struct LocalIo {
     done: *const LocalDone,
     tag: u64,
     flush_noop: bool,
+}
+
+type ResetDone = (*mut sys::spdk_io_channel, Box<dyn FnOnce(bool)>);
+
+unsafe extern "C" fn reset_done(io: *mut sys::spdk_bdev_io, success: bool, arg: *mut c_void) {
+    // SAFETY: the completed reset's bdev_io and the `ResetDone` box.
+    unsafe {
+        sys::spdk_bdev_free_io(io);
+        finish_reset(arg, success);
+    }
+}
+
+/// # Safety
+/// `arg` is a `ResetDone` box from `SpdkDevice::reset`, on its thread.
+unsafe fn finish_reset(arg: *mut c_void, success: bool) {
+    // SAFETY: the caller's contract.
+    let (ch, done) = *unsafe { Box::from_raw(arg.cast::<ResetDone>()) };
+    // SAFETY: taken by `reset` on this thread.
+    unsafe { sys::spdk_put_io_channel(ch) };
+    done(success);
 }
 
 unsafe extern "C" fn local_done(io: *mut sys::spdk_bdev_io, success: bool, arg: *mut c_void) {

@@ -41,8 +41,8 @@ fn status_of(errno: i32) -> sys::spdk_bdev_io_status {
     }
 }
 
-/// Completes an I/O that never reached the engine.
-unsafe fn fail(io: *mut sys::spdk_bdev_io, status: sys::spdk_bdev_io_status) {
+/// Completes an I/O that never went to the engine.
+unsafe fn finish(io: *mut sys::spdk_bdev_io, status: sys::spdk_bdev_io_status) {
     // SAFETY: a live bdev_io handed to submit_request.
     unsafe { sys::spdk_bdev_io_complete(io, status) };
 }
@@ -74,25 +74,37 @@ pub(crate) unsafe extern "C" fn submit_request(_ch: *mut sys::spdk_io_channel, i
                 }
             }
             sys::SPDK_BDEV_IO_TYPE_WRITE if !read_only => rw(disk, ctx, false),
-            sys::SPDK_BDEV_IO_TYPE_FLUSH | sys::SPDK_BDEV_IO_TYPE_RESET => one(disk, ctx, Request::Flush),
+            sys::SPDK_BDEV_IO_TYPE_FLUSH => one(disk, ctx, Request::Flush),
+            sys::SPDK_BDEV_IO_TYPE_RESET => reset(disk, io),
             sys::SPDK_BDEV_IO_TYPE_UNMAP if !read_only => match u32::try_from(blocks) {
                 Ok(blocks) => one(disk, ctx, Request::Unmap { lba, blocks }),
-                Err(_) => fail(io, sys::SPDK_BDEV_IO_STATUS_FAILED),
+                Err(_) => finish(io, sys::SPDK_BDEV_IO_STATUS_FAILED),
             },
             sys::SPDK_BDEV_IO_TYPE_WRITE_ZEROES if !read_only => match u32::try_from(blocks) {
                 Ok(blocks) => one(disk, ctx, Request::WriteZeroes { lba, blocks }),
-                Err(_) => fail(io, sys::SPDK_BDEV_IO_STATUS_FAILED),
+                Err(_) => finish(io, sys::SPDK_BDEV_IO_STATUS_FAILED),
             },
-            _ => fail(io, sys::SPDK_BDEV_IO_STATUS_FAILED),
+            _ => finish(io, sys::SPDK_BDEV_IO_STATUS_FAILED),
         }
     }
+}
+
+/// A reset goes to the base, which aborts or finishes what ilog has in
+/// flight there, as a passthru's does: a write the base holds would
+/// otherwise hold an engine flush, and the reset, for ever.
+fn reset(disk: &Disk, io: *mut sys::spdk_bdev_io) {
+    disk.base().reset(Box::new(move |ok| {
+        let status = if ok { sys::SPDK_BDEV_IO_STATUS_SUCCESS } else { sys::SPDK_BDEV_IO_STATUS_FAILED };
+        // SAFETY: the reset's bdev_io, completed once, on its thread.
+        unsafe { finish(io, status) }
+    }));
 }
 
 unsafe extern "C" fn got_buf(_ch: *mut sys::spdk_io_channel, io: *mut sys::spdk_bdev_io, success: bool) {
     // SAFETY: the bdev_io whose buffer we asked for; its context was set.
     unsafe {
         if !success {
-            return fail(io, sys::SPDK_BDEV_IO_STATUS_NOMEM);
+            return finish(io, sys::SPDK_BDEV_IO_STATUS_NOMEM);
         }
         let disk = &*(*(*io).bdev).ctxt.cast::<Disk>();
         rw(disk, (*io).driver_ctx.as_mut_ptr().cast::<IoCtx>(), true);
