@@ -8,6 +8,8 @@ use super::control::SegmentInfo;
 use super::request::{Reply, Request, View};
 use crate::error::Result;
 use crate::format::SummaryEntry;
+use crossbeam_queue::ArrayQueue;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,3 +116,77 @@ pub(crate) enum Msg {
 
 // SAFETY: pieces and requests are Send (see there); the rest is owned data.
 unsafe impl Send for Msg {}
+
+/// A core's messages to other cores that their inboxes could not take yet
+/// (full), in the order they were sent. Under the simulator it holds every
+/// message until the simulator delivers it, so messages arrive late and
+/// interleaved across senders, each pair of cores still in order, as
+/// `spdk_thread_send_msg` keeps them.
+pub(super) struct Outbox {
+    queue: VecDeque<(u32, Msg)>,
+    held: bool,
+}
+
+impl Outbox {
+    pub(super) fn new() -> Outbox {
+        Outbox { queue: VecDeque::with_capacity(1024), held: false }
+    }
+
+    /// Holds messages for [`Outbox::deliver_one`] from now on.
+    pub(super) fn hold(&mut self) {
+        self.held = true;
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Sends `msg` to `core`'s inbox, after the messages still waiting.
+    pub(super) fn send(&mut self, inboxes: &[ArrayQueue<Msg>], core: u32, msg: Msg) {
+        if !self.queue.is_empty() || self.held {
+            self.queue.push_back((core, msg));
+        } else if let Err(msg) = inboxes[core as usize].push(msg) {
+            self.queue.push_back((core, msg));
+        }
+    }
+
+    /// Passes waiting messages on while inboxes take them; how many went.
+    pub(super) fn flush(&mut self, inboxes: &[ArrayQueue<Msg>]) -> usize {
+        if self.held {
+            return 0;
+        }
+        let mut n = 0;
+        while let Some((core, msg)) = self.queue.pop_front() {
+            if let Err(msg) = inboxes[core as usize].push(msg) {
+                self.queue.push_front((core, msg));
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Delivers the oldest held message to one of the cores messages wait
+    /// for, the `pick`-th of them (modulo their number); whether one went.
+    pub(super) fn deliver_one(&mut self, inboxes: &[ArrayQueue<Msg>], pick: u64) -> bool {
+        let mut cores: Vec<u32> = Vec::new();
+        for &(core, _) in &self.queue {
+            if !cores.contains(&core) {
+                cores.push(core);
+            }
+        }
+        if cores.is_empty() {
+            return false;
+        }
+        let core = cores[(pick % cores.len() as u64) as usize];
+        let at = self.queue.iter().position(|&(c, _)| c == core).expect("a message to that core");
+        let (_, msg) = self.queue.remove(at).expect("in the queue");
+        match inboxes[core as usize].push(msg) {
+            Ok(()) => true,
+            Err(msg) => {
+                self.queue.insert(at, (core, msg));
+                false
+            }
+        }
+    }
+}

@@ -24,7 +24,7 @@ use super::drain::{DrainCopy, Forget};
 use super::index::BlockIndex;
 use super::logmap::LogMap;
 use super::moves::{BufRead, VictimMoves, MOVE_RUN_BLOCKS};
-use super::msg::{Msg, Piece, PieceOp, ReplyTo};
+use super::msg::{Msg, Outbox, Piece, PieceOp, ReplyTo};
 use super::partition::Partitions;
 use super::repin::Repin;
 use super::request::{Reply, Request, View};
@@ -105,7 +105,7 @@ pub struct Shard {
     pub(super) next_ticket: u64,
     dev_retry: VecDeque<DevRequest>,
     deferred: VecDeque<Piece>,
-    outbox: VecDeque<(u32, Msg)>,
+    outbox: Outbox,
     pub(super) barrier: Option<PendingBarrier>,
     /// Set by a failed metadata write: the log can no longer be trusted to
     /// persist writes, so they fail from then on.
@@ -178,7 +178,7 @@ impl Shard {
             next_ticket: 1,
             dev_retry: VecDeque::with_capacity(1024),
             deferred: VecDeque::with_capacity(1024),
-            outbox: VecDeque::with_capacity(1024),
+            outbox: Outbox::new(),
             barrier: None,
             failed: None,
             shutting_down: false,
@@ -215,7 +215,7 @@ impl Shard {
     /// request that arrived during one waits for that slice, not for the
     /// next one too. Returns how much work was done (0 = idle).
     pub fn poll(&mut self, sink: &mut dyn FnMut(u64, Result<Reply>)) -> usize {
-        let mut work = self.flush_outbox();
+        let mut work = self.outbox.flush(&self.shared.inbox);
         work += self.resubmit();
         let mut done = std::mem::take(&mut self.completions);
         work += self.poll_device();
@@ -337,23 +337,21 @@ impl Shard {
     pub(super) fn send(&mut self, core: u32, msg: Msg) {
         if core == self.core {
             self.on_message(msg);
-        } else if !self.outbox.is_empty() {
-            self.outbox.push_back((core, msg));
-        } else if let Err(msg) = self.shared.inbox[core as usize].push(msg) {
-            self.outbox.push_back((core, msg));
+        } else {
+            self.outbox.send(&self.shared.inbox, core, msg);
         }
     }
 
-    fn flush_outbox(&mut self) -> usize {
-        let mut n = 0;
-        while let Some((core, msg)) = self.outbox.pop_front() {
-            if let Err(msg) = self.shared.inbox[core as usize].push(msg) {
-                self.outbox.push_front((core, msg));
-                break;
-            }
-            n += 1;
-        }
-        n
+    /// For the simulator: this core's messages to others wait until
+    /// [`Shard::deliver_held`] passes them on.
+    pub fn hold_messages(&mut self) {
+        self.outbox.hold();
+    }
+
+    /// For the simulator: delivers one held message, to the `pick`-th core
+    /// this one has messages for; whether one went.
+    pub fn deliver_held(&mut self, pick: u64) -> bool {
+        self.outbox.deliver_one(&self.shared.inbox, pick)
     }
 
     fn on_message(&mut self, msg: Msg) {

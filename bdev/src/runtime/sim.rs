@@ -1,6 +1,8 @@
 //! The deterministic simulator: one thread plays every core, choosing which
 //! core polls next with a seeded PRNG, over a [`SimDisk`] that reorders
-//! completions and injects faults. The same seed replays the same run.
+//! completions and injects faults. Messages between cores are held and
+//! delivered late, in random turns across senders (each pair of cores in
+//! order). The same seed replays the same run.
 
 use crate::device::sim::SimDisk;
 use crate::engine::{format, mount_with_clock, Clock, Reply, Request, Shard, Submitter};
@@ -57,7 +59,10 @@ impl Sim {
 
     /// Mounts on `cores` simulated cores; `Ok(true)` if the log was replayed.
     pub fn mount(&mut self, cores: u32) -> Result<bool> {
-        let m = mount_with_clock(Arc::new(self.disk.clone()), cores, self.clock.clone())?;
+        let mut m = mount_with_clock(Arc::new(self.disk.clone()), cores, self.clock.clone())?;
+        for shard in &mut m.shards {
+            shard.hold_messages();
+        }
         self.mounted = Some((m.submitter, m.shards));
         Ok(m.replayed)
     }
@@ -81,11 +86,19 @@ impl Sim {
         unsafe { self.submitter().submit(core, token, req) }
     }
 
-    /// Polls one randomly chosen core once; its completions go to `sink`.
+    /// Delivers a few held messages (none, one, a couple or a burst, from
+    /// random senders to random receivers), then polls one randomly chosen
+    /// core once; its completions go to `sink`.
     pub fn step(&mut self, sink: &mut dyn FnMut(u64, Result<Reply>)) -> usize {
         let (_, shards) = self.mounted.as_mut().expect("mounted");
-        let core = self.rng.below(shards.len() as u64) as usize;
-        shards[core].poll(sink)
+        let cores = shards.len() as u64;
+        let mut delivered = 0;
+        for _ in 0..[0, 1, 2, 8][self.rng.below(4) as usize] {
+            let from = self.rng.below(cores) as usize;
+            delivered += usize::from(shards[from].deliver_held(self.rng.next_u64()));
+        }
+        let core = self.rng.below(cores) as usize;
+        delivered + shards[core].poll(sink)
     }
 
     /// Steps until every core is idle (bounded: panics on a livelock).
