@@ -3,16 +3,12 @@
 //! `rpc.py` / `spdk-rpc` drive it); NBD exports serve the data to real
 //! clients. Flags follow SPDK's apps.
 
-mod export;
-mod nbd;
-mod target;
-
 use clap::Parser;
 use ilog_rpc::{Handler, Server};
+use ilog_tgt::target::Target;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use target::Target;
 
 #[derive(Parser)]
 #[command(name = "ilog_tgt", version, about = "ilog standalone target: JSON-RPC control, NBD data path")]

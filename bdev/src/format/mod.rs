@@ -55,7 +55,7 @@ pub fn random_uuid() -> [u8; 16] {
 }
 
 /// CRC32C of a record whose own CRC field sits at `crc_at` (4 bytes, skipped).
-pub(crate) fn record_crc(bytes: &[u8], crc_at: usize) -> u32 {
+pub fn record_crc(bytes: &[u8], crc_at: usize) -> u32 {
     let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
     digest.update(&bytes[..crc_at]);
     digest.update(&bytes[crc_at + 4..]);

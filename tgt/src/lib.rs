@@ -1,0 +1,7 @@
+//! `ilog_tgt` as a library: the target ([`target`]) and its NBD server
+//! ([`nbd`]). The binary (`main.rs`) parses the flags and runs them; the
+//! fuzz targets (`fuzz/`) drive the NBD server through this library.
+
+mod export;
+pub mod nbd;
+pub mod target;
