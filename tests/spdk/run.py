@@ -16,7 +16,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import BDEVPERF_PY, REPO, SPDK, App, bdevperf_total, env, expect_error, kill_all, run_app, workdir, write_config  # noqa: E402
+from harness import BDEVPERF_PY, REPO, SPDK, App, RpcError, bdevperf_total, env, expect_error, kill_all, run_app, workdir, write_config  # noqa: E402
 
 SPDK_TGT = f"{SPDK}/build/bin/spdk_tgt"
 NVMF_TGT = f"{SPDK}/build/bin/nvmf_tgt"
@@ -337,6 +337,31 @@ def test_unmap_and_write_zeroes_storms_never_fill_the_log():
     perf.stop()
 
 
+def test_a_reset_reaches_the_base_and_frees_a_stuck_write():
+    """ilog over an error bdev that holds one write pending, under bdevperf's
+    reset workload (a reset every 10 s): the reset must reach the base,
+    which fails the held write, so the reset completes and the run ends, as
+    a passthru's does. A reset that only flushed would wait on the held
+    write for ever."""
+    wd = workdir()
+    cfg = write_config(wd, "reset.json", [
+        {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 65536, "block_size": 4096}},
+        {"method": "bdev_error_create", "params": {"base_name": "Malloc0"}},
+        {"method": "bdev_ilog_create", "params": {"name": "ilog0", "base_bdev_name": "EE_Malloc0"}},
+        {"method": "bdev_wait_for_examine"},
+    ])
+    perf = App(wd, BDEVPERF, "-z", "--json", cfg, "-T", "ilog0", "-q", 32, "-o", 4096, "-w", "reset", "-t", 12,
+               mem=1024, name="reset")
+    perf.rpc("bdev_error_inject_error", "EE_Malloc0", "write", "pending", "-n", 1)
+    run = subprocess.run(["python3", BDEVPERF_PY, "-s", perf.sock, "-t", "60", "perform_tests"],
+                         env=env(preload=False), capture_output=True, text=True, timeout=90)
+    assert run.returncode == 0, f"perform_tests failed:\n{run.stdout}{run.stderr}\n{perf.tail()}"
+    results = json.loads(run.stdout)["results"]
+    assert results and all(r["status"] == "finished" for r in results), run.stdout
+    assert "Reset blockdev=ilog0 failed" not in perf.tail(200), perf.tail()
+    perf.stop()
+
+
 def test_log_read_with_data_is_bounded_in_bytes():
     """1 MiB writes after a snapshot (so the drain keeps them in the log),
     then a log read of 4096 entries with data: the reply carries at most
@@ -581,6 +606,560 @@ def test_a_volume_deleted_while_open_is_hot_removed_and_its_name_reused():
     tgt.stop()
 
 
+# ---- Bad inputs: every bdev_ilog_* method, answered with a JSON-RPC error.
+
+class RawRpc:
+    """One raw JSON-RPC connection: exact bytes out, one JSON value back.
+    Outcomes: ("answer", value), ("dropped", None), ("hang", None) or
+    ("garbled", text)."""
+
+    def __init__(self, sock, timeout=30):
+        import codecs
+        import socket
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.settimeout(timeout)
+        self.s.connect(sock)
+        self.text = ""
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.next_id = 1000
+
+    def close(self):
+        self.s.close()
+
+    def exchange(self, data):
+        import socket
+        try:
+            self.s.sendall(data)
+        except OSError:
+            pass  # it may have answered before it stopped reading
+        decoder = json.JSONDecoder()
+        while True:
+            text = self.text.lstrip()
+            if text:
+                try:
+                    value, end = decoder.raw_decode(text)
+                    self.text = text[end:]
+                    return "answer", value
+                except ValueError:
+                    pass
+            try:
+                chunk = self.s.recv(1 << 16)
+            except socket.timeout:
+                return "hang", None
+            except OSError:
+                return "dropped", None
+            if not chunk:
+                return ("garbled", self.text[:300]) if self.text.strip() else ("dropped", None)
+            self.text += self.utf8.decode(chunk)
+
+    def send(self, method, params_text=None):
+        """A request with a fresh id; `params_text` is the params' JSON text
+        (None: no params member)."""
+        self.next_id += 1
+        req = '{"jsonrpc":"2.0","id":%d,"method":%s' % (self.next_id, json.dumps(method))
+        if params_text is not None:
+            req += ',"params":' + params_text
+        kind, value = self.exchange((req + "}\n").encode())
+        # An error for a request whose id could not be read has id null.
+        unread = isinstance(value, dict) and value.get("id") is None and "error" in value
+        if kind == "answer" and not unread and (not isinstance(value, dict) or value.get("id") != self.next_id):
+            return "garbled", f"an answer for another request (sent id {self.next_id}): {value}"
+        return kind, value
+
+    def call(self, method, params=None):
+        """The result; an error raises RpcError; anything else fails."""
+        kind, value = self.send(method, None if params is None else json.dumps(params))
+        assert kind == "answer", f"{method} {params}: {kind} {value}"
+        if "error" in value:
+            raise RpcError(value["error"]["code"], value["error"]["message"])
+        return value["result"]
+
+
+U64_MAX_PLUS_1 = "18446744073709551616"
+
+
+def raw(literal):
+    """A number JSON can carry but Python's json would not write as is."""
+    return f"@@RAW:{literal}@@"
+
+
+def render(value):
+    import re
+    return re.sub(r'"@@RAW:([^@]*)@@"', r"\1", json.dumps(value))
+
+
+# (method, [(field, kind, presence)], harmless params): presence "req",
+# "opt" (null means absent) or "def" (defaulted; null is no value). The
+# harmless params name nothing that exists: executed, they fail.
+ILOG_SPECS = [
+    ("bdev_ilog_create", [("name", "str", "req"), ("base_bdev_name", "str", "req"),
+                          ("stripe_size_kib", "u64", "opt"), ("segment_size_kib", "u64", "opt"),
+                          ("log_percent", "u8", "opt"), ("max_volumes", "u32", "opt"),
+                          ("replay_window_mib", "u64", "opt")],
+     {"name": "ilog9", "base_bdev_name": "NoSuchBase"}),
+    ("bdev_ilog_delete", [("name", "str", "req")], {"name": "NoSuchBdev"}),
+    ("bdev_ilog_get_bdevs", [("name", "str", "opt")], {"name": "NoSuchBdev"}),
+    ("bdev_ilog_snapshot", [("name", "str", "req"), ("snapshot_name", "str", "opt")], {"name": "NoSuchBdev"}),
+    ("bdev_ilog_get_volumes", [("name", "str", "req")], {"name": "NoSuchBdev"}),
+    ("bdev_ilog_delete_volume", [("name", "str", "req"), ("volume", "str", "req")],
+     {"name": "NoSuchBdev", "volume": "snap-1"}),
+    ("bdev_ilog_log_read", [("name", "str", "req"), ("cursor", "u64", "def"), ("count", "u32", "req"),
+                            ("with_data", "bool", "def")], {"name": "NoSuchBdev", "count": 1}),
+    ("bdev_ilog_get_stats", [("name", "str", "req")], {"name": "NoSuchBdev"}),
+    ("bdev_ilog_compact", [("name", "str", "req"), ("volume", "str", "opt"), ("mode", "mode", "def"),
+                           ("background", "bool", "def")], {"name": "NoSuchBdev"}),
+    ("bdev_ilog_set_policy", [("name", "str", "req"), ("policy", "object", "req")],
+     {"name": "NoSuchBdev", "policy": {}}),
+    ("bdev_ilog_get_policy", [("name", "str", "req")], {"name": "NoSuchBdev"}),
+    ("bdev_ilog_event", [("name", "str", "req"), ("event", "str", "req")], {"name": "NoSuchBdev", "event": "e"}),
+]
+
+INVALID_PARAMS = -32602
+LONG = "n" * 10000
+
+
+def wrong_values(kind, presence):
+    """(label, value) of the wrong type, or out of range, for a param."""
+    if kind == "str":
+        v = [("number", 7), ("negative number", -1), ("float", 1.5), ("1e300", 1e300),
+             ("2^64 literal", raw(U64_MAX_PLUS_1)), ("bool", True), ("array", ["x"]), ("empty array", []),
+             ("object", {"a": "b"})]
+    elif kind in ("u8", "u32", "u64"):
+        v = [("string", "12"), ("empty string", ""), ("float", 1.5), ("1e300", 1e300), ("-1e300", -1e300),
+             ("2^64 literal", raw(U64_MAX_PLUS_1)), ("2^64 as a float", raw("1.8446744073709552e19")),
+             ("huge literal", raw("123456789012345678901234567890123456789")), ("bool", True), ("array", [1]),
+             ("object", {}), ("-1", -1)]
+        v += {"u8": [("256", 256)], "u32": [("2^32", 1 << 32)], "u64": []}[kind]
+    elif kind == "bool":
+        v = [("string", "true"), ("number 1", 1), ("number 0", 0), ("array", [True]), ("object", {})]
+    elif kind == "object":
+        v = [("string", "{}"), ("number", 7), ("array", []), ("bool", True)]
+    else:  # mode
+        v = [("unknown mode", "defrag"), ("empty string", ""), ("upper case", "IN_PLACE"), ("number", 0),
+             ("array", ["in_place"])]
+    if presence != "opt":
+        v.append(("null", None))
+    return v
+
+
+def generic_bad_cases(spec):
+    """(method, label, params text or None, expect) from the params alone;
+    expect: "invalid" (-32602), an int code, "error" (any) or "answer"."""
+    method, fields, base = spec
+    cases = []
+
+    def add(label, params, expect):
+        cases.append((method, label, params, expect))
+
+    def with_(name, value):
+        p = dict(base)
+        p[name] = value
+        return render(p)
+
+    add("params: a string", '"ilog0"', -32600)
+    add("params: a number", "7", -32600)
+    add("params: a bool", "true", -32600)
+    add("params: an empty array", "[]", "invalid")
+    positional = []
+    for name, _, presence in fields:
+        if name in base:
+            positional.append(base[name])
+        elif presence == "opt":
+            positional.append(None)
+        else:
+            break
+    add("params: positional", render(positional), "invalid")
+    add("unknown field", with_("bogus", 1), "invalid")
+    add("unknown field: empty key", with_("", 0), "invalid")
+    add("unknown field: upper-case twin", with_("NAME", "x"), "invalid")
+    if any(presence == "req" for _, _, presence in fields):
+        add("params: absent", None, "invalid")
+        add("params: null", "null", "invalid")
+        add("params: {}", "{}", "invalid")
+    for name, kind, presence in fields:
+        if presence == "req":
+            add(f"missing {name}", render({k: v for k, v in base.items() if k != name}), "invalid")
+        for label, value in wrong_values(kind, presence):
+            add(f"{name}: {label}", with_(name, value), "invalid")
+        if kind in ("u8", "u32", "u64"):
+            # Valid JSON past what a double holds: SPDK's parser takes it.
+            add(f"{name}: 1e400", with_(name, raw("1e400")), "error")
+        if kind == "str":
+            add(f"{name}: 10000 chars", with_(name, LONG), "error")
+            add(f"{name}: with a NUL", with_(name, "No\0Such"), "error")
+            add(f"{name}: empty", with_(name, ""), "error")
+    return cases
+
+
+def semantic_bad_cases():
+    """Bad inputs on the state the test sets up: Malloc0 claimed by ilog0
+    (exported, with volume keep exported), Malloc1 and Tiny (16 blocks)
+    free."""
+    ENODEV, EBUSY, EEXIST, ENOENT, EINVAL = -19, -16, -17, -2, -22
+    cases = []
+
+    def add(method, label, params, expect):
+        cases.append((method, "state: " + label, render(params), expect))
+
+    m = "bdev_ilog_create"
+    add(m, "unknown base", {"name": "ilog9", "base_bdev_name": "NoSuchBase"}, ENODEV)
+    add(m, "claimed base", {"name": "ilog9", "base_bdev_name": "Malloc0"}, EBUSY)
+    add(m, "name taken by an ilog", {"name": "ilog0", "base_bdev_name": "Malloc1"}, EEXIST)
+    add(m, "name taken by its base", {"name": "Malloc1", "base_bdev_name": "Malloc1"}, EEXIST)
+    add(m, "name of a volume", {"name": "ilog0@keep", "base_bdev_name": "Malloc1"}, "invalid")
+    add(m, "name with a '@'", {"name": "a@b", "base_bdev_name": "Malloc1"}, "invalid")
+    add(m, "name with a NUL", {"name": "il\0og", "base_bdev_name": "Malloc1"}, "error")
+    add(m, "base a volume", {"name": "ilog9", "base_bdev_name": "ilog0@keep"}, "error")
+    add(m, "base too small", {"name": "ilog9", "base_bdev_name": "Tiny"}, "error")
+    for field, value, expect in [("log_percent", 0, "invalid"), ("log_percent", 96, "invalid"),
+                                 ("log_percent", 101, "invalid"), ("log_percent", 255, "invalid"),
+                                 ("stripe_size_kib", 0, "invalid"), ("stripe_size_kib", 3, "error"),
+                                 ("stripe_size_kib", (1 << 64) - 1, "invalid"), ("segment_size_kib", 0, "invalid"),
+                                 ("segment_size_kib", (1 << 64) - 1, "invalid"), ("max_volumes", 0, "invalid"),
+                                 ("max_volumes", (1 << 32) - 1, "error"), ("replay_window_mib", 0, "invalid"),
+                                 ("replay_window_mib", (1 << 64) - 1, "error")]:
+        # On the claimed base: options taken would still fail (-16).
+        add(m, f"{field} {value}", {"name": "ilog9", "base_bdev_name": "Malloc0", field: value}, expect)
+
+    m = "bdev_ilog_delete"
+    add(m, "exported", {"name": "ilog0"}, EBUSY)
+    add(m, "a volume bdev", {"name": "ilog0@keep"}, "error")
+    add(m, "a base bdev", {"name": "Malloc0"}, "error")
+    add(m, "other case", {"name": "ILOG0"}, ENODEV)
+
+    add("bdev_ilog_get_bdevs", "a base bdev", {"name": "Malloc0"}, ENODEV)
+    add("bdev_ilog_get_bdevs", "a volume bdev", {"name": "ilog0@keep"}, ENODEV)
+
+    m = "bdev_ilog_snapshot"
+    add(m, "snapshot_name taken", {"name": "ilog0", "snapshot_name": "keep"}, EEXIST)
+    for label, name in [("a '/'", "bad/name"), ("a space", "a b"), ("a '@'", "x@y"), ("79 chars", "v" * 79),
+                        ("10000 chars", LONG), ("a NUL", "a\0b"), ("non-ASCII", "caf\u00e9")]:
+        add(m, f"snapshot_name with {label}", {"name": "ilog0", "snapshot_name": name}, "error")
+    add(m, "of a volume bdev", {"name": "ilog0@keep"}, "error")
+
+    for m in ("bdev_ilog_get_volumes", "bdev_ilog_get_stats", "bdev_ilog_get_policy"):
+        add(m, "of a volume bdev", {"name": "ilog0@keep"}, "error")
+
+    m = "bdev_ilog_delete_volume"
+    add(m, "unknown volume", {"name": "ilog0", "volume": "nope"}, ENOENT)
+    add(m, "exported volume", {"name": "ilog0", "volume": "keep"}, EBUSY)
+    add(m, "10000-char volume", {"name": "ilog0", "volume": LONG}, "error")
+    add(m, "volume given as its bdev", {"name": "ilog0", "volume": "ilog0@keep"}, "error")
+    add(m, "of a volume bdev", {"name": "ilog0@keep", "volume": "keep"}, "error")
+
+    m = "bdev_ilog_log_read"
+    for count in (0, 4097, (1 << 32) - 1, 1 << 32):
+        add(m, f"count {count}", {"name": "ilog0", "count": count}, "invalid")
+    add(m, "cursor u64::MAX", {"name": "ilog0", "count": 1, "cursor": (1 << 64) - 1}, "answer")
+    add(m, "of a volume bdev", {"name": "ilog0@keep", "count": 1}, "error")
+
+    m = "bdev_ilog_compact"
+    add(m, "unknown volume", {"name": "ilog0", "volume": "nope"}, "error")
+    add(m, "unknown volume, baseline", {"name": "ilog0", "volume": "nope", "mode": "baseline"}, "error")
+    add(m, "10000-char volume", {"name": "ilog0", "volume": LONG}, "error")
+    add(m, "of a volume bdev", {"name": "ilog0@keep"}, "error")
+
+    m = "bdev_ilog_set_policy"
+    too_long = {f"event-{i}": ["snapshot"] for i in range(600)}
+    for label, policy in [
+            ("keep_last a string", {"retention": {"keep_last": "all"}}),
+            ("keep_last -1", {"retention": {"keep_last": -1}}),
+            ("an unknown key", {"snapshots": {"interval_s": 60}}),
+            ("an unknown nested key", {"snapshot": {"every": 60}}),
+            ("interval_s 0", {"snapshot": {"interval_s": 0}}),
+            ("interval_s 1e300", {"snapshot": {"interval_s": 1e300}}),
+            ("interval_s 2^64", {"snapshot": {"interval_s": raw(U64_MAX_PLUS_1)}}),
+            ("interval_s a string", {"snapshot": {"interval_s": "60"}}),
+            ("log_used_pct 0", {"compaction": {"log_used_pct": 0}}),
+            ("log_used_pct 101", {"compaction": {"log_used_pct": 101}}),
+            ("garbage_pct 101", {"compaction": {"garbage_pct": 101}}),
+            ("an unknown action", {"events": {"on": {"x": ["explode"]}}}),
+            ("an empty event name", {"events": {"on": {"": ["snapshot"]}}}),
+            ("a snapshot loop", {"events": {"on_snapshot": ["snapshot"]}}),
+            ("a retention action", {"retention": {"action": "shred"}}),
+            ("an on_full", {"retention": {"on_full": "panic"}}),
+            ("a template scheme without template", {"volume_id": {"scheme": "template"}}),
+            ("a template with a '/'", {"volume_id": {"scheme": "template", "template": "a/%n"}}),
+            ("a scheme number", {"volume_id": {"scheme": 7}}),
+            ("over 8 KiB", {"events": {"on": too_long}})]:
+        add(m, f"policy with {label}", {"name": "ilog0", "policy": policy}, EINVAL)
+    add(m, "of a volume bdev", {"name": "ilog0@keep", "policy": {}}, "error")
+
+    m = "bdev_ilog_event"
+    add(m, "an event nothing binds", {"name": "ilog0", "event": "nope"}, EINVAL)
+    add(m, "a 10000-char event", {"name": "ilog0", "event": LONG}, EINVAL)
+    return cases
+
+
+def judge(expect, outcome):
+    """None if `outcome` meets `expect`, else what is wrong."""
+    kind, a = outcome
+    if kind != "answer":
+        return {"dropped": "the connection was closed without an answer",
+                "hang": "no answer within 30 s"}.get(kind, f"not a JSON-RPC answer: {str(a)[:300]}")
+    if not isinstance(a, dict) or a.get("jsonrpc") != "2.0":
+        return f"not a JSON-RPC 2.0 response: {str(a)[:300]}"
+    if "result" in a and "error" not in a:
+        return None if expect == "answer" else f"answered with a result: {json.dumps(a['result'])[:300]}"
+    e = a.get("error")
+    if "result" in a or not isinstance(e, dict):
+        return f"neither a result nor an error: {str(a)[:300]}"
+    code, message = e.get("code"), e.get("message")
+    if not isinstance(code, int) or isinstance(code, bool) or not isinstance(message, str) or not message:
+        return f"an error object without an integer code and a message: {e}"
+    if expect == "invalid" and code != INVALID_PARAMS:
+        return f"code {code}, not {INVALID_PARAMS}: {message[:300]}"
+    if isinstance(expect, int) and code != expect:
+        return f"code {code}, not {expect}: {message[:300]}"
+    return None
+
+
+def run_bad_cases(sock, cases):
+    """Sends each case on one connection (a new one after a broken one);
+    the failures, as text."""
+    failures = []
+    conn = RawRpc(sock)
+    for method, label, params, expect in cases:
+        outcome = conn.send(method, params)
+        why = judge(expect, outcome)
+        if why:
+            failures.append(f"{method} [{label}]: {why}\n    request: {method} {str(params)[:300]}")
+        # After an error with id null (the request was not read), the stream
+        # may be closed.
+        if outcome[0] != "answer" or outcome[1].get("id") is None:
+            conn.close()
+            conn = RawRpc(sock)
+    conn.close()
+    return failures
+
+
+def ilog_consistent(conn):
+    """Every ilog bdev is a bdev with its base claimed and its exported
+    volumes listed, and the saved config creates exactly these ilog bdevs:
+    the set of every bdev's name."""
+    bdevs = {b["name"]: b for b in conn.call("bdev_get_bdevs")}
+    ilogs = conn.call("bdev_ilog_get_bdevs")
+    for i in ilogs:
+        assert i["name"] in bdevs, f"ilog bdev {i['name']} is not a bdev"
+        assert bdevs.get(i["base_bdev_name"], {}).get("claimed"), f"the base of {i['name']} is not claimed"
+        for v in i["volumes"]:
+            assert v["bdev"] is None or v["bdev"] in bdevs, f"volume bdev {v['bdev']} is not a bdev"
+    config = conn.call("framework_get_config", {"name": "bdev"})
+    saved = sorted(e["params"]["name"] for e in config if e["method"] == "bdev_ilog_create")
+    assert saved == sorted(i["name"] for i in ilogs), f"the config creates {saved}, the ilog bdevs are {ilogs}"
+    return set(bdevs)
+
+
+def race(sock, calls):
+    """Runs `calls` ((method, params) each) at once, each on its own
+    connection: each outcome (every one must be an answer)."""
+    import threading
+    conns = [RawRpc(sock) for _ in calls]
+    barrier = threading.Barrier(len(calls))
+    outcomes = [None] * len(calls)
+
+    def one(i, method, params):
+        barrier.wait()
+        outcomes[i] = conns[i].send(method, json.dumps(params))
+
+    threads = [threading.Thread(target=one, args=(i, m, p)) for i, (m, p) in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for c in conns:
+        c.close()
+    for (method, params), outcome in zip(calls, outcomes):
+        assert outcome is not None, f"{method} {params}: no answer (still running)"
+        why = judge("answer", outcome)
+        assert not why, f"racing {method} {params}: {why}"
+    return [o[1] for o in outcomes]
+
+
+def ok(answer):
+    return "result" in answer
+
+
+def attempt(conn, method, params):
+    """Whether `method` succeeded."""
+    try:
+        conn.call(method, params)
+        return True
+    except RpcError:
+        return False
+
+
+def ilog_races(sock, conn, base_a, base_b):
+    """Racing calls on ilog bdevs on `base_a` and `base_b`: each answered, at
+    most one of two exclusive ones succeeds, and the state stays
+    consistent."""
+    def exists(name):
+        return any(b["name"] == name for b in conn.call("bdev_ilog_get_bdevs"))
+
+    def gone(name):
+        if exists(name):
+            wait_until(f"{name} deleted", lambda: attempt(conn, "bdev_ilog_delete", {"name": name}) or not exists(name))
+
+    create_a = ("bdev_ilog_create", {"name": "ilogA", "base_bdev_name": base_a})
+    delete_a = ("bdev_ilog_delete", {"name": "ilogA"})
+    for _ in range(3):
+        conn.call(*create_a)
+        r = race(sock, [delete_a, delete_a])
+        assert sum(map(ok, r)) <= 1, f"two deletes of one bdev both succeeded: {r}"
+        assert exists("ilogA") == (sum(map(ok, r)) == 0), f"after {r}"
+        ilog_consistent(conn)
+        gone("ilogA")
+    r = race(sock, [create_a, ("bdev_ilog_create", {"name": "ilogA", "base_bdev_name": base_b})])
+    assert sum(map(ok, r)) <= 1, f"one name created on two bases: {r}"
+    ilog_consistent(conn)
+    gone("ilogA")
+    r = race(sock, [create_a, ("bdev_ilog_create", {"name": "ilogB", "base_bdev_name": base_a})])
+    assert sum(map(ok, r)) <= 1, f"two ilog bdevs on one base: {r}"
+    ilog_consistent(conn)
+    gone("ilogA")
+    gone("ilogB")
+    for _ in range(10):
+        r = race(sock, [create_a, delete_a])
+        ilog_consistent(conn)
+        gone("ilogA")
+    # Snapshots (and every other method) during a delete: each snapshot
+    # that succeeded is there once the base is opened again.
+    taken = []
+    for i in range(4):
+        conn.call(*create_a)
+        snap = f"race-{i}"
+        r = race(sock, [delete_a, ("bdev_ilog_snapshot", {"name": "ilogA", "snapshot_name": snap}),
+                        ("bdev_ilog_get_volumes", {"name": "ilogA"}), ("bdev_ilog_get_stats", {"name": "ilogA"}),
+                        ("bdev_ilog_log_read", {"name": "ilogA", "count": 16, "with_data": True}),
+                        ("bdev_ilog_compact", {"name": "ilogA"}),
+                        ("bdev_ilog_set_policy", {"name": "ilogA", "policy": {}}),
+                        ("bdev_ilog_event", {"name": "ilogA", "event": "nope"}), ("bdev_ilog_get_bdevs", {})])
+        if ok(r[1]):
+            taken.append(snap)
+        ilog_consistent(conn)
+        if not exists("ilogA"):
+            conn.call(*create_a)
+        vols = [v["volume_id"] for v in conn.call("bdev_ilog_get_volumes", {"name": "ilogA"})]
+        assert vols == taken, f"volumes {vols}, snapshots that succeeded {taken}: {r}"
+        gone("ilogA")
+    conn.call(*create_a)
+    conn.call("bdev_ilog_snapshot", {"name": "ilogA", "snapshot_name": "dv"})
+    dv = ("bdev_ilog_delete_volume", {"name": "ilogA", "volume": "dv"})
+    r = race(sock, [dv, dv])
+    assert sum(map(ok, r)) <= 1, f"one volume deleted twice: {r}"
+    ilog_consistent(conn)
+    gone("ilogA")
+
+
+def test_every_ilog_method_answers_bad_inputs_with_errors():
+    """Every bdev_ilog_* method SPDK lists is sent a table of bad inputs
+    over a raw socket (wrong types, missing and unknown params, positional
+    params, huge numbers, unknown and over-long names, out-of-range values):
+    each is answered with an error object, never a result, a dropped
+    connection or a hang. Then racing creates, deletes, snapshots and
+    volume deletes are each answered. The app keeps serving throughout:
+    its bdevs stay consistent and the data written over NVMe/TCP before
+    reads back the same."""
+    wd = workdir()
+    tgt = App(wd, SPDK_TGT, mem=2048, name="bad")
+    try:
+        conn = RawRpc(tgt.sock)
+        for name, blocks in (("Malloc0", 16384), ("Malloc1", 16384), ("Malloc2", 16384), ("Tiny", 16)):
+            conn.call("bdev_malloc_create", {"name": name, "num_blocks": blocks, "block_size": 4096})
+        assert conn.call("bdev_ilog_create", {"name": "ilog0", "base_bdev_name": "Malloc0"}) == "ilog0"
+        nqn = "nqn.2016-06.io.spdk:bad"
+        conn.call("nvmf_create_transport", {"trtype": "TCP"})
+        conn.call("nvmf_create_subsystem", {"nqn": nqn, "allow_any_host": True, "serial_number": "BAD001"})
+        conn.call("nvmf_subsystem_add_ns", {"nqn": nqn, "namespace": {"bdev_name": "ilog0", "nsid": 1}})
+        conn.call("nvmf_subsystem_add_listener", {"nqn": nqn, "listen_address": {
+            "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": "4440"}})
+        initiator = write_config(wd, "initiator.json", [
+            {"method": "bdev_nvme_attach_controller", "params": {
+                "name": "Ilog", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": "4440",
+                "subnqn": nqn}},
+            {"method": "bdev_wait_for_examine"},
+        ])
+        known, newer, got = (os.path.join(wd, n) for n in ("known.bin", "newer.bin", "got.bin"))
+        for path, size in ((known, 4 << 20), (newer, 2 << 20)):
+            with open(path, "wb") as f:
+                f.write(os.urandom(size))
+        dd_write(wd, initiator, known, "Ilogn1")
+        conn.call("bdev_ilog_snapshot", {"name": "ilog0", "snapshot_name": "keep"})
+        dd_write(wd, initiator, newer, "Ilogn1")
+        conn.call("nvmf_subsystem_add_ns", {"nqn": nqn, "namespace": {"bdev_name": "ilog0@keep", "nsid": 2}})
+        with open(known, "rb") as f, open(newer, "rb") as g:
+            current = g.read() + f.read()[2 << 20:]
+
+        def check_data(when):
+            dd_read(wd, initiator, "Ilogn1", got, count=64)
+            with open(got, "rb") as f:
+                assert f.read() == current, f"ilog0 changed {when}"
+            dd_read(wd, initiator, "Ilogn2", got, count=64)
+            assert same(got, known), f"ilog0@keep changed {when}"
+
+        check_data("before the table")
+        before = ilog_consistent(conn)
+
+        # The table covers every ilog method the app serves, and no other.
+        served = {m for m in conn.call("rpc_get_methods") if m.startswith("bdev_ilog_")}
+        tabled = {spec[0] for spec in ILOG_SPECS}
+        assert served == tabled, f"served, not in the table: {served - tabled}; tabled, not served: {tabled - served}"
+        cases = [c for spec in ILOG_SPECS for c in generic_bad_cases(spec)] + semantic_bad_cases()
+        failures = run_bad_cases(tgt.sock, cases)
+
+        # Over-long names the app may take: then listed, and deleted.
+        long_name = "L" * 10000
+        try:
+            conn.call("bdev_ilog_create", {"name": long_name, "base_bdev_name": "Malloc2"})
+            print(f"note: a {len(long_name)}-char ilog bdev name is accepted")
+            assert conn.call("bdev_ilog_get_bdevs", {"name": long_name})[0]["name"] == long_name
+            wait_until("the long-named bdev deleted", lambda: attempt(conn, "bdev_ilog_delete", {"name": long_name}))
+        except RpcError as e:
+            assert isinstance(e.code, int), e
+
+        after = ilog_consistent(conn)
+        for extra in sorted(after - before):
+            print(f"removing bdev {extra[:80]!r}, created by a bad input")
+            attempt(conn, "bdev_ilog_delete", {"name": extra})
+        assert not before - after, f"bdevs lost to bad inputs: {before - after}"
+        assert [v["volume_id"] for v in conn.call("bdev_ilog_get_volumes", {"name": "ilog0"})] == ["keep"]
+        assert conn.call("bdev_ilog_get_policy", {"name": "ilog0"}) == {}, "a refused policy stuck"
+        stats = conn.call("bdev_ilog_get_stats", {"name": "ilog0"})
+        assert stats["block_size"] == 4096 and stats["volumes"] == 1, stats
+        check_data("after the table")
+        assert tgt.alive()
+
+        # Racing calls, then the table again from three connections at once.
+        ilog_races(tgt.sock, conn, "Malloc1", "Malloc2")
+        import threading
+        generic = [c for spec in ILOG_SPECS for c in generic_bad_cases(spec)]
+        concurrent = []
+
+        def share(k):
+            concurrent.extend(run_bad_cases(tgt.sock, generic[k::3]))
+
+        threads = [threading.Thread(target=share, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        failures += [f"(concurrently) {f}" for f in concurrent]
+
+        ilog_consistent(conn)
+        assert conn.call("bdev_ilog_get_stats", {"name": "ilog0"})["block_size"] == 4096
+        check_data("after the races")
+        assert tgt.alive()
+        conn.close()
+        print(f"{len(cases)} (method, bad input) cases over {len(tabled)} ilog methods")
+        assert not failures, f"{len(failures)} bad input(s) not answered with the error due:\n" + "\n".join(failures)
+    except BaseException:
+        print(tgt.tail(), file=sys.stderr)
+        tgt.kill()
+        raise
+    tgt.stop()
+    shutil.rmtree(wd, ignore_errors=True)
+
+
 TESTS = [
     test_snapshots_under_verify_and_reload,
     test_two_cores_split_forward_and_complete_on_the_submitter,
@@ -588,11 +1167,13 @@ TESTS = [
     test_nvme_tcp_base_and_export,
     test_verify_over_the_whole_bdev_on_the_defaults,
     test_unmap_and_write_zeroes_storms_never_fill_the_log,
+    test_a_reset_reaches_the_base_and_frees_a_stuck_write,
     test_log_read_with_data_is_bounded_in_bytes,
     test_delete_right_after_create_on_two_cores_succeeds,
     test_a_volume_named_like_another_bdev_is_refused_or_not_exported,
     test_policies_and_compaction_keep_volume_bdevs_in_step,
     test_a_volume_deleted_while_open_is_hot_removed_and_its_name_reused,
+    test_every_ilog_method_answers_bad_inputs_with_errors,
 ]
 
 

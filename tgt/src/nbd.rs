@@ -188,9 +188,9 @@ impl Listen {
                 Err(format!("NBD over TCP is only served on loopback addresses (127.0.0.1, [::1]), not {addr}"))
             };
         }
-        let host_port = s.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
-        });
+        // An empty port too: `127.0.0.1:` is a TCP address missing its port, not a file name.
+        let host_port =
+            s.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.bytes().all(|b| b.is_ascii_digit()));
         if !s.contains('/') && (host_port || s.starts_with('[') || s.parse::<IpAddr>().is_ok()) {
             return Err(format!(
                 "`{s}` is neither a loopback IP address with a port (e.g. 127.0.0.1:10809) nor a unix socket path \
@@ -1498,7 +1498,16 @@ mod tests {
         assert_eq!(Listen::parse("/var/tmp/nbd.sock"), Ok(Listen::Unix("/var/tmp/nbd.sock".into())));
         assert_eq!(Listen::parse("nbd.sock"), Ok(Listen::Unix("nbd.sock".into())));
         assert_eq!(Listen::parse("./localhost:10809"), Ok(Listen::Unix("./localhost:10809".into())));
-        for bad in ["", "0.0.0.0:10809", "192.168.1.2:10809", "[::]:10809", "localhost:10809", "127.0.0.1", "[::1]"] {
+        for bad in [
+            "",
+            "0.0.0.0:10809",
+            "192.168.1.2:10809",
+            "[::]:10809",
+            "localhost:10809",
+            "127.0.0.1",
+            "[::1]",
+            "127.0.0.1:",
+        ] {
             assert!(Listen::parse(bad).is_err(), "{bad:?} must be refused");
         }
         for s in ["127.0.0.1:10809", "[::1]:10809", "/tmp/x.sock"] {
