@@ -1052,6 +1052,34 @@ fn native_runtime_refuses_a_device_without_a_valid_checkpoint() {
 }
 
 #[test]
+fn a_window_listing_a_segment_twice_replays_it_once() {
+    // A segment freed and taken into the window again before its earlier
+    // listing left it was listed twice (images written before that was
+    // mended): a crash mount that replayed it twice trusted twice its
+    // entries, and the next mount found its summaries short ("lost flushed
+    // summaries"), its data out of reach.
+    run_seeds(8, |seed| {
+        let mut s = Session::new(seed);
+        for i in 0..48 {
+            s.write(i * 3 % HOT_BLOCKS, 1 + (i % 3) as u32);
+        }
+        s.call(Request::Flush).map_err(|e| format!("flush: {e}"))?;
+        s.exact = false;
+        s.sim.power_cut();
+        let (slot, mut ckpt) = newest_checkpoint(s.disk(), &s.geo);
+        let window = ckpt.window.clone().expect("a window");
+        ckpt.window = Some(window.iter().chain(&window).copied().collect());
+        write_checkpoint(s.disk(), &s.geo, slot, &ckpt);
+        s.remount();
+        s.close();
+        match s.mount_and_judge()? {
+            None => Ok(()),
+            Some(e) => Err(format!("the mount after the replay failed: {e}")),
+        }
+    });
+}
+
+#[test]
 fn checkpoint_records_that_disagree_with_the_log_are_corrupt() {
     // Rewritten with valid CRCs: the checkpoint itself decodes, but what it
     // claims cannot be true of this device.

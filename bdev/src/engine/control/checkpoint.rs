@@ -17,8 +17,14 @@ impl Shard {
         let c = self.ctl.as_mut().expect("control runs on core 0");
         let added = self.shared.free.take_for_window(c.window_pending.len());
         // Window segments the registry knows are listed as such; the others
-        // (still free, or opened since the barrier) are the window.
-        c.window.extend_from_slice(&added);
+        // (still free, or opened since the barrier) are the window. A
+        // segment freed before a checkpoint saw it in use is still listed
+        // when it comes back from the pool: it is listed once.
+        for &segno in &added {
+            if !c.window.contains(&segno) {
+                c.window.push(segno);
+            }
+        }
         c.window_pending.extend(added);
         let registry = &c.registry;
         c.window.retain(|s| !registry.contains_key(s));

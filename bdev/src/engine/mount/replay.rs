@@ -5,7 +5,7 @@ use super::io::SyncIo;
 use super::load::{entry_in_bounds, read_chains, ChainRead, Loaded, Trusted};
 use crate::device::DmaBuf;
 use crate::error::Result;
-use crate::format::{EntryKind, Geometry, SegmentHeader, SegmentRecord, SummaryEntry};
+use crate::format::{Checkpoint, EntryKind, Geometry, SegmentHeader, SegmentRecord, SummaryEntry};
 use std::collections::HashSet;
 
 /// Most blocks of one read of replayed data.
@@ -100,6 +100,19 @@ fn verify_segments(
     Ok(good)
 }
 
+/// Segments that may have been opened after `ckpt`: those of its window
+/// (format version 1 had none: any free segment) it does not list, each
+/// once. Images written before the checkpoint writer was mended may list a
+/// window segment twice, and one replayed twice would trust its entries
+/// twice over.
+fn opened_after(ckpt: &Checkpoint, geo: &Geometry) -> Vec<u32> {
+    let mut seen: HashSet<u32> = ckpt.segments.iter().map(|s| s.segno).collect();
+    match &ckpt.window {
+        Some(window) => window.iter().copied().filter(|&s| s < geo.segment_count && seen.insert(s)).collect(),
+        None => (0..geo.segment_count).filter(|&s| seen.insert(s)).collect(),
+    }
+}
+
 /// Step 2: segments opened after the checkpoint (found by header) and the
 /// open ones' entries past it, each stream in order up to its first torn or
 /// corrupt entry. Returns the highest sequence number seen on media.
@@ -109,13 +122,7 @@ pub(super) fn replay_tail(io: &mut SyncIo, t: &mut Trusted) -> Result<u64> {
     // Every sequence number seen on media stays used: a stale segment must
     // never share its sequence with a new incarnation.
     let mut seq_seen = t.ckpt.seq_high;
-    let listed: HashSet<u32> = t.ckpt.segments.iter().map(|s| s.segno).collect();
-    // Segments opened after the checkpoint: in its window (format version
-    // 1 had none: any free segment).
-    let candidates: Vec<u32> = match &t.ckpt.window {
-        Some(window) => window.iter().copied().filter(|s| *s < geo.segment_count && !listed.contains(s)).collect(),
-        None => (0..geo.segment_count).filter(|s| !listed.contains(s)).collect(),
-    };
+    let candidates = opened_after(&t.ckpt, &geo);
     let headers: Vec<(u64, u32)> = candidates.iter().map(|&s| (geo.segment_start(s), 1)).collect();
     let mut found = Vec::new();
     for (&segno, block) in candidates.iter().zip(io.read_batch(&headers)?) {
