@@ -651,6 +651,7 @@ impl Harness {
         if self.trace {
             eprintln!("[{}] power cut", self.tick);
         }
+        POWER_CUTS.fetch_add(1, Relaxed);
         if self.sim.shards().iter().any(|s| s.is_draining()) {
             CUTS_IN_DRAINS.fetch_add(1, Relaxed);
         }
@@ -846,6 +847,7 @@ static COPIED: AtomicU64 = AtomicU64::new(0);
 static FOLDS: AtomicU64 = AtomicU64::new(0);
 static DRAINS: AtomicU64 = AtomicU64::new(0);
 static RETIRED: AtomicU64 = AtomicU64::new(0);
+static POWER_CUTS: AtomicU64 = AtomicU64::new(0);
 static CUTS_IN_DRAINS: AtomicU64 = AtomicU64::new(0);
 static POLICY_ACTIONS: AtomicU64 = AtomicU64::new(0);
 
@@ -878,8 +880,9 @@ fn random_workloads_match_the_model_across_crashes() {
     let (freed, moved, folds) = (FREED.load(Relaxed), MOVED.load(Relaxed), FOLDS.load(Relaxed));
     let (policy_actions, copied) = (POLICY_ACTIONS.load(Relaxed), COPIED.load(Relaxed));
     let (drains, retired, cuts) = (DRAINS.load(Relaxed), RETIRED.load(Relaxed), CUTS_IN_DRAINS.load(Relaxed));
+    let power_cuts = POWER_CUTS.load(Relaxed);
     eprintln!(
-        "sim: {} seeds passed in {:.1?}; {freed} segments freed, compaction moved {moved} bytes ({copied} by device copies); {drains} drains into the baseline, {folds} asked for; {retired} volumes retired by a full log; {cuts} power cuts during drains; {policy_actions} policy actions",
+        "sim: {} seeds passed in {:.1?}; {freed} segments freed, compaction moved {moved} bytes ({copied} by device copies); {drains} drains into the baseline, {folds} asked for; {retired} volumes retired by a full log; {power_cuts} power cuts, {cuts} of them during drains; {policy_actions} policy actions",
         seeds.len(),
         started.elapsed()
     );

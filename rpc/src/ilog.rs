@@ -813,8 +813,13 @@ mod tests {
             ("bdev_ilog_get_stats", json!({"name": ""}), "name"),
         ];
         for (method, params, field) in cases {
-            let msg = invalid(method, Some(params));
-            assert!(msg.contains(&format!("{field} must not be empty")), "{method}: {msg}");
+            let msg = invalid(method, Some(params.clone()));
+            assert!(msg.contains(&format!("{field} must be non-empty, without NUL")), "{method}: {msg}");
+            // A NUL makes no C string: SPDK's decoder refuses it too.
+            let mut with_nul = params;
+            with_nul[field] = json!("a\u{0}b");
+            let msg = invalid(method, Some(with_nul));
+            assert!(msg.contains(&format!("{field} must be non-empty, without NUL")), "{method}: {msg}");
         }
     }
 
