@@ -62,7 +62,7 @@ def spdk_rpc_plugin_initialize(subparsers):
                         "buffer; the rest is the volume (default 18)")
     p.add_argument('--max-volumes', type=int, help='Most snapshot volumes at once (default 1024)')
     p.add_argument('--replay-window-mib', type=int,
-                   help='Most log a mount after a crash scans and replays, in MiB (default 1024)')
+                   help='Most log a mount after a crash scans and replays, in MiB (default 256)')
     p.set_defaults(func=bdev_ilog_create)
 
     def bdev_ilog_delete(args):

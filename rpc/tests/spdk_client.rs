@@ -205,15 +205,18 @@ fn spdk_rpc_with_the_plugin_drives_every_method() {
         "30",
         "--max-volumes",
         "16",
+        "--replay-window-mib",
+        "64",
     ]);
     assert_eq!(method, "bdev_ilog_create");
     assert_eq!(
         params,
         Some(json!({"name": "ilog0", "base_bdev_name": "Malloc0", "stripe_size_kib": 512,
-                    "segment_size_kib": 8192, "log_percent": 30, "max_volumes": 16}))
+                    "segment_size_kib": 8192, "log_percent": 30, "max_volumes": 16, "replay_window_mib": 64}))
     );
     let Command::Create(create) = command else { panic!("{command:?}") };
     assert_eq!(create.format_options().stripe_bytes, 512 << 10);
+    assert_eq!(create.format_options().replay_window_bytes, 64 << 20);
     assert_eq!(out, "ilog0\n");
 
     let (_, params, command, _) = f.ok(&["bdev_ilog_create", "--base-bdev-name", "Malloc1", "--name", "ilog1"]);
