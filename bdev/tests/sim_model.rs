@@ -892,6 +892,10 @@ fn random_workloads_match_the_model_across_crashes() {
         assert!(folds > 0, "the workloads must fold volumes into the baseline");
         assert!(policy_actions > 0, "the status policies must act");
         assert!(drains > 0 && cuts > 0, "the log must drain, and power cuts hit drains ({drains}, {cuts})");
+    }
+    // A log full of versions under `delete_oldest` comes about once in
+    // 400 seeds: checked where a run has enough of them (CI runs 2,000).
+    if seeds.len() >= 1000 {
         assert!(retired > 0, "a full log must retire volumes where the policy says so");
     }
 }
