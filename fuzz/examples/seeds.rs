@@ -13,6 +13,11 @@ use ilog_bdev::format::{
 };
 use ilog_fuzz::{mode, NBD_EXPORT, NBD_READ_ONLY};
 use ilog_rpc::ilog::METHODS;
+use ilog_tgt::nbd::{
+    CMD_DISC, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES,
+    FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, IHAVEOPT, INFO_BLOCK_SIZE, INFO_NAME, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO,
+    OPT_INFO, OPT_LIST, REQUEST_MAGIC,
+};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -142,30 +147,11 @@ fn policy() -> Value {
     })
 }
 
-/// NBD protocol values (<https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md>).
-const IHAVEOPT: &[u8; 8] = b"IHAVEOPT";
-const FLAG_FIXED_NEWSTYLE: u32 = 1;
-const FLAG_NO_ZEROES: u32 = 2;
-const OPT_EXPORT_NAME: u32 = 1;
-const OPT_ABORT: u32 = 2;
-const OPT_LIST: u32 = 3;
-const OPT_INFO: u32 = 6;
-const OPT_GO: u32 = 7;
+/// The one option value the server does not define: it refuses it.
 const OPT_STRUCTURED_REPLY: u32 = 8;
-const INFO_NAME: u16 = 1;
-const INFO_BLOCK_SIZE: u16 = 3;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const CMD_READ: u16 = 0;
-const CMD_WRITE: u16 = 1;
-const CMD_DISC: u16 = 2;
-const CMD_FLUSH: u16 = 3;
-const CMD_TRIM: u16 = 4;
-const CMD_WRITE_ZEROES: u16 = 6;
-const CMD_FLAG_FUA: u16 = 1;
-const CMD_FLAG_NO_HOLE: u16 = 2;
 
 fn option(opt: u32, data: &[u8]) -> Vec<u8> {
-    [&IHAVEOPT[..], &opt.to_be_bytes(), &(data.len() as u32).to_be_bytes(), data].concat()
+    [&IHAVEOPT.to_be_bytes()[..], &opt.to_be_bytes(), &(data.len() as u32).to_be_bytes(), data].concat()
 }
 
 /// NBD_OPT_INFO/NBD_OPT_GO data.
@@ -187,7 +173,7 @@ fn request(cmd: u16, flags: u16, offset: u64, len: u32) -> Vec<u8> {
 }
 
 fn nbd() -> Seeds {
-    let newstyle = (FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes();
+    let newstyle = (FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes();
     let transmission = [
         request(CMD_WRITE, CMD_FLAG_FUA, 0, 1024),
         request(CMD_READ, 0, 0, 1024),
@@ -203,7 +189,7 @@ fn nbd() -> Seeds {
             .concat();
     let haggle = [
         &[0][..],
-        &FLAG_FIXED_NEWSTYLE.to_be_bytes(),
+        &FLAG_C_FIXED_NEWSTYLE.to_be_bytes(),
         &option(OPT_LIST, &[]),
         &option(OPT_INFO, &info_request("", &[])),
         &option(OPT_INFO, &info_request("other", &[])),

@@ -30,20 +30,24 @@ use crossbeam_channel::{Receiver, Sender};
 use ilog_bdev::device::DmaBuf;
 use log::{debug, error, info, warn};
 
+// The protocol's values
+// (<https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md>);
+// those a client sends are public, for clients such as the fuzz seeds.
+
 // Handshake.
 const NBD_MAGIC: u64 = 0x4e42_444d_4147_4943; // "NBDMAGIC"
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054; // "IHAVEOPT"
+pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054; // "IHAVEOPT"
 const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
 const FLAG_NO_ZEROES: u16 = 1 << 1;
-const FLAG_C_FIXED_NEWSTYLE: u32 = 1 << 0;
-const FLAG_C_NO_ZEROES: u32 = 1 << 1;
+pub const FLAG_C_FIXED_NEWSTYLE: u32 = 1 << 0;
+pub const FLAG_C_NO_ZEROES: u32 = 1 << 1;
 
-const OPT_EXPORT_NAME: u32 = 1;
-const OPT_ABORT: u32 = 2;
-const OPT_LIST: u32 = 3;
-const OPT_INFO: u32 = 6;
-const OPT_GO: u32 = 7;
+pub const OPT_EXPORT_NAME: u32 = 1;
+pub const OPT_ABORT: u32 = 2;
+pub const OPT_LIST: u32 = 3;
+pub const OPT_INFO: u32 = 6;
+pub const OPT_GO: u32 = 7;
 
 const REP_ACK: u32 = 1;
 const REP_SERVER: u32 = 2;
@@ -54,8 +58,8 @@ const REP_ERR_UNKNOWN: u32 = 0x8000_0006;
 const REP_ERR_TOO_BIG: u32 = 0x8000_0009;
 
 const INFO_EXPORT: u16 = 0;
-const INFO_NAME: u16 = 1;
-const INFO_BLOCK_SIZE: u16 = 3;
+pub const INFO_NAME: u16 = 1;
+pub const INFO_BLOCK_SIZE: u16 = 3;
 
 // Transmission flags.
 const TFLAG_HAS_FLAGS: u16 = 1 << 0;
@@ -67,16 +71,16 @@ const TFLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
 const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
 
 // Transmission.
-const REQUEST_MAGIC: u32 = 0x2560_9513;
+pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-const CMD_READ: u16 = 0;
-const CMD_WRITE: u16 = 1;
-const CMD_DISC: u16 = 2;
-const CMD_FLUSH: u16 = 3;
-const CMD_TRIM: u16 = 4;
-const CMD_WRITE_ZEROES: u16 = 6;
-const CMD_FLAG_FUA: u16 = 1 << 0;
-const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+pub const CMD_READ: u16 = 0;
+pub const CMD_WRITE: u16 = 1;
+pub const CMD_DISC: u16 = 2;
+pub const CMD_FLUSH: u16 = 3;
+pub const CMD_TRIM: u16 = 4;
+pub const CMD_WRITE_ZEROES: u16 = 6;
+pub const CMD_FLAG_FUA: u16 = 1 << 0;
+pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
 
 // Error values of the protocol. They equal Linux errnos, but the protocol defines only these.
 const NBD_EPERM: u32 = 1;

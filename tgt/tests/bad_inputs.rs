@@ -11,6 +11,9 @@
 //!
 //! The method list comes from the target itself (`rpc_get_methods`): a
 //! method it serves that the table lacks fails the test.
+mod common;
+
+use common::scratch_dir;
 
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,7 +22,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -41,18 +43,6 @@ const BASE_BLOCKS: u64 = 16384;
 const LONG: usize = 10_000;
 
 // ---------------------------------------------------------------- target
-
-fn scratch_dir(tag: &str) -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "ilog-bad-{}-{tag}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A running `ilog_tgt`; its output goes to `tgt.log` in the scratch dir.
 struct Tgt {

@@ -3,27 +3,18 @@
 //! libnbd's `nbdinfo`, and `fio` with its nbd engine. `scripts/install-deps.sh`
 //! installs them; a missing one fails the test with its name.
 
+mod common;
+
+use common::scratch_dir;
+
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
-
-fn scratch_dir(tag: &str) -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "ilog-tgt-{}-{tag}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn tool(name: &str) -> Command {
     let found =
