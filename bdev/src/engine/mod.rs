@@ -38,3 +38,4 @@ pub use request::{
 };
 pub use shard::{audit_space, Shard};
 pub use shared::{Clock, Submitter, SystemClock};
+pub(crate) use request::check_volume_name;
