@@ -6,7 +6,7 @@ use super::store::{Sink, StreamStore};
 use super::stream::{Header, Position, StreamReader, StreamWriter, HEADER_LEN};
 use super::{Extent, Progress, Volumes};
 use crate::device::{BlockDevice, DmaBuf};
-use crate::engine::{LogEntryKind, VolumeInfo};
+use crate::engine::{LogEntryKind, View, VolumeInfo};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ const SYNC_BYTES: u64 = 16 << 20;
 const ILOG_ZERO_BLOCKS: u64 = 1 << 16;
 
 /// What `bdev_ilog_copy` copies.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CopySpec {
     pub volume: String,
     /// Copy only what changed since this (older) volume.
@@ -30,10 +30,18 @@ pub struct CopySpec {
     pub resume_token: Option<String>,
 }
 
+/// What a copy writes: the stream's header, the extents, and the view
+/// they are read from.
+pub struct Plan {
+    pub header: Header,
+    pub extents: Vec<Extent>,
+    pub view: View,
+}
+
 /// Checks `spec` against the source, and returns the stream's header and
 /// the extents to copy. Cheap enough to run before answering the RPC, so
 /// that bad input fails the call, not the job.
-pub fn plan(src: &dyn Volumes, spec: &CopySpec) -> Result<(Header, Vec<Extent>)> {
+pub fn plan(src: &dyn Volumes, spec: &CopySpec) -> Result<Plan> {
     let volumes = src.volumes()?;
     let find = |name: &str| -> Result<&VolumeInfo> {
         volumes.iter().find(|v| v.name == name).ok_or_else(|| Error::NoSuchVolume(name.to_owned()))
@@ -65,13 +73,13 @@ pub fn plan(src: &dyn Volumes, spec: &CopySpec) -> Result<(Header, Vec<Extent>)>
         base_volume: spec.base_volume.clone(),
         data_blocks: extents.iter().filter(|e| e.kind == LogEntryKind::Data).map(|e| e.blocks).sum(),
     };
-    Ok((header, extents))
+    Ok(Plan { header, extents, view: View::Volume(volume.partition) })
 }
 
 /// Copies as `spec` says into `target`. On failure the progress keeps the
 /// token to resume with.
 pub fn copy(src: &dyn Volumes, spec: &CopySpec, target: &StreamStore, progress: &Progress) -> Result<()> {
-    let (header, extents) = plan(src, spec)?;
+    let Plan { header, extents, view } = plan(src, spec)?;
     let bs = u64::from(header.block_size);
     let data_bytes = |e: &Extent| if e.kind == LogEntryKind::Data { e.blocks * bs } else { 0 };
     progress.set_total(header.data_blocks * bs);
@@ -103,7 +111,7 @@ pub fn copy(src: &dyn Volumes, spec: &CopySpec, target: &StreamStore, progress: 
         }
         for (lba, blocks) in pieces(e.lba, e.blocks, max_blocks) {
             let data = &mut buf[..(blocks * bs) as usize];
-            src.read_volume(&header.volume, lba, data)?;
+            src.read_view(view, lba, data)?;
             out.data(lba, data)?;
             unsynced += blocks * bs;
             progress.set_done(progress.bytes_done() + blocks * bs);
@@ -159,10 +167,10 @@ fn pieces(lba: u64, blocks: u64, max: u64) -> impl Iterator<Item = (u64, u64)> {
 }
 
 /// Where a restore writes.
-pub enum Destination<'a> {
+pub enum Destination {
     /// An ilog bdev: the stream becomes a snapshot volume named as the
     /// source's, and the current image equals it.
-    Ilog(&'a dyn Volumes),
+    Ilog(Arc<dyn Volumes>),
     /// Any other device: the volume's image, from its first block.
     Device { name: String, dev: Arc<dyn BlockDevice> },
 }
@@ -257,13 +265,13 @@ fn check_destination(dst: &Destination, header: &Header) -> Result<()> {
 
 /// Writes a restore's blocks to its destination.
 struct Applier<'a> {
-    dst: &'a Destination<'a>,
+    dst: &'a Destination,
     io: Option<super::store::DeviceIo>,
     bs: u64,
 }
 
 impl<'a> Applier<'a> {
-    fn new(dst: &'a Destination<'a>, header: &Header) -> Result<Self> {
+    fn new(dst: &'a Destination, header: &Header) -> Result<Self> {
         let io = match dst {
             Destination::Ilog(_) => None,
             Destination::Device { dev, .. } => Some(super::store::DeviceIo::new(dev.clone()).map_err(io_err)?),

@@ -17,19 +17,12 @@ pub mod stream;
 pub use job::{copy, restore, CopySpec, Destination};
 pub use store::StreamStore;
 
-use crate::engine::{LogEntryKind, VolumeInfo};
+pub use crate::engine::Extent;
+use crate::engine::{View, VolumeInfo};
 use crate::error::Result;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
-
-/// A run of blocks that changed: written data, or blocks that read as zeros.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Extent {
-    pub lba: u64,
-    pub blocks: u64,
-    pub kind: LogEntryKind,
-}
 
 /// What a copy or a restore needs of an ilog bdev: blocking calls, made
 /// from the job's own thread (each runtime answers them from its cores).
@@ -43,7 +36,7 @@ pub trait Volumes: Send + Sync {
     /// without one) inside `lba_start..lba_start + lba_count`: merged, in
     /// LBA order.
     fn diff(&self, volume: &str, base: Option<&str>, lba_start: u64, lba_count: u64) -> Result<Vec<Extent>>;
-    fn read_volume(&self, volume: &str, lba: u64, buf: &mut [u8]) -> Result<()>;
+    fn read_view(&self, view: View, lba: u64, buf: &mut [u8]) -> Result<()>;
     fn write(&self, lba: u64, buf: &[u8]) -> Result<()>;
     fn write_zeroes(&self, lba: u64, blocks: u32) -> Result<()>;
     fn flush(&self) -> Result<()>;

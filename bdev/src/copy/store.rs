@@ -16,7 +16,10 @@ const CHUNK: usize = 1 << 20;
 pub enum StreamStore {
     File(PathBuf),
     /// `name` says which device in messages.
-    Device { name: String, dev: Arc<dyn BlockDevice> },
+    Device {
+        name: String,
+        dev: Arc<dyn BlockDevice>,
+    },
 }
 
 /// A stream being written: bytes, and a way to make them durable.
@@ -148,7 +151,8 @@ impl DeviceIo {
     /// byte `at`, or flushes; returns once the device completed it.
     fn io(&mut self, op: DevOp, at: u64, len: usize) -> std::io::Result<()> {
         let bs = self.bs();
-        let req = DevRequest { op, block: at / bs, nblocks: (len as u64 / bs) as u32, buf: self.buf.as_mut_ptr(), tag: 0 };
+        let req =
+            DevRequest { op, block: at / bs, nblocks: (len as u64 / bs) as u32, buf: self.buf.as_mut_ptr(), tag: 0 };
         // SAFETY: the buffer is ours and outlives the request: this call
         // returns only once the completion was polled.
         while unsafe { self.chan.submit(req) }.is_err() {

@@ -366,7 +366,10 @@ impl<W: std::io::Write> StreamWriter<W> {
 
     fn record(&mut self, rec: Record, data: &[u8]) -> Result<()> {
         let end = self.header.lba_start + self.header.lba_count;
-        assert!(rec.lba >= self.at.next_lba && rec.lba + u64::from(rec.blocks) <= end, "records in lba order, in range");
+        assert!(
+            rec.lba >= self.at.next_lba && rec.lba + u64::from(rec.blocks) <= end,
+            "records in lba order, in range"
+        );
         let head = encode_record_header(&rec, data);
         let mut d = self.at.digest();
         d.update(&head);

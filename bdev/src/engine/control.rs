@@ -13,10 +13,11 @@
 
 use super::compact::{CompactJob, CompactTarget, ReclaimNotices};
 use super::cursor::LogRead;
+use super::diff::{self, DiffQuery};
 use super::drain::DrainJob;
 use super::msg::{Msg, ReplyTo};
 use super::policy::Policy;
-use super::request::{check_volume_name, CompactMode, Reply, Request, VolumeInfo};
+use super::request::{check_volume_name, CompactMode, Extent, Reply, Request, VolumeInfo};
 use super::shard::{Shard, TAG_CONTROL};
 use super::shared::SpaceState;
 use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf};
@@ -66,6 +67,13 @@ pub(super) enum Op {
     /// segments opened since the last one are listed, and the window is
     /// topped up.
     Checkpoint,
+    /// Every core walks its tables (see `diff.rs`).
+    Diff {
+        volume: String,
+        base_volume: Option<String>,
+        lba_start: u64,
+        lba_count: u64,
+    },
 }
 
 struct Queued {
@@ -103,6 +111,13 @@ pub(super) enum Stage {
     CompactMove,
     /// A drain's commit waits for every core to forget what drained.
     DrainForget,
+    /// A diff waits for every core's extents; `full` adds the baseline's.
+    Diff {
+        acks: u32,
+        extents: Vec<Extent>,
+        query: DiffQuery,
+        full: bool,
+    },
 }
 
 struct Current {
@@ -421,6 +436,9 @@ impl Shard {
                 let stats = self.stats();
                 return self.reply(origin, reply, Ok(Reply::Stats(stats)));
             }
+            Request::Diff { volume, base_volume, lba_start, lba_count } => {
+                Op::Diff { volume, base_volume, lba_start, lba_count }
+            }
             Request::Read { .. } | Request::Write { .. } | Request::WriteZeroes { .. } | Request::Unmap { .. } => {
                 unreachable!("data requests never reach the coordinator")
             }
@@ -574,10 +592,81 @@ impl Shard {
                 let target = *target;
                 self.ctl_mut().compaction = Some(CompactJob::new(target));
             }
+            Op::Diff { volume, base_volume, lba_start, lba_count } => {
+                let (query, full) = match self.diff_query(volume, base_volume.as_deref(), *lba_start, *lba_count) {
+                    Ok(q) => q,
+                    Err(e) => return self.reply(q.origin, q.reply, Err(e)),
+                };
+                let stage = Stage::Diff { acks: 0, extents: Vec::new(), query, full };
+                self.ctl_mut().current = Some(Current { q, stage, volume: None });
+                for core in 0..self.shared.cores {
+                    self.send(core, Msg::Diff(query));
+                }
+                return;
+            }
             Op::Flush | Op::LogRead { .. } | Op::Checkpoint => {}
         }
         self.ctl_mut().current = Some(Current { q, stage: Stage::CheckpointWrite, volume: None });
         self.start_control_barrier(seal, close, shutdown);
+    }
+
+    /// What every core walks for a diff of `volume` since `base` (since
+    /// the baseline, and then with its data too, without one).
+    fn diff_query(
+        &mut self,
+        volume: &str,
+        base: Option<&str>,
+        lba_start: u64,
+        lba_count: u64,
+    ) -> Result<(DiffQuery, bool)> {
+        let volume_blocks = self.shared.geo.volume_blocks;
+        let lba_end = lba_start.checked_add(lba_count).filter(|&end| end <= volume_blocks && lba_count > 0);
+        let lba_end = lba_end.ok_or(Error::OutOfRange { lba: lba_start, blocks: lba_count, volume_blocks })?;
+        let c = self.ctl_mut();
+        let partition = |name: &str| {
+            let v = c.volumes.iter().find(|v| v.name == name);
+            v.map(|v| v.partition).ok_or_else(|| Error::NoSuchVolume(name.to_owned()))
+        };
+        let hi = partition(volume)?;
+        let lo = match base {
+            None => c.baseline_partition.min(hi),
+            Some(base) => partition(base)?,
+        };
+        if lo > hi || (base.is_some() && lo == hi) {
+            return Err(Error::InvalidArgument(format!(
+                "base volume {} is not older than volume {volume}",
+                base.unwrap_or_default()
+            )));
+        }
+        Ok((DiffQuery { lo, hi, lba_start, lba_end }, base.is_none()))
+    }
+
+    /// A core's extents for the running diff; the answer once every core's
+    /// are in.
+    pub(super) fn on_diff_done(&mut self, mut part: Vec<Extent>) {
+        let cores = self.shared.cores;
+        let c = self.ctl_mut();
+        let Some(Current { stage: Stage::Diff { acks, extents, .. }, .. }) = &mut c.current else {
+            unreachable!("diff answers come while a diff runs")
+        };
+        *acks += 1;
+        extents.append(&mut part);
+        if *acks < cores {
+            return;
+        }
+        let Some(Current { stage: Stage::Diff { extents, query, full, .. }, .. }) = c.current.as_mut() else {
+            unreachable!("checked")
+        };
+        let (log, query, full) = (std::mem::take(extents), *query, *full);
+        let baseline = if full { self.baseline_runs(query.lba_start, query.lba_end) } else { Vec::new() };
+        self.finish_control(Ok(Reply::Extents(diff::combine(log, &baseline))));
+    }
+
+    /// The runs of `start..end` in stripes of the baseline that hold data.
+    fn baseline_runs(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let sb = u64::from(self.shared.geo.stripe_blocks);
+        let stripes = (start / sb..end.div_ceil(sb)).filter(|&s| self.shared.baseline.has(s));
+        stripes.map(|s| ((s * sb).max(start), ((s + 1) * sb).min(end))).collect()
     }
 
     /// The partition a seal opens next. Entries name their partition as an
@@ -750,7 +839,7 @@ impl Shard {
                 let (cursor, count, with_data) = (*cursor, *count, *with_data);
                 self.start_log_read(cursor, count, with_data);
             }
-            Op::Delete(_) | Op::SetPolicy(_) | Op::Fold(_) => unreachable!("no barrier"),
+            Op::Delete(_) | Op::SetPolicy(_) | Op::Fold(_) | Op::Diff { .. } => unreachable!("no barrier"),
             Op::Checkpoint => self.write_checkpoint(false),
             Op::Compact(_) => self.compact_after_barrier(),
             Op::Drain => {
@@ -782,7 +871,11 @@ impl Shard {
             Stage::CheckpointFlush => self.checkpoint_done(status),
             Stage::LogSummaries | Stage::LogData => self.log_read_done(value, status),
             Stage::CompactRead => self.compact_read_done(status),
-            Stage::Barrier { .. } | Stage::Publish { .. } | Stage::CompactMove | Stage::DrainForget => {
+            Stage::Barrier { .. }
+            | Stage::Publish { .. }
+            | Stage::CompactMove
+            | Stage::DrainForget
+            | Stage::Diff { .. } => {
                 unreachable!("no control I/O in this stage")
             }
         }

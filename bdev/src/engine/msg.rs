@@ -5,7 +5,8 @@
 //! shard that handles it.
 
 use super::control::SegmentInfo;
-use super::request::{Reply, Request, View};
+use super::diff::DiffQuery;
+use super::request::{Extent, Reply, Request, View};
 use crate::error::Result;
 use crate::format::SummaryEntry;
 use crossbeam_queue::ArrayQueue;
@@ -111,6 +112,12 @@ pub(crate) enum Msg {
         /// Log cursor positions at or above this hold no client entry of
         /// the drained partitions.
         drained_below: u64,
+    },
+    /// From core 0: which owned blocks partitions in the query's range
+    /// hold (see `diff.rs`). Answered with `DiffDone`.
+    Diff(DiffQuery),
+    DiffDone {
+        extents: Vec<Extent>,
     },
 }
 
