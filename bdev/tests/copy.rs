@@ -111,6 +111,19 @@ fn scratch(name: &str) -> std::path::PathBuf {
     dir.join(name)
 }
 
+fn run_copy(src: &Ilog, spec: &CopySpec, target: &StreamStore, progress: &Progress) -> ilog_bdev::Result<()> {
+    copy::copy(src, &copy::plan(src, spec)?, target, progress)
+}
+
+fn run_restore(
+    dst: &Destination,
+    source: &StreamStore,
+    token: Option<&str>,
+    progress: &Progress,
+) -> ilog_bdev::Result<Option<ilog_bdev::engine::VolumeInfo>> {
+    copy::restore(dst, source, &copy::plan_restore(dst, source, token)?, progress)
+}
+
 fn spec(volume: &str, base: Option<&str>) -> CopySpec {
     CopySpec { volume: volume.into(), base_volume: base.map(Into::into), ..Default::default() }
 }
@@ -119,9 +132,9 @@ fn spec(volume: &str, base: Option<&str>) -> CopySpec {
 fn full_and_incremental_streams_restore_each_volume_byte_for_byte() {
     let src = source(2);
     let (full, incr) = (StreamStore::File(scratch("full")), StreamStore::File(scratch("incr")));
-    copy::copy(src.as_ref(), &spec("v1", None), &full, &Progress::default()).unwrap();
+    run_copy(src.as_ref(), &spec("v1", None), &full, &Progress::default()).unwrap();
     let progress = Progress::default();
-    copy::copy(src.as_ref(), &spec("v2", Some("v1")), &incr, &progress).unwrap();
+    run_copy(src.as_ref(), &spec("v2", Some("v1")), &incr, &progress).unwrap();
     assert_eq!(progress.bytes_done(), progress.bytes_total());
     assert!(progress.bytes_total() > 0);
     // The incremental costs the change: far less than the volume.
@@ -132,23 +145,23 @@ fn full_and_incremental_streams_restore_each_volume_byte_for_byte() {
     // Garbage in the head that the full stream's gaps must clear.
     dst.write(1, &pattern(1, 9, 4)).unwrap();
     let into: Destination = Destination::Ilog(dst.clone());
-    let out_of_order = copy::restore(&into, &incr, None, &Progress::default()).unwrap_err();
+    let out_of_order = run_restore(&into, &incr, None, &Progress::default()).unwrap_err();
     assert!(out_of_order.to_string().contains("in order"), "{out_of_order}");
-    let v1 = copy::restore(&into, &full, None, &Progress::default()).unwrap().unwrap();
+    let v1 = run_restore(&into, &full, None, &Progress::default()).unwrap().unwrap();
     assert_eq!(v1.name, "v1");
     assert!(image(&dst, Some("v1")) == image(&src, Some("v1")), "dst@v1 differs from src@v1");
-    copy::restore(&into, &incr, None, &Progress::default()).unwrap();
+    run_restore(&into, &incr, None, &Progress::default()).unwrap();
     assert!(image(&dst, Some("v2")) == image(&src, Some("v2")), "dst@v2 differs from src@v2");
     assert!(image(&dst, None) == image(&src, Some("v2")), "the head is not the newest volume");
     assert!(image(&dst, Some("v1")) == image(&src, Some("v1")), "dst@v1 changed");
-    let again = copy::restore(&into, &full, None, &Progress::default()).unwrap_err();
+    let again = run_restore(&into, &full, None, &Progress::default()).unwrap_err();
     assert_eq!(again.errno(), libc::EEXIST);
 
     // Onto a plain device: the image of the newest volume applied.
     let plain: Arc<dyn BlockDevice> = Arc::new(MallocDevice::new(BLOCKS, BS as u32));
     let onto = Destination::Device { name: "Malloc1".into(), dev: plain.clone() };
-    assert!(copy::restore(&onto, &full, None, &Progress::default()).unwrap().is_none());
-    copy::restore(&onto, &incr, None, &Progress::default()).unwrap();
+    assert!(run_restore(&onto, &full, None, &Progress::default()).unwrap().is_none());
+    run_restore(&onto, &incr, None, &Progress::default()).unwrap();
     let mut got = vec![0u8; src.volume_blocks() as usize * BS];
     let mut io = Reader::new(plain);
     io.read(0, &mut got);
@@ -167,9 +180,9 @@ fn a_full_copy_includes_what_drained_into_the_baseline() {
     src.write_zeroes(6002, 1).unwrap();
     src.snapshot(Some("b1")).unwrap();
     let store = StreamStore::File(scratch("baseline"));
-    copy::copy(src.as_ref(), &spec("b1", None), &store, &Progress::default()).unwrap();
+    run_copy(src.as_ref(), &spec("b1", None), &store, &Progress::default()).unwrap();
     let dst = bdev(1);
-    copy::restore(&Destination::Ilog(dst.clone()), &store, None, &Progress::default()).unwrap();
+    run_restore(&Destination::Ilog(dst.clone()), &store, None, &Progress::default()).unwrap();
     assert!(image(&dst, Some("b1")) == image(&src, Some("b1")), "dst@b1 differs from src@b1");
 }
 
@@ -257,7 +270,7 @@ fn a_copy_that_failed_resumes_from_its_token_without_sending_again() {
         Flaky { inner: MallocDevice::new(16384, BS as u32), written: written.clone(), fail_after: fail_after.clone() };
     let store = StreamStore::Device { name: "Flaky0".into(), dev: Arc::new(dev) };
     let progress = Progress::default();
-    let err = copy::copy(src.as_ref(), &spec("big", None), &store, &progress).unwrap_err();
+    let err = run_copy(src.as_ref(), &spec("big", None), &store, &progress).unwrap_err();
     assert_eq!(err.errno(), libc::EIO);
     let token = progress.resume_token().expect("a token");
     assert!(progress.bytes_done() > 0 && progress.bytes_done() < progress.bytes_total());
@@ -266,15 +279,15 @@ fn a_copy_that_failed_resumes_from_its_token_without_sending_again() {
     let before = written.load(Ordering::Relaxed);
     let resumed = CopySpec { resume_token: Some(token.clone()), ..spec("big", None) };
     let progress = Progress::default();
-    copy::copy(src.as_ref(), &resumed, &store, &progress).unwrap();
+    run_copy(src.as_ref(), &resumed, &store, &progress).unwrap();
     let sent_again = written.load(Ordering::Relaxed) - before;
     assert!(sent_again < total * 3 / 4, "the resumed copy wrote {sent_again} of {total} bytes");
     // A token of another stream is refused, and so is a damaged one.
     let other = CopySpec { resume_token: Some(token), ..spec("big", None) };
     let other = CopySpec { lba_count: Some(100), ..other };
-    assert_eq!(copy::copy(src.as_ref(), &other, &store, &Progress::default()).unwrap_err().errno(), libc::EINVAL);
+    assert_eq!(run_copy(src.as_ref(), &other, &store, &Progress::default()).unwrap_err().errno(), libc::EINVAL);
     let dst = bdev(1);
-    copy::restore(&Destination::Ilog(dst.clone()), &store, None, &Progress::default()).unwrap();
+    run_restore(&Destination::Ilog(dst.clone()), &store, None, &Progress::default()).unwrap();
     assert!(image(&dst, Some("big")) == image(&src, Some("big")), "dst@big differs from src@big");
 }
 
@@ -283,7 +296,7 @@ fn a_damaged_stream_is_refused_and_the_restore_resumes_once_repaired() {
     let src = source(1);
     let path = scratch("damaged");
     let store = StreamStore::File(path.clone());
-    copy::copy(src.as_ref(), &spec("v1", None), &store, &Progress::default()).unwrap();
+    run_copy(src.as_ref(), &spec("v1", None), &store, &Progress::default()).unwrap();
     let good = std::fs::read(&path).unwrap();
     let mut bad = good.clone();
     let at = bad.len() - 5000;
@@ -292,11 +305,11 @@ fn a_damaged_stream_is_refused_and_the_restore_resumes_once_repaired() {
     let dst = bdev(1);
     let into = Destination::Ilog(dst.clone());
     let progress = Progress::default();
-    let err = copy::restore(&into, &store, None, &progress).unwrap_err();
+    let err = run_restore(&into, &store, None, &progress).unwrap_err();
     assert_eq!(err.errno(), libc::EUCLEAN, "{err}");
     assert!(dst.volumes().unwrap().is_empty(), "no volume from a damaged stream");
     let token = progress.resume_token().expect("a token");
     std::fs::write(&path, &good).unwrap();
-    copy::restore(&into, &store, Some(&token), &Progress::default()).unwrap();
+    run_restore(&into, &store, Some(&token), &Progress::default()).unwrap();
     assert!(image(&dst, Some("v1")) == image(&src, Some("v1")), "dst@v1 differs from src@v1");
 }

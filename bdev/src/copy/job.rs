@@ -30,12 +30,13 @@ pub struct CopySpec {
     pub resume_token: Option<String>,
 }
 
-/// What a copy writes: the stream's header, the extents, and the view
-/// they are read from.
+/// What a copy writes: the stream's header, the extents, the view they
+/// are read from, and where in the stream it starts.
 pub struct Plan {
     pub header: Header,
     pub extents: Vec<Extent>,
-    pub view: View,
+    view: View,
+    resume: Option<Position>,
 }
 
 /// Checks `spec` against the source, and returns the stream's header and
@@ -73,20 +74,21 @@ pub fn plan(src: &dyn Volumes, spec: &CopySpec) -> Result<Plan> {
         base_volume: spec.base_volume.clone(),
         data_blocks: extents.iter().filter(|e| e.kind == LogEntryKind::Data).map(|e| e.blocks).sum(),
     };
-    Ok(Plan { header, extents, view: View::Volume(volume.partition) })
+    let resume = spec.resume_token.as_deref().map(|t| Position::from_token(t, &header)).transpose()?;
+    Ok(Plan { header, extents, view: View::Volume(volume.partition), resume })
 }
 
-/// Copies as `spec` says into `target`. On failure the progress keeps the
-/// token to resume with.
-pub fn copy(src: &dyn Volumes, spec: &CopySpec, target: &StreamStore, progress: &Progress) -> Result<()> {
-    let Plan { header, extents, view } = plan(src, spec)?;
+/// Copies what `plan` says into `target`. On failure the progress keeps
+/// the token to resume with.
+pub fn copy(src: &dyn Volumes, plan: &Plan, target: &StreamStore, progress: &Progress) -> Result<()> {
+    let Plan { header, extents, view, resume } = plan;
+    let (header, view) = (header.clone(), *view);
     let bs = u64::from(header.block_size);
     let data_bytes = |e: &Extent| if e.kind == LogEntryKind::Data { e.blocks * bs } else { 0 };
     progress.set_total(header.data_blocks * bs);
-    let mut out = match &spec.resume_token {
+    let mut out = match *resume {
         None => StreamWriter::new(target.writer_at(0)?, header.clone())?,
-        Some(token) => {
-            let at = Position::from_token(token, &header)?;
+        Some(at) => {
             if target.read_prefix(HEADER_LEN)? != header.encode() {
                 return Err(Error::InvalidArgument(
                     "resume_token: the target holds another stream's header (or none)".into(),
@@ -175,23 +177,34 @@ pub enum Destination {
     Device { name: String, dev: Arc<dyn BlockDevice> },
 }
 
-/// Applies the stream in `source` to `dst`; returns the restored volume
-/// when `dst` is an ilog bdev. On failure the progress keeps the token to
-/// resume with.
+/// What a restore applies: the stream's header, and where in the stream
+/// it starts.
+pub struct RestorePlan {
+    pub header: Header,
+    resume: Option<Position>,
+}
+
+/// Reads the stream's header and checks it against `dst` and the token.
+pub fn plan_restore(dst: &Destination, source: &StreamStore, resume_token: Option<&str>) -> Result<RestorePlan> {
+    let header = Header::decode(&source.read_prefix(HEADER_LEN)?)?;
+    check_destination(dst, &header)?;
+    let resume = resume_token.map(|t| Position::from_token(t, &header)).transpose()?;
+    Ok(RestorePlan { header, resume })
+}
+
+/// Applies the stream in `source` to `dst` as `plan` says; returns the
+/// restored volume when `dst` is an ilog bdev. On failure the progress
+/// keeps the token to resume with.
 pub fn restore(
     dst: &Destination,
     source: &StreamStore,
-    resume_token: Option<&str>,
+    plan: &RestorePlan,
     progress: &Progress,
 ) -> Result<Option<VolumeInfo>> {
-    let header = Header::decode(&source.read_prefix(HEADER_LEN)?)?;
-    check_destination(dst, &header)?;
-    let mut input = match resume_token {
+    let header = plan.header.clone();
+    let mut input = match plan.resume {
         None => StreamReader::new(source.reader_at(0)?)?,
-        Some(token) => {
-            let at = Position::from_token(token, &header)?;
-            StreamReader::resume(source.reader_at(at.offset)?, header.clone(), at)
-        }
+        Some(at) => StreamReader::resume(source.reader_at(at.offset)?, header.clone(), at),
     };
     let mut apply = Applier::new(dst, &header)?;
     let bs = u64::from(header.block_size);

@@ -14,7 +14,7 @@ mod job;
 mod store;
 pub mod stream;
 
-pub use job::{copy, restore, CopySpec, Destination};
+pub use job::{copy, plan, plan_restore, restore, CopySpec, Destination, Plan, RestorePlan};
 pub use store::StreamStore;
 
 pub use crate::engine::Extent;
