@@ -148,6 +148,7 @@ impl Header {
         let volume = name()?;
         let base = name()?;
         let data_blocks = r.u64()?;
+
         let header = Header {
             source_uuid,
             block_size,
@@ -160,6 +161,11 @@ impl Header {
             data_blocks,
         };
         header.check()?;
+        // Reserved bytes are zero (a later version may give them a
+        // meaning): the header is exactly what its fields encode to.
+        if header.encode()[..] != buf[..HEADER_LEN] {
+            return Err(bad("header: bytes this version reserves are not zero".into()));
+        }
         Ok(header)
     }
 
@@ -477,6 +483,9 @@ impl<R: std::io::Read> StreamReader<R> {
         let mut r = Reader::new(&head, "copy stream record");
         r.skip(4)?;
         let (blocks, lba) = (r.u32()?, r.u64()?);
+        if head[16..RECORD_CRC_AT].iter().any(|&b| b != 0) {
+            return Err(bad(format!("record at byte {offset}: bytes this version reserves are not zero")));
+        }
         let kind = match kind {
             KIND_DATA => LogEntryKind::Data,
             KIND_ZERO => LogEntryKind::Zero,
@@ -665,6 +674,23 @@ mod tests {
         for junk in ["", "zz", &"g".repeat(token.len())] {
             assert_eq!(Position::from_token(junk, &header(None)).unwrap_err().errno(), libc::EINVAL);
         }
+    }
+
+    #[test]
+    fn reserved_bytes_must_be_zero_even_under_a_valid_crc() {
+        let mut enc = header(None).encode();
+        enc[300] = 1;
+        let crc = crc32c(&enc[..HEADER_CRC_AT]);
+        enc[HEADER_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+        assert!(Header::decode(&enc).unwrap_err().to_string().contains("reserve"));
+        let mut bytes = sample(None);
+        let rec = HEADER_LEN;
+        bytes[rec + 20] = 1;
+        let mut d = new_digest();
+        d.update(&bytes[rec..rec + RECORD_CRC_AT]);
+        d.update(&bytes[rec + RECORD_HEADER_LEN..rec + RECORD_HEADER_LEN + 1024]);
+        bytes[rec + RECORD_CRC_AT..rec + RECORD_HEADER_LEN].copy_from_slice(&(d.finalize() as u32).to_le_bytes());
+        assert!(read_all(&bytes).unwrap_err().to_string().contains("reserve"));
     }
 
     #[test]
