@@ -9,7 +9,7 @@
 //! channel and queues the completion back.
 
 use super::{BlockDevice, DevChannel, DevOp, DevRequest, DevStatus, QueueFull};
-use crate::spdk::ffi::desc::{BaseInfo, BlockOp, Desc, IoChannel};
+use crate::spdk::ffi::desc::{BaseEvents, BaseInfo, BlockOp, Desc, IoChannel};
 use crate::spdk::ffi::thread::{Bound, Thread};
 use crossbeam_queue::SegQueue;
 use std::sync::{Arc, Mutex};
@@ -27,9 +27,9 @@ pub(crate) struct SpdkDevice {
 
 impl SpdkDevice {
     /// Opens `name` for writing and claims it. On the app thread; on its
-    /// hot removal, `on_remove(arg)` runs there.
-    pub fn open(name: &str, on_remove: fn(u64), arg: u64) -> Result<SpdkDevice, (i32, String)> {
-        let (desc, info) = Desc::open(name, on_remove, arg)?;
+    /// hot removal, `E::removed(arg)` runs there.
+    pub fn open<E: BaseEvents>(name: &str, arg: u64) -> Result<SpdkDevice, (i32, String)> {
+        let (desc, info) = Desc::open::<E>(name, arg)?;
         let Some(app_ch) = desc.channel() else {
             desc.close();
             return Err((libc::ENOMEM, format!("no I/O channel for bdev {name}")));
@@ -149,7 +149,12 @@ fn remote_submit(dev: Arc<SpdkDevice>, req: DevRequest, done: Arc<SegQueue<(u64,
     match submitted {
         Ok(()) => {}
         // Out of bdev_io: try again after the app thread's other work.
-        Err((libc::ENOMEM, _)) => Thread::app().send(move || remote_submit(dev, req, done)),
+        Err((libc::ENOMEM, _)) => {
+            let answer = done.clone();
+            if Thread::app().try_send(move || remote_submit(dev, req, done)).is_err() {
+                answer.push((tag, Err(libc::ENOMEM)));
+            }
+        }
         Err((errno, _)) => done.push((tag, Err(errno))),
     }
 }

@@ -8,6 +8,7 @@
 
 use super::disk::{self, Disk, DiskRef, Owner};
 use super::ffi::bdev::{self as ffi_bdev, Destructing, ModuleHooks};
+use super::ffi::desc::BaseEvents;
 use super::ffi::poller::poll_until;
 use super::ffi::thread::Thread;
 use super::ffi::{dma, engine_io, logger};
@@ -195,7 +196,7 @@ pub fn create(
             return Err(exists());
         }
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let dev = SpdkDevice::open(base, base_removed, id).map_err(|(errno, msg)| SpdkError::new(errno, msg))?;
+        let dev = SpdkDevice::open::<BaseRemoval>(base, id).map_err(|(errno, msg)| SpdkError::new(errno, msg))?;
         registry().push(Entry { name: name.to_owned(), id, state: State::Creating { removed: false } });
         Ok((id, Arc::new(dev)))
     })();
@@ -364,7 +365,16 @@ pub fn delete_volume(name: &str, volume: &str, done: impl FnOnce(std::result::Re
     });
 }
 
-/// The base bdev was hot-removed (on the app thread): tear down.
+/// The base bdev's events, by ilog bdev id.
+struct BaseRemoval;
+
+impl BaseEvents for BaseRemoval {
+    /// The base bdev was hot-removed (on the app thread): tear down.
+    fn removed(id: u64) {
+        base_removed(id);
+    }
+}
+
 fn base_removed(id: u64) {
     let ilog = {
         let mut reg = registry();

@@ -32,26 +32,34 @@ unsafe impl Send for Desc {}
 // SAFETY: as above.
 unsafe impl Sync for Desc {}
 
-unsafe extern "C" fn on_event(kind: sys::spdk_bdev_event_type, _bdev: *mut sys::spdk_bdev, ctx: *mut c_void) {
+/// What happens to a base bdev while it is open.
+pub(crate) trait BaseEvents {
+    /// It is being hot-removed; `arg` is `Desc::open`'s. On the app thread.
+    fn removed(arg: u64);
+}
+
+unsafe extern "C" fn on_event<E: BaseEvents>(
+    kind: sys::spdk_bdev_event_type,
+    _bdev: *mut sys::spdk_bdev,
+    ctx: *mut c_void,
+) {
     if kind == sys::SPDK_BDEV_EVENT_REMOVE {
-        // SAFETY: `ctx` is the `fn(u64)` and its argument `open` leaked,
-        // alive while the descriptor is open.
-        let (f, arg) = unsafe { *ctx.cast::<(fn(u64), u64)>() };
-        f(arg);
+        // `ctx` is not a pointer: it is `open`'s `arg`.
+        E::removed(ctx as u64);
     }
 }
 
 impl Desc {
     /// Opens bdev `name` for writing and claims it for our module; on its
-    /// hot removal, `on_remove(arg)` runs on this (the app) thread.
-    pub fn open(name: &str, on_remove: fn(u64), arg: u64) -> Result<(Desc, BaseInfo), (i32, String)> {
+    /// hot removal, `E::removed(arg)` runs on this (the app) thread.
+    pub fn open<E: BaseEvents>(name: &str, arg: u64) -> Result<(Desc, BaseInfo), (i32, String)> {
         let thread = Thread::current().expect("opened on an SPDK thread");
         let cname = CString::new(name).map_err(|_| (libc::EINVAL, format!("bad bdev name {name:?}")))?;
-        // Leaked: SPDK may call the event callback until the process ends.
-        let ctx = Box::into_raw(Box::new((on_remove, arg))).cast::<c_void>();
         let mut raw = std::ptr::null_mut();
-        // SAFETY: valid C string and out-pointer; on an SPDK thread.
-        let rc = unsafe { sys::spdk_bdev_open_ext(cname.as_ptr(), true, Some(on_event), ctx, &mut raw) };
+        // SAFETY: valid C string and out-pointer; on an SPDK thread. The
+        // event context is a number, never dereferenced.
+        let rc =
+            unsafe { sys::spdk_bdev_open_ext(cname.as_ptr(), true, Some(on_event::<E>), arg as *mut c_void, &mut raw) };
         if rc != 0 {
             return Err(match -rc {
                 libc::ENODEV => (libc::ENODEV, format!("bdev {name} not found")),
