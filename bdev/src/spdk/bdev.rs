@@ -371,24 +371,20 @@ struct BaseRemoval;
 impl BaseEvents for BaseRemoval {
     /// The base bdev was hot-removed (on the app thread): tear down.
     fn removed(id: u64) {
-        base_removed(id);
-    }
-}
-
-fn base_removed(id: u64) {
-    let ilog = {
-        let mut reg = registry();
-        let Some(e) = reg.iter_mut().find(|e| e.id == id) else { return };
-        log::warn!("ilog: base bdev of {} removed: unregistering it", e.name);
-        match &mut e.state {
-            State::Creating { removed } => {
-                *removed = true;
-                return;
+        let ilog = {
+            let mut reg = registry();
+            let Some(e) = reg.iter_mut().find(|e| e.id == id) else { return };
+            log::warn!("ilog: base bdev of {} removed: unregistering it", e.name);
+            match &mut e.state {
+                State::Creating { removed } => {
+                    *removed = true;
+                    return;
+                }
+                State::Ready(ilog) => ilog.clone(),
             }
-            State::Ready(ilog) => ilog.clone(),
-        }
-    };
-    teardown(&ilog, None);
+        };
+        teardown(&ilog, None);
+    }
 }
 
 impl Owner for Ilog {
