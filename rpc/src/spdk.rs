@@ -4,13 +4,16 @@
 //! (one trampoline per method, the request to answer) is
 //! `ilog_bdev::spdk::ffi::rpc`.
 
+use crate::ilog::StreamTarget;
 use crate::ilog::{self as methods, Command};
-use crate::jobs::Jobs;
+use crate::jobs::{self, Jobs};
 use crate::RpcError;
+use ilog_bdev::copy::{self, Destination, StreamStore};
 use ilog_bdev::engine::{volume_bdev_name, Reply, Request};
 use ilog_bdev::spdk::ffi::rpc::{register_rpc_methods, RpcRequest, MAX_METHODS};
 use ilog_bdev::spdk::{self as module, SpdkError};
 use serde_json::Value;
+use std::sync::{Arc, Mutex};
 
 // A method past the trampolines would be left out at run time; catch it
 // when building instead.
@@ -145,7 +148,7 @@ fn execute(cmd: Command, r: Responder) {
         Command::GetStats { name } => engine_call(name, Request::Stats, r, |bdev, reply| match reply {
             Reply::Stats(s) => {
                 let mut stats = methods::stats_result(bdev, &s);
-                stats["jobs"] = jobs().lock().expect("job table").of(bdev);
+                stats["jobs"] = jobs().lock().expect("job table").of(Some(bdev));
                 stats
             }
             other => unreachable!("stats answered {other:?}"),
@@ -178,13 +181,79 @@ fn execute(cmd: Command, r: Responder) {
             Reply::Policy(p) => methods::policy_result(&p),
             other => unreachable!("get policy answered {other:?}"),
         }),
+        Command::Diff { name, volume, base_volume, lba_start, lba_count } => {
+            let Some(bdev) = module::bdevs().into_iter().find(|b| b.name == name) else {
+                return r.err(&RpcError::errno(libc::ENODEV, format!("No such ilog bdev: {name}")));
+            };
+            let lba_start = lba_start.unwrap_or(0);
+            let lba_count = lba_count.unwrap_or(bdev.num_blocks.saturating_sub(lba_start));
+            let req = Request::Diff { volume, base_volume, lba_start, lba_count };
+            engine_call(name, req, r, |_, reply| match reply {
+                Reply::Extents(e) => methods::diff_result(&e),
+                other => unreachable!("diff answered {other:?}"),
+            })
+        }
+        Command::Copy { name, spec, target } => {
+            let opened =
+                module::copy::volumes(&name).map_err(rpc_error).and_then(|src| Ok((src, stream_store(&target)?)));
+            let (src, store) = match opened {
+                Ok(v) => v,
+                Err(e) => return r.err(&e),
+            };
+            // Planning reads the engine (the diff): off the app thread.
+            let work = move || {
+                let plan = copy::plan(src.as_ref(), &spec)?;
+                Ok(jobs::start_copy(jobs(), &name, src, plan, store))
+            };
+            module::copy::off_thread(work, move |id: Result<u64, ilog_bdev::Error>| {
+                r.answer(id.map(methods::job_result).map_err(RpcError::from))
+            })
+        }
+        Command::Restore { name, source, resume_token } => {
+            let dst = if module::copy::is_ilog(&name) {
+                module::copy::volumes(&name).map(Destination::Ilog)
+            } else {
+                module::copy::open_bdev(&name).map(|dev| Destination::Device { name: name.clone(), dev })
+            };
+            let opened = dst.map_err(rpc_error).and_then(|dst| Ok((dst, stream_store(&source)?)));
+            let (dst, source) = match opened {
+                Ok(v) => v,
+                Err(e) => return r.err(&e),
+            };
+            // Planning reads the stream's header: off the app thread.
+            let work = move || {
+                let plan = copy::plan_restore(&dst, &source, resume_token.as_deref())?;
+                Ok(jobs::start_restore(jobs(), &name, dst, source, plan))
+            };
+            module::copy::off_thread(work, move |id: Result<u64, ilog_bdev::Error>| {
+                r.answer(id.map(methods::job_result).map_err(RpcError::from))
+            })
+        }
+        Command::GetJobs { name } => match name {
+            Some(name) if !module::bdev_exists(&name) => {
+                r.err(&RpcError::errno(libc::ENODEV, format!("No such bdev: {name}")))
+            }
+            name => r.ok(&jobs().lock().expect("job table").of(name.as_deref())),
+        },
         Command::Event { name, event } => {
             engine_call(name, Request::Event { name: event }, r, |_, _| methods::done_result())
         }
     }
 }
 
-fn jobs() -> &'static std::sync::Mutex<Jobs> {
-    static JOBS: std::sync::OnceLock<std::sync::Mutex<Jobs>> = std::sync::OnceLock::new();
+fn jobs() -> &'static Arc<Mutex<Jobs>> {
+    static JOBS: std::sync::OnceLock<Arc<Mutex<Jobs>>> = std::sync::OnceLock::new();
     JOBS.get_or_init(Default::default)
+}
+
+/// Where a stream goes or comes from: a file, or a bdev opened (and
+/// claimed) here, on the app thread.
+fn stream_store(target: &StreamTarget) -> Result<StreamStore, RpcError> {
+    jobs::stream_store(target, |b| {
+        if module::copy::is_ilog(b) {
+            let why = format!("bdev {b} is an ilog bdev: a stream goes to another bdev or a file");
+            return Err(RpcError::errno(libc::EINVAL, why));
+        }
+        module::copy::open_bdev(b).map_err(rpc_error)
+    })
 }

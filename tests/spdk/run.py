@@ -569,6 +569,92 @@ def test_policies_and_compaction_keep_volume_bdevs_in_step():
     assert holds(cfg, f"ilog0@{x3}", "D"), f"ilog0@{x3} does not hold what it was taken of"
 
 
+def test_copies_and_restores_through_files_and_bdevs():
+    """bdev_ilog_diff, bdev_ilog_copy, bdev_ilog_restore and
+    bdev_ilog_get_jobs in spdk_tgt with the real rpc.py: the diff of two
+    volumes, a full copy to a file and an incremental to an AIO bdev, both
+    restored into a second ilog bdev and the full one onto a plain bdev.
+    Another process then reads each restored volume back with spdk_dd, byte
+    for byte as the source's."""
+    wd = workdir()
+    imgs = {}
+    for name, mib in (("src", 256), ("dst", 256), ("stream", 64), ("plain", 256)):
+        imgs[name] = os.path.join(wd, f"{name}.img")
+        with open(imgs[name], "wb") as f:
+            f.truncate(mib << 20)
+    aio = [{"method": "bdev_aio_create", "params": {"name": f"Aio{i}", "filename": imgs[n], "block_size": 4096}}
+           for i, n in enumerate(("src", "dst", "stream", "plain"))]
+    cfg = write_config(wd, "copy.json", [
+        *aio,
+        {"method": "bdev_ilog_create", "params": {"name": "src", "base_bdev_name": "Aio0"}},
+        {"method": "bdev_ilog_create", "params": {"name": "dst", "base_bdev_name": "Aio1"}},
+        {"method": "bdev_wait_for_examine"},
+    ])
+    data = {}
+    for v, mib in (("A", 4), ("B", 1)):
+        data[v] = os.path.join(wd, f"{v}.bin")
+        with open(data[v], "wb") as f:
+            f.write(os.urandom(mib << 20))
+
+    def snapshot(name):
+        tgt = App(wd, SPDK_TGT, "--json", cfg, mem=2048, name=f"snap-{name}")
+        try:
+            tgt.rpc("bdev_ilog_snapshot", "src", "-n", name)
+            tgt.stop()
+        except BaseException:
+            print(tgt.tail(), file=sys.stderr)
+            tgt.kill()
+            raise
+
+    dd_write(wd, cfg, data["A"], "src")
+    snapshot("v1")
+    dd_write(wd, cfg, data["B"], "src")
+    snapshot("v2")
+
+    tgt = App(wd, SPDK_TGT, "--json", cfg, mem=2048, name="tgt")
+    try:
+        diff = tgt.rpc("bdev_ilog_diff", "src", "v2", "-b", "v1")
+        assert diff == [{"lba": 0, "num_blocks": 256, "kind": "data"}], diff
+
+        def run_job(*args):
+            job = tgt.rpc(*args)["job"]
+
+            def ended():
+                state = next(j for j in tgt.rpc("bdev_ilog_get_jobs") if j["job"] == job)
+                return state if state["state"] != "running" else None
+            done = wait_until(f"job {job}", ended, timeout=60)
+            assert done["state"] == "done", done
+            return done
+
+        stream = os.path.join(wd, "v1.stream")
+        done = run_job("bdev_ilog_copy", "src", "v1", stream)
+        assert done["kind"] == "copy" and done["bytes_done"] == done["bytes_total"] > 0, done
+        run_job("bdev_ilog_copy", "src", "v2", "Aio2", "-b", "v1")
+        expect_error(EINVAL, tgt.sock, "bdev_ilog_copy", "src", "v2", "dst")
+        expect_error(ENOENT, tgt.sock, "bdev_ilog_copy", "src", "v9", stream)
+        msg = expect_error(EINVAL, tgt.sock, "bdev_ilog_restore", "dst", "Aio2")
+        assert "in order" in msg, msg
+        run_job("bdev_ilog_restore", "dst", stream)
+        run_job("bdev_ilog_restore", "dst", "Aio2")
+        run_job("bdev_ilog_restore", "Aio3", stream)
+        vols = [v["volume_id"] for v in tgt.rpc("bdev_ilog_get_volumes", "dst")]
+        assert vols == ["v1", "v2"], vols
+        assert wait_until("dst's volume bdevs", lambda: {"dst@v1", "dst@v2"} <= {b["name"] for b in tgt.rpc("bdev_get_bdevs")})
+        tgt.stop()
+    except BaseException:
+        print(tgt.tail(), file=sys.stderr)
+        tgt.kill()
+        raise
+
+    got, want = os.path.join(wd, "got.bin"), os.path.join(wd, "want.bin")
+    for restored, source in (("dst@v1", "src@v1"), ("dst@v2", "src@v2"), ("dst", "src@v2"), ("Aio3", "src@v1")):
+        dd_read(wd, cfg, restored, got, count=64)
+        dd_read(wd, cfg, source, want, count=64)
+        assert same(got, want), f"{restored} differs from {source}"
+    dd_read(wd, cfg, "dst@v1", got, count=64)
+    assert same(got, data["A"]), "dst@v1 does not hold what src@v1 was taken of"
+
+
 def test_a_volume_deleted_while_open_is_hot_removed_and_its_name_reused():
     """The policy deletes a volume whose bdev a passthru bdev holds open and
     snapshots a new volume of the same name: the old bdev is hot-removed,
@@ -1173,6 +1259,7 @@ TESTS = [
     test_a_volume_named_like_another_bdev_is_refused_or_not_exported,
     test_policies_and_compaction_keep_volume_bdevs_in_step,
     test_a_volume_deleted_while_open_is_hot_removed_and_its_name_reused,
+    test_copies_and_restores_through_files_and_bdevs,
     test_every_ilog_method_answers_bad_inputs_with_errors,
 ]
 

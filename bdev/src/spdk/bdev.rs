@@ -32,7 +32,7 @@ pub struct SpdkError {
 }
 
 impl SpdkError {
-    fn new(errno: i32, message: impl Into<String>) -> SpdkError {
+    pub(super) fn new(errno: i32, message: impl Into<String>) -> SpdkError {
         SpdkError { errno, message: message.into() }
     }
 }
@@ -83,7 +83,7 @@ fn module_fini() {
 pub(crate) struct Ilog {
     pub(super) name: String,
     id: u64,
-    dev: Arc<SpdkDevice>,
+    pub(super) dev: Arc<SpdkDevice>,
     pub(super) submitter: Submitter,
     /// `bdev_ilog_create`'s params as JSON, for save_config.
     config: String,
@@ -125,7 +125,7 @@ fn registry() -> std::sync::MutexGuard<'static, Vec<Entry>> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn lookup(name: &str) -> std::result::Result<Arc<Ilog>, SpdkError> {
+pub(super) fn lookup(name: &str) -> std::result::Result<Arc<Ilog>, SpdkError> {
     match registry().iter().find(|e| e.name == name).map(|e| &e.state) {
         Some(State::Ready(ilog)) => Ok(ilog.clone()),
         Some(State::Creating { .. }) => Err(SpdkError::new(libc::EBUSY, format!("bdev {name} is being created"))),

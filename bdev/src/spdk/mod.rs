@@ -10,6 +10,8 @@
 //! - `io`: the data path (bdev_io in, engine requests, completion on the
 //!   submitting thread) and control calls.
 //! - `reactor`: one SPDK thread per core polling shard `i` of every bdev.
+//! - [`copy`]: an ilog bdev and other bdevs as copies and restores use
+//!   them, from their job threads.
 //!
 //! The base bdev, as the engine's block device, is `crate::device::spdk`.
 //!
@@ -19,6 +21,7 @@
 //! `spdk_thread_send_msg` plays in SPDK's own modules).
 
 mod bdev;
+pub mod copy;
 mod disk;
 pub mod ffi;
 mod io;

@@ -213,8 +213,19 @@ impl Completion {
 /// shard thread that completes it (or here if the engine refuses it).
 pub(crate) fn submit_control(submitter: &Submitter, req: Request, done: Callback) {
     assert!(!req.has_buffer(), "a control request carries no buffer");
-    let token = Completion::Call(done).into_token();
     // SAFETY: no buffer to keep valid (checked above).
+    unsafe { submit_call(submitter, req, done) }
+}
+
+/// Submits any request (to core 0, which splits it); `done` runs on the
+/// shard thread that completes it (or here if the engine refuses it).
+///
+/// # Safety
+/// A read's or a write's buffer stays valid, and a read's untouched, until
+/// `done` runs.
+pub(crate) unsafe fn submit_call(submitter: &Submitter, req: Request, done: Callback) {
+    let token = Completion::Call(done).into_token();
+    // SAFETY: the caller keeps the buffers valid until `done` runs.
     if let Err(e) = unsafe { submitter.submit(0, token, req) } {
         // SAFETY: refused, so the token was never handed out: decoded once.
         if let Completion::Call(done) = unsafe { Completion::from_token(token) } {
