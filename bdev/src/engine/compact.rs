@@ -18,7 +18,6 @@
 //! Victims are chosen by LFS's cost-benefit: free space gained times age,
 //! over the cost of reading and rewriting the live part.
 
-use super::control::{Op, Stage};
 use super::msg::Msg;
 use super::policy::OnFull;
 use super::shard::Shard;
@@ -177,7 +176,7 @@ impl Shard {
         let mut scored: Vec<(f64, u32)> = self
             .ctl_mut()
             .registry()
-            .values()
+            .iter()
             .filter(|s| !s.record.open)
             .filter_map(|info| {
                 let s = &info.record;
@@ -206,7 +205,7 @@ impl Shard {
         if job.committing {
             let freed = job.freed.clone();
             for segno in freed {
-                self.ctl_mut().registry_mut().remove(&segno);
+                self.ctl_mut().registry_mut().remove(segno);
             }
             return self.write_checkpoint(false);
         }
@@ -254,7 +253,7 @@ impl Shard {
             let registry = self.ctl_mut().registry();
             candidates
                 .into_iter()
-                .find(|s| !busy.contains(s) && registry.get(s).is_some_and(|r| r.record.seq < start_seq))
+                .find(|s| !busy.contains(s) && registry.get(*s).is_some_and(|r| r.record.seq < start_seq))
         } else {
             job.victims.pop_front()
         };
@@ -269,7 +268,7 @@ impl Shard {
             // job's end wait until the cores are done.
             match next {
                 Some(segno) if room && job.freed.len() + in_flight < BATCH => {
-                    let record = self.ctl_mut().registry().get(&segno).expect("victims are registered").record;
+                    let record = self.ctl_mut().registry().get(segno).expect("victims are registered").record;
                     self.read_victim(record);
                 }
                 Some(segno) if job.target != CompactTarget::Reclaim => job.victims.push_front(segno),
@@ -286,7 +285,7 @@ impl Shard {
             return self.start_control_barrier(None, false, false);
         }
         let Some(segno) = next.filter(|_| room) else { return self.compact_finish() };
-        let record = self.ctl_mut().registry().get(&segno).expect("victims are registered").record;
+        let record = self.ctl_mut().registry().get(segno).expect("victims are registered").record;
         self.read_victim(record);
     }
 
@@ -295,7 +294,6 @@ impl Shard {
         if record.trusted_entries == 0 {
             return self.move_victim(vec![Vec::new(); self.shared.cores as usize]);
         }
-        self.ctl_mut().set_stage(Stage::CompactRead);
         let key = record.summary_key();
         let chain = SummaryChain::new(self.shared.uuid, key, self.shared.geo.entries_per_summary());
         let groups = summary_groups(&self.shared.geo, &record);
@@ -369,8 +367,6 @@ impl Shard {
     fn victim_unread(&mut self) {
         let job = self.job();
         job.reading = None;
-        // Until the cores answer for victims in flight, if any.
-        self.ctl_mut().set_stage(Stage::CompactMove);
         self.compact_next()
     }
 
@@ -380,7 +376,6 @@ impl Shard {
         let cores = self.shared.cores;
         let job = self.job();
         job.moving.push_back(InFlight { segno: rec.segno, outstanding: cores, failed: false });
-        self.ctl_mut().set_stage(Stage::CompactMove);
         for (core, entries) in per_core.into_iter().enumerate() {
             self.send(core as u32, Msg::MoveLive { segno: rec.segno, entries });
         }
@@ -480,8 +475,7 @@ impl Shard {
             (OnFull::DeleteOldest, Some(name)) => {
                 log::warn!("log full of versions: retiring the oldest volume, {name} (retention.on_full)");
                 self.shared.counters.volumes_retired.fetch_add(1, Relaxed);
-                let core = self.core;
-                self.ctl_mut().enqueue_front(core, Op::Delete(name));
+                self.queue_retire(name);
                 SpaceState::Wanted
             }
             _ => {

@@ -8,14 +8,17 @@
 //! an error naming where reading can go on without a gap. Cursor 0 means
 //! "everything the log still holds".
 
-use super::control::{Stage, ENTRY_BITS};
 use super::request::{LogBatch, LogEntry, LogEntryKind, Reply, MAX_LOG_READ_DATA_BYTES};
 use super::shard::Shard;
 use super::summaries::{summary_groups, summary_reads};
+use super::tag::TAG_CONTROL;
 use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf};
 use crate::error::Error;
 use crate::format::{EntryKind, SegmentRecord};
 use std::collections::BTreeMap;
+
+/// Log cursor positions pack (segment seq, entry index) like this.
+pub(super) const ENTRY_BITS: u32 = 20;
 
 /// Progress of one `LogRead`.
 pub(super) struct LogRead {
@@ -33,6 +36,9 @@ pub(super) struct LogRead {
     /// Data bytes of the entries taken, and whether that ended the batch.
     data_bytes: u64,
     bytes_limited: bool,
+    /// Whether the reads in flight are the current segment's data (else
+    /// its summaries).
+    reading_data: bool,
     /// Reads in flight, and the first that failed.
     outstanding: u32,
     error: Option<Error>,
@@ -47,7 +53,7 @@ impl Shard {
         }
         let first_seq = cursor >> ENTRY_BITS;
         let mut segments: Vec<SegmentRecord> =
-            c.registry().values().map(|s| s.record).filter(|s| s.seq >= first_seq && s.trusted_entries > 0).collect();
+            c.registry().records().filter(|s| s.seq >= first_seq && s.trusted_entries > 0).collect();
         segments.sort_by_key(|s| std::cmp::Reverse(s.seq));
         c.log = Some(LogRead {
             cursor,
@@ -59,6 +65,7 @@ impl Shard {
             pending_data: Vec::new(),
             data_bytes: 0,
             bytes_limited: false,
+            reading_data: false,
             outstanding: 0,
             error: None,
         });
@@ -78,8 +85,8 @@ impl Shard {
             return self.finish_control(Ok(Reply::Log(batch)));
         };
         log.outstanding = summary_reads(&geo, &seg);
+        log.reading_data = false;
         let mut bufs = std::mem::take(&mut log.bufs);
-        c.set_stage(Stage::LogSummaries);
         self.read_summary_groups(&seg, 0..summary_groups(&geo, &seg), &mut bufs);
         self.ctl_mut().log.as_mut().expect("log read state").bufs = bufs;
     }
@@ -108,10 +115,9 @@ impl Shard {
     fn log_read_progress(&mut self) {
         let geo = self.shared.geo;
         let bs = geo.block_size as usize;
-        let data_read = matches!(self.ctl_mut().stage(), Some(Stage::LogData));
         let c = self.ctl_mut();
         let log = c.log.as_mut().expect("log read state");
-        if data_read {
+        if log.reading_data {
             for (&(entry, _), buf) in log.pending_data.iter().zip(log.bufs.drain(..)) {
                 let len = log.entries[entry].blocks as usize * bs;
                 log.entries[entry].data = Some(buf[..len].to_vec());
@@ -181,10 +187,10 @@ impl Shard {
                 block,
                 nblocks: log.entries[entry].blocks,
                 buf: buf.as_mut_ptr(),
-                tag: super::shard::TAG_CONTROL | i as u64,
+                tag: TAG_CONTROL | i as u64,
             })
             .collect();
-        c.set_stage(Stage::LogData);
+        log.reading_data = true;
         for r in reqs {
             self.dev_submit(r);
         }

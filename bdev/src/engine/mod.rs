@@ -9,6 +9,7 @@
 
 pub(crate) mod addr;
 mod barrier;
+mod baseline;
 mod compact;
 mod control;
 mod cursor;
@@ -21,6 +22,8 @@ mod moves;
 mod msg;
 mod partition;
 pub mod policy;
+mod read;
+mod registry;
 mod repin;
 mod request;
 mod retire;
@@ -28,6 +31,7 @@ mod shard;
 mod shared;
 mod space;
 mod summaries;
+mod tag;
 mod writer;
 
 pub use mount::{format, mount, mount_with_clock, MountReport, Mounted};

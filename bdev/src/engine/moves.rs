@@ -26,8 +26,10 @@
 use super::addr::{LogAddr, ZERO};
 use super::msg::Msg;
 use super::request::View;
-use super::shard::{Shard, TAG_COMPACT_READ};
-use super::writer::{Payload, Purpose};
+use super::retire::Purpose;
+use super::shard::Shard;
+use super::tag::TAG_COMPACT_READ;
+use super::writer::Payload;
 use crate::device::{DevOp, DevRequest, DevStatus};
 use crate::error::{Error, Result};
 use crate::format::{EntryKind, SummaryEntry};

@@ -4,7 +4,7 @@
 //! cores is a `Msg`, so the protocol reads in one place, apart from the
 //! shard that handles it.
 
-use super::control::SegmentInfo;
+use super::registry::SegmentInfo;
 use super::request::{Reply, Request, View};
 use crate::error::Result;
 use crate::format::SummaryEntry;

@@ -19,19 +19,21 @@
 
 use super::addr::{LogAddr, ZERO};
 use super::barrier::PendingBarrier;
-use super::control::SegmentInfo;
 use super::drain::{DrainCopy, Forget};
 use super::index::BlockIndex;
 use super::logmap::LogMap;
 use super::moves::{BufRead, VictimMoves, MOVE_RUN_BLOCKS};
 use super::msg::{Msg, Outbox, Piece, PieceOp, ReplyTo};
 use super::partition::Partitions;
+use super::read::{resolve, Reads};
+use super::registry::SegmentInfo;
 use super::repin::Repin;
 use super::request::{Reply, Request, View};
-use super::retire::RobEntry;
+use super::retire::{RobEntry, ROB_DEPTH};
 use super::shared::Shared;
+use super::tag::{TAG_COMPACT_READ, TAG_CONTROL, TAG_DRAIN, TAG_FLUSH, TAG_KIND, TAG_META, TAG_READ, TAG_WRITE};
 use super::writer::{MetaBuf, Segment};
-use crate::device::{DevChannel, DevOp, DevRequest, DevStatus, DmaBuf};
+use crate::device::{DevChannel, DevRequest, DevStatus, DmaBuf};
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -39,36 +41,18 @@ use std::sync::Arc;
 
 /// Requests in flight that one core submitted, and pieces it is serving.
 const SLOTS: usize = 4096;
-/// Writes appended but not yet retired, per core.
-pub(super) const ROB_DEPTH: usize = 4096;
 /// Metadata blocks (segment headers, summaries) in flight per core.
 const META_BUFS: usize = 64;
 /// Messages or client requests handled per poll before yielding.
 const BATCH: usize = 256;
 
-// Device request tags: the top byte says what completed.
-pub(super) const TAG_WRITE: u64 = 1 << 56;
-const TAG_READ: u64 = 2 << 56;
-pub(super) const TAG_META: u64 = 3 << 56;
-pub(super) const TAG_FLUSH: u64 = 4 << 56;
-pub(super) const TAG_CONTROL: u64 = 5 << 56;
-pub(super) const TAG_COMPACT_READ: u64 = 6 << 56;
-pub(super) const TAG_DRAIN: u64 = 7 << 56;
 /// Compaction buffers per core, each for one run (`MOVE_RUN_BLOCKS`): 1 MiB
 /// of reads in flight per core.
 const COMPACT_BUFS: usize = 32;
-const TAG_KIND: u64 = 0xff << 56;
 
 struct Slot {
     token: u64,
     pending: u32,
-    status: Result<()>,
-}
-
-struct ReadCtx {
-    origin: u32,
-    slot: u32,
-    outstanding: u32,
     status: Result<()>,
 }
 
@@ -93,8 +77,7 @@ pub struct Shard {
     pub(super) repin: Option<Repin>,
     slots: Vec<Option<Slot>>,
     free_slots: Vec<u32>,
-    reads: Vec<Option<ReadCtx>>,
-    free_reads: Vec<u32>,
+    reads: Reads,
     pub(super) rob: VecDeque<RobEntry>,
     pub(super) alloc_seq: u64,
     pub(super) retire_seq: u64,
@@ -148,8 +131,6 @@ impl Shard {
         let bs = shared.geo.block_size as usize;
         let mut slots = Vec::with_capacity(SLOTS);
         slots.resize_with(SLOTS, || None);
-        let mut reads = Vec::with_capacity(SLOTS);
-        reads.resize_with(SLOTS, || None);
         Shard {
             core,
             dev,
@@ -165,8 +146,7 @@ impl Shard {
             repin: None,
             slots,
             free_slots: (0..SLOTS as u32).rev().collect(),
-            reads,
-            free_reads: (0..SLOTS as u32).rev().collect(),
+            reads: Reads::new(SLOTS),
             rob: VecDeque::with_capacity(ROB_DEPTH),
             alloc_seq: 0,
             retire_seq: 0,
@@ -571,88 +551,43 @@ impl Shard {
     }
 
     fn read_piece(&mut self, p: Piece) -> bool {
-        let Some(ctx) = self.free_reads.pop() else { return false };
+        if !self.reads.has_free() {
+            return false;
+        }
         if let View::Volume(v) = p.view {
             if !self.live_volumes.contains(&v) {
-                self.free_reads.push(ctx);
                 self.finish_piece(p.origin, p.slot, Err(Error::NoSuchVolume(format!("partition {v}"))));
                 return true;
             }
         }
-        self.reads[ctx as usize] = Some(ReadCtx { origin: p.origin, slot: p.slot, outstanding: 0, status: Ok(()) });
-        let bs = self.shared.geo.block_size as usize;
         let geo = self.shared.geo;
-        // Coalesce blocks at consecutive device blocks into one read.
-        let mut run: Option<(u32, u64, u32)> = None; // (first block, device block, blocks)
-        let issue = |this: &mut Shard, (first, block, n): (u32, u64, u32)| {
-            this.reads[ctx as usize].as_mut().expect("live read").outstanding += 1;
-            // SAFETY: `first + n` is within the piece's buffer.
-            let buf = unsafe { p.buf.add(first as usize * bs) };
-            let req = DevRequest { op: DevOp::Read, block, nblocks: n, buf, tag: TAG_READ | u64::from(ctx) };
-            this.dev_submit(req);
-        };
-        for i in 0..p.blocks {
-            let lba = p.lba + u64::from(i);
-            let source = match self.resolve_view(lba, p.view) {
+        let (index, logmap, parts, baseline) = (&self.index, &self.logmap, &self.parts, &self.shared.baseline);
+        let done =
+            self.reads.start(&p, geo.block_size as usize, |lba| match resolve(index, logmap, parts, lba, p.view) {
                 Some(ZERO) => None,
                 Some(addr) => Some(geo.log_start + u64::from(addr)),
-                None => self.shared.baseline.has(lba / u64::from(geo.stripe_blocks)).then(|| geo.baseline_start + lba),
-            };
-            match source {
-                Some(block) => match run {
-                    Some((f, b, n)) if f + n == i && b + u64::from(n) == block => run = Some((f, b, n + 1)),
-                    _ => {
-                        if let Some(r) = run.take() {
-                            issue(self, r);
-                        }
-                        run = Some((i, block, 1));
-                    }
-                },
-                None => {
-                    // SAFETY: block `i` is within the piece's buffer.
-                    unsafe { std::ptr::write_bytes(p.buf.add(i as usize * bs), 0, bs) };
-                }
-            }
+                None => baseline.has(lba / u64::from(geo.stripe_blocks)).then(|| geo.baseline_start + lba),
+            });
+        let issue = self.reads.take_issue();
+        for &req in &issue {
+            self.dev_submit(req);
         }
-        if let Some(r) = run {
-            issue(self, r);
-        }
-        if self.reads[ctx as usize].as_ref().expect("live read").outstanding == 0 {
-            self.complete_read(ctx);
+        self.reads.put_issue(issue);
+        if let Some((origin, slot, status)) = done {
+            self.finish_piece(origin, slot, status);
         }
         true
     }
 
-    /// Where `lba` lives in `view`: a log address, `ZERO`, or `None` (the
-    /// baseline region; zeros where no fold wrote its stripe yet).
+    /// Where `lba` lives in `view` (see `read::resolve`).
     pub(super) fn resolve_view(&self, lba: u64, view: View) -> Option<LogAddr> {
-        let newest = self.index.get(lba)?;
-        match view {
-            View::Current => Some(newest),
-            View::Volume(p) => {
-                if newest != ZERO && self.logmap.partition(newest) <= p {
-                    return Some(newest);
-                }
-                self.parts.lookup_as_of(lba as u32, p)
-            }
-        }
+        resolve(&self.index, &self.logmap, &self.parts, lba, view)
     }
 
     fn read_done(&mut self, ctx: u32, status: DevStatus) {
-        let r = self.reads[ctx as usize].as_mut().expect("live read");
-        if let Err(e) = status {
-            r.status = Err(Error::Io(e));
+        if let Some((origin, slot, status)) = self.reads.done(ctx, status) {
+            self.finish_piece(origin, slot, status);
         }
-        r.outstanding -= 1;
-        if r.outstanding == 0 {
-            self.complete_read(ctx);
-        }
-    }
-
-    fn complete_read(&mut self, ctx: u32) {
-        let r = self.reads[ctx as usize].take().expect("live read");
-        self.free_reads.push(ctx);
-        self.finish_piece(r.origin, r.slot, r.status);
     }
 
     // ---- accounting ------------------------------------------------------------

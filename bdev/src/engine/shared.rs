@@ -1,7 +1,7 @@
 //! State every core of one ilog bdev shares: the geometry, the free segment
 //! pool and sequence counter (lock-free), and each core's inbound queues.
 
-use super::drain::BaselineMap;
+use super::baseline::BaselineMap;
 use super::free::FreeSegments;
 use super::msg::Msg;
 use super::request::Request;

@@ -3,7 +3,8 @@
 //! this way while the bdev runs (mount reads them on its own, before).
 //! Apart from the operation queue, which only decides when to read.
 
-use super::shard::{Shard, TAG_CONTROL};
+use super::shard::Shard;
+use super::tag::TAG_CONTROL;
 use crate::device::{DevOp, DevRequest, DmaBuf};
 use crate::error::{Error, Result};
 use crate::format::{Geometry, SegmentRecord, SummaryChain, SummaryEntry};
