@@ -19,11 +19,13 @@
 
 use super::addr::{LogAddr, ZERO};
 use super::barrier::PendingBarrier;
+use super::compact_bufs::CompactBufs;
 use super::drain::{DrainCopy, Forget};
 use super::index::BlockIndex;
 use super::logmap::LogMap;
 use super::moves::{BufRead, VictimMoves, MOVE_RUN_BLOCKS};
 use super::msg::{Msg, Outbox, Piece, PieceOp, ReplyTo};
+use super::origin::{DataRequest, Slots};
 use super::partition::Partitions;
 use super::read::{resolve, Reads};
 use super::registry::SegmentInfo;
@@ -50,12 +52,6 @@ const BATCH: usize = 256;
 /// of reads in flight per core.
 const COMPACT_BUFS: usize = 32;
 
-struct Slot {
-    token: u64,
-    pending: u32,
-    status: Result<()>,
-}
-
 /// One core of an ilog bdev. Not `Sync`: only its own core touches it.
 pub struct Shard {
     pub(super) core: u32,
@@ -75,8 +71,7 @@ pub struct Shard {
     pub(super) live_volumes: Arc<Vec<u32>>,
     /// The pinning walk of a volume change, while it runs (see `repin.rs`).
     pub(super) repin: Option<Repin>,
-    slots: Vec<Option<Slot>>,
-    free_slots: Vec<u32>,
+    slots: Slots,
     reads: Reads,
     pub(super) rob: VecDeque<RobEntry>,
     pub(super) alloc_seq: u64,
@@ -108,11 +103,9 @@ pub struct Shard {
     /// Blocks clients appended since the drain's last slice: what it owes
     /// to keep pace.
     pub(super) drain_credit: u32,
-    pub(super) compact_bufs: Vec<DmaBuf>,
-    pub(super) compact_free: Vec<u16>,
+    pub(super) compact_bufs: CompactBufs,
     /// The run each compaction buffer holds, and the moves still using it.
     pub(super) compact_pending: Vec<BufRead>,
-    pub(super) compact_refs: Vec<u32>,
 }
 
 pub(super) struct ShardInit {
@@ -129,8 +122,6 @@ pub(super) struct ShardInit {
 impl Shard {
     pub(super) fn new(core: u32, shared: Arc<Shared>, dev: Box<dyn DevChannel>, init: ShardInit) -> Shard {
         let bs = shared.geo.block_size as usize;
-        let mut slots = Vec::with_capacity(SLOTS);
-        slots.resize_with(SLOTS, || None);
         Shard {
             core,
             dev,
@@ -144,8 +135,7 @@ impl Shard {
             sealed_at: BTreeMap::from([(init.open_partition.saturating_sub(1), init.stream_start)]),
             live_volumes: init.live_volumes,
             repin: None,
-            slots,
-            free_slots: (0..SLOTS as u32).rev().collect(),
+            slots: Slots::new(SLOTS),
             reads: Reads::new(SLOTS),
             rob: VecDeque::with_capacity(ROB_DEPTH),
             alloc_seq: 0,
@@ -170,10 +160,8 @@ impl Shard {
             drain_copy: None,
             forget: None,
             drain_credit: 0,
-            compact_bufs: (0..COMPACT_BUFS).map(|_| DmaBuf::new(bs * MOVE_RUN_BLOCKS as usize, bs)).collect(),
-            compact_free: (0..COMPACT_BUFS as u16).collect(),
+            compact_bufs: CompactBufs::new(COMPACT_BUFS, bs * MOVE_RUN_BLOCKS as usize, bs),
             compact_pending: vec![BufRead::default(); COMPACT_BUFS],
-            compact_refs: vec![0; COMPACT_BUFS],
             shared,
         }
     }
@@ -215,7 +203,7 @@ impl Shard {
         // block's copy into the device included, so popping between
         // requests paid that wait once per request (perf/RESULTS.md).
         let mut intake = std::mem::take(&mut self.intake);
-        let room = self.free_slots.len().min(BATCH);
+        let room = self.slots.free().min(BATCH);
         let clients = &self.shared.clients[self.core as usize];
         while intake.len() < room && !clients.is_empty() {
             let Some(r) = clients.pop() else { break };
@@ -442,79 +430,32 @@ impl Shard {
             self.completions.push((token, Err(Error::ShuttingDown)));
             return;
         }
-        let (op, lba, blocks, buf, view) = match req {
-            Request::Read { lba, blocks, buf, view } => (PieceOp::Read, lba, blocks, buf, view),
-            Request::Write { lba, blocks, buf } => (PieceOp::Write, lba, blocks, buf as *mut u8, View::Current),
-            Request::WriteZeroes { lba, blocks } | Request::Unmap { lba, blocks } => {
-                (PieceOp::Zero, lba, blocks, std::ptr::null_mut(), View::Current)
+        let origin = self.core;
+        let data = match DataRequest::of(req) {
+            Ok(data) => data,
+            Err(Request::Flush) => {
+                // Answered through a slot: the data path's flushes and
+                // writes complete alike.
+                let reply = ReplyTo::Slot(self.slots.alloc(token, 1));
+                return self.send(0, Msg::Control { origin, reply, req: Request::Flush });
             }
-            Request::Flush => {
-                let slot = self.alloc_slot(token, 1);
-                let reply = ReplyTo::Slot(slot);
-                self.send(0, Msg::Control { origin: self.core, reply, req: Request::Flush });
-                return;
-            }
-            other => {
-                let origin = self.core;
-                self.send(0, Msg::Control { origin, reply: ReplyTo::Client(token), req: other });
-                return;
-            }
+            Err(req) => return self.send(0, Msg::Control { origin, reply: ReplyTo::Client(token), req }),
         };
-        if let Err(e) = self.check_io(lba, blocks, view) {
+        let geo = self.shared.geo;
+        if let Err(e) = data.check(&geo, &self.live_volumes) {
             self.completions.push((token, Err(e)));
             return;
         }
-        let stripe = u64::from(self.shared.geo.stripe_blocks);
-        let pieces = (lba + u64::from(blocks) - 1) / stripe - lba / stripe + 1;
-        let slot = self.alloc_slot(token, pieces as u32);
-        let bs = self.shared.geo.block_size as usize;
-        let (mut lba, mut left, mut buf) = (lba, u64::from(blocks), buf);
-        while left > 0 {
-            let n = left.min(stripe - lba % stripe);
-            let piece = Piece { origin: self.core, slot, op, lba, blocks: n as u32, buf, view };
-            let owner = self.shared.owner(lba);
+        let slot = self.slots.alloc(token, data.piece_count(&geo));
+        for piece in data.pieces(origin, slot, &geo) {
+            let owner = self.shared.owner(piece.lba);
             self.send(owner, Msg::Piece(piece));
-            lba += n;
-            left -= n;
-            if !buf.is_null() {
-                // SAFETY: stays within the request's buffer of `blocks` blocks.
-                buf = unsafe { buf.add(n as usize * bs) };
-            }
         }
-    }
-
-    fn check_io(&self, lba: u64, blocks: u32, view: View) -> Result<()> {
-        let volume_blocks = self.shared.geo.volume_blocks;
-        if blocks == 0 {
-            return Err(Error::InvalidArgument("an I/O needs at least one block".into()));
-        }
-        if lba.checked_add(u64::from(blocks)).is_none_or(|end| end > volume_blocks) {
-            return Err(Error::OutOfRange { lba, blocks: u64::from(blocks), volume_blocks });
-        }
-        if let View::Volume(p) = view {
-            if !self.live_volumes.contains(&p) {
-                return Err(Error::NoSuchVolume(format!("partition {p}")));
-            }
-        }
-        Ok(())
-    }
-
-    fn alloc_slot(&mut self, token: u64, pending: u32) -> u32 {
-        let slot = self.free_slots.pop().expect("client intake stops when slots run out");
-        self.slots[slot as usize] = Some(Slot { token, pending, status: Ok(()) });
-        slot
     }
 
     fn piece_done(&mut self, slot: u32, status: Result<()>) {
-        let s = self.slots[slot as usize].as_mut().expect("live slot");
-        if s.status.is_ok() {
-            s.status = status;
-        }
-        s.pending -= 1;
-        if s.pending == 0 {
-            let s = self.slots[slot as usize].take().expect("live slot");
-            self.free_slots.push(slot);
-            self.completions.push((s.token, s.status.map(|()| Reply::Done)));
+        if let Some((token, status)) = self.slots.piece_done(slot, status) {
+            self.completions.push((token, status.map(|()| Reply::Done)));
         }
     }
 
@@ -588,36 +529,6 @@ impl Shard {
         if let Some((origin, slot, status)) = self.reads.done(ctx, status) {
             self.finish_piece(origin, slot, status);
         }
-    }
-
-    // ---- accounting ------------------------------------------------------------
-
-    pub(super) fn index_get(&self, lba: u64) -> Option<LogAddr> {
-        self.index.get(lba)
-    }
-
-    pub(super) fn index_set(&mut self, lba: u64, addr: LogAddr) {
-        self.index.set(lba, addr);
-    }
-
-    /// The partition this core appends client writes to.
-    pub(super) fn open_partition(&self) -> u32 {
-        self.open_partition
-    }
-
-    /// `lba`'s newest version within sealed partition `p` exactly.
-    pub(super) fn partition_entry(&self, p: u32, lba: u64) -> Option<LogAddr> {
-        self.parts.lookup_in(p, lba as u32)
-    }
-
-    /// The first sealed partition in `(after, upto]` holding `lba`.
-    pub(super) fn next_holder(&self, lba: u64, after: u32, upto: u32) -> Option<u32> {
-        self.parts.next_holder(lba as u32, after, upto)
-    }
-
-    /// Records a version of `lba` in the open partition `p`.
-    pub(super) fn record_open(&mut self, p: u32, lba: u64, addr: LogAddr) {
-        self.parts.record(p, lba as u32, addr);
     }
 
     /// Blocks this core's index shard maps.

@@ -85,7 +85,7 @@ impl Shard {
             rewrites: Default::default(),
             stripe_bufs: Vec::new(),
             zeros: DmaBuf::new(bs * MOVE_RUN_BLOCKS as usize, bs),
-            runs: vec![(0, 0); self.compact_bufs.len()],
+            runs: vec![(0, 0); self.compact_bufs.count()],
             inflight: 0,
             error: None,
         });
@@ -201,10 +201,10 @@ impl Shard {
             };
             DevRequest { op, block, nblocks: n, buf, tag: TAG_DRAIN | DIRECT_WRITE }
         } else {
-            let b = self.compact_free.pop()?;
+            let b = self.compact_bufs.take()?;
             let d = self.drain_copy.as_mut().expect("copying");
             d.runs[b as usize] = (block, n);
-            let buf = self.compact_bufs[b as usize].as_mut_ptr();
+            let buf = self.compact_bufs.ptr(b);
             let src = geo.log_start + u64::from(addr);
             DevRequest { op: DevOp::Read, block: src, nblocks: n, buf, tag: TAG_DRAIN | RUN_READ | u64::from(b) }
         };
@@ -317,17 +317,19 @@ impl Shard {
             RUN_READ => {
                 let b = (value & 0xffff) as u16;
                 if d.error.is_some() {
-                    self.compact_free.push(b);
+                    self.compact_bufs.release(b);
                     return;
                 }
                 let (block, nblocks) = d.runs[b as usize];
                 d.inflight += 1;
-                let buf = self.compact_bufs[b as usize].as_mut_ptr();
+                let buf = self.compact_bufs.ptr(b);
                 Counters::add(&self.shared.counters.device_blocks, u64::from(nblocks));
                 let tag = TAG_DRAIN | RUN_WRITE | u64::from(b);
                 self.dev_submit(DevRequest { op: DevOp::Write, block, nblocks, buf, tag });
             }
-            RUN_WRITE => self.compact_free.push((value & 0xffff) as u16),
+            RUN_WRITE => {
+                self.compact_bufs.release((value & 0xffff) as u16);
+            }
             _ => unreachable!("drain tag {value:#x}"),
         }
     }

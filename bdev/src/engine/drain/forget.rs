@@ -94,7 +94,7 @@ impl Shard {
             if addr == ZERO || f.overwritten.contains(&addr) {
                 continue;
             }
-            let n = newer.unwrap_or(self.open_partition());
+            let n = newer.unwrap_or(self.open_partition);
             if pinned_after_overwrite(t, n, &self.live_volumes) {
                 self.shared.segment_of(addr).pinned.fetch_sub(1, Relaxed);
             }

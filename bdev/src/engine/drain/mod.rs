@@ -41,6 +41,7 @@ use super::shard::Shard;
 use super::shared::SpaceState;
 use crate::error::{Error, Result};
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
 
 /// Core 0's drain job, while the cores copy.
 pub(super) struct DrainJob {
@@ -54,8 +55,51 @@ pub(super) struct DrainJob {
     /// Log cursor positions below this held entries that drained.
     drained_below: u64,
     /// When the copy and the commit started (wall time, for the log).
-    started: std::time::Instant,
-    committing: Option<std::time::Instant>,
+    started: Instant,
+    committing: Option<Instant>,
+}
+
+impl DrainJob {
+    fn new(target: u32, cores: u32, waiter: Option<(u32, ReplyTo)>) -> DrainJob {
+        DrainJob {
+            target,
+            pending: cores,
+            error: None,
+            waiters: waiter.into_iter().collect(),
+            drained_below: 0,
+            started: Instant::now(),
+            committing: None,
+        }
+    }
+
+    /// A core finished its copy: once every core has, the copy's result
+    /// (the first failure).
+    fn copied(&mut self, status: Result<()>) -> Option<Result<()>> {
+        self.pending -= 1;
+        if let Err(e) = status {
+            self.error.get_or_insert(e);
+        }
+        (self.pending == 0).then(|| self.error.take().map_or(Ok(()), Err))
+    }
+
+    /// The commit starts: every core is to forget.
+    fn commit(&mut self, cores: u32) {
+        self.pending = cores;
+        self.committing = Some(Instant::now());
+    }
+
+    /// A core forgot the drained partitions; whether every core has.
+    fn forgot(&mut self, drained_below: u64) -> bool {
+        self.pending -= 1;
+        self.drained_below = self.drained_below.max(drained_below);
+        self.pending == 0
+    }
+
+    /// How long the copy and the commit took, for the log.
+    fn times(&self) -> (Duration, Duration) {
+        let copy = self.committing.map_or(self.started.elapsed(), |c| c - self.started);
+        (copy, self.committing.map(|c| c.elapsed()).unwrap_or_default())
+    }
 }
 
 /// Core 0: the drain's control operations.
@@ -71,16 +115,7 @@ impl Shard {
     /// ends (its requester hears back at the commit).
     pub(super) fn drain_started(&mut self, target: u32, waiter: Option<(u32, ReplyTo)>) {
         let cores = self.shared.cores;
-        let job = DrainJob {
-            target,
-            pending: cores,
-            error: None,
-            waiters: waiter.into_iter().collect(),
-            drained_below: 0,
-            started: std::time::Instant::now(),
-            committing: None,
-        };
-        self.ctl_mut().drain = Some(job);
+        self.ctl_mut().drain = Some(DrainJob::new(target, cores, waiter));
         for core in 0..cores {
             self.send(core, Msg::DrainCopy { target });
         }
@@ -88,14 +123,8 @@ impl Shard {
 
     pub(super) fn on_drain_copied(&mut self, status: Result<()>) {
         let job = self.ctl_mut().drain.as_mut().expect("a drain runs");
-        job.pending -= 1;
-        if let Err(e) = status {
-            job.error.get_or_insert(e);
-        }
-        if job.pending > 0 {
-            return;
-        }
-        if let Some(e) = job.error.take() {
+        let Some(copied) = job.copied(status) else { return };
+        if let Err(e) = copied {
             if e != Error::ShuttingDown {
                 self.drain_failed(&e);
             }
@@ -127,8 +156,7 @@ impl Shard {
     pub(super) fn drain_commit_start(&mut self) {
         let cores = self.shared.cores;
         let job = self.ctl_mut().drain.as_mut().expect("a drain runs");
-        job.pending = cores;
-        job.committing = Some(std::time::Instant::now());
+        job.commit(cores);
         let target = job.target;
         for core in 0..cores {
             self.send(core, Msg::DrainForget { target });
@@ -137,9 +165,7 @@ impl Shard {
 
     pub(super) fn on_drain_forgot(&mut self, drained_below: u64) {
         let job = self.ctl_mut().drain.as_mut().expect("a drain runs");
-        job.pending -= 1;
-        job.drained_below = job.drained_below.max(drained_below);
-        if job.pending == 0 {
+        if job.forgot(drained_below) {
             // Its flush makes the baseline writes durable.
             self.start_control_barrier(None, false, false);
         }
@@ -167,12 +193,11 @@ impl Shard {
         counters.drains.fetch_add(1, Relaxed);
         self.ctl_mut().drain_failures = 0;
         let job = self.ctl_mut().drain.as_ref().expect("a drain runs");
-        let copied = job.committing.map_or(job.started.elapsed(), |c| c - job.started);
+        let (copy, commit) = job.times();
         log::debug!(
-            "drained partitions up to {} into the baseline: {} segment(s) freed; copy {copied:.1?}, commit {:.1?}",
+            "drained partitions up to {} into the baseline: {} segment(s) freed; copy {copy:.1?}, commit {commit:.1?}",
             job.target,
             freed.len(),
-            job.committing.map(|c| c.elapsed()).unwrap_or_default()
         );
         if self.shared.free.len() > self.shared.reserve() || self.shared.space_state() == SpaceState::Failed {
             self.shared.set_space_state(SpaceState::Ok);

@@ -23,6 +23,7 @@ use super::cursor::ENTRY_BITS;
 use super::free::FreeSegments;
 use super::registry::{Registry, SegmentInfo};
 use super::shard::{Shard, ShardInit};
+pub use super::shared::MountReport;
 use super::shared::{Clock, Shared, Submitter, SystemClock, QUEUE_DEPTH};
 use super::space::{count_live, Counters, SegmentSpace};
 use crate::device::{BlockDevice, DmaBuf};
@@ -37,17 +38,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// What a mount did, for the stats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MountReport {
-    /// The bdev was not closed cleanly: the log since the checkpoint was
-    /// scanned and replayed.
-    pub crash: bool,
-    pub micros: u64,
-    /// Bytes mount read from the device.
-    pub read_bytes: u64,
-}
 
 /// Mount's phases, logged as they end (with what each read, and took).
 struct Phases {
