@@ -20,12 +20,13 @@
 
 use super::msg::Msg;
 use super::policy::OnFull;
+use super::registry::Registry;
 use super::shard::Shard;
 use super::shared::SpaceState;
 use super::summaries::{summaries_lost, summary_groups};
 use crate::device::{DevStatus, DmaBuf};
 use crate::error::{Error, Result};
-use crate::format::{SegmentRecord, SummaryChain, SummaryEntry};
+use crate::format::{Geometry, SegmentRecord, SummaryChain, SummaryEntry};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -155,48 +156,53 @@ impl CompactJob {
     }
 }
 
-impl Shard {
-    pub(super) fn job(&mut self) -> &mut CompactJob {
-        self.ctl_mut().compaction.as_mut().expect("a compaction job runs")
-    }
+/// Closed segments of `registry` worth moving for `target`, best first,
+/// by LFS's cost-benefit (`live`: each segment's live blocks; `next_seq`:
+/// the next sequence, which ages them).
+///
+/// What moving a segment gains is the room its data area had minus
+/// what stays live: garbage, and the unused tail of a segment closed
+/// early (at a snapshot, or the end of a compaction job).
+fn candidates(geo: &Geometry, registry: &Registry, live: &[u32], next_seq: u64, target: CompactTarget) -> Vec<u32> {
+    let per_group = geo.entries_per_summary();
+    // Moved runs may need more summary room than they had: a smaller
+    // gain can vanish in the move.
+    let min_gain = (geo.segment_blocks / 16).max(1);
+    let mut scored: Vec<(f64, u32)> = registry
+        .iter()
+        .filter(|s| !s.record.open)
+        .filter_map(|info| {
+            let s = &info.record;
+            let summaries = 2 * s.trusted_entries.div_ceil(per_group);
+            let room = geo.segment_blocks.saturating_sub(1 + summaries).max(1);
+            let live = live[s.segno as usize].min(room);
+            let gain = room - live;
+            let wanted = match target {
+                CompactTarget::Partition(p) => (s.partition..=info.last_partition).contains(&p) && gain > 0,
+                // Reclaiming space: a segment must give back enough to
+                // be worth rewriting the rest.
+                CompactTarget::Reclaim | CompactTarget::All => gain >= min_gain,
+            };
+            let u = f64::from(live) / f64::from(room);
+            let age = next_seq.saturating_sub(s.seq) as f64;
+            wanted.then_some(((1.0 - u) * age / (1.0 + u), s.segno))
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    scored.into_iter().map(|(_, segno)| segno).collect()
+}
 
+impl Shard {
     /// Closed segments worth moving for `target`, best first.
-    ///
-    /// What moving a segment gains is the room its data area had minus
-    /// what stays live: garbage, and the unused tail of a segment closed
-    /// early (at a snapshot, or the end of a compaction job).
     fn candidates(&mut self, target: CompactTarget) -> Vec<u32> {
-        let geo = self.shared.geo;
-        let per_group = geo.entries_per_summary();
         let next_seq = self.shared.next_seq.load(Relaxed);
         let live: Vec<u32> = self.shared.space.iter().map(|s| s.live()).collect();
-        // Moved runs may need more summary room than they had: a smaller
-        // gain can vanish in the move.
-        let min_gain = (geo.segment_blocks / 16).max(1);
-        let mut scored: Vec<(f64, u32)> = self
-            .ctl_mut()
-            .registry()
-            .iter()
-            .filter(|s| !s.record.open)
-            .filter_map(|info| {
-                let s = &info.record;
-                let summaries = 2 * s.trusted_entries.div_ceil(per_group);
-                let room = geo.segment_blocks.saturating_sub(1 + summaries).max(1);
-                let live = live[s.segno as usize].min(room);
-                let gain = room - live;
-                let wanted = match target {
-                    CompactTarget::Partition(p) => (s.partition..=info.last_partition).contains(&p) && gain > 0,
-                    // Reclaiming space: a segment must give back enough to
-                    // be worth rewriting the rest.
-                    CompactTarget::Reclaim | CompactTarget::All => gain >= min_gain,
-                };
-                let u = f64::from(live) / f64::from(room);
-                let age = next_seq.saturating_sub(s.seq) as f64;
-                wanted.then_some(((1.0 - u) * age / (1.0 + u), s.segno))
-            })
-            .collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        scored.into_iter().map(|(_, segno)| segno).collect()
+        let geo = self.shared.geo;
+        candidates(&geo, self.ctl_mut().registry(), &live, next_seq, target)
+    }
+
+    pub(super) fn job(&mut self) -> &mut CompactJob {
+        self.ctl_mut().compaction.as_mut().expect("a compaction job runs")
     }
 
     /// After a barrier of a compaction job: start it, or commit its batch.

@@ -14,7 +14,7 @@
 use super::registry::Registry;
 use super::request::{LogBatch, LogEntry, LogEntryKind, Reply, MAX_LOG_READ_DATA_BYTES};
 use super::shard::Shard;
-use super::summaries::{summary_groups, summary_reads};
+use super::summaries::{summary_groups, summary_reads, trusted_summaries};
 use super::tag::TAG_CONTROL;
 use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf};
 use crate::error::{Error, Result};
@@ -240,7 +240,7 @@ impl Shard {
     /// data read if wanted.
     fn log_read_summaries(&mut self, seg: SegmentRecord, bufs: Vec<DmaBuf>) {
         let geo = self.shared.geo;
-        let entries = match self.trusted_summaries(&seg, &bufs) {
+        let entries = match trusted_summaries(self.shared.uuid, &geo, &seg, &bufs) {
             Ok(entries) => entries,
             Err(e) => {
                 self.ctl_mut().log = None;
