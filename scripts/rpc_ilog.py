@@ -193,3 +193,63 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument('name', help='ilog bdev name')
     p.add_argument('event', help='Event name, e.g. backup-done')
     p.set_defaults(func=bdev_ilog_event)
+
+    def bdev_ilog_diff(args):
+        _print(_call(args, 'bdev_ilog_diff', name=args.name, volume=args.volume,
+                     base_volume=args.base_volume, lba_start=args.lba_start, lba_count=args.lba_count))
+
+    p = subparsers.add_parser(
+        'bdev_ilog_diff', help='Display what changed between two volumes of an ilog bdev',
+        description="""Display the extents of VOLUME that differ from the older --base-volume
+        (everything VOLUME maps without one), merged and in LBA order:
+        [{"lba", "num_blocks", "kind": "data" | "zero"}]. Costs the size of the change.""")
+    p.add_argument('name', help='ilog bdev name')
+    p.add_argument('volume', help='Volume id')
+    p.add_argument('-b', '--base-volume', help='An older volume id (default: none, a full diff)')
+    p.add_argument('--lba-start', type=int, help='First block of the range (default 0)')
+    p.add_argument('--lba-count', type=int, help='Blocks in the range (default: to the end)')
+    p.set_defaults(func=bdev_ilog_diff)
+
+    def bdev_ilog_copy(args):
+        _print(_call(args, 'bdev_ilog_copy', name=args.name, volume=args.volume,
+                     base_volume=args.base_volume, lba_start=args.lba_start, lba_count=args.lba_count,
+                     target=args.target, resume_token=args.resume_token))
+
+    p = subparsers.add_parser(
+        'bdev_ilog_copy', help='Copy a volume, or what changed since an older one, to a tertiary volume',
+        description="""Write a copy stream (checksummed, self-describing) of VOLUME, or of what changed
+        since --base-volume, to TARGET: a bdev name, or an absolute file path. Runs in the background:
+        prints {"job": id}; bdev_ilog_get_stats shows its progress, state and resume token.""")
+    p.add_argument('name', help='ilog bdev name')
+    p.add_argument('volume', help='Volume id')
+    p.add_argument('target', help='A bdev name, or an absolute path for a file')
+    p.add_argument('-b', '--base-volume', help='An older volume id: copy only what changed since')
+    p.add_argument('--lba-start', type=int, help='First block of the range (default 0)')
+    p.add_argument('--lba-count', type=int, help='Blocks in the range (default: to the end)')
+    p.add_argument('-r', '--resume-token', help='Go on with an interrupted copy to the same target')
+    p.set_defaults(func=bdev_ilog_copy)
+
+    def bdev_ilog_restore(args):
+        _print(_call(args, 'bdev_ilog_restore', name=args.name, source=args.source,
+                     resume_token=args.resume_token))
+
+    p = subparsers.add_parser(
+        'bdev_ilog_restore', help='Apply a copy stream to an ilog bdev or any bdev',
+        description="""Apply the copy stream in SOURCE (a bdev name, or an absolute file path) to NAME.
+        Into an ilog bdev the stream becomes a snapshot volume with the source's volume id, and the
+        current image equals it; onto any other bdev, the volume's image. Restore a full stream first,
+        then the incrementals in order. Runs in the background: prints {"job": id}.""")
+    p.add_argument('name', help='The bdev to restore into')
+    p.add_argument('source', help='A bdev name, or an absolute path for a file')
+    p.add_argument('-r', '--resume-token', help='Go on with an interrupted restore')
+    p.set_defaults(func=bdev_ilog_restore)
+
+    def bdev_ilog_get_jobs(args):
+        _print(_call(args, 'bdev_ilog_get_jobs', name=args.name))
+
+    p = subparsers.add_parser(
+        'bdev_ilog_get_jobs', help='Display background jobs (compactions, copies, restores)',
+        description="""Display every background job, or those of one bdev: its id, bdev, kind,
+        state, and for a copy or a restore its progress and resume token.""")
+    p.add_argument('-b', '--name', help='Only the jobs of this bdev')
+    p.set_defaults(func=bdev_ilog_get_jobs)

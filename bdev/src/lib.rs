@@ -29,6 +29,7 @@
 //! ilog.close().unwrap();
 //! ```
 
+pub mod copy;
 pub mod device;
 pub mod engine;
 pub mod error;

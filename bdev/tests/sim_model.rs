@@ -118,6 +118,12 @@ enum Op {
         retired: Vec<String>,
     },
     Stats,
+    Diff {
+        volume: String,
+        base: Option<String>,
+        lba_start: u64,
+        lba_end: u64,
+    },
 }
 
 struct Harness {
@@ -400,6 +406,68 @@ impl Harness {
         self.submit(Request::Compact { volume: volume.clone(), mode: CompactMode::InPlace }, Op::Compact { volume });
     }
 
+    /// A diff of a volume, since an older one or full, over the whole
+    /// volume or a range.
+    fn start_diff(&mut self) {
+        if self.volumes.is_empty() {
+            return;
+        }
+        let names: Vec<String> = self.volumes.keys().cloned().collect();
+        let volume = names[self.rng.below(names.len() as u64) as usize].clone();
+        let older: Vec<&String> =
+            names.iter().filter(|n| self.volumes[*n].partition < self.volumes[&volume].partition).collect();
+        let base = (!older.is_empty() && self.rng.below(2) == 0)
+            .then(|| older[self.rng.below(older.len() as u64) as usize].clone());
+        let (lba_start, lba_count) = if self.rng.below(2) == 0 {
+            (0, self.volume_blocks)
+        } else {
+            let (lba, n) = self.random_range();
+            (lba, u64::from(n))
+        };
+        let req = Request::Diff { volume: volume.clone(), base_volume: base.clone(), lba_start, lba_count };
+        self.submit(req, Op::Diff { volume, base, lba_start, lba_end: lba_start + lba_count });
+    }
+
+    /// A diff's extents are in order, apart, inside the range, and cover
+    /// every block the model says surely differs: one surely written with
+    /// data in the volume (a full diff), or whose values in the two
+    /// volumes cannot be the same (an incremental).
+    fn check_diff(&self, volume: &str, base: Option<&str>, range: (u64, u64), extents: &[ilog_bdev::engine::Extent]) {
+        DIFFS.fetch_add(1, Relaxed);
+        let what = format!("diff of {volume} since {base:?} over {range:?}");
+        let mut end = range.0;
+        for e in extents {
+            if e.blocks == 0 || e.lba < end || e.lba + e.blocks > range.1 {
+                self.fail(format!("{what}: extent {e:?} out of order or range: {extents:?}"));
+            }
+            end = e.lba + e.blocks;
+        }
+        let (Some(v), base) = (self.volumes.get(volume), base.map(|b| self.volumes.get(b))) else { return };
+        if base.is_some_and(|b| b.is_none()) {
+            return;
+        }
+        let kind_at = |lba: u64| extents.iter().find(|e| (e.lba..e.lba + e.blocks).contains(&lba)).map(|e| e.kind);
+        for lba in range.0..range.1 {
+            let cand = &v.blocks[lba as usize];
+            let differs = match base {
+                None => !cand.contains(&0),
+                Some(b) => cand.is_disjoint(&b.expect("checked").blocks[lba as usize]),
+            };
+            if !differs {
+                continue;
+            }
+            DIFF_BLOCKS.fetch_add(1, Relaxed);
+            let surely_data = !cand.contains(&0);
+            match kind_at(lba) {
+                None => self.fail(format!("{what}: block {lba} ({cand:?}) is in no extent: {extents:?}")),
+                Some(k) if surely_data && k != LogEntryKind::Data => {
+                    self.fail(format!("{what}: block {lba} holds data ({cand:?}) but its extent is {k:?}"))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
     fn start_log_read(&mut self) {
         let cursor = if self.rng.below(3) == 0 { 0 } else { self.cursor_last };
         let count = 1 + self.rng.below(50) as u32;
@@ -443,6 +511,15 @@ impl Harness {
         }
         let op = self.inflight.remove(&token).unwrap_or_else(|| self.fail(format!("unknown token {token}")));
         match op {
+            Op::Diff { volume, base, lba_start, lba_end } => match result {
+                Ok(Reply::Extents(extents)) => {
+                    self.check_diff(&volume, base.as_deref(), (lba_start, lba_end), &extents)
+                }
+                Err(Error::NoSuchVolume(v))
+                    if self.retire || self.delete_issued.contains(&v) || !self.volumes.contains_key(&v) => {}
+                Err(Error::Io(_)) if self.write_eio => {}
+                other => self.fail(format!("diff of {volume} since {base:?} answered {other:?}")),
+            },
             Op::Write { lba, values, data, submitted } => {
                 if result == Err(Error::NoSpace) && self.volumes_seen < submitted {
                     self.fail(format!("a write at {lba} failed with ENOSPC while no volume existed"));
@@ -816,7 +893,8 @@ impl Harness {
                 77..=81 => self.start_snapshot(),
                 82..=84 => self.start_delete(),
                 85..=87 => self.submit(Request::ListVolumes, Op::List),
-                88..=89 => self.start_log_read(),
+                88 => self.start_log_read(),
+                89 => self.start_diff(),
                 90 => self.start_compact(),
                 91..=94 => {
                     // let the in-flight work land, then cut the power
@@ -850,6 +928,9 @@ static RETIRED: AtomicU64 = AtomicU64::new(0);
 static POWER_CUTS: AtomicU64 = AtomicU64::new(0);
 static CUTS_IN_DRAINS: AtomicU64 = AtomicU64::new(0);
 static POLICY_ACTIONS: AtomicU64 = AtomicU64::new(0);
+/// Diffs answered, and blocks they had to cover (surely different).
+static DIFFS: AtomicU64 = AtomicU64::new(0);
+static DIFF_BLOCKS: AtomicU64 = AtomicU64::new(0);
 
 fn run_seed(seed: u64) {
     let mut h = Harness::new(seed);
@@ -881,8 +962,9 @@ fn random_workloads_match_the_model_across_crashes() {
     let (policy_actions, copied) = (POLICY_ACTIONS.load(Relaxed), COPIED.load(Relaxed));
     let (drains, retired, cuts) = (DRAINS.load(Relaxed), RETIRED.load(Relaxed), CUTS_IN_DRAINS.load(Relaxed));
     let power_cuts = POWER_CUTS.load(Relaxed);
+    let (diffs, diff_blocks) = (DIFFS.load(Relaxed), DIFF_BLOCKS.load(Relaxed));
     eprintln!(
-        "sim: {} seeds passed in {:.1?}; {freed} segments freed, compaction moved {moved} bytes ({copied} by device copies); {drains} drains into the baseline, {folds} asked for; {retired} volumes retired by a full log; {power_cuts} power cuts, {cuts} of them during drains; {policy_actions} policy actions",
+        "sim: {} seeds passed in {:.1?}; {freed} segments freed, compaction moved {moved} bytes ({copied} by device copies); {drains} drains into the baseline, {folds} asked for; {retired} volumes retired by a full log; {power_cuts} power cuts, {cuts} of them during drains; {policy_actions} policy actions; {diffs} diffs covering {diff_blocks} blocks that surely changed",
         seeds.len(),
         started.elapsed()
     );
@@ -892,6 +974,7 @@ fn random_workloads_match_the_model_across_crashes() {
         assert!(folds > 0, "the workloads must fold volumes into the baseline");
         assert!(policy_actions > 0, "the status policies must act");
         assert!(drains > 0 && cuts > 0, "the log must drain, and power cuts hit drains ({drains}, {cuts})");
+        assert!(diffs > 0 && diff_blocks > 0, "diffs must run and have changes to cover ({diffs}, {diff_blocks})");
     }
     // A log full of versions under `delete_oldest` comes about once in
     // 400 seeds: checked where a run has enough of them (CI runs 2,000).

@@ -7,6 +7,7 @@
 //! cargo run --manifest-path fuzz/Cargo.toml --example seeds
 //! ```
 
+use ilog_bdev::copy::stream::{Header, StreamWriter};
 use ilog_bdev::format::{
     Checkpoint, EntryKind, FormatOptions, Geometry, SegmentHeader, SegmentId, SegmentRecord, SummaryBlock,
     SummaryEntry, SummaryKey, Superblock, VolumeRecord,
@@ -32,6 +33,7 @@ fn main() -> std::io::Result<()> {
         ("nbd", nbd()),
         ("rpc_server", rpc_server()),
         ("rpc_params", rpc_params()),
+        ("copy_stream", copy_stream()),
     ];
     for (target, seeds) in seeds {
         let dir = corpus.join(target);
@@ -44,6 +46,34 @@ fn main() -> std::io::Result<()> {
 }
 
 type Seeds = Vec<(&'static str, Vec<u8>)>;
+
+/// Copy streams as `bdev_ilog_copy` writes them: a full one and an
+/// incremental with zeros.
+fn copy_stream() -> Seeds {
+    let header = |base: Option<&str>, data_blocks| Header {
+        source_uuid: UUID,
+        block_size: 512,
+        volume_blocks: 1 << 14,
+        lba_start: 0,
+        lba_count: 1 << 14,
+        created_unix_s: 1_700_000_000,
+        volume: "snap-2".into(),
+        base_volume: base.map(str::to_owned),
+        data_blocks,
+    };
+    let mut full = StreamWriter::new(Vec::new(), header(None, 5)).expect("in memory");
+    full.data(8, &[0x5a; 3 * 512]).expect("in memory");
+    full.data(100, &[0xa5; 2 * 512]).expect("in memory");
+    let mut incr = StreamWriter::new(Vec::new(), header(Some("snap-1"), 1)).expect("in memory");
+    incr.zero(0, 64).expect("in memory");
+    incr.data(4000, &[0x11; 512]).expect("in memory");
+    incr.zero(9000, 7).expect("in memory");
+    vec![
+        ("full", full.finish().expect("in memory").0),
+        ("incremental", incr.finish().expect("in memory").0),
+        ("empty", StreamWriter::new(Vec::new(), header(None, 0)).expect("in memory").finish().expect("in memory").0),
+    ]
+}
 
 /// `[mode] block`.
 fn with_mode(flags: u8, block: &[u8]) -> Vec<u8> {
@@ -224,6 +254,16 @@ fn params() -> Vec<(&'static str, Value)> {
         ("bdev_ilog_set_policy", json!({"name": "ilog0", "policy": policy()})),
         ("bdev_ilog_get_policy", json!({"name": "ilog0"})),
         ("bdev_ilog_event", json!({"name": "ilog0", "event": "backup-done"})),
+        (
+            "bdev_ilog_diff",
+            json!({"name": "ilog0", "volume": "snap-2", "base_volume": "snap-1", "lba_start": 0, "lba_count": 8}),
+        ),
+        (
+            "bdev_ilog_copy",
+            json!({"name": "ilog0", "volume": "snap-2", "base_volume": "snap-1", "target": "/var/tmp/s", "resume_token": "00"}),
+        ),
+        ("bdev_ilog_restore", json!({"name": "ilog1", "source": "Malloc3", "resume_token": "00"})),
+        ("bdev_ilog_get_jobs", json!({"name": "ilog0"})),
     ];
     assert!(params.iter().map(|(m, _)| *m).eq(METHODS.iter().copied()), "METHODS changed: update the seeds");
     params

@@ -21,6 +21,7 @@ mod target;
 mod workload;
 
 use clap::Parser;
+use ilog_bdev::copy;
 use ilog_bdev::device::DmaBuf;
 use ilog_bdev::engine::{MountReport, Stats};
 use ilog_bdev::runtime::native::Ilog;
@@ -84,6 +85,11 @@ struct Cli {
     /// The replay window (MiB) to format with (default: the format's).
     #[arg(long)]
     replay_window_mib: Option<u64>,
+    /// After the timed run, run it again while a full copy of a snapshot
+    /// of the volume (`bdev_ilog_copy`) streams to this file: the copy's
+    /// rate, and the run's latency against the run before.
+    #[arg(long)]
+    copy: Option<std::path::PathBuf>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -212,7 +218,7 @@ fn time_mounts(
     dev: std::sync::Arc<dyn ilog_bdev::device::BlockDevice>,
     cores: u32,
 ) -> Result<(MountReport, MountReport), String> {
-    ilog.ilog.abort();
+    ilog.into_ilog().abort();
     let after_crash = Ilog::start(dev.clone(), cores).map_err(|e| format!("mount after the crash: {e}"))?;
     let crash = after_crash.stats().map_err(|e| e.to_string())?.last_mount;
     after_crash.close().map_err(|e| format!("close: {e}"))?;
@@ -220,6 +226,31 @@ fn time_mounts(
     let clean = after_close.stats().map_err(|e| e.to_string())?.last_mount;
     after_close.close().map_err(|e| format!("close: {e}"))?;
     Ok((crash, clean))
+}
+
+/// The workload again while a full copy of a snapshot streams to `path`:
+/// the run's report and the copy's bytes and seconds.
+fn run_during_copy(
+    ilog: &mut IlogTarget,
+    work: &mut Workload,
+    cli: &Cli,
+    path: &std::path::Path,
+) -> Result<(Report, u64, f64), String> {
+    let volume = ilog.ilog.snapshot(Some("perf-copy")).map_err(|e| format!("snapshot: {e}"))?;
+    let spec = copy::CopySpec { volume: volume.name, ..Default::default() };
+    let plan = copy::plan(ilog.ilog.as_ref(), &spec).map_err(|e| format!("copy plan: {e}"))?;
+    let (src, store) = (ilog.ilog.clone(), copy::StreamStore::File(path.to_owned()));
+    let progress = std::sync::Arc::new(copy::Progress::default());
+    let shown = progress.clone();
+    let started = Instant::now();
+    let copier = std::thread::spawn(move || copy::copy(src.as_ref(), &plan, &store, &progress));
+    let duration = Duration::from_secs_f64(cli.seconds);
+    let mut report = drive(ilog, work, cli.queue_depth, cli.io_size as usize, duration);
+    report.name = "ilog, copying".into();
+    let copied_at_end = shown.bytes_done();
+    let copy_seconds = started.elapsed().as_secs_f64();
+    copier.join().map_err(|_| "the copy panicked".to_owned())?.map_err(|e| format!("copy: {e}"))?;
+    Ok((report, copied_at_end, copy_seconds))
 }
 
 /// After a fill: flushes, and waits for the log to drain to a write
@@ -275,6 +306,19 @@ fn run(cli: &Cli) -> Result<(), String> {
     let mut report = drive(&mut ilog, &mut work, cli.queue_depth, cli.io_size as usize, duration);
     report.name = "ilog".into();
     let after = ilog.ilog.stats().map_err(|e| e.to_string())?;
+    let during_copy = match &cli.copy {
+        Some(path) => {
+            let mut work =
+                Workload::new(cli.workload, io_blocks, volume_blocks, cli.queue_depth, cli.rwmixread, cli.seed + 1);
+            Some(run_during_copy(&mut ilog, &mut work, cli, path)?)
+        }
+        None => None,
+    };
+    if let Some((r, bytes, secs)) = &during_copy {
+        out["during_copy"] = r.json();
+        out["copy"] = json!({"bytes": bytes, "seconds": secs, "mib_per_s": *bytes as f64 / secs / (1 << 20) as f64,
+                             "iops_ratio": r.iops / report.iops, "p99_ratio": r.p99_us / report.p99_us});
+    }
     if cli.mount {
         let (crash, clean) = time_mounts(ilog, dev, cli.cores)?;
         out["mount"] = json!({
@@ -282,7 +326,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             "clean": {"ms": clean.micros as f64 / 1000.0, "read_bytes": clean.read_bytes},
         });
     } else {
-        ilog.ilog.close().map_err(|e| format!("close: {e}"))?;
+        ilog.into_ilog().close().map_err(|e| format!("close: {e}"))?;
     }
     let run_stats = Stats {
         user_bytes_written: after.user_bytes_written - before.user_bytes_written,
@@ -346,6 +390,15 @@ fn run(cli: &Cli) -> Result<(), String> {
         if let Some(r) = &raw {
             println!("{}", r.series_line());
         }
+        if let Some((r, bytes, secs)) = &during_copy {
+            println!("{}", r.line());
+            println!(
+                "during a full copy ({:.0} MiB/s over the run): IOPS {:.2}x, p99 {:.2}x the run before",
+                *bytes as f64 / secs / (1 << 20) as f64,
+                r.iops / report.iops,
+                r.p99_us / report.p99_us
+            );
+        }
         if cli.mount {
             let m = &out["mount"];
             println!(
@@ -357,7 +410,10 @@ fn run(cli: &Cli) -> Result<(), String> {
             );
         }
     }
-    let failed = report.errors + report.mismatches + raw.as_ref().map_or(0, |r| r.errors + r.mismatches);
+    let failed = report.errors
+        + report.mismatches
+        + raw.as_ref().map_or(0, |r| r.errors + r.mismatches)
+        + during_copy.as_ref().map_or(0, |(r, ..)| r.errors + r.mismatches);
     if failed > 0 {
         return Err(format!("{failed} I/Os failed or read back wrong data"));
     }

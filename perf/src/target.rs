@@ -104,7 +104,8 @@ pub trait Target {
 /// through a lock-free queue the client polls (the callbacks run on the
 /// reactors and only push).
 pub struct IlogTarget {
-    pub ilog: Ilog,
+    /// Shared with a background copy (`--copy`) while one runs.
+    pub ilog: Arc<Ilog>,
     /// Reads as of this volume's partition instead of the current image.
     pub view: View,
     completions: Arc<ArrayQueue<(u32, bool)>>,
@@ -128,7 +129,12 @@ impl IlogTarget {
         }
         ilog_bdev::engine::format(dev.as_ref(), &opts, [0x1b; 16]).map_err(|e| format!("format: {e}"))?;
         let ilog = Ilog::start(dev, cores).map_err(|e| format!("mount: {e}"))?;
-        Ok(IlogTarget { ilog, view: View::Current, completions: Arc::new(ArrayQueue::new(1 << 16)) })
+        Ok(IlogTarget { ilog: Arc::new(ilog), view: View::Current, completions: Arc::new(ArrayQueue::new(1 << 16)) })
+    }
+
+    /// The bdev alone, once no copy shares it (to close or abort it).
+    pub fn into_ilog(self) -> Ilog {
+        Arc::try_unwrap(self.ilog).unwrap_or_else(|_| panic!("a copy still holds the bdev"))
     }
 }
 

@@ -25,6 +25,10 @@
 //! | `bdev_ilog_set_policy` | `name`: string; `policy`: object, the [policy document](#policy-document) (`{}` for none) | `true` |
 //! | `bdev_ilog_get_policy` | `name`: string | the policy document |
 //! | `bdev_ilog_event` | `name`: string; `event`: string, a name the policy binds under `events.on` | `true` (its actions are queued) |
+//! | `bdev_ilog_diff` | `name`: string; `volume`: string; `base_volume`: string, an older volume (none: everything `volume` maps); `lba_start`: int (0); `lba_count`: int (to the end) | array of [extents](#extent-object) |
+//! | `bdev_ilog_copy` | `name`: string; `volume`: string; `base_volume`: string (none: a full copy); `lba_start`, `lba_count`: int (the whole volume); `target`: string, a bdev name or an absolute file path; `resume_token`: string | `{"job": int}` |
+//! | `bdev_ilog_restore` | `name`: string, an ilog bdev or any bdev; `source`: string, a bdev name or an absolute file path; `resume_token`: string | `{"job": int}` |
+//! | `bdev_ilog_get_jobs` | `name`: string (every bdev's) | array of [job objects](#job-object) |
 //!
 //! `bdev_ilog_compact` in place rewrites the live blocks of the volume's
 //! partition (every partition if none is named) and frees the old segments;
@@ -51,6 +55,33 @@
 //! | `num_blocks` | int | blocks of the exported volume |
 //! | `cores` | int | cores (shards) serving it |
 //! | `volumes` | array | its snapshot volumes, as [volume objects](#volume-object) |
+//!
+//! ## Extent object
+//!
+//! `{"lba": int, "num_blocks": int, "kind": "data" | "zero"}`: a run of
+//! blocks the volume holds apart from the base (`zero`: they read as
+//! zeros). A full diff lists the baseline's stripes that hold data whole.
+//!
+//! ## Copies and restores
+//!
+//! `bdev_ilog_copy` writes a copy stream (format: `bdev/src/copy/stream.rs`;
+//! checksummed record by record and as a whole) of the volume, or of what
+//! changed since `base_volume`, to `target`, in the background. Restoring
+//! into an ilog bdev makes the stream a snapshot volume with the source's
+//! volume id (`dst@v1` reads as `src@v1`) and leaves the current image
+//! equal to it; an incremental applies only on top of its base volume, the
+//! newest there. A job that fails reports a `resume_token`: the same call
+//! with it goes on where the job stopped, without writing again what
+//! landed. A stream that does not verify is refused, and no volume is made
+//! of it.
+//!
+//! ## Job object
+//!
+//! `{"job": int, "bdev": string, "kind": "compaction" | "copy" | "restore",
+//! "state": "running" | "done" | "failed: <why>"}`, and for a copy or a
+//! restore `bytes_done`, `bytes_total` (data bytes), `bytes_per_second`,
+//! and `resume_token` (null when there is nothing to resume). The stats
+//! object lists its bdev's jobs under `jobs`.
 //!
 //! ## Volume object
 //!
@@ -114,6 +145,7 @@
 
 use crate::error::RpcError;
 use base64::Engine as _;
+use ilog_bdev::copy::{CopySpec, Extent};
 use ilog_bdev::engine::{
     volume_bdev_name, BdevInfo, CompactMode, LogBatch, LogEntry, LogEntryKind, Stats, Submitter, VolumeInfo,
 };
@@ -136,6 +168,10 @@ pub const METHODS: &[&str] = &[
     "bdev_ilog_set_policy",
     "bdev_ilog_get_policy",
     "bdev_ilog_event",
+    "bdev_ilog_diff",
+    "bdev_ilog_copy",
+    "bdev_ilog_restore",
+    "bdev_ilog_get_jobs",
 ];
 
 /// Most entries one `bdev_ilog_log_read` returns: bounds the reply and the
@@ -290,6 +326,73 @@ pub enum Command {
         name: String,
         event: String,
     },
+    Diff {
+        name: String,
+        volume: String,
+        base_volume: Option<String>,
+        lba_start: Option<u64>,
+        lba_count: Option<u64>,
+    },
+    Copy {
+        name: String,
+        spec: CopySpec,
+        target: StreamTarget,
+    },
+    Restore {
+        /// The bdev restored into: an ilog bdev, or any other bdev.
+        name: String,
+        source: StreamTarget,
+        resume_token: Option<String>,
+    },
+    /// `None`: every bdev's jobs.
+    GetJobs {
+        name: Option<String>,
+    },
+}
+
+/// Where a copy stream goes or comes from: `target`/`source` as given, an
+/// absolute path for a file, anything else a bdev name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamTarget {
+    File(std::path::PathBuf),
+    Bdev(String),
+}
+
+impl StreamTarget {
+    fn parse(field: &str, value: &str) -> Result<StreamTarget, RpcError> {
+        non_empty(field, value)?;
+        Ok(if value.starts_with('/') { StreamTarget::File(value.into()) } else { StreamTarget::Bdev(value.to_owned()) })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiffParams {
+    name: String,
+    volume: String,
+    base_volume: Option<String>,
+    lba_start: Option<u64>,
+    lba_count: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CopyParams {
+    name: String,
+    volume: String,
+    base_volume: Option<String>,
+    lba_start: Option<u64>,
+    lba_count: Option<u64>,
+    target: String,
+    resume_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreParams {
+    name: String,
+    source: String,
+    resume_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -425,6 +528,42 @@ pub fn parse(method: &str, params: Option<&Value>) -> Option<Result<Command, Rpc
             non_empty("event", &p.event)?;
             Ok(Command::Event { name: p.name, event: p.event })
         }),
+        "bdev_ilog_diff" => decode::<DiffParams>(params).and_then(|p| {
+            non_empty("name", &p.name)?;
+            volume_pair(&p.volume, p.base_volume.as_deref())?;
+            let (lba_start, lba_count) = (p.lba_start, p.lba_count);
+            Ok(Command::Diff { name: p.name, volume: p.volume, base_volume: p.base_volume, lba_start, lba_count })
+        }),
+        "bdev_ilog_copy" => decode::<CopyParams>(params).and_then(|p| {
+            non_empty("name", &p.name)?;
+            volume_pair(&p.volume, p.base_volume.as_deref())?;
+            let target = StreamTarget::parse("target", &p.target)?;
+            if let Some(token) = &p.resume_token {
+                non_empty("resume_token", token)?;
+            }
+            let spec = CopySpec {
+                volume: p.volume,
+                base_volume: p.base_volume,
+                lba_start: p.lba_start,
+                lba_count: p.lba_count,
+                resume_token: p.resume_token,
+            };
+            Ok(Command::Copy { name: p.name, spec, target })
+        }),
+        "bdev_ilog_restore" => decode::<RestoreParams>(params).and_then(|p| {
+            non_empty("name", &p.name)?;
+            let source = StreamTarget::parse("source", &p.source)?;
+            if let Some(token) = &p.resume_token {
+                non_empty("resume_token", token)?;
+            }
+            Ok(Command::Restore { name: p.name, source, resume_token: p.resume_token })
+        }),
+        "bdev_ilog_get_jobs" => decode::<GetBdevsParams>(params).and_then(|p| {
+            if let Some(name) = &p.name {
+                non_empty("name", name)?;
+            }
+            Ok(Command::GetJobs { name: p.name })
+        }),
         _ => return None,
     };
     Some(command)
@@ -441,6 +580,18 @@ fn decode<T: DeserializeOwned>(params: Option<&Value>) -> Result<T, RpcError> {
         Some(_) => return Err(RpcError::invalid_params("Invalid parameters: params must be an object")),
     };
     T::deserialize(params).map_err(|e| RpcError::invalid_params(format!("Invalid parameters: {e}")))
+}
+
+/// A volume and the base an incremental goes from, if any.
+fn volume_pair(volume: &str, base_volume: Option<&str>) -> Result<(), RpcError> {
+    non_empty("volume", volume)?;
+    if let Some(base) = base_volume {
+        non_empty("base_volume", base)?;
+        if base == volume {
+            return Err(RpcError::invalid_params("Invalid parameters: base_volume must differ from volume"));
+        }
+    }
+    Ok(())
 }
 
 fn name_only(params: Option<&Value>) -> Result<String, RpcError> {
@@ -533,8 +684,25 @@ fn log_entry(e: &LogEntry) -> Value {
 
 /// `true` for a compaction that ran to the end, `{"job": id}` for one left
 /// running in the background.
+/// `bdev_ilog_diff`: the changed extents, in LBA order.
+pub fn diff_result(extents: &[Extent]) -> Value {
+    let extent = |e: &Extent| {
+        let kind = match e.kind {
+            LogEntryKind::Data => "data",
+            LogEntryKind::Zero => "zero",
+        };
+        json!({"lba": e.lba, "num_blocks": e.blocks, "kind": kind})
+    };
+    Value::Array(extents.iter().map(extent).collect())
+}
+
+/// `bdev_ilog_copy`, `bdev_ilog_restore`: the background job.
+pub fn job_result(job: u64) -> Value {
+    json!({ "job": job })
+}
+
 pub fn compact_result(job: Option<u64>) -> Value {
-    job.map_or(Value::Bool(true), |id| json!({ "job": id }))
+    job.map_or(Value::Bool(true), job_result)
 }
 
 /// The policy document the engine keeps (valid JSON: it validated it).
@@ -756,7 +924,7 @@ mod tests {
 
     #[test]
     fn missing_required_fields_are_named() {
-        for method in METHODS.iter().filter(|m| **m != "bdev_ilog_get_bdevs") {
+        for method in METHODS.iter().filter(|m| !["bdev_ilog_get_bdevs", "bdev_ilog_get_jobs"].contains(m)) {
             assert!(invalid(method, None).contains("missing field `name`"), "{method}");
             assert!(invalid(method, Some(Value::Null)).contains("missing field `name`"), "{method}");
         }
@@ -766,6 +934,49 @@ mod tests {
         assert!(msg.contains("missing field `volume`"), "{msg}");
         let msg = invalid("bdev_ilog_log_read", Some(json!({"name": "ilog0"})));
         assert!(msg.contains("missing field `count`"), "{msg}");
+        let msg = invalid("bdev_ilog_copy", Some(json!({"name": "ilog0", "volume": "v1"})));
+        assert!(msg.contains("missing field `target`"), "{msg}");
+        let msg = invalid("bdev_ilog_restore", Some(json!({"name": "ilog0"})));
+        assert!(msg.contains("missing field `source`"), "{msg}");
+    }
+
+    #[test]
+    fn copy_methods_parse_and_refuse_what_cannot_work() {
+        let diff = ok("bdev_ilog_diff", json!({"name": "ilog0", "volume": "v2", "lba_start": 8}));
+        let want = Command::Diff {
+            name: "ilog0".into(),
+            volume: "v2".into(),
+            base_volume: None,
+            lba_start: Some(8),
+            lba_count: None,
+        };
+        assert_eq!(diff, want);
+        let copy = |target: &str| match ok("bdev_ilog_copy", json!({"name": "ilog0", "volume": "v2", "target": target}))
+        {
+            Command::Copy { target, .. } => target,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(copy("/var/tmp/s"), StreamTarget::File("/var/tmp/s".into()));
+        assert_eq!(copy("Malloc1"), StreamTarget::Bdev("Malloc1".into()));
+        assert_eq!(copy("nvme0n1/x"), StreamTarget::Bdev("nvme0n1/x".into()), "only an absolute path is a file");
+        let restore = ok("bdev_ilog_restore", json!({"name": "ilog1", "source": "/s", "resume_token": "ab"}));
+        let want = Command::Restore {
+            name: "ilog1".into(),
+            source: StreamTarget::File("/s".into()),
+            resume_token: Some("ab".into()),
+        };
+        assert_eq!(restore, want);
+        assert_eq!(parse("bdev_ilog_get_jobs", None), Some(Ok(Command::GetJobs { name: None })));
+        for (method, params, why) in [
+            ("bdev_ilog_diff", json!({"name": "i", "volume": "v", "base_volume": "v"}), "must differ"),
+            ("bdev_ilog_copy", json!({"name": "i", "volume": "v", "target": ""}), "target must be non-empty"),
+            ("bdev_ilog_copy", json!({"name": "i", "volume": "v", "target": "/t", "resume_token": ""}), "resume_token"),
+            ("bdev_ilog_restore", json!({"name": "i", "source": "a\0b"}), "source must be non-empty"),
+            ("bdev_ilog_get_jobs", json!({"name": ""}), "name must be non-empty"),
+        ] {
+            let msg = invalid(method, Some(params));
+            assert!(msg.contains(why), "{method}: {msg}");
+        }
     }
 
     #[test]

@@ -7,9 +7,10 @@
 //! Needs python3; installs the `spdk` package with pip when it is missing,
 //! and fails (never skips) when it cannot.
 
+use ilog_bdev::copy::CopySpec;
 use ilog_bdev::engine::BdevInfo;
-use ilog_bdev::engine::{LogBatch, LogEntry, LogEntryKind, Stats, VolumeInfo};
-use ilog_rpc::ilog::{self, Command, CreateParams};
+use ilog_bdev::engine::{Extent, LogBatch, LogEntry, LogEntryKind, Stats, VolumeInfo};
+use ilog_rpc::ilog::{self, Command, CreateParams, StreamTarget};
 use ilog_rpc::{Handler, RpcError, Server};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -66,6 +67,12 @@ impl Handler for Recorder {
             Command::Compact { background, .. } => ilog::compact_result(background.then_some(7)),
             Command::SetPolicy { .. } | Command::Event { .. } => ilog::done_result(),
             Command::GetPolicy { .. } => ilog::policy_result(r#"{"snapshot":{"interval_s":60}}"#),
+            Command::Diff { .. } => ilog::diff_result(&[
+                Extent { lba: 8, blocks: 2, kind: LogEntryKind::Data },
+                Extent { lba: 100, blocks: 1, kind: LogEntryKind::Zero },
+            ]),
+            Command::Copy { .. } | Command::Restore { .. } => ilog::job_result(9),
+            Command::GetJobs { .. } => json!([{"job": 9, "bdev": "ilog0", "kind": "copy", "state": "running"}]),
         })
     }
 }
@@ -285,6 +292,47 @@ fn spdk_rpc_drives_compaction_and_policies() {
     assert_eq!(json_out(&out), json!({"snapshot": {"interval_s": 60}}));
     let (_, params, _, _) = f.ok(&["bdev_ilog_event", "ilog0", "backup-done"]);
     assert_eq!(params, Some(json!({"name": "ilog0", "event": "backup-done"})));
+}
+
+#[test]
+fn spdk_rpc_drives_diffs_copies_and_restores() {
+    let f = Fixture::start("copy");
+    let (_, params, command, out) = f.ok(&["bdev_ilog_diff", "ilog0", "v2", "-b", "v1", "--lba-count", "1000"]);
+    assert_eq!(params, Some(json!({"name": "ilog0", "volume": "v2", "base_volume": "v1", "lba_count": 1000})));
+    let want = Command::Diff {
+        name: "ilog0".into(),
+        volume: "v2".into(),
+        base_volume: Some("v1".into()),
+        lba_start: None,
+        lba_count: Some(1000),
+    };
+    assert_eq!(command, want);
+    assert_eq!(json_out(&out)[1], json!({"lba": 100, "num_blocks": 1, "kind": "zero"}));
+
+    let (_, params, command, out) = f.ok(&["bdev_ilog_copy", "ilog0", "v2", "/var/tmp/v2.stream", "-b", "v1"]);
+    assert_eq!(
+        params,
+        Some(json!({"name": "ilog0", "volume": "v2", "base_volume": "v1", "target": "/var/tmp/v2.stream"}))
+    );
+    let spec = CopySpec { volume: "v2".into(), base_volume: Some("v1".into()), ..Default::default() };
+    let target = StreamTarget::File("/var/tmp/v2.stream".into());
+    assert_eq!(command, Command::Copy { name: "ilog0".into(), spec, target });
+    assert_eq!(json_out(&out), json!({"job": 9}));
+    let (_, params, command, _) = f.ok(&["bdev_ilog_copy", "ilog0", "v1", "Malloc3", "-r", "00ff"]);
+    assert_eq!(params, Some(json!({"name": "ilog0", "volume": "v1", "target": "Malloc3", "resume_token": "00ff"})));
+    assert!(matches!(command, Command::Copy { target: StreamTarget::Bdev(ref b), .. } if b == "Malloc3"));
+
+    let (_, params, command, out) = f.ok(&["bdev_ilog_restore", "ilog1", "/var/tmp/v2.stream"]);
+    assert_eq!(params, Some(json!({"name": "ilog1", "source": "/var/tmp/v2.stream"})));
+    let source = StreamTarget::File("/var/tmp/v2.stream".into());
+    assert_eq!(command, Command::Restore { name: "ilog1".into(), source, resume_token: None });
+    assert_eq!(json_out(&out), json!({"job": 9}));
+
+    let (_, params, _, out) = f.ok(&["bdev_ilog_get_jobs", "-b", "ilog0"]);
+    assert_eq!(params, Some(json!({"name": "ilog0"})));
+    assert_eq!(json_out(&out)[0]["kind"], "copy");
+    let (_, params, _, _) = f.ok(&["bdev_ilog_get_jobs"]);
+    assert_eq!(params, None);
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 use crate::export::{BaseExport, IlogExport};
 use crate::nbd::{Export, Listen, NbdServer};
+use ilog_bdev::copy::{self, Destination};
 use ilog_bdev::device::{BlockDevice, FileDevice, MallocDevice};
 use ilog_bdev::engine::BdevInfo;
 use ilog_bdev::engine::{Request, View};
@@ -12,7 +13,7 @@ use ilog_bdev::format::valid_block_size;
 use ilog_bdev::runtime::native::{Callback, Ilog, Reactors};
 use ilog_bdev::Error;
 use ilog_rpc::ilog::{self as methods, Command, CreateParams};
-use ilog_rpc::jobs::Jobs;
+use ilog_rpc::jobs::{self, Jobs};
 use ilog_rpc::{Handler, RpcError};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -463,7 +464,7 @@ impl Target {
             Command::GetStats { name } => {
                 let ilog = self.ilog(&self.lock(), &name)?;
                 let mut stats = methods::stats_result(&name, &ilog.stats()?);
-                stats["jobs"] = self.jobs.lock().expect("job table").of(&name);
+                stats["jobs"] = self.jobs.lock().expect("job table").of(Some(&name));
                 Ok(stats)
             }
             Command::Compact { name, volume, mode, background } => {
@@ -502,7 +503,58 @@ impl Target {
                 self.ilog(&self.lock(), &name)?.event(&event)?;
                 Ok(methods::done_result())
             }
+            Command::Diff { name, volume, base_volume, lba_start, lba_count } => {
+                let ilog = self.ilog(&self.lock(), &name)?;
+                let start = lba_start.unwrap_or(0);
+                let count = lba_count.unwrap_or(ilog.volume_blocks().saturating_sub(start));
+                Ok(methods::diff_result(&ilog.diff(&volume, base_volume.as_deref(), start, count)?))
+            }
+            Command::Copy { name, spec, target } => {
+                let (ilog, target) = {
+                    let st = self.lock();
+                    (self.ilog(&st, &name)?, jobs::stream_store(&target, |b| Target::plain_bdev(&st, b))?)
+                };
+                let plan = copy::plan(ilog.as_ref(), &spec)?;
+                Ok(methods::job_result(jobs::start_copy(&self.jobs, &name, ilog, plan, target)))
+            }
+            Command::Restore { name, source, resume_token } => {
+                let (dst, source) = {
+                    let st = self.lock();
+                    let dst = match st.ilogs.get(&name) {
+                        Some(b) => Destination::Ilog(b.ilog.clone()),
+                        None => Destination::Device { name: name.clone(), dev: Target::plain_bdev(&st, &name)? },
+                    };
+                    (dst, jobs::stream_store(&source, |b| Target::plain_bdev(&st, b))?)
+                };
+                let plan = copy::plan_restore(&dst, &source, resume_token.as_deref())?;
+                Ok(methods::job_result(jobs::start_restore(&self.jobs, &name, dst, source, plan)))
+            }
+            Command::GetJobs { name } => {
+                if let Some(name) = &name {
+                    let st = self.lock();
+                    if !st.ilogs.contains_key(name) && !st.bases.contains_key(name) {
+                        return Err(no_such_bdev(name));
+                    }
+                }
+                Ok(self.jobs.lock().expect("job table").of(name.as_deref()))
+            }
         }
+    }
+
+    /// A base bdev no ilog bdev claimed, for a copy stream or a restored
+    /// image.
+    fn plain_bdev(st: &State, name: &str) -> Result<Arc<dyn BlockDevice>, RpcError> {
+        if st.ilogs.contains_key(name) || name.contains('@') {
+            return Err(RpcError::errno(
+                libc::EINVAL,
+                format!("bdev {name} is an ilog bdev or volume: a stream goes to a plain bdev or a file"),
+            ));
+        }
+        let base = st.bases.get(name).ok_or_else(|| no_such_bdev(name))?;
+        if let Some(owner) = &base.claimed_by {
+            return Err(busy(format!("bdev {name} is claimed by {owner}")));
+        }
+        Ok(base.dev.clone())
     }
 
     /// SPDK-style description of every bdev (bases, ilog bdevs, volumes).

@@ -38,6 +38,7 @@ const EEXIST: i64 = -17;
 const ENODEV: i64 = -19;
 const EINVAL: i64 = -22;
 const ENOTSUP: i64 = -95;
+const EUCLEAN: i64 = -117;
 /// The base bdevs every test creates: 64 MiB each.
 const BASE_BLOCKS: u64 = 16384;
 const LONG: usize = 10_000;
@@ -275,6 +276,7 @@ fn field(name: &'static str, kind: Kind, presence: Presence) -> Field {
 fn specs(dir: &Path) -> Vec<Spec> {
     use Kind::*;
     let never_nbd = dir.join("never.nbd").display().to_string();
+    let never_stream = dir.join("never.stream").display().to_string();
     let s = |method, fields, base| Spec { method, fields, base };
     vec![
         s(
@@ -335,6 +337,36 @@ fn specs(dir: &Path) -> Vec<Spec> {
             vec![field("name", Str, Required), field("event", Str, Required)],
             json!({"name": "NoSuchBdev", "event": "e"}),
         ),
+        s(
+            "bdev_ilog_diff",
+            vec![
+                field("name", Str, Required),
+                field("volume", Str, Required),
+                field("base_volume", Str, Optional),
+                field("lba_start", U64, Optional),
+                field("lba_count", U64, Optional),
+            ],
+            json!({"name": "NoSuchBdev", "volume": "keep"}),
+        ),
+        s(
+            "bdev_ilog_copy",
+            vec![
+                field("name", Str, Required),
+                field("volume", Str, Required),
+                field("base_volume", Str, Optional),
+                field("lba_start", U64, Optional),
+                field("lba_count", U64, Optional),
+                field("target", Str, Required),
+                field("resume_token", Str, Optional),
+            ],
+            json!({"name": "NoSuchBdev", "volume": "keep", "target": never_stream}),
+        ),
+        s(
+            "bdev_ilog_restore",
+            vec![field("name", Str, Required), field("source", Str, Required), field("resume_token", Str, Optional)],
+            json!({"name": "NoSuchBdev", "source": never_stream}),
+        ),
+        s("bdev_ilog_get_jobs", vec![field("name", Str, Optional)], json!({"name": "NoSuchBdev"})),
         s(
             "bdev_malloc_create",
             vec![
@@ -649,6 +681,66 @@ fn semantic_cases(dir: &Path) -> Vec<Case> {
     let m = "bdev_ilog_event";
     add(m, "an event nothing binds", json!({"name": "ilog0", "event": "nope"}), Expect::Code(EINVAL));
     add(m, "a 10000-char event", json!({"name": "ilog0", "event": long}), Expect::Code(EINVAL));
+
+    let m = "bdev_ilog_diff";
+    add(m, "unknown volume", json!({"name": "ilog0", "volume": "nope"}), Expect::Code(ENOENT));
+    add(
+        m,
+        "unknown base volume",
+        json!({"name": "ilog0", "volume": "keep", "base_volume": "nope"}),
+        Expect::Code(ENOENT),
+    );
+    add(m, "base same as volume", json!({"name": "ilog0", "volume": "keep", "base_volume": "keep"}), Expect::Invalid);
+    add(
+        m,
+        "lba_start past the end",
+        json!({"name": "ilog0", "volume": "keep", "lba_start": u64::MAX}),
+        Expect::Code(EINVAL),
+    );
+    add(m, "lba_count 0", json!({"name": "ilog0", "volume": "keep", "lba_count": 0}), Expect::Code(EINVAL));
+    add(
+        m,
+        "lba_count past the end",
+        json!({"name": "ilog0", "volume": "keep", "lba_count": u64::MAX}),
+        Expect::Code(EINVAL),
+    );
+    add(m, "of a volume bdev", json!({"name": "ilog0@keep", "volume": "keep"}), Expect::Code(ENODEV));
+
+    let m = "bdev_ilog_copy";
+    let stream = dir.join("bad.stream").display().to_string();
+    let copy = |extra: Value| {
+        let mut p = json!({"name": "ilog0", "volume": "keep", "target": stream});
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        p
+    };
+    for (label, extra, expect) in [
+        ("unknown volume", json!({"volume": "nope"}), Expect::Code(ENOENT)),
+        ("a base not older", json!({"base_volume": "nope"}), Expect::Code(ENOENT)),
+        ("a range past the end", json!({"lba_start": u64::MAX}), Expect::Code(EINVAL)),
+        ("a claimed base as target", json!({"target": "Malloc0"}), Expect::Code(EBUSY)),
+        ("an ilog bdev as target", json!({"target": "ilog0"}), Expect::Code(EINVAL)),
+        ("a volume bdev as target", json!({"target": "ilog0@keep"}), Expect::Code(EINVAL)),
+        ("an unknown bdev as target", json!({"target": "NoSuchBdev"}), Expect::Code(ENODEV)),
+        ("a file in no directory", json!({"target": "/no/such/dir/s"}), Expect::Code(ENOENT)),
+        ("a resume token of junk", json!({"resume_token": "zz"}), Expect::Code(EINVAL)),
+        ("a long resume token", json!({"resume_token": long}), Expect::Code(EINVAL)),
+    ] {
+        add(m, label, copy(extra), expect);
+    }
+    add(m, "of a volume bdev", json!({"name": "ilog0@keep", "volume": "keep", "target": stream}), Expect::Code(ENODEV));
+
+    let m = "bdev_ilog_restore";
+    let not_a_stream = dir.join("not-a-stream").display().to_string();
+    std::fs::write(&not_a_stream, vec![0x5a; 8192]).unwrap();
+    add(m, "a missing file", json!({"name": "ilog0", "source": "/no/such/dir/s"}), Expect::Code(ENOENT));
+    add(m, "a file that is no stream", json!({"name": "ilog0", "source": not_a_stream}), Expect::Code(EUCLEAN));
+    add(m, "a bdev that holds no stream", json!({"name": "ilog0", "source": "Malloc1"}), Expect::Code(EUCLEAN));
+    add(m, "into a volume bdev", json!({"name": "ilog0@keep", "source": not_a_stream}), Expect::Error);
+    add(m, "into a claimed base", json!({"name": "Malloc0", "source": not_a_stream}), Expect::Code(EBUSY));
+
+    add("bdev_ilog_get_jobs", "of an unknown bdev", json!({"name": "NoSuchBdev"}), Expect::Code(ENODEV));
 
     let m = "bdev_malloc_create";
     let mc = |extra: Value| {

@@ -535,3 +535,102 @@ fn compaction_and_policies_through_rpc_keep_every_image() {
     let err = tgt.rpc(&["bdev_ilog_event", "ilog0", "restore-done"]).unwrap_err();
     assert!(err.contains("-22") && err.contains("restore-done"), "{err}");
 }
+
+/// Waits for background job `id` to end; its final object.
+fn wait_job(tgt: &Tgt, id: &Value) -> Value {
+    for _ in 0..600 {
+        let jobs = tgt.ok(&["bdev_ilog_get_jobs"]);
+        let job = jobs.as_array().unwrap().iter().find(|j| j["job"] == *id).expect("the job is listed").clone();
+        if job["state"] != "running" {
+            return job;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("job {id} still running after 30 s");
+}
+
+/// Tertiary copy with the real clients: the diff between two volumes,
+/// a full copy to a file and an incremental to a malloc bdev, both
+/// restored into a second ilog bdev (each volume, and the head, equal to
+/// the source's as qemu-img compares them over NBD) and onto a plain
+/// bdev; a damaged stream is refused with no volume made of it.
+#[test]
+fn copies_and_restores_through_rpc_read_back_exactly_over_nbd() {
+    let dir = scratch_dir("copy");
+    let tgt = Tgt::start(&dir, "0x3", None);
+    for (base, mib) in [("Malloc0", "64"), ("Malloc1", "64"), ("Malloc2", "16"), ("Malloc3", "64")] {
+        tgt.ok(&["bdev_malloc_create", "-b", base, mib, "4096"]);
+    }
+    tgt.ok(&["bdev_ilog_create", "-b", "Malloc0", "-p", "src"]);
+    tgt.ok(&["bdev_ilog_create", "-b", "Malloc1", "-p", "dst"]);
+    let size = volume_bytes(&tgt, "src");
+    let cur = dir.join("src.nbd");
+    tgt.ok(&["nbd_start_disk", "src", cur.to_str().unwrap()]);
+    let step1 = ["write -P 0x11 0 1M", "write -P 0x12 5M 64k"];
+    let step2 = ["write -P 0x22 512k 64k", "write -z 5M 16k", "write -P 0x23 9M 4k"];
+    qemu_io(&cur, false, &step1);
+    tgt.ok(&["bdev_ilog_snapshot", "src", "-n", "v1"]);
+    qemu_io(&cur, false, &step2);
+    tgt.ok(&["bdev_ilog_snapshot", "src", "-n", "v2"]);
+    qemu_io(&cur, false, &["write -P 0x33 0 4k"]);
+
+    let diff = tgt.ok(&["bdev_ilog_diff", "src", "v2", "-b", "v1"]);
+    assert_eq!(
+        diff,
+        json!([{"lba": 128, "num_blocks": 16, "kind": "data"}, {"lba": 1280, "num_blocks": 4, "kind": "zero"},
+               {"lba": 2304, "num_blocks": 1, "kind": "data"}])
+    );
+
+    let full = dir.join("v1.stream");
+    let job = tgt.ok(&["bdev_ilog_copy", "src", "v1", full.to_str().unwrap()]);
+    let done = wait_job(&tgt, &job["job"]);
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!((done["kind"].clone(), done["bdev"].clone()), (json!("copy"), json!("src")));
+    assert_eq!(done["bytes_done"], done["bytes_total"]);
+    let job = tgt.ok(&["bdev_ilog_copy", "src", "v2", "Malloc2", "-b", "v1"]);
+    assert_eq!(wait_job(&tgt, &job["job"])["state"], "done");
+    // A claimed base is no place for a stream.
+    let err = tgt.rpc(&["bdev_ilog_copy", "src", "v2", "Malloc1"]).unwrap_err();
+    assert!(err.contains("-16") && err.contains("claimed"), "{err}");
+
+    // Out of order: the incremental needs v1 there first.
+    let err = tgt.rpc(&["bdev_ilog_restore", "dst", "Malloc2"]).unwrap_err();
+    assert!(err.contains("in order"), "{err}");
+    for source in [full.to_str().unwrap(), "Malloc2"] {
+        let job = tgt.ok(&["bdev_ilog_restore", "dst", source]);
+        assert_eq!(wait_job(&tgt, &job["job"])["state"], "done");
+    }
+    let (e1, e2) = (dir.join("v1.raw"), dir.join("v2.raw"));
+    expected_image(&e1, size, &step1);
+    expected_image(&e2, size, &[&step1[..], &step2[..]].concat());
+    let (d1, d2, dh) = (dir.join("d1.nbd"), dir.join("d2.nbd"), dir.join("dh.nbd"));
+    tgt.ok(&["nbd_start_disk", "dst@v1", d1.to_str().unwrap()]);
+    tgt.ok(&["nbd_start_disk", "dst@v2", d2.to_str().unwrap()]);
+    tgt.ok(&["nbd_start_disk", "dst", dh.to_str().unwrap()]);
+    assert_same_image(&d1, &e1);
+    assert_same_image(&d2, &e2);
+    assert_same_image(&dh, &e2);
+
+    // Onto a plain bdev: the image of v1.
+    let job = tgt.ok(&["bdev_ilog_restore", "Malloc3", full.to_str().unwrap()]);
+    assert_eq!(wait_job(&tgt, &job["job"])["state"], "done");
+    let m3 = dir.join("m3.nbd");
+    tgt.ok(&["nbd_start_disk", "Malloc3", m3.to_str().unwrap()]);
+    qemu_io(&m3, true, &["read -P 0x11 0 1M", "read -P 0x12 5M 64k", "read -P 0 1M 4M"]);
+
+    // A damaged stream fails its job, and makes no volume.
+    let mut bytes = std::fs::read(&full).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    let bad = dir.join("bad.stream");
+    std::fs::write(&bad, &bytes).unwrap();
+    tgt.ok(&["bdev_malloc_create", "-b", "Malloc4", "64", "4096"]);
+    tgt.ok(&["bdev_ilog_create", "-b", "Malloc4", "-p", "dst2"]);
+    let job = tgt.ok(&["bdev_ilog_restore", "dst2", bad.to_str().unwrap()]);
+    let failed = wait_job(&tgt, &job["job"]);
+    let state = failed["state"].as_str().unwrap();
+    assert!(state.starts_with("failed") && state.contains("CRC mismatch"), "{failed}");
+    assert!(failed["resume_token"].is_string(), "{failed}");
+    assert_eq!(tgt.ok(&["bdev_ilog_get_volumes", "dst2"]), json!([]));
+    let _ = std::fs::remove_dir_all(&dir);
+}

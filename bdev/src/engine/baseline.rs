@@ -27,6 +27,14 @@ impl BaselineMap {
         self.bits[(stripe / 8) as usize].fetch_or(1 << (stripe % 8), Relaxed);
     }
 
+    /// The runs of blocks `start..end` in stripes (of `stripe_blocks`)
+    /// that hold data.
+    pub fn runs(&self, start: u64, end: u64, stripe_blocks: u32) -> Vec<(u64, u64)> {
+        let sb = u64::from(stripe_blocks);
+        let stripes = (start / sb..end.div_ceil(sb)).filter(|&s| self.has(s));
+        stripes.map(|s| ((s * sb).max(start), ((s + 1) * sb).min(end))).collect()
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         self.bits.iter().map(|b| b.load(Relaxed)).collect()
     }

@@ -14,6 +14,7 @@ mod compact;
 mod compact_bufs;
 mod control;
 mod cursor;
+mod diff;
 mod drain;
 mod free;
 mod index;
@@ -38,9 +39,10 @@ mod writer;
 
 pub use mount::{format, mount, mount_with_clock, MountReport, Mounted};
 pub use policy::Policy;
+pub(crate) use request::check_volume_name;
 pub use request::{
-    volume_bdev_name, BdevInfo, CompactMode, LogBatch, LogEntry, LogEntryKind, Reply, Request, Stats, View, VolumeInfo,
-    MAX_LOG_READ_DATA_BYTES,
+    volume_bdev_name, BdevInfo, CompactMode, Extent, LogBatch, LogEntry, LogEntryKind, Reply, Request, Stats, View,
+    VolumeInfo, MAX_LOG_READ_DATA_BYTES,
 };
 pub use shard::{audit_space, Shard};
 pub use shared::{Clock, Submitter, SystemClock};

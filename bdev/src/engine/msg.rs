@@ -5,7 +5,7 @@
 //! shard that handles it.
 
 use super::registry::SegmentInfo;
-use super::request::{Reply, Request, View};
+use super::request::{Extent, Reply, Request, View};
 use crate::error::Result;
 use crate::format::SummaryEntry;
 use crossbeam_queue::ArrayQueue;
@@ -45,6 +45,17 @@ pub(crate) enum ReplyTo {
     /// Work the bdev started itself (reclaiming space, merging a deleted
     /// volume): nobody waits for it.
     Nobody,
+}
+
+/// What a diff asks of every core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DiffQuery {
+    /// Partitions in `(lo, hi]`.
+    pub lo: u32,
+    pub hi: u32,
+    /// Blocks `lba_start..lba_end`.
+    pub lba_start: u64,
+    pub lba_end: u64,
 }
 
 pub(crate) enum Msg {
@@ -111,6 +122,12 @@ pub(crate) enum Msg {
         /// Log cursor positions at or above this hold no client entry of
         /// the drained partitions.
         drained_below: u64,
+    },
+    /// From core 0: which owned blocks partitions in the query's range
+    /// hold (see `diff.rs`). Answered with `DiffDone`.
+    Diff(DiffQuery),
+    DiffDone {
+        extents: Vec<Extent>,
     },
 }
 

@@ -84,6 +84,15 @@ pub enum Request {
     Event {
         name: String,
     },
+    /// The extents of `volume` that differ from `base_volume` (every block
+    /// it maps without one) inside `lba_start..lba_start + lba_count`:
+    /// answers `Reply::Extents`. Costs the size of the change.
+    Diff {
+        volume: String,
+        base_volume: Option<String>,
+        lba_start: u64,
+        lba_count: u64,
+    },
     /// Flushes, writes a clean checkpoint and stops taking requests.
     Close,
 }
@@ -237,6 +246,17 @@ pub enum Reply {
     Stats(Stats),
     /// The policy document (`{}` for none).
     Policy(String),
+    /// Merged, in LBA order.
+    Extents(Vec<Extent>),
+}
+
+/// A run of blocks a volume holds apart from another: written data, or
+/// blocks that read as zeros (written zeroes, unmapped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub lba: u64,
+    pub blocks: u64,
+    pub kind: LogEntryKind,
 }
 
 /// Volume ids are used in bdev names (`<bdev>@<volume>`): keep them plain.

@@ -100,6 +100,8 @@ pub struct Shard {
     /// forgetting what drained.
     pub(super) drain_copy: Option<DrainCopy>,
     pub(super) forget: Option<Forget>,
+    /// This core's walk for a diff, while one runs.
+    pub(super) diff: Option<super::diff::DiffWalk>,
     /// Blocks clients appended since the drain's last slice: what it owes
     /// to keep pace.
     pub(super) drain_credit: u32,
@@ -159,6 +161,7 @@ impl Shard {
             moving: VecDeque::new(),
             drain_copy: None,
             forget: None,
+            diff: None,
             drain_credit: 0,
             compact_bufs: CompactBufs::new(COMPACT_BUFS, bs * MOVE_RUN_BLOCKS as usize, bs),
             compact_pending: vec![BufRead::default(); COMPACT_BUFS],
@@ -230,6 +233,7 @@ impl Shard {
         work += self.advance_moves();
         work += self.advance_drain_copy();
         work += self.advance_forget();
+        work += self.advance_diff();
         self.advance_barrier();
         if self.ctl.is_some() {
             work += self.advance_victim_decode();
@@ -360,6 +364,8 @@ impl Shard {
             Msg::DrainCopied { status } => self.on_drain_copied(status),
             Msg::DrainForget { target } => self.start_forget(target),
             Msg::DrainForgot { drained_below } => self.on_drain_forgot(drained_below),
+            Msg::Diff(query) => self.start_diff(query),
+            Msg::DiffDone { extents } => self.on_diff_done(extents),
         }
     }
 

@@ -160,6 +160,11 @@ impl Submitter {
         self.shared.geo.volume_blocks
     }
 
+    /// The format's uuid.
+    pub fn uuid(&self) -> [u8; 16] {
+        self.shared.uuid
+    }
+
     /// The layout the base was formatted with.
     pub fn geometry(&self) -> Geometry {
         self.shared.geo

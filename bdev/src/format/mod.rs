@@ -11,7 +11,7 @@
 //! ```
 
 mod checkpoint;
-mod codec;
+pub(crate) mod codec;
 mod geometry;
 mod segment;
 mod superblock;

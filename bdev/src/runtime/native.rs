@@ -4,7 +4,9 @@
 //! ([`Ilog::submit`]) and blocking methods.
 
 use crate::device::{BlockDevice, DmaBuf};
-use crate::engine::{mount, CompactMode, LogBatch, Mounted, Reply, Request, Shard, Stats, Submitter, View, VolumeInfo};
+use crate::engine::{
+    mount, CompactMode, Extent, LogBatch, Mounted, Reply, Request, Shard, Stats, Submitter, View, VolumeInfo,
+};
 use crate::error::{Error, Result};
 use crossbeam_queue::SegQueue;
 use std::panic::AssertUnwindSafe;
@@ -246,7 +248,8 @@ impl Ilog {
         u32::try_from(len / bs).map_err(|_| Error::InvalidArgument("I/O too large".into()))
     }
 
-    fn read_view(&self, view: View, lba: u64, buf: &mut [u8]) -> Result<()> {
+    /// Reads `view` at `lba` into `buf` (whole blocks).
+    pub fn read_view(&self, view: View, lba: u64, buf: &mut [u8]) -> Result<()> {
         let blocks = self.blocks_of(buf.len())?;
         if (buf.as_ptr() as usize) % self.align == 0 {
             return self.call(Request::Read { lba, blocks, buf: buf.as_mut_ptr(), view }).map(drop);
@@ -356,6 +359,21 @@ impl Ilog {
         self.call(Request::Event { name: name.to_owned() }).map(drop)
     }
 
+    /// The extents of `volume` that differ from `base_volume` (every block
+    /// it maps without one) in `lba_start..lba_start + lba_count`.
+    pub fn diff(&self, volume: &str, base_volume: Option<&str>, lba_start: u64, lba_count: u64) -> Result<Vec<Extent>> {
+        let req = Request::Diff {
+            volume: volume.to_owned(),
+            base_volume: base_volume.map(str::to_owned),
+            lba_start,
+            lba_count,
+        };
+        match self.call(req)? {
+            Reply::Extents(e) => Ok(e),
+            other => unreachable!("diff answered {other:?}"),
+        }
+    }
+
     /// Flushes, writes a clean checkpoint and detaches from the reactors.
     pub fn close(mut self) -> Result<()> {
         let result = self.call(Request::Close).map(drop);
@@ -392,5 +410,39 @@ impl Drop for Ilog {
             }
             self.detach();
         }
+    }
+}
+
+/// A copy or a restore works on a native bdev through its blocking calls.
+impl crate::copy::Volumes for Ilog {
+    fn uuid(&self) -> [u8; 16] {
+        self.submitter.uuid()
+    }
+    fn block_size(&self) -> u32 {
+        Ilog::block_size(self)
+    }
+    fn volume_blocks(&self) -> u64 {
+        Ilog::volume_blocks(self)
+    }
+    fn volumes(&self) -> Result<Vec<VolumeInfo>> {
+        Ilog::volumes(self)
+    }
+    fn diff(&self, volume: &str, base: Option<&str>, lba_start: u64, lba_count: u64) -> Result<Vec<Extent>> {
+        Ilog::diff(self, volume, base, lba_start, lba_count)
+    }
+    fn read_view(&self, view: View, lba: u64, buf: &mut [u8]) -> Result<()> {
+        Ilog::read_view(self, view, lba, buf)
+    }
+    fn write(&self, lba: u64, buf: &[u8]) -> Result<()> {
+        Ilog::write(self, lba, buf)
+    }
+    fn write_zeroes(&self, lba: u64, blocks: u32) -> Result<()> {
+        Ilog::write_zeroes(self, lba, blocks)
+    }
+    fn flush(&self) -> Result<()> {
+        Ilog::flush(self)
+    }
+    fn snapshot(&self, name: &str) -> Result<VolumeInfo> {
+        Ilog::snapshot(self, Some(name))
     }
 }

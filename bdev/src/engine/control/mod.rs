@@ -6,7 +6,7 @@
 //!
 //! An operation is a barrier on every core and a checkpoint, or hands over
 //! to a job that keeps its own progress (compaction's victims, the log
-//! cursor's reads, a drain's forget walk); the coordinator only sees that
+//! cursor's reads, a drain's forget walk, a diff); the coordinator only sees that
 //! the job has the floor (`Stage::Job`) and routes its completions to it.
 //!
 //! A snapshot: barrier that seals the open partition on every core (each
@@ -15,6 +15,7 @@
 
 use super::compact::{CompactJob, ReclaimNotices};
 use super::cursor::LogRead;
+use super::diff::DiffJob;
 use super::drain::DrainJob;
 use super::msg::{Msg, ReplyTo};
 use super::policy::Policy;
@@ -56,7 +57,8 @@ pub(super) enum Stage {
         result: Reply,
     },
     /// The operation's job has the floor (compaction's victims, the log
-    /// cursor's reads, a drain's forget walk): it keeps its own progress.
+    /// cursor's reads, a drain's forget walk, a diff's walks): it keeps its
+    /// own progress.
     Job,
 }
 
@@ -90,6 +92,8 @@ pub(crate) struct Control {
     pub(super) compaction: Option<CompactJob>,
     pub(super) reclaim_notices: ReclaimNotices,
     pub(super) log: Option<LogRead>,
+    /// The running diff's answers, if one runs.
+    pub(super) diff: Option<DiffJob>,
     /// The drain whose cores copy or forget, if any.
     pub(super) drain: Option<DrainJob>,
     /// Drains that failed in a row, and when the last of too many did
@@ -165,6 +169,7 @@ impl Control {
             failed: None,
             compaction: None,
             log: None,
+            diff: None,
             drain: None,
             drain_failures: 0,
             drain_failed_at: None,

@@ -34,6 +34,13 @@ pub(in crate::engine) enum Op {
     /// segments opened since the last one are listed, and the window is
     /// topped up.
     Checkpoint,
+    /// Every core walks its tables (see `diff.rs`).
+    Diff {
+        volume: String,
+        base_volume: Option<String>,
+        lba_start: u64,
+        lba_count: u64,
+    },
 }
 
 pub(super) struct Queued {
@@ -132,6 +139,9 @@ impl Shard {
             Request::Stats => {
                 let stats = self.stats();
                 return self.reply(origin, reply, Ok(Reply::Stats(stats)));
+            }
+            Request::Diff { volume, base_volume, lba_start, lba_count } => {
+                Op::Diff { volume, base_volume, lba_start, lba_count }
             }
             Request::Read { .. } | Request::Write { .. } | Request::WriteZeroes { .. } | Request::Unmap { .. } => {
                 unreachable!("data requests never reach the coordinator")

@@ -74,6 +74,17 @@ impl Shard {
                 self.run_barrier(q, None, false, false);
             }
             Op::Flush | Op::LogRead { .. } | Op::Checkpoint => self.run_barrier(q, None, false, false),
+            Op::Diff { volume, base_volume, lba_start, lba_count } => {
+                let volume_blocks = self.shared.geo.volume_blocks;
+                let c = self.ctl_mut();
+                match c.diff_query(volume, base_volume.as_deref(), *lba_start, *lba_count, volume_blocks) {
+                    Ok(job) => {
+                        self.begin(q, Stage::Job, None);
+                        self.start_diff_job(job);
+                    }
+                    Err(e) => self.reply(q.origin, q.reply, Err(e)),
+                }
+            }
         }
     }
 
@@ -253,7 +264,7 @@ impl Shard {
                 let (cursor, count, with_data) = (*cursor, *count, *with_data);
                 self.start_log_read(cursor, count, with_data);
             }
-            Op::Delete(_) | Op::SetPolicy(_) | Op::Fold(_) => unreachable!("no barrier"),
+            Op::Delete(_) | Op::SetPolicy(_) | Op::Fold(_) | Op::Diff { .. } => unreachable!("no barrier"),
             Op::Checkpoint => self.write_checkpoint(false),
             Op::Compact(_) => self.compact_after_barrier(),
             Op::Drain => {

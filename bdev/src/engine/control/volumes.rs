@@ -3,6 +3,8 @@
 //! reads by.
 
 use super::{Control, Current, Op};
+use crate::engine::diff::DiffJob;
+use crate::engine::msg::DiffQuery;
 use crate::engine::request::{check_volume_name, VolumeInfo};
 use crate::error::{Error, Result};
 use crate::format::{VolumeRecord, PARTITION_SPAN};
@@ -78,6 +80,36 @@ impl Control {
             }
         }
         list
+    }
+
+    /// The diff of `volume` since `base` (since the baseline, and then
+    /// with its data too, without one) in `lba_start..+lba_count`.
+    pub(super) fn diff_query(
+        &self,
+        volume: &str,
+        base: Option<&str>,
+        lba_start: u64,
+        lba_count: u64,
+        volume_blocks: u64,
+    ) -> Result<DiffJob> {
+        let lba_end = lba_start.checked_add(lba_count).filter(|&end| end <= volume_blocks && lba_count > 0);
+        let lba_end = lba_end.ok_or(Error::OutOfRange { lba: lba_start, blocks: lba_count, volume_blocks })?;
+        let partition = |name: &str| {
+            let v = self.volumes.iter().find(|v| v.name == name);
+            v.map(|v| v.partition).ok_or_else(|| Error::NoSuchVolume(name.to_owned()))
+        };
+        let hi = partition(volume)?;
+        let lo = match base {
+            None => self.baseline_partition.min(hi),
+            Some(base) => partition(base)?,
+        };
+        if lo > hi || (base.is_some() && lo == hi) {
+            return Err(Error::InvalidArgument(format!(
+                "base volume {} is not older than volume {volume}",
+                base.unwrap_or_default()
+            )));
+        }
+        Ok(DiffJob::new(DiffQuery { lo, hi, lba_start, lba_end }, base.is_none()))
     }
 
     /// Which partition a baseline compaction of `volume` (the oldest one if

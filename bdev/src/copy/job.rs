@@ -1,0 +1,328 @@
+//! A copy (volume → stream) and a restore (stream → ilog bdev or device),
+//! each run start to end by one call on the job's thread, reporting its
+//! progress and its resume token as it goes.
+
+use super::store::{Sink, StreamStore};
+use super::stream::{Header, Position, StreamReader, StreamWriter, HEADER_LEN};
+use super::{Extent, Progress, Volumes};
+use crate::device::{BlockDevice, DmaBuf};
+use crate::engine::{LogEntryKind, View, VolumeInfo};
+use crate::error::{Error, Result};
+use std::sync::Arc;
+
+/// Blocks one read of the source carries: a piece the engine serves
+/// between client requests without a long stall.
+const READ_BYTES: usize = 128 << 10;
+/// The stream is made durable, and the resume token moves, at least this
+/// often.
+const SYNC_BYTES: u64 = 16 << 20;
+/// Most blocks one write-zeroes to an ilog bdev covers.
+const ILOG_ZERO_BLOCKS: u64 = 1 << 16;
+
+/// What `bdev_ilog_copy` copies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopySpec {
+    pub volume: String,
+    /// Copy only what changed since this (older) volume.
+    pub base_volume: Option<String>,
+    pub lba_start: Option<u64>,
+    pub lba_count: Option<u64>,
+    pub resume_token: Option<String>,
+}
+
+/// What a copy writes: the stream's header, the extents, the view they
+/// are read from, and where in the stream it starts.
+pub struct Plan {
+    pub header: Header,
+    pub extents: Vec<Extent>,
+    view: View,
+    resume: Option<Position>,
+}
+
+/// Checks `spec` against the source, and returns the stream's header and
+/// the extents to copy. Cheap enough to run before answering the RPC, so
+/// that bad input fails the call, not the job.
+pub fn plan(src: &dyn Volumes, spec: &CopySpec) -> Result<Plan> {
+    let volumes = src.volumes()?;
+    let find = |name: &str| -> Result<&VolumeInfo> {
+        volumes.iter().find(|v| v.name == name).ok_or_else(|| Error::NoSuchVolume(name.to_owned()))
+    };
+    let volume = find(&spec.volume)?;
+    if let Some(base) = &spec.base_volume {
+        if find(base)?.partition >= volume.partition {
+            return Err(Error::InvalidArgument(format!(
+                "base volume {base} is not older than volume {}: an incremental goes from an older volume to a newer one",
+                spec.volume
+            )));
+        }
+    }
+    let volume_blocks = src.volume_blocks();
+    let lba_start = spec.lba_start.unwrap_or(0);
+    let lba_count = spec.lba_count.unwrap_or(volume_blocks.saturating_sub(lba_start));
+    if lba_start.checked_add(lba_count).is_none_or(|end| end > volume_blocks) || lba_count == 0 {
+        return Err(Error::OutOfRange { lba: lba_start, blocks: lba_count, volume_blocks });
+    }
+    let extents = src.diff(&spec.volume, spec.base_volume.as_deref(), lba_start, lba_count)?;
+    let header = Header {
+        source_uuid: src.uuid(),
+        block_size: src.block_size(),
+        volume_blocks,
+        lba_start,
+        lba_count,
+        created_unix_s: volume.created_unix_s,
+        volume: spec.volume.clone(),
+        base_volume: spec.base_volume.clone(),
+        data_blocks: extents.iter().filter(|e| e.kind == LogEntryKind::Data).map(|e| e.blocks).sum(),
+    };
+    let resume = spec.resume_token.as_deref().map(|t| Position::from_token(t, &header)).transpose()?;
+    Ok(Plan { header, extents, view: View::Volume(volume.partition), resume })
+}
+
+/// Copies what `plan` says into `target`. On failure the progress keeps
+/// the token to resume with.
+pub fn copy(src: &dyn Volumes, plan: &Plan, target: &StreamStore, progress: &Progress) -> Result<()> {
+    let Plan { header, extents, view, resume } = plan;
+    let (header, view) = (header.clone(), *view);
+    let bs = u64::from(header.block_size);
+    let data_bytes = |e: &Extent| if e.kind == LogEntryKind::Data { e.blocks * bs } else { 0 };
+    progress.set_total(header.data_blocks * bs);
+    let mut out = match *resume {
+        None => StreamWriter::new(target.writer_at(0)?, header.clone())?,
+        Some(at) => {
+            if target.read_prefix(HEADER_LEN)? != header.encode() {
+                return Err(Error::InvalidArgument(
+                    "resume_token: the target holds another stream's header (or none)".into(),
+                ));
+            }
+            StreamWriter::resume(target.writer_at(at.offset)?, header.clone(), at)
+        }
+    };
+    let done_before = |at: u64| extents.iter().map(|e| clip(e, 0, at)).map(|e| data_bytes(&e)).sum::<u64>();
+    progress.set_done(done_before(out.position().next_lba));
+    progress.set_resume_token(out.position().token(&header));
+    let mut buf = DmaBuf::new(READ_BYTES, header.block_size as usize);
+    let mut unsynced = 0u64;
+    let max_blocks = (READ_BYTES as u64 / bs).min(u64::from(header.max_record_blocks()));
+    let resume_at = out.position().next_lba;
+    for e in extents.iter().map(|e| clip(e, resume_at, u64::MAX)).filter(|e| e.blocks > 0) {
+        if e.kind == LogEntryKind::Zero {
+            for (lba, blocks) in pieces(e.lba, e.blocks, u64::from(u32::MAX)) {
+                out.zero(lba, blocks as u32)?;
+            }
+            continue;
+        }
+        for (lba, blocks) in pieces(e.lba, e.blocks, max_blocks) {
+            let data = &mut buf[..(blocks * bs) as usize];
+            src.read_view(view, lba, data)?;
+            out.data(lba, data)?;
+            unsynced += blocks * bs;
+            progress.set_done(progress.bytes_done() + blocks * bs);
+            if unsynced >= SYNC_BYTES {
+                sync(&mut out, target)?;
+                progress.set_resume_token(out.position().token(&header));
+                unsynced = 0;
+            }
+        }
+    }
+    let (mut sink, counts) = out.finish()?;
+    sink.sync().map_err(|e| io_error(target, e))?;
+    progress.set_resume_token(String::new());
+    log::info!(
+        "copy of {}{} to {}: {} data records ({} blocks), {} zero records ({} blocks)",
+        header.volume,
+        header.base_volume.as_deref().map(|b| format!(" since {b}")).unwrap_or_default(),
+        target_name(target),
+        counts.data_records,
+        counts.data_blocks,
+        counts.zero_records,
+        counts.zero_blocks
+    );
+    Ok(())
+}
+
+fn sync(out: &mut StreamWriter<Box<dyn Sink>>, target: &StreamStore) -> Result<()> {
+    out.get_mut().sync().map_err(|e| io_error(target, e))
+}
+
+fn io_error(store: &StreamStore, e: std::io::Error) -> Error {
+    log::error!("copy stream {}: {e}", target_name(store));
+    Error::Io(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn target_name(store: &StreamStore) -> String {
+    match store {
+        StreamStore::File(path) => path.display().to_string(),
+        StreamStore::Device { name, .. } => name.clone(),
+    }
+}
+
+/// The part of `e` inside `from..to`.
+fn clip(e: &Extent, from: u64, to: u64) -> Extent {
+    let lba = e.lba.max(from);
+    let end = (e.lba + e.blocks).min(to).max(lba);
+    Extent { lba, blocks: end - lba, kind: e.kind }
+}
+
+/// `lba..lba + blocks` cut into runs of at most `max` blocks.
+fn pieces(lba: u64, blocks: u64, max: u64) -> impl Iterator<Item = (u64, u64)> {
+    (lba..lba + blocks).step_by(max as usize).map(move |at| (at, max.min(lba + blocks - at)))
+}
+
+/// Where a restore writes.
+pub enum Destination {
+    /// An ilog bdev: the stream becomes a snapshot volume named as the
+    /// source's, and the current image equals it.
+    Ilog(Arc<dyn Volumes>),
+    /// Any other device: the volume's image, from its first block.
+    Device { name: String, dev: Arc<dyn BlockDevice> },
+}
+
+/// What a restore applies: the stream's header, and where in the stream
+/// it starts.
+pub struct RestorePlan {
+    pub header: Header,
+    resume: Option<Position>,
+}
+
+/// Reads the stream's header and checks it against `dst` and the token.
+pub fn plan_restore(dst: &Destination, source: &StreamStore, resume_token: Option<&str>) -> Result<RestorePlan> {
+    let header = Header::decode(&source.read_prefix(HEADER_LEN)?)?;
+    check_destination(dst, &header)?;
+    let resume = resume_token.map(|t| Position::from_token(t, &header)).transpose()?;
+    Ok(RestorePlan { header, resume })
+}
+
+/// Applies the stream in `source` to `dst` as `plan` says; returns the
+/// restored volume when `dst` is an ilog bdev. On failure the progress
+/// keeps the token to resume with.
+pub fn restore(
+    dst: &Destination,
+    source: &StreamStore,
+    plan: &RestorePlan,
+    progress: &Progress,
+) -> Result<Option<VolumeInfo>> {
+    let header = plan.header.clone();
+    let mut input = match plan.resume {
+        None => StreamReader::new(source.reader_at(0)?)?,
+        Some(at) => StreamReader::resume(source.reader_at(at.offset)?, header.clone(), at),
+    };
+    let mut apply = Applier::new(dst, &header)?;
+    let bs = u64::from(header.block_size);
+    progress.set_total(header.data_blocks * bs);
+    progress.set_done(input.position().counts.data_blocks * bs);
+    progress.set_resume_token(input.position().token(&header));
+    let mut data = Vec::new();
+    let mut unsynced = 0u64;
+    loop {
+        let gap_from = input.position().next_lba;
+        let Some(rec) = input.next_record(&mut data)? else { break };
+        if header.base_volume.is_none() {
+            // A full stream's gaps read as zeros.
+            apply.zero(gap_from, rec.lba - gap_from)?;
+        }
+        match rec.kind {
+            LogEntryKind::Data => apply.data(rec.lba, &data)?,
+            LogEntryKind::Zero => apply.zero(rec.lba, u64::from(rec.blocks))?,
+        }
+        unsynced += (data.len() + super::stream::RECORD_HEADER_LEN) as u64;
+        progress.set_done(input.position().counts.data_blocks * bs);
+        if unsynced >= SYNC_BYTES {
+            apply.flush()?;
+            progress.set_resume_token(input.position().token(&header));
+            unsynced = 0;
+        }
+    }
+    if header.base_volume.is_none() {
+        let end = header.lba_start + header.lba_count;
+        let from = input.position().next_lba;
+        apply.zero(from, end - from)?;
+    }
+    apply.flush()?;
+    progress.set_resume_token(String::new());
+    let restored = match dst {
+        Destination::Ilog(ilog) => Some(ilog.snapshot(&header.volume)?),
+        Destination::Device { .. } => None,
+    };
+    log::info!("restore of {} from {}: done", header.volume, target_name(source));
+    Ok(restored)
+}
+
+fn check_destination(dst: &Destination, header: &Header) -> Result<()> {
+    let (block_size, blocks) = match dst {
+        Destination::Ilog(ilog) => (ilog.block_size(), ilog.volume_blocks()),
+        Destination::Device { dev, .. } => (dev.block_size(), dev.num_blocks()),
+    };
+    if block_size != header.block_size || blocks < header.lba_start + header.lba_count {
+        return Err(Error::InvalidArgument(format!(
+            "the stream is of {}-byte blocks up to block {}; the destination has {blocks} blocks of {block_size} bytes",
+            header.block_size,
+            header.lba_start + header.lba_count
+        )));
+    }
+    let Destination::Ilog(ilog) = dst else { return Ok(()) };
+    let volumes = ilog.volumes()?;
+    if volumes.iter().any(|v| v.name == header.volume) {
+        return Err(Error::VolumeExists(header.volume.clone()));
+    }
+    if let Some(base) = &header.base_volume {
+        let newest = volumes.iter().max_by_key(|v| v.partition).map(|v| v.name.as_str());
+        if newest != Some(base.as_str()) {
+            return Err(Error::InvalidArgument(format!(
+                "the stream applies on top of volume {base}, but the newest volume here is {}: restore the streams in order",
+                newest.unwrap_or("none")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Writes a restore's blocks to its destination.
+struct Applier<'a> {
+    dst: &'a Destination,
+    io: Option<super::store::DeviceIo>,
+    bs: u64,
+}
+
+impl<'a> Applier<'a> {
+    fn new(dst: &'a Destination, header: &Header) -> Result<Self> {
+        let io = match dst {
+            Destination::Ilog(_) => None,
+            Destination::Device { dev, .. } => Some(super::store::DeviceIo::new(dev.clone()).map_err(io_err)?),
+        };
+        Ok(Applier { dst, io, bs: u64::from(header.block_size) })
+    }
+
+    fn data(&mut self, lba: u64, data: &[u8]) -> Result<()> {
+        match (self.dst, &mut self.io) {
+            (Destination::Ilog(ilog), _) => ilog.write(lba, data),
+            (_, Some(io)) => io.write(lba * self.bs, data).map_err(io_err),
+            _ => unreachable!("a device destination has its io"),
+        }
+    }
+
+    fn zero(&mut self, lba: u64, blocks: u64) -> Result<()> {
+        // An ilog bdev writes zeros as one log entry per stripe; a device
+        // takes them from a chunk of zeros.
+        let max = if self.io.is_none() { ILOG_ZERO_BLOCKS } else { READ_BYTES as u64 / self.bs };
+        for (at, n) in pieces(lba, blocks, max) {
+            match (self.dst, &mut self.io) {
+                (Destination::Ilog(ilog), _) => ilog.write_zeroes(at, n as u32)?,
+                (_, Some(io)) => io.write_zeroes(at * self.bs, (n * self.bs) as usize).map_err(io_err)?,
+                _ => unreachable!("a device destination has its io"),
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        match (self.dst, &mut self.io) {
+            (Destination::Ilog(ilog), _) => ilog.flush(),
+            (_, Some(io)) => io.flush().map_err(io_err),
+            _ => unreachable!("a device destination has its io"),
+        }
+    }
+}
+
+fn io_err(e: std::io::Error) -> Error {
+    Error::Io(e.raw_os_error().unwrap_or(libc::EIO))
+}
