@@ -103,20 +103,22 @@ mod spdk {
         let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR")).join("spdk.rs");
         bindings.write_to_file(&out).expect("writing SPDK bindings");
 
-        // Link flags: search paths and libraries, in pkg-config's order.
-        // Dependents building the shared library get the list as
-        // DEP_SPDK_LIBS (to link without --as-needed dropping any).
+        // Link flags are not ours to emit: every binary depending on this
+        // crate would link SPDK then (cargo unifies features, so a
+        // `--workspace --features spdk` build would put SPDK into
+        // ilog_tgt). The shared library, ilog-spdk, links it alone, from
+        // the search paths and libraries (in pkg-config's order) exported
+        // here as DEP_SPDK_LIB_DIRS and DEP_SPDK_LIBS.
         let libs = pkg(&["--libs"]);
-        let mut names = Vec::new();
+        let (mut dirs, mut names) = (Vec::new(), Vec::new());
         for flag in libs.split_whitespace() {
             if let Some(dir) = flag.strip_prefix("-L") {
-                println!("cargo:rustc-link-search=native={dir}");
-                println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+                dirs.push(dir.to_owned());
             } else if let Some(lib) = flag.strip_prefix("-l") {
-                println!("cargo:rustc-link-lib=dylib={lib}");
                 names.push(lib.to_owned());
             }
         }
+        println!("cargo:lib_dirs={}", dirs.join(" "));
         println!("cargo:libs={}", names.join(" "));
     }
 }

@@ -1,76 +1,29 @@
 //! The `bdev_ilog_*` methods served by SPDK's own RPC server (feature
 //! `spdk`): params are decoded and results encoded by [`crate::ilog`], as
-//! for the standalone target; only the execution differs.
-//!
-//! Upstream `spdk_rpc_register_method` passes no context pointer to the
-//! handler, so each method gets its own `extern "C"` trampoline, generated
-//! by `trampolines!`, that names the method to [`dispatch`].
+//! for the standalone target; only the execution differs. SPDK's side
+//! (one trampoline per method, the request to answer) is
+//! `ilog_bdev::spdk::ffi::rpc`.
 
 use crate::ilog::{self as methods, Command};
 use crate::jobs::Jobs;
 use crate::RpcError;
 use ilog_bdev::engine::{volume_bdev_name, Reply, Request};
+use ilog_bdev::spdk::ffi::rpc::{register_rpc_methods, RpcRequest, MAX_METHODS};
 use ilog_bdev::spdk::{self as module, SpdkError};
-use ilog_sys as sys;
 use serde_json::Value;
-use std::ffi::{c_int, c_void, CString};
 
-type Handler = unsafe extern "C" fn(*mut sys::spdk_jsonrpc_request, *const sys::spdk_json_val);
+// A method past the trampolines would be left out at run time; catch it
+// when building instead.
+const _: () = assert!(methods::METHODS.len() <= MAX_METHODS);
 
-macro_rules! trampolines {
-    ($($method:literal => $f:ident),* $(,)?) => {
-        $(
-            unsafe extern "C" fn $f(request: *mut sys::spdk_jsonrpc_request, params: *const sys::spdk_json_val) {
-                // SAFETY: SPDK hands a live request and params (or NULL).
-                unsafe { dispatch($method, request, params) }
-            }
-        )*
-        const TRAMPOLINES: &[(&str, Handler)] = &[$(($method, $f)),*];
-    };
-}
-
-trampolines! {
-    "bdev_ilog_create" => rpc_bdev_ilog_create,
-    "bdev_ilog_delete" => rpc_bdev_ilog_delete,
-    "bdev_ilog_get_bdevs" => rpc_bdev_ilog_get_bdevs,
-    "bdev_ilog_snapshot" => rpc_bdev_ilog_snapshot,
-    "bdev_ilog_get_volumes" => rpc_bdev_ilog_get_volumes,
-    "bdev_ilog_delete_volume" => rpc_bdev_ilog_delete_volume,
-    "bdev_ilog_log_read" => rpc_bdev_ilog_log_read,
-    "bdev_ilog_get_stats" => rpc_bdev_ilog_get_stats,
-    "bdev_ilog_compact" => rpc_bdev_ilog_compact,
-    "bdev_ilog_set_policy" => rpc_bdev_ilog_set_policy,
-    "bdev_ilog_get_policy" => rpc_bdev_ilog_get_policy,
-    "bdev_ilog_event" => rpc_bdev_ilog_event,
-}
-
-// A method added to METHODS without a trampoline would be left out at run
-// time; catch it when building instead.
-const _: () = assert!(TRAMPOLINES.len() == methods::METHODS.len());
-
-/// Registers every method of [`methods::METHODS`] (what `SPDK_RPC_REGISTER`
-/// does); call once, at load time. A method without a trampoline is logged
-/// and left out rather than registered wrong.
+/// Registers every method of [`methods::METHODS`] (what
+/// `SPDK_RPC_REGISTER` does); call once, at load time.
 pub fn register_methods() {
-    for &method in methods::METHODS {
-        let Some(&(_, handler)) = TRAMPOLINES.iter().find(|(m, _)| *m == method) else {
-            eprintln!("ilog: no SPDK trampoline for {method}: not registered");
-            continue;
-        };
-        let name = CString::new(method).expect("method names have no NUL");
-        // SAFETY: SPDK copies the name; the handler is a valid trampoline.
-        // Runtime only, like SPDK's own bdev methods: a JSON config runs them
-        // after the subsystems (and the base bdevs' modules) are up.
-        unsafe { sys::spdk_rpc_register_method(name.as_ptr(), Some(handler), sys::SPDK_RPC_RUNTIME) };
-    }
+    register_rpc_methods(methods::METHODS, dispatch);
 }
 
 /// Answers one request, on the app thread, exactly once.
-struct Responder(*mut sys::spdk_jsonrpc_request);
-
-// SAFETY: the request is only answered on the app thread (every module
-// callback runs there); it merely travels through other threads.
-unsafe impl Send for Responder {}
+struct Responder(RpcRequest);
 
 impl Responder {
     fn answer(self, result: Result<Value, RpcError>) {
@@ -81,22 +34,11 @@ impl Responder {
     }
 
     fn ok(self, v: &Value) {
-        let text = v.to_string();
-        // SAFETY: a live request, answered once.
-        unsafe {
-            let w = sys::spdk_jsonrpc_begin_result(self.0);
-            if w.is_null() {
-                return; // a notification: no answer expected
-            }
-            sys::spdk_json_write_val_raw(w, text.as_ptr().cast(), text.len());
-            sys::spdk_jsonrpc_end_result(self.0, w);
-        }
+        self.0.ok(&v.to_string());
     }
 
     fn err(self, e: &RpcError) {
-        let msg = CString::new(e.message.replace('\0', " ")).expect("NULs replaced");
-        // SAFETY: a live request, answered once.
-        unsafe { sys::spdk_jsonrpc_send_error_response(self.0, e.code, msg.as_ptr()) };
+        self.0.error(e.code, &e.message);
     }
 }
 
@@ -104,33 +46,11 @@ fn rpc_error(e: SpdkError) -> RpcError {
     RpcError::errno(e.errno, e.message)
 }
 
-unsafe extern "C" fn append(ctx: *mut c_void, data: *const c_void, size: usize) -> c_int {
-    // SAFETY: ctx is the Vec passed to spdk_json_write_begin; data/size a valid slice.
-    unsafe { (*ctx.cast::<Vec<u8>>()).extend_from_slice(std::slice::from_raw_parts(data.cast::<u8>(), size)) };
-    0
-}
-
-/// SPDK's parsed params back as JSON text, then as a serde value.
-unsafe fn params_value(params: *const sys::spdk_json_val) -> Result<Option<Value>, RpcError> {
-    if params.is_null() {
-        return Ok(None);
-    }
-    let mut text: Vec<u8> = Vec::new();
-    // SAFETY: params is SPDK's decoded value; `append` writes into `text`.
-    unsafe {
-        let w = sys::spdk_json_write_begin(Some(append), (&mut text as *mut Vec<u8>).cast(), 0);
-        sys::spdk_json_write_val(w, params);
-        sys::spdk_json_write_end(w);
-    }
-    serde_json::from_slice(&text).map(Some).map_err(|e| RpcError::new(RpcError::PARSE_ERROR, e.to_string()))
-}
-
-unsafe fn dispatch(method: &str, request: *mut sys::spdk_jsonrpc_request, params: *const sys::spdk_json_val) {
+fn dispatch(method: &'static str, params: Option<Vec<u8>>, request: RpcRequest) {
     let r = Responder(request);
-    // SAFETY: the caller's params.
-    let params = match unsafe { params_value(params) } {
+    let params = match params.map(|p| serde_json::from_slice::<Value>(&p)).transpose() {
         Ok(p) => p,
-        Err(e) => return r.err(&e),
+        Err(e) => return r.err(&RpcError::new(RpcError::PARSE_ERROR, e.to_string())),
     };
     match methods::parse(method, params.as_ref()) {
         None => r.err(&RpcError::method_not_found(method)),

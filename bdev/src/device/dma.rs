@@ -1,22 +1,35 @@
-//! Aligned, zeroed I/O buffers (SPDK's `spdk_dma_zmalloc`). Under SPDK
-//! (feature `spdk`, once the module is initialised) they come from SPDK's
-//! DMA-safe memory, which bases such as PCIe NVMe need; elsewhere from the
-//! heap.
+//! Aligned, zeroed I/O buffers (SPDK's `spdk_dma_zmalloc`). From the heap,
+//! unless a runtime installed its own allocator: the SPDK module installs
+//! SPDK's DMA-safe memory once its env is up, which bases such as PCIe NVMe
+//! need. An allocator, not a feature: nothing here links SPDK.
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
+use std::sync::OnceLock;
 
-/// Set by the SPDK module once SPDK's env is up: buffers come from it.
-#[cfg(feature = "spdk")]
-pub(crate) static SPDK_MEMORY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Where buffers come from once installed.
+pub struct DmaAllocator {
+    /// Zeroed memory of the layout, or null when out of it.
+    pub alloc: fn(Layout) -> *mut u8,
+    /// # Safety
+    /// Frees what `alloc` returned, once.
+    pub free: unsafe fn(*mut u8),
+}
+
+static ALLOCATOR: OnceLock<DmaAllocator> = OnceLock::new();
+
+/// Makes every later buffer come from `allocator` (the first one installed
+/// stays); earlier buffers are still freed where they came from.
+pub fn install_allocator(allocator: DmaAllocator) {
+    let _ = ALLOCATOR.set(allocator);
+}
 
 /// A heap buffer aligned for direct I/O, zero-filled at allocation.
 pub struct DmaBuf {
     ptr: NonNull<u8>,
     layout: Layout,
-    /// Allocated with `spdk_zmalloc` (freed with `spdk_free`).
-    #[cfg(feature = "spdk")]
-    spdk: bool,
+    /// Allocated by the installed allocator, not the heap.
+    from: Option<&'static DmaAllocator>,
 }
 
 // SAFETY: DmaBuf owns its allocation exclusively, like a Box<[u8]>.
@@ -28,30 +41,14 @@ impl DmaBuf {
     /// `len` bytes aligned to `align` (a power of two); `len` may be 0.
     pub fn new(len: usize, align: usize) -> DmaBuf {
         let layout = Layout::from_size_align(len.max(1), align.max(1)).expect("valid DMA buffer layout");
-        #[cfg(feature = "spdk")]
-        if SPDK_MEMORY.load(std::sync::atomic::Ordering::Acquire) {
-            // SAFETY: plain allocation; SPDK's env is initialised (see SPDK_MEMORY).
-            let p = unsafe {
-                ilog_sys::spdk_zmalloc(
-                    layout.size(),
-                    layout.align(),
-                    std::ptr::null_mut(),
-                    ilog_sys::SPDK_ENV_NUMA_ID_ANY,
-                    ilog_sys::SPDK_MALLOC_DMA,
-                )
-            };
-            let ptr = NonNull::new(p.cast::<u8>()).unwrap_or_else(|| alloc::handle_alloc_error(layout));
-            return DmaBuf { ptr, layout, spdk: true };
-        }
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        let from = ALLOCATOR.get();
+        let ptr = match from {
+            Some(a) => (a.alloc)(layout),
+            // SAFETY: the layout has a non-zero size.
+            None => unsafe { alloc::alloc_zeroed(layout) },
+        };
         let ptr = NonNull::new(ptr).unwrap_or_else(|| alloc::handle_alloc_error(layout));
-        DmaBuf {
-            ptr,
-            layout,
-            #[cfg(feature = "spdk")]
-            spdk: false,
-        }
+        DmaBuf { ptr, layout, from }
     }
 
     pub fn len(&self) -> usize {
@@ -84,14 +81,12 @@ impl std::ops::DerefMut for DmaBuf {
 
 impl Drop for DmaBuf {
     fn drop(&mut self) {
-        #[cfg(feature = "spdk")]
-        if self.spdk {
-            // SAFETY: allocated with spdk_zmalloc in `new`.
-            unsafe { ilog_sys::spdk_free(self.ptr.as_ptr().cast()) };
-            return;
+        match self.from {
+            // SAFETY: allocated by this allocator in `new`.
+            Some(a) => unsafe { (a.free)(self.ptr.as_ptr()) },
+            // SAFETY: allocated in `new` with this layout.
+            None => unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) },
         }
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) }
     }
 }
 

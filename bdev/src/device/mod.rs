@@ -9,8 +9,11 @@ pub(crate) mod dma;
 mod file;
 mod malloc;
 pub mod sim;
+/// A base SPDK bdev (feature `spdk`; used by the SPDK runtime).
+#[cfg(feature = "spdk")]
+pub(crate) mod spdk;
 
-pub use dma::DmaBuf;
+pub use dma::{install_allocator, DmaAllocator, DmaBuf};
 pub use file::FileDevice;
 pub use malloc::MallocDevice;
 

@@ -1,14 +1,17 @@
 //! The SPDK runtime (feature `spdk`): ilog as an SPDK bdev module.
 //!
-//! - [`bdev`]: the module and the life of an ilog bdev (create, volumes,
+//! - [`ffi`]: typed SPDK, the only place that touches it raw.
+//! - `bdev`: the module and the life of an ilog bdev (create, volumes,
 //!   delete, hot-remove, save_config).
+//! - `disk`: one registered bdev, the ilog bdev or a volume's, and what
+//!   SPDK calls on it.
 //! - `volumes`: the snapshot volumes as bdevs, following the engine's
 //!   volume table whoever changed it.
 //! - `io`: the data path (bdev_io in, engine requests, completion on the
-//!   submitting thread).
+//!   submitting thread) and control calls.
 //! - `reactor`: one SPDK thread per core polling shard `i` of every bdev.
-//! - `device`: a claimed base bdev as the engine's block device.
-//! - `thread`: SPDK threads and messages.
+//!
+//! The base bdev, as the engine's block device, is `crate::device::spdk`.
 //!
 //! Stripe ownership is the engine's: a bdev I/O is submitted to the shard
 //! of the submitting thread's core, which splits it and forwards the pieces
@@ -16,11 +19,10 @@
 //! `spdk_thread_send_msg` plays in SPDK's own modules).
 
 mod bdev;
-mod device;
+mod disk;
+pub mod ffi;
 mod io;
-mod logger;
 mod reactor;
-mod thread;
 mod volumes;
 
 pub use bdev::{

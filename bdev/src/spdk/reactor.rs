@@ -3,17 +3,13 @@
 //! the `i`-th core. Shared by all ilog bdevs of the process, created with
 //! the first one, stopped at module fini.
 
+use super::ffi::engine_io::poll_shard;
+use super::ffi::poller::Poller;
+use super::ffi::thread::{self, Bound, Thread};
 use super::io::Returns;
-use super::thread::{self, Thread};
-use crate::engine::{Reply, Shard};
-use crate::error::Result;
-use ilog_sys as sys;
-use std::ffi::{c_void, CString};
-use std::sync::OnceLock;
-
-/// Where an engine completion goes: a bdev I/O (back to its thread through
-/// `Returns`), or a control call's callback.
-pub(crate) type Sink = fn(u64, Result<Reply>, &mut Returns);
+use crate::engine::Shard;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 struct Attached {
     id: u64,
@@ -21,101 +17,74 @@ struct Attached {
     detach: Option<Box<dyn FnOnce() + Send>>,
 }
 
-/// A reactor thread's state; only touched on that thread.
-struct Poller {
+/// A reactor thread's state.
+#[derive(Default)]
+struct State {
     shards: Vec<Attached>,
-    poller: *mut sys::spdk_poller,
-    sink: Sink,
+    poller: Option<Poller>,
     returns: Returns,
     /// Shards waiting to be dropped once idle.
     detaching: usize,
 }
 
-struct Reactor {
-    thread: Thread,
-    state: *mut Poller,
-}
-
 pub(crate) struct Reactors {
-    reactors: Vec<Reactor>,
+    reactors: Vec<Arc<Bound<State>>>,
     /// Shard index by SPDK core id.
     index_of_core: Vec<u32>,
 }
 
-// SAFETY: `state` is only dereferenced by messages run on its thread.
-unsafe impl Send for Reactors {}
-// SAFETY: as above.
-unsafe impl Sync for Reactors {}
-
 static REACTORS: OnceLock<Reactors> = OnceLock::new();
 
-unsafe extern "C" fn poll(arg: *mut c_void) -> i32 {
-    // SAFETY: `arg` is this thread's `Poller`, alive until `stop`.
-    let p = unsafe { &mut *arg.cast::<Poller>() };
-    let sink = p.sink;
+fn poll(p: &mut State) -> bool {
     let mut work = 0;
+    let returns = &mut p.returns;
     for a in &mut p.shards {
-        work += a.shard.poll(&mut |token, result| sink(token, result, &mut p.returns));
+        work += poll_shard(&mut a.shard, &mut |io| returns.push(io));
     }
     p.returns.send();
-    if p.detaching == 0 {
-        return i32::from(work > 0);
+    if p.detaching > 0 {
+        let mut detached = 0;
+        p.shards.retain_mut(|a| {
+            if a.detach.is_some() && a.shard.is_idle() {
+                (a.detach.take().expect("checked"))();
+                detached += 1;
+                return false;
+            }
+            true
+        });
+        p.detaching -= detached;
     }
-    let mut detached = 0;
-    p.shards.retain_mut(|a| {
-        if a.detach.is_some() && a.shard.is_idle() {
-            (a.detach.take().expect("checked"))();
-            detached += 1;
-            return false;
-        }
-        true
-    });
-    p.detaching -= detached;
-    i32::from(work > 0)
+    work > 0
 }
 
 impl Reactors {
     /// The reactors, started on first use (on the app thread).
-    pub fn get(sink: Sink) -> &'static Reactors {
-        REACTORS.get_or_init(|| Reactors::start(sink))
+    pub fn get() -> &'static Reactors {
+        REACTORS.get_or_init(Reactors::start)
     }
 
     pub fn running() -> Option<&'static Reactors> {
         REACTORS.get()
     }
 
-    fn start(sink: Sink) -> Reactors {
+    fn start() -> Reactors {
         let cores = thread::cores();
         let mut index_of_core = vec![0; cores.iter().max().map_or(1, |&m| m as usize + 1)];
         let mut reactors = Vec::new();
         for (i, &core) in cores.iter().enumerate() {
             index_of_core[core as usize] = i as u32;
-            let name = CString::new(format!("ilog_{core}")).expect("no NUL");
-            let mut mask = sys::spdk_cpuset::default();
-            // SAFETY: a zeroed cpuset and valid arguments.
-            let t = unsafe {
-                sys::spdk_cpuset_zero(&mut mask);
-                sys::spdk_cpuset_set_cpu(&mut mask, core, true);
-                sys::spdk_thread_create(name.as_ptr(), &mask)
-            };
-            assert!(!t.is_null(), "cannot create SPDK thread {name:?}");
-            let state = Box::into_raw(Box::new(Poller {
-                shards: Vec::new(),
-                poller: std::ptr::null_mut(),
-                sink,
-                returns: Returns::default(),
-                detaching: 0,
-            }));
-            let r = Reactor { thread: Thread(t), state };
-            let addr = state as usize;
-            r.thread.send(move || {
-                let state = addr as *mut Poller;
-                // SAFETY: on the reactor's thread; state lives until `stop`.
-                unsafe {
-                    (*state).poller = sys::spdk_poller_register(Some(poll), state.cast(), 0);
-                }
+            let name = format!("ilog_{core}");
+            let t = Thread::create(&name, core).unwrap_or_else(|| panic!("cannot create SPDK thread {name}"));
+            let state = Arc::new(Bound::new(t, State::default()));
+            let polled = state.clone();
+            t.send(move || {
+                let poller = Poller::every(c"ilog_shards", 0, {
+                    let state = polled.clone();
+                    move || state.with(poll)
+                });
+                polled.with(|p| p.poller = Some(poller));
             });
-            reactors.push(r);
+            reactors.push(state);
         }
         log::info!("ilog: {} shard reactor threads on cores {cores:?}", reactors.len());
         Reactors { reactors, index_of_core }
@@ -133,15 +102,11 @@ impl Reactors {
 
     /// Hands shard `i` to reactor `i`.
     pub fn attach(&self, id: u64, shards: Vec<Shard>) {
-        for (r, shard) in self.reactors.iter().zip(shards) {
-            let addr = r.state as usize;
-            let shard = Box::new(shard);
-            r.thread.send(move || {
-                // SAFETY: on the reactor's thread.
-                let p = unsafe { &mut *(addr as *mut Poller) };
-                let mut shard = *shard;
+        for (r, mut shard) in self.reactors.iter().zip(shards) {
+            let state = r.clone();
+            r.thread().send(move || {
                 shard.prepare();
-                p.shards.push(Attached { id, shard, detach: None });
+                state.with(|p| p.shards.push(Attached { id, shard, detach: None }));
             });
         }
     }
@@ -149,23 +114,22 @@ impl Reactors {
     /// Drops bdev `id`'s shards once idle; `done` runs on the app thread
     /// after the last one.
     pub fn detach(&self, id: u64, done: impl FnOnce() + Send + 'static) {
-        let left = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(self.cores()));
-        let done = std::sync::Arc::new(std::sync::Mutex::new(Some(done)));
+        let left = Arc::new(AtomicU32::new(self.cores()));
+        let done = Arc::new(Mutex::new(Some(done)));
         for r in &self.reactors {
-            let addr = r.state as usize;
-            let (left, done) = (left.clone(), done.clone());
-            r.thread.send(move || {
-                // SAFETY: on the reactor's thread.
-                let p = unsafe { &mut *(addr as *mut Poller) };
-                let Some(a) = p.shards.iter_mut().find(|a| a.id == id) else { return };
-                p.detaching += 1;
-                a.detach = Some(Box::new(move || {
-                    if left.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
-                        if let Some(done) = done.lock().expect("detach").take() {
-                            Thread::app().send(done);
+            let (state, left, done) = (r.clone(), left.clone(), done.clone());
+            r.thread().send(move || {
+                state.with(|p| {
+                    let Some(a) = p.shards.iter_mut().find(|a| a.id == id) else { return };
+                    p.detaching += 1;
+                    a.detach = Some(Box::new(move || {
+                        if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                            if let Some(done) = done.lock().expect("detach").take() {
+                                Thread::app().send(done);
+                            }
                         }
-                    }
-                }));
+                    }));
+                })
             });
         }
     }
@@ -173,15 +137,10 @@ impl Reactors {
     /// Unregisters the pollers and exits the threads (module fini).
     pub fn stop(&self) {
         for r in &self.reactors {
-            let addr = r.state as usize;
-            r.thread.send(move || {
-                // SAFETY: on the reactor's thread; nothing uses the state after.
-                let mut p = unsafe { Box::from_raw(addr as *mut Poller) };
-                // SAFETY: registered on this thread.
-                unsafe {
-                    sys::spdk_poller_unregister(&mut p.poller);
-                    sys::spdk_thread_exit(sys::spdk_get_thread());
-                }
+            let state = r.clone();
+            r.thread().send(move || {
+                drop(state.with(|p| p.poller.take()));
+                Thread::exit_current();
             });
         }
     }

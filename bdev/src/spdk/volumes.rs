@@ -15,12 +15,12 @@
 //! caller that asks while one runs waits for the next, since the running
 //! one may have listed the volumes before the caller's change.
 
-use super::bdev::{is_open, register_disk, submit_control, unregister, DiskPtr, Ilog};
-use super::reactor::Reactors;
+use super::bdev::Ilog;
+use super::disk::{Disk, DiskRef};
+use super::ffi::poller::Poller;
+use super::io::submit_control;
 use crate::engine::{volume_bdev_name, Reply, Request, View, VolumeInfo};
 use crate::error::Result;
-use ilog_sys as sys;
-use std::ffi::{c_int, c_void};
 use std::sync::{Arc, MutexGuard};
 
 /// How often the poller looks at the volumes generation.
@@ -33,9 +33,9 @@ pub(super) type Waiter = Box<dyn FnOnce() + Send>;
 #[derive(Default)]
 pub(super) struct VolumeBdevs {
     /// Registered, in the engine's order.
-    live: Vec<(VolumeInfo, DiskPtr)>,
+    live: Vec<(VolumeInfo, DiskRef)>,
     /// Unregistered and not destructed yet: their names may still be taken.
-    leaving: Vec<(VolumeInfo, DiskPtr)>,
+    leaving: Vec<(VolumeInfo, DiskRef)>,
     /// The volumes generation the last reconcile started at.
     seen: u64,
     /// `Some` while a reconcile runs: who waits for it.
@@ -46,17 +46,8 @@ pub(super) struct VolumeBdevs {
     blocked: bool,
     /// The ilog bdev is going away: nothing is registered any more.
     closed: bool,
-    poller: Poller,
-}
-
-struct Poller(*mut sys::spdk_poller);
-// SAFETY: registered and unregistered on the app thread only.
-unsafe impl Send for Poller {}
-
-impl Default for Poller {
-    fn default() -> Self {
-        Poller(std::ptr::null_mut())
-    }
+    /// Watches the volumes generation until `close`.
+    poller: Option<Poller>,
 }
 
 fn state(ilog: &Ilog) -> MutexGuard<'_, VolumeBdevs> {
@@ -66,27 +57,21 @@ fn state(ilog: &Ilog) -> MutexGuard<'_, VolumeBdevs> {
 /// Exports the volumes of a bdev just created and starts watching the
 /// engine's volume table; `done` once the volumes are registered.
 pub(super) fn start(ilog: &Arc<Ilog>, done: Waiter) {
-    let arg = Arc::into_raw(ilog.clone()).cast_mut().cast::<c_void>();
-    // SAFETY: on the app thread; `arg` holds a reference until `close`
-    // unregisters the poller.
-    let poller =
-        unsafe { sys::spdk_poller_register_named(Some(watch), arg, WATCH_PERIOD_US, c"ilog_volumes".as_ptr()) };
-    state(ilog).poller = Poller(poller);
+    let watched = ilog.clone();
+    let poller = Poller::every(c"ilog_volumes", WATCH_PERIOD_US, move || watch(&watched));
+    state(ilog).poller = Some(poller);
     reconcile(ilog, Some(done));
 }
 
-unsafe extern "C" fn watch(arg: *mut c_void) -> c_int {
-    // SAFETY: the reference `start` leaked, kept until `close` unregisters
-    // this poller: borrowed here, not taken over.
-    let ilog = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(arg.cast::<Ilog>().cast_const()) });
+fn watch(ilog: &Arc<Ilog>) -> bool {
     let moved = {
-        let st = state(&ilog);
+        let st = state(ilog);
         st.running.is_none() && !st.closed && st.seen != ilog.submitter.volumes_generation()
     };
     if moved {
-        reconcile(&ilog, None);
+        reconcile(ilog, None);
     }
-    c_int::from(moved)
+    moved
 }
 
 /// Brings the volume bdevs up to date with the engine; `done` (if any)
@@ -151,9 +136,8 @@ fn apply(ilog: &Arc<Ilog>, volumes: Vec<VolumeInfo>) {
     drop(st);
     for (v, disk) in gone {
         log::info!("ilog: volume {} is gone: unregistering {}", v.name, volume_bdev_name(&ilog.name, &v.name));
-        unregister(disk, None);
+        disk.unregister(None);
     }
-    let reactors = Reactors::running().expect("reactors run while a bdev exists");
     let mut live = Vec::with_capacity(volumes.len());
     let mut blocked = false;
     for v in volumes {
@@ -164,7 +148,7 @@ fn apply(ilog: &Arc<Ilog>, volumes: Vec<VolumeInfo>) {
             blocked = true;
         } else {
             let name = volume_bdev_name(&ilog.name, &v.name);
-            match register_disk(ilog, &name, View::Volume(v.partition), reactors) {
+            match ilog.register_disk(&name, View::Volume(v.partition)) {
                 Ok(disk) => live.push((v, disk)),
                 Err(e) => log::error!("ilog: {}", e.message),
             }
@@ -177,30 +161,24 @@ fn apply(ilog: &Arc<Ilog>, volumes: Vec<VolumeInfo>) {
 
 /// Stops following the engine (teardown, app shutdown); returns the
 /// volume bdevs still registered, for the caller to unregister.
-pub(super) fn close(ilog: &Arc<Ilog>) -> Vec<DiskPtr> {
-    let (mut poller, live) = {
+pub(super) fn close(ilog: &Arc<Ilog>) -> Vec<DiskRef> {
+    let (poller, live) = {
         let mut st = state(ilog);
         st.closed = true;
         let live = std::mem::take(&mut st.live);
         st.leaving.extend(live.iter().cloned());
-        (std::mem::take(&mut st.poller), live)
+        (st.poller.take(), live)
     };
-    if !poller.0.is_null() {
-        // SAFETY: registered by `start` on this (the app) thread.
-        unsafe { sys::spdk_poller_unregister(&mut poller.0) };
-        // SAFETY: the poller's reference, leaked by `start`; the caller
-        // holds another.
-        drop(unsafe { Arc::from_raw(Arc::as_ptr(ilog)) });
-    }
+    drop(poller);
     live.into_iter().map(|(_, d)| d).collect()
 }
 
 /// A volume bdev was destructed: forget it; a volume waiting for its name
 /// is registered now.
-pub(super) fn destructed(ilog: &Arc<Ilog>, disk: DiskPtr) {
+pub(super) fn destructed(ilog: &Arc<Ilog>, disk: &Disk) {
     let mut st = state(ilog);
-    st.leaving.retain(|(_, d)| *d != disk);
-    st.live.retain(|(_, d)| *d != disk);
+    st.leaving.retain(|(_, d)| !std::ptr::eq(d.ops(), disk));
+    st.live.retain(|(_, d)| !std::ptr::eq(d.ops(), disk));
     let retry = st.blocked && !st.closed;
     drop(st);
     if retry {
@@ -214,12 +192,12 @@ pub(super) fn exported(ilog: &Ilog) -> Vec<VolumeInfo> {
 }
 
 /// The bdev of `volume`, if exported.
-pub(super) fn bdev_of(ilog: &Ilog, volume: &str) -> Option<DiskPtr> {
-    state(ilog).live.iter().find(|(v, _)| v.name == volume).map(|(_, d)| *d)
+pub(super) fn bdev_of(ilog: &Ilog, volume: &str) -> Option<DiskRef> {
+    state(ilog).live.iter().find(|(v, _)| v.name == volume).map(|(_, d)| d.clone())
 }
 
 /// A volume whose bdev someone has open (leaving ones included).
 pub(super) fn open_volume(ilog: &Ilog) -> Option<String> {
     let st = state(ilog);
-    st.live.iter().chain(&st.leaving).find(|(_, d)| is_open(*d)).map(|(v, _)| v.name.clone())
+    st.live.iter().chain(&st.leaving).find(|(_, d)| d.in_use()).map(|(v, _)| v.name.clone())
 }
