@@ -11,11 +11,13 @@
 //! reach the device when a group of entries is complete and at barriers
 //! (flush, snapshot, close), which also flush the device.
 //!
-//! Cores talk in `Msg`s (`msg.rs`). The segment writer (`writer.rs`),
-//! retirement (`retire.rs`) and barriers (`barrier.rs`) are `impl Shard`
-//! blocks of their own; this file keeps the shard's state, its poll loop,
-//! the dispatch of messages, device completions and client requests, and
-//! the read path.
+//! Cores talk in `Msg`s (`msg.rs`). The parts the shard owns keep their
+//! own state: a request's pieces and slot on its origin (`origin.rs`), the
+//! reads in flight (`read.rs`), the compaction buffers (`compact_bufs.rs`);
+//! the segment writer (`writer.rs`), retirement (`retire.rs`) and barriers
+//! (`barrier.rs`) are still `impl Shard` blocks of their own. This file
+//! keeps the shard's state, its poll loop, and the dispatch of messages,
+//! device completions and client requests.
 
 use super::addr::{LogAddr, ZERO};
 use super::barrier::PendingBarrier;
