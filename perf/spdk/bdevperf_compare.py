@@ -235,7 +235,7 @@ def main():
                     far.stop()
             print(f"Snapshot under load, {base_name} base of {mib} MiB:\n")
             print("| bdev | steady IOPS | steady max us | first second after snapshot IOPS | max us | IOPS ratio | "
-                  "max latency ratio | snapshot RPC s | bytes moved by the cleaner |")
+                  "max latency ratio | snapshot RPC s | bytes moved by compaction |")
             print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
             for n, (steady, after, took, moved) in snaps.items():
                 print(f"| {n} | {steady['iops']:.0f} | {steady['max_latency_us']:.0f} | {after['iops']:.0f} | "

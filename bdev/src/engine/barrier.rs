@@ -5,9 +5,11 @@
 //! partition, close every segment or stop taking writes, as asked. One
 //! barrier runs at a time, in stages, across polls.
 
-use super::control::SegmentInfo;
+use super::cursor::ENTRY_BITS;
 use super::msg::Msg;
-use super::shard::{Shard, TAG_FLUSH};
+use super::registry::SegmentInfo;
+use super::shard::Shard;
+use super::tag::TAG_FLUSH;
 use crate::device::{DevOp, DevRequest, DevStatus};
 use crate::error::Error;
 use std::sync::atomic::Ordering::Relaxed;
@@ -39,8 +41,8 @@ impl Shard {
         if let Some(p) = seal {
             // The open segment goes on with the next partition's entries.
             let position = match self.segs.iter().find(|s| !s.closing) {
-                Some(s) => s.seq << super::control::ENTRY_BITS | s.entries.len() as u64,
-                None => self.shared.next_seq.load(Relaxed) << super::control::ENTRY_BITS,
+                Some(s) => s.seq << ENTRY_BITS | s.entries.len() as u64,
+                None => self.shared.next_seq.load(Relaxed) << ENTRY_BITS,
             };
             self.sealed_at.insert(self.open_partition, position);
             self.open_partition = p;

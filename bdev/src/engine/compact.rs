@@ -18,15 +18,15 @@
 //! Victims are chosen by LFS's cost-benefit: free space gained times age,
 //! over the cost of reading and rewriting the live part.
 
-use super::control::{Op, Stage};
 use super::msg::Msg;
 use super::policy::OnFull;
+use super::registry::Registry;
 use super::shard::Shard;
 use super::shared::SpaceState;
 use super::summaries::{summaries_lost, summary_groups};
 use crate::device::{DevStatus, DmaBuf};
 use crate::error::{Error, Result};
-use crate::format::{SegmentRecord, SummaryChain, SummaryEntry};
+use crate::format::{Geometry, SegmentRecord, SummaryChain, SummaryEntry};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -156,48 +156,53 @@ impl CompactJob {
     }
 }
 
-impl Shard {
-    pub(super) fn job(&mut self) -> &mut CompactJob {
-        self.ctl_mut().compaction.as_mut().expect("a compaction job runs")
-    }
+/// Closed segments of `registry` worth moving for `target`, best first,
+/// by LFS's cost-benefit (`live`: each segment's live blocks; `next_seq`:
+/// the next sequence, which ages them).
+///
+/// What moving a segment gains is the room its data area had minus
+/// what stays live: garbage, and the unused tail of a segment closed
+/// early (at a snapshot, or the end of a compaction job).
+fn candidates(geo: &Geometry, registry: &Registry, live: &[u32], next_seq: u64, target: CompactTarget) -> Vec<u32> {
+    let per_group = geo.entries_per_summary();
+    // Moved runs may need more summary room than they had: a smaller
+    // gain can vanish in the move.
+    let min_gain = (geo.segment_blocks / 16).max(1);
+    let mut scored: Vec<(f64, u32)> = registry
+        .iter()
+        .filter(|s| !s.record.open)
+        .filter_map(|info| {
+            let s = &info.record;
+            let summaries = 2 * s.trusted_entries.div_ceil(per_group);
+            let room = geo.segment_blocks.saturating_sub(1 + summaries).max(1);
+            let live = live[s.segno as usize].min(room);
+            let gain = room - live;
+            let wanted = match target {
+                CompactTarget::Partition(p) => (s.partition..=info.last_partition).contains(&p) && gain > 0,
+                // Reclaiming space: a segment must give back enough to
+                // be worth rewriting the rest.
+                CompactTarget::Reclaim | CompactTarget::All => gain >= min_gain,
+            };
+            let u = f64::from(live) / f64::from(room);
+            let age = next_seq.saturating_sub(s.seq) as f64;
+            wanted.then_some(((1.0 - u) * age / (1.0 + u), s.segno))
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    scored.into_iter().map(|(_, segno)| segno).collect()
+}
 
+impl Shard {
     /// Closed segments worth moving for `target`, best first.
-    ///
-    /// What moving a segment gains is the room its data area had minus
-    /// what stays live: garbage, and the unused tail of a segment closed
-    /// early (at a snapshot, or the end of a compaction job).
     fn candidates(&mut self, target: CompactTarget) -> Vec<u32> {
-        let geo = self.shared.geo;
-        let per_group = geo.entries_per_summary();
         let next_seq = self.shared.next_seq.load(Relaxed);
         let live: Vec<u32> = self.shared.space.iter().map(|s| s.live()).collect();
-        // Moved runs may need more summary room than they had: a smaller
-        // gain can vanish in the move.
-        let min_gain = (geo.segment_blocks / 16).max(1);
-        let mut scored: Vec<(f64, u32)> = self
-            .ctl_mut()
-            .registry()
-            .values()
-            .filter(|s| !s.record.open)
-            .filter_map(|info| {
-                let s = &info.record;
-                let summaries = 2 * s.trusted_entries.div_ceil(per_group);
-                let room = geo.segment_blocks.saturating_sub(1 + summaries).max(1);
-                let live = live[s.segno as usize].min(room);
-                let gain = room - live;
-                let wanted = match target {
-                    CompactTarget::Partition(p) => (s.partition..=info.last_partition).contains(&p) && gain > 0,
-                    // Reclaiming space: a segment must give back enough to
-                    // be worth rewriting the rest.
-                    CompactTarget::Reclaim | CompactTarget::All => gain >= min_gain,
-                };
-                let u = f64::from(live) / f64::from(room);
-                let age = next_seq.saturating_sub(s.seq) as f64;
-                wanted.then_some(((1.0 - u) * age / (1.0 + u), s.segno))
-            })
-            .collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        scored.into_iter().map(|(_, segno)| segno).collect()
+        let geo = self.shared.geo;
+        candidates(&geo, self.ctl_mut().registry(), &live, next_seq, target)
+    }
+
+    pub(super) fn job(&mut self) -> &mut CompactJob {
+        self.ctl_mut().compaction.as_mut().expect("a compaction job runs")
     }
 
     /// After a barrier of a compaction job: start it, or commit its batch.
@@ -206,7 +211,7 @@ impl Shard {
         if job.committing {
             let freed = job.freed.clone();
             for segno in freed {
-                self.ctl_mut().registry_mut().remove(&segno);
+                self.ctl_mut().registry_mut().remove(segno);
             }
             return self.write_checkpoint(false);
         }
@@ -254,7 +259,7 @@ impl Shard {
             let registry = self.ctl_mut().registry();
             candidates
                 .into_iter()
-                .find(|s| !busy.contains(s) && registry.get(s).is_some_and(|r| r.record.seq < start_seq))
+                .find(|s| !busy.contains(s) && registry.get(*s).is_some_and(|r| r.record.seq < start_seq))
         } else {
             job.victims.pop_front()
         };
@@ -269,7 +274,7 @@ impl Shard {
             // job's end wait until the cores are done.
             match next {
                 Some(segno) if room && job.freed.len() + in_flight < BATCH => {
-                    let record = self.ctl_mut().registry().get(&segno).expect("victims are registered").record;
+                    let record = self.ctl_mut().registry().get(segno).expect("victims are registered").record;
                     self.read_victim(record);
                 }
                 Some(segno) if job.target != CompactTarget::Reclaim => job.victims.push_front(segno),
@@ -286,7 +291,7 @@ impl Shard {
             return self.start_control_barrier(None, false, false);
         }
         let Some(segno) = next.filter(|_| room) else { return self.compact_finish() };
-        let record = self.ctl_mut().registry().get(&segno).expect("victims are registered").record;
+        let record = self.ctl_mut().registry().get(segno).expect("victims are registered").record;
         self.read_victim(record);
     }
 
@@ -295,7 +300,6 @@ impl Shard {
         if record.trusted_entries == 0 {
             return self.move_victim(vec![Vec::new(); self.shared.cores as usize]);
         }
-        self.ctl_mut().set_stage(Stage::CompactRead);
         let key = record.summary_key();
         let chain = SummaryChain::new(self.shared.uuid, key, self.shared.geo.entries_per_summary());
         let groups = summary_groups(&self.shared.geo, &record);
@@ -369,8 +373,6 @@ impl Shard {
     fn victim_unread(&mut self) {
         let job = self.job();
         job.reading = None;
-        // Until the cores answer for victims in flight, if any.
-        self.ctl_mut().set_stage(Stage::CompactMove);
         self.compact_next()
     }
 
@@ -380,7 +382,6 @@ impl Shard {
         let cores = self.shared.cores;
         let job = self.job();
         job.moving.push_back(InFlight { segno: rec.segno, outstanding: cores, failed: false });
-        self.ctl_mut().set_stage(Stage::CompactMove);
         for (core, entries) in per_core.into_iter().enumerate() {
             self.send(core as u32, Msg::MoveLive { segno: rec.segno, entries });
         }
@@ -480,8 +481,7 @@ impl Shard {
             (OnFull::DeleteOldest, Some(name)) => {
                 log::warn!("log full of versions: retiring the oldest volume, {name} (retention.on_full)");
                 self.shared.counters.volumes_retired.fetch_add(1, Relaxed);
-                let core = self.core;
-                self.ctl_mut().enqueue_front(core, Op::Delete(name));
+                self.queue_retire(name);
                 SpaceState::Wanted
             }
             _ => {

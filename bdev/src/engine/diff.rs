@@ -18,24 +18,13 @@
 //! change drops a table under the walk.
 
 use super::addr::{LogAddr, ZERO};
-use super::msg::Msg;
+use super::msg::{DiffQuery, Msg};
 use super::partition::Partitions;
-use super::request::{Extent, LogEntryKind};
+use super::request::{Extent, LogEntryKind, Reply};
 use super::shard::Shard;
 
 /// Table entries a core looks at per poll.
 const WALK_PER_POLL: usize = 512;
-
-/// What a diff asks of every core.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct DiffQuery {
-    /// Partitions in `(lo, hi]`.
-    pub lo: u32,
-    pub hi: u32,
-    /// Blocks `lba_start..lba_end`.
-    pub lba_start: u64,
-    pub lba_end: u64,
-}
 
 /// One core's walk of its tables for a diff.
 pub(super) struct DiffWalk {
@@ -137,7 +126,52 @@ pub(super) fn combine(mut log: Vec<Extent>, baseline: &[(u64, u64)]) -> Vec<Exte
     merged(out)
 }
 
+/// Core 0's diff job: the cores' extents, as they answer.
+pub(super) struct DiffJob {
+    query: DiffQuery,
+    /// A full diff (no base volume) adds the baseline's stripes.
+    full: bool,
+    acks: u32,
+    extents: Vec<Extent>,
+}
+
+impl DiffJob {
+    pub(super) fn new(query: DiffQuery, full: bool) -> DiffJob {
+        DiffJob { query, full, acks: 0, extents: Vec::new() }
+    }
+
+    /// A core's extents; whether every one of `cores` answered.
+    fn answered(&mut self, mut part: Vec<Extent>, cores: u32) -> bool {
+        self.acks += 1;
+        self.extents.append(&mut part);
+        self.acks == cores
+    }
+}
+
 impl Shard {
+    /// Core 0 runs diff `job`: every core walks its tables.
+    pub(super) fn start_diff_job(&mut self, job: DiffJob) {
+        let query = job.query;
+        self.ctl_mut().diff = Some(job);
+        for core in 0..self.shared.cores {
+            self.send(core, Msg::Diff(query));
+        }
+    }
+
+    /// Core 0: a core's extents for the running diff; the answer once every
+    /// core's are in.
+    pub(super) fn on_diff_done(&mut self, part: Vec<Extent>) {
+        let cores = self.shared.cores;
+        let job = self.ctl_mut().diff.as_mut().expect("diff answers come while a diff runs");
+        if !job.answered(part, cores) {
+            return;
+        }
+        let job = self.ctl_mut().diff.take().expect("checked");
+        let (q, sb) = (job.query, self.shared.geo.stripe_blocks);
+        let baseline = if job.full { self.shared.baseline.runs(q.lba_start, q.lba_end, sb) } else { Vec::new() };
+        self.finish_control(Ok(Reply::Extents(combine(job.extents, &baseline))));
+    }
+
     /// `Msg::Diff`: starts this core's walk.
     pub(super) fn start_diff(&mut self, query: DiffQuery) {
         debug_assert!(self.diff.is_none(), "one diff at a time (a control operation)");

@@ -9,7 +9,9 @@
 
 pub(crate) mod addr;
 mod barrier;
+mod baseline;
 mod compact;
+mod compact_bufs;
 mod control;
 mod cursor;
 mod diff;
@@ -20,8 +22,11 @@ mod logmap;
 mod mount;
 mod moves;
 mod msg;
+mod origin;
 mod partition;
 pub mod policy;
+mod read;
+mod registry;
 mod repin;
 mod request;
 mod retire;
@@ -29,6 +34,7 @@ mod shard;
 mod shared;
 mod space;
 mod summaries;
+mod tag;
 mod writer;
 
 pub use mount::{format, mount, mount_with_clock, MountReport, Mounted};

@@ -26,8 +26,10 @@
 use super::addr::{LogAddr, ZERO};
 use super::msg::Msg;
 use super::request::View;
-use super::shard::{Shard, TAG_COMPACT_READ};
-use super::writer::{Payload, Purpose};
+use super::retire::Purpose;
+use super::shard::Shard;
+use super::tag::TAG_COMPACT_READ;
+use super::writer::Payload;
 use crate::device::{DevOp, DevRequest, DevStatus};
 use crate::error::{Error, Result};
 use crate::format::{EntryKind, SummaryEntry};
@@ -207,7 +209,7 @@ impl Shard {
     /// is a volume, else the next view's (a later volume, or the open
     /// partition), since no view lies in between.
     fn canonical(&self, p: u32) -> u32 {
-        let open = self.open_partition();
+        let open = self.open_partition;
         self.first_volume_from(p).unwrap_or(open).min(open)
     }
 
@@ -221,20 +223,20 @@ impl Shard {
     /// current image when `dest` is the open partition).
     fn block_live(&self, lba: u64, addr: LogAddr, p: u32, dest: u32) -> bool {
         if addr != ZERO {
-            return self.index_get(lba) == Some(addr)
+            return self.index.get(lba) == Some(addr)
                 || self.first_volume_from(p).is_some_and(|v| self.resolve_view(lba, View::Volume(v)) == Some(addr));
         }
-        let open = self.open_partition();
+        let open = self.open_partition;
         if p == open {
-            return self.index_get(lba) == Some(ZERO);
+            return self.index.get(lba) == Some(ZERO);
         }
-        if self.partition_entry(p, lba) != Some(ZERO) {
+        if self.parts.lookup_in(p, lba as u32) != Some(ZERO) {
             return false;
         }
         if dest == open {
-            self.next_holder(lba, p, u32::MAX).is_none() && self.index_get(lba) == Some(ZERO)
+            self.parts.next_holder(lba as u32, p, u32::MAX).is_none() && self.index.get(lba) == Some(ZERO)
         } else {
-            self.next_holder(lba, p, dest).is_none()
+            self.parts.next_holder(lba as u32, p, dest).is_none()
         }
     }
 
@@ -280,14 +282,14 @@ impl Shard {
                 (o, _) => (o, n),
             };
             let (lba, src) = run.block(off);
-            let into_open = dest == self.open_partition();
+            let into_open = dest == self.open_partition;
             if into_open && (lba..lba + u64::from(n)).any(|x| self.client_write_pending(x)) {
                 return off;
             }
             let (payload, buf) = match source {
                 Source::Buf(b) => {
                     // SAFETY: the buffer holds the run's blocks; `off + n` is within it.
-                    let at = unsafe { self.compact_bufs[b as usize].as_ptr().add(off as usize * bs) };
+                    let at = unsafe { self.compact_bufs.ptr(b).add(off as usize * bs) };
                     (Payload::Buf(at), Some(b))
                 }
                 Source::Copy(crc) => {
@@ -300,7 +302,7 @@ impl Shard {
             match self.append_entry(payload, lba, n, dest, purpose) {
                 Ok(false) => return off,
                 Ok(true) => match buf {
-                    Some(b) => self.compact_refs[b as usize] += 1,
+                    Some(b) => self.compact_bufs.hold(b),
                     None => self.moving.front_mut().expect("running").inflight += 1,
                 },
                 Err(e) => {
@@ -356,16 +358,15 @@ impl Shard {
                         break;
                     }
                 } else if !parts.is_empty() {
-                    let Some(buf) = self.compact_free.pop() else { break };
                     // The run holds the buffer until all its moves retired.
-                    self.compact_refs[buf as usize] = 1;
+                    let Some(buf) = self.compact_bufs.take() else { break };
                     self.compact_pending[buf as usize] = BufRead { run, reads: parts.len() as u32, failed: false };
                     self.moving.front_mut().expect("running").inflight += 1;
                     // Only the live parts are read, each to its place in the
                     // buffer: what is live when they are appended is among
                     // them (a block stops being live, never starts again).
                     let bs = self.shared.geo.block_size as usize;
-                    let base = self.compact_bufs[buf as usize].as_mut_ptr();
+                    let base = self.compact_bufs.ptr(buf);
                     let tag = TAG_COMPACT_READ | u64::from(buf);
                     for (off, n) in parts {
                         let block = self.shared.geo.log_start + u64::from(run.addr + off);
@@ -397,9 +398,7 @@ impl Shard {
     }
 
     fn release_compact_buf(&mut self, buf: u16) {
-        self.compact_refs[buf as usize] -= 1;
-        if self.compact_refs[buf as usize] == 0 {
-            self.compact_free.push(buf);
+        if self.compact_bufs.release(buf) {
             self.moving.front_mut().expect("running").inflight -= 1;
         }
     }
@@ -444,12 +443,12 @@ impl Shard {
         dst: LogAddr,
         dest: u32,
     ) {
-        let open = dest == self.open_partition();
+        let open = dest == self.open_partition;
         for b in 0..blocks {
             let x = lba + u64::from(b);
             if src == ZERO {
                 if open {
-                    self.record_open(dest, x, ZERO);
+                    self.parts.record(dest, x as u32, ZERO);
                 } else {
                     let relocated = &mut self.moving.front_mut().expect("running").relocated;
                     relocated.push((src_partition, dest, (x as u32, ZERO, ZERO)));
@@ -458,16 +457,16 @@ impl Shard {
             }
             let (from, to) = (src + b, dst + b);
             let (old, new) = (self.shared.segment_of(from), self.shared.segment_of(to));
-            if self.index_get(x) == Some(from) {
+            if self.index.get(x) == Some(from) {
                 old.current.fetch_sub(1, Relaxed);
                 new.current.fetch_add(1, Relaxed);
-                self.index_set(x, to);
+                self.index.set(x, to);
             } else {
                 old.pinned.fetch_sub(1, Relaxed);
                 new.pinned.fetch_add(1, Relaxed);
             }
             if open {
-                self.record_open(dest, x, to);
+                self.parts.record(dest, x as u32, to);
             }
             let moved_to = if open { ZERO } else { to };
             if src_partition != dest || !open {

@@ -4,8 +4,7 @@
 //! cores is a `Msg`, so the protocol reads in one place, apart from the
 //! shard that handles it.
 
-use super::control::SegmentInfo;
-use super::diff::DiffQuery;
+use super::registry::SegmentInfo;
 use super::request::{Extent, Reply, Request, View};
 use crate::error::Result;
 use crate::format::SummaryEntry;
@@ -46,6 +45,17 @@ pub(crate) enum ReplyTo {
     /// Work the bdev started itself (reclaiming space, merging a deleted
     /// volume): nobody waits for it.
     Nobody,
+}
+
+/// What a diff asks of every core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DiffQuery {
+    /// Partitions in `(lo, hi]`.
+    pub lo: u32,
+    pub hi: u32,
+    /// Blocks `lba_start..lba_end`.
+    pub lba_start: u64,
+    pub lba_end: u64,
 }
 
 pub(crate) enum Msg {

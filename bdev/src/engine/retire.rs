@@ -7,10 +7,23 @@
 use super::addr::{LogAddr, ZERO};
 use super::shard::Shard;
 use super::space::pinned_after_overwrite;
-use super::writer::Purpose;
 use crate::error::Result;
 use crate::format::EntryKind;
 use std::sync::atomic::Ordering::Relaxed;
+
+/// Writes appended but not yet retired, per core.
+pub(super) const ROB_DEPTH: usize = 4096;
+
+/// Why an entry was appended.
+#[derive(Clone, Copy)]
+pub(super) enum Purpose {
+    /// A piece of a client request, completed on `origin` in `slot`.
+    Client { origin: u32, slot: u32 },
+    /// Compaction's copy of the live block at `src` (`ZERO` for a zero
+    /// entry) of partition `src_partition`; `buf` is compaction buffer
+    /// holding its data.
+    Move { src: LogAddr, src_partition: u32, buf: Option<u16> },
+}
 
 /// A write appended to the stream, waiting to retire in log order.
 pub(super) struct RobEntry {

@@ -11,27 +11,33 @@
 //! reach the device when a group of entries is complete and at barriers
 //! (flush, snapshot, close), which also flush the device.
 //!
-//! Cores talk in `Msg`s (`msg.rs`). The segment writer (`writer.rs`),
-//! retirement (`retire.rs`) and barriers (`barrier.rs`) are `impl Shard`
-//! blocks of their own; this file keeps the shard's state, its poll loop,
-//! the dispatch of messages, device completions and client requests, and
-//! the read path.
+//! Cores talk in `Msg`s (`msg.rs`). The parts the shard owns keep their
+//! own state: a request's pieces and slot on its origin (`origin.rs`), the
+//! reads in flight (`read.rs`), the compaction buffers (`compact_bufs.rs`);
+//! the segment writer (`writer.rs`), retirement (`retire.rs`) and barriers
+//! (`barrier.rs`) are still `impl Shard` blocks of their own. This file
+//! keeps the shard's state, its poll loop, and the dispatch of messages,
+//! device completions and client requests.
 
 use super::addr::{LogAddr, ZERO};
 use super::barrier::PendingBarrier;
-use super::control::SegmentInfo;
+use super::compact_bufs::CompactBufs;
 use super::drain::{DrainCopy, Forget};
 use super::index::BlockIndex;
 use super::logmap::LogMap;
 use super::moves::{BufRead, VictimMoves, MOVE_RUN_BLOCKS};
 use super::msg::{Msg, Outbox, Piece, PieceOp, ReplyTo};
+use super::origin::{DataRequest, Slots};
 use super::partition::Partitions;
+use super::read::{resolve, Reads};
+use super::registry::SegmentInfo;
 use super::repin::Repin;
 use super::request::{Reply, Request, View};
-use super::retire::RobEntry;
+use super::retire::{RobEntry, ROB_DEPTH};
 use super::shared::Shared;
+use super::tag::{TAG_COMPACT_READ, TAG_CONTROL, TAG_DRAIN, TAG_FLUSH, TAG_KIND, TAG_META, TAG_READ, TAG_WRITE};
 use super::writer::{MetaBuf, Segment};
-use crate::device::{DevChannel, DevOp, DevRequest, DevStatus, DmaBuf};
+use crate::device::{DevChannel, DevRequest, DevStatus, DmaBuf};
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -39,38 +45,14 @@ use std::sync::Arc;
 
 /// Requests in flight that one core submitted, and pieces it is serving.
 const SLOTS: usize = 4096;
-/// Writes appended but not yet retired, per core.
-pub(super) const ROB_DEPTH: usize = 4096;
 /// Metadata blocks (segment headers, summaries) in flight per core.
 const META_BUFS: usize = 64;
 /// Messages or client requests handled per poll before yielding.
 const BATCH: usize = 256;
 
-// Device request tags: the top byte says what completed.
-pub(super) const TAG_WRITE: u64 = 1 << 56;
-const TAG_READ: u64 = 2 << 56;
-pub(super) const TAG_META: u64 = 3 << 56;
-pub(super) const TAG_FLUSH: u64 = 4 << 56;
-pub(super) const TAG_CONTROL: u64 = 5 << 56;
-pub(super) const TAG_COMPACT_READ: u64 = 6 << 56;
-pub(super) const TAG_DRAIN: u64 = 7 << 56;
 /// Compaction buffers per core, each for one run (`MOVE_RUN_BLOCKS`): 1 MiB
 /// of reads in flight per core.
 const COMPACT_BUFS: usize = 32;
-const TAG_KIND: u64 = 0xff << 56;
-
-struct Slot {
-    token: u64,
-    pending: u32,
-    status: Result<()>,
-}
-
-struct ReadCtx {
-    origin: u32,
-    slot: u32,
-    outstanding: u32,
-    status: Result<()>,
-}
 
 /// One core of an ilog bdev. Not `Sync`: only its own core touches it.
 pub struct Shard {
@@ -91,10 +73,8 @@ pub struct Shard {
     pub(super) live_volumes: Arc<Vec<u32>>,
     /// The pinning walk of a volume change, while it runs (see `repin.rs`).
     pub(super) repin: Option<Repin>,
-    slots: Vec<Option<Slot>>,
-    free_slots: Vec<u32>,
-    reads: Vec<Option<ReadCtx>>,
-    free_reads: Vec<u32>,
+    slots: Slots,
+    reads: Reads,
     pub(super) rob: VecDeque<RobEntry>,
     pub(super) alloc_seq: u64,
     pub(super) retire_seq: u64,
@@ -127,11 +107,9 @@ pub struct Shard {
     /// Blocks clients appended since the drain's last slice: what it owes
     /// to keep pace.
     pub(super) drain_credit: u32,
-    pub(super) compact_bufs: Vec<DmaBuf>,
-    pub(super) compact_free: Vec<u16>,
+    pub(super) compact_bufs: CompactBufs,
     /// The run each compaction buffer holds, and the moves still using it.
     pub(super) compact_pending: Vec<BufRead>,
-    pub(super) compact_refs: Vec<u32>,
 }
 
 pub(super) struct ShardInit {
@@ -148,10 +126,6 @@ pub(super) struct ShardInit {
 impl Shard {
     pub(super) fn new(core: u32, shared: Arc<Shared>, dev: Box<dyn DevChannel>, init: ShardInit) -> Shard {
         let bs = shared.geo.block_size as usize;
-        let mut slots = Vec::with_capacity(SLOTS);
-        slots.resize_with(SLOTS, || None);
-        let mut reads = Vec::with_capacity(SLOTS);
-        reads.resize_with(SLOTS, || None);
         Shard {
             core,
             dev,
@@ -165,10 +139,8 @@ impl Shard {
             sealed_at: BTreeMap::from([(init.open_partition.saturating_sub(1), init.stream_start)]),
             live_volumes: init.live_volumes,
             repin: None,
-            slots,
-            free_slots: (0..SLOTS as u32).rev().collect(),
-            reads,
-            free_reads: (0..SLOTS as u32).rev().collect(),
+            slots: Slots::new(SLOTS),
+            reads: Reads::new(SLOTS),
             rob: VecDeque::with_capacity(ROB_DEPTH),
             alloc_seq: 0,
             retire_seq: 0,
@@ -193,10 +165,8 @@ impl Shard {
             forget: None,
             diff: None,
             drain_credit: 0,
-            compact_bufs: (0..COMPACT_BUFS).map(|_| DmaBuf::new(bs * MOVE_RUN_BLOCKS as usize, bs)).collect(),
-            compact_free: (0..COMPACT_BUFS as u16).collect(),
+            compact_bufs: CompactBufs::new(COMPACT_BUFS, bs * MOVE_RUN_BLOCKS as usize, bs),
             compact_pending: vec![BufRead::default(); COMPACT_BUFS],
-            compact_refs: vec![0; COMPACT_BUFS],
             shared,
         }
     }
@@ -238,7 +208,7 @@ impl Shard {
         // block's copy into the device included, so popping between
         // requests paid that wait once per request (perf/RESULTS.md).
         let mut intake = std::mem::take(&mut self.intake);
-        let room = self.free_slots.len().min(BATCH);
+        let room = self.slots.free().min(BATCH);
         let clients = &self.shared.clients[self.core as usize];
         while intake.len() < room && !clients.is_empty() {
             let Some(r) = clients.pop() else { break };
@@ -468,79 +438,32 @@ impl Shard {
             self.completions.push((token, Err(Error::ShuttingDown)));
             return;
         }
-        let (op, lba, blocks, buf, view) = match req {
-            Request::Read { lba, blocks, buf, view } => (PieceOp::Read, lba, blocks, buf, view),
-            Request::Write { lba, blocks, buf } => (PieceOp::Write, lba, blocks, buf as *mut u8, View::Current),
-            Request::WriteZeroes { lba, blocks } | Request::Unmap { lba, blocks } => {
-                (PieceOp::Zero, lba, blocks, std::ptr::null_mut(), View::Current)
+        let origin = self.core;
+        let data = match DataRequest::of(req) {
+            Ok(data) => data,
+            Err(Request::Flush) => {
+                // Answered through a slot: the data path's flushes and
+                // writes complete alike.
+                let reply = ReplyTo::Slot(self.slots.alloc(token, 1));
+                return self.send(0, Msg::Control { origin, reply, req: Request::Flush });
             }
-            Request::Flush => {
-                let slot = self.alloc_slot(token, 1);
-                let reply = ReplyTo::Slot(slot);
-                self.send(0, Msg::Control { origin: self.core, reply, req: Request::Flush });
-                return;
-            }
-            other => {
-                let origin = self.core;
-                self.send(0, Msg::Control { origin, reply: ReplyTo::Client(token), req: other });
-                return;
-            }
+            Err(req) => return self.send(0, Msg::Control { origin, reply: ReplyTo::Client(token), req }),
         };
-        if let Err(e) = self.check_io(lba, blocks, view) {
+        let geo = self.shared.geo;
+        if let Err(e) = data.check(&geo, &self.live_volumes) {
             self.completions.push((token, Err(e)));
             return;
         }
-        let stripe = u64::from(self.shared.geo.stripe_blocks);
-        let pieces = (lba + u64::from(blocks) - 1) / stripe - lba / stripe + 1;
-        let slot = self.alloc_slot(token, pieces as u32);
-        let bs = self.shared.geo.block_size as usize;
-        let (mut lba, mut left, mut buf) = (lba, u64::from(blocks), buf);
-        while left > 0 {
-            let n = left.min(stripe - lba % stripe);
-            let piece = Piece { origin: self.core, slot, op, lba, blocks: n as u32, buf, view };
-            let owner = self.shared.owner(lba);
+        let slot = self.slots.alloc(token, data.piece_count(&geo));
+        for piece in data.pieces(origin, slot, &geo) {
+            let owner = self.shared.owner(piece.lba);
             self.send(owner, Msg::Piece(piece));
-            lba += n;
-            left -= n;
-            if !buf.is_null() {
-                // SAFETY: stays within the request's buffer of `blocks` blocks.
-                buf = unsafe { buf.add(n as usize * bs) };
-            }
         }
-    }
-
-    fn check_io(&self, lba: u64, blocks: u32, view: View) -> Result<()> {
-        let volume_blocks = self.shared.geo.volume_blocks;
-        if blocks == 0 {
-            return Err(Error::InvalidArgument("an I/O needs at least one block".into()));
-        }
-        if lba.checked_add(u64::from(blocks)).is_none_or(|end| end > volume_blocks) {
-            return Err(Error::OutOfRange { lba, blocks: u64::from(blocks), volume_blocks });
-        }
-        if let View::Volume(p) = view {
-            if !self.live_volumes.contains(&p) {
-                return Err(Error::NoSuchVolume(format!("partition {p}")));
-            }
-        }
-        Ok(())
-    }
-
-    fn alloc_slot(&mut self, token: u64, pending: u32) -> u32 {
-        let slot = self.free_slots.pop().expect("client intake stops when slots run out");
-        self.slots[slot as usize] = Some(Slot { token, pending, status: Ok(()) });
-        slot
     }
 
     fn piece_done(&mut self, slot: u32, status: Result<()>) {
-        let s = self.slots[slot as usize].as_mut().expect("live slot");
-        if s.status.is_ok() {
-            s.status = status;
-        }
-        s.pending -= 1;
-        if s.pending == 0 {
-            let s = self.slots[slot as usize].take().expect("live slot");
-            self.free_slots.push(slot);
-            self.completions.push((s.token, s.status.map(|()| Reply::Done)));
+        if let Some((token, status)) = self.slots.piece_done(slot, status) {
+            self.completions.push((token, status.map(|()| Reply::Done)));
         }
     }
 
@@ -577,118 +500,43 @@ impl Shard {
     }
 
     fn read_piece(&mut self, p: Piece) -> bool {
-        let Some(ctx) = self.free_reads.pop() else { return false };
+        if !self.reads.has_free() {
+            return false;
+        }
         if let View::Volume(v) = p.view {
             if !self.live_volumes.contains(&v) {
-                self.free_reads.push(ctx);
                 self.finish_piece(p.origin, p.slot, Err(Error::NoSuchVolume(format!("partition {v}"))));
                 return true;
             }
         }
-        self.reads[ctx as usize] = Some(ReadCtx { origin: p.origin, slot: p.slot, outstanding: 0, status: Ok(()) });
-        let bs = self.shared.geo.block_size as usize;
         let geo = self.shared.geo;
-        // Coalesce blocks at consecutive device blocks into one read.
-        let mut run: Option<(u32, u64, u32)> = None; // (first block, device block, blocks)
-        let issue = |this: &mut Shard, (first, block, n): (u32, u64, u32)| {
-            this.reads[ctx as usize].as_mut().expect("live read").outstanding += 1;
-            // SAFETY: `first + n` is within the piece's buffer.
-            let buf = unsafe { p.buf.add(first as usize * bs) };
-            let req = DevRequest { op: DevOp::Read, block, nblocks: n, buf, tag: TAG_READ | u64::from(ctx) };
-            this.dev_submit(req);
-        };
-        for i in 0..p.blocks {
-            let lba = p.lba + u64::from(i);
-            let source = match self.resolve_view(lba, p.view) {
+        let (index, logmap, parts, baseline) = (&self.index, &self.logmap, &self.parts, &self.shared.baseline);
+        let done =
+            self.reads.start(&p, geo.block_size as usize, |lba| match resolve(index, logmap, parts, lba, p.view) {
                 Some(ZERO) => None,
                 Some(addr) => Some(geo.log_start + u64::from(addr)),
-                None => self.shared.baseline.has(lba / u64::from(geo.stripe_blocks)).then(|| geo.baseline_start + lba),
-            };
-            match source {
-                Some(block) => match run {
-                    Some((f, b, n)) if f + n == i && b + u64::from(n) == block => run = Some((f, b, n + 1)),
-                    _ => {
-                        if let Some(r) = run.take() {
-                            issue(self, r);
-                        }
-                        run = Some((i, block, 1));
-                    }
-                },
-                None => {
-                    // SAFETY: block `i` is within the piece's buffer.
-                    unsafe { std::ptr::write_bytes(p.buf.add(i as usize * bs), 0, bs) };
-                }
-            }
+                None => baseline.has(lba / u64::from(geo.stripe_blocks)).then(|| geo.baseline_start + lba),
+            });
+        let issue = self.reads.take_issue();
+        for &req in &issue {
+            self.dev_submit(req);
         }
-        if let Some(r) = run {
-            issue(self, r);
-        }
-        if self.reads[ctx as usize].as_ref().expect("live read").outstanding == 0 {
-            self.complete_read(ctx);
+        self.reads.put_issue(issue);
+        if let Some((origin, slot, status)) = done {
+            self.finish_piece(origin, slot, status);
         }
         true
     }
 
-    /// Where `lba` lives in `view`: a log address, `ZERO`, or `None` (the
-    /// baseline region; zeros where no fold wrote its stripe yet).
+    /// Where `lba` lives in `view` (see `read::resolve`).
     pub(super) fn resolve_view(&self, lba: u64, view: View) -> Option<LogAddr> {
-        let newest = self.index.get(lba)?;
-        match view {
-            View::Current => Some(newest),
-            View::Volume(p) => {
-                if newest != ZERO && self.logmap.partition(newest) <= p {
-                    return Some(newest);
-                }
-                self.parts.lookup_as_of(lba as u32, p)
-            }
-        }
+        resolve(&self.index, &self.logmap, &self.parts, lba, view)
     }
 
     fn read_done(&mut self, ctx: u32, status: DevStatus) {
-        let r = self.reads[ctx as usize].as_mut().expect("live read");
-        if let Err(e) = status {
-            r.status = Err(Error::Io(e));
+        if let Some((origin, slot, status)) = self.reads.done(ctx, status) {
+            self.finish_piece(origin, slot, status);
         }
-        r.outstanding -= 1;
-        if r.outstanding == 0 {
-            self.complete_read(ctx);
-        }
-    }
-
-    fn complete_read(&mut self, ctx: u32) {
-        let r = self.reads[ctx as usize].take().expect("live read");
-        self.free_reads.push(ctx);
-        self.finish_piece(r.origin, r.slot, r.status);
-    }
-
-    // ---- accounting ------------------------------------------------------------
-
-    pub(super) fn index_get(&self, lba: u64) -> Option<LogAddr> {
-        self.index.get(lba)
-    }
-
-    pub(super) fn index_set(&mut self, lba: u64, addr: LogAddr) {
-        self.index.set(lba, addr);
-    }
-
-    /// The partition this core appends client writes to.
-    pub(super) fn open_partition(&self) -> u32 {
-        self.open_partition
-    }
-
-    /// `lba`'s newest version within sealed partition `p` exactly.
-    pub(super) fn partition_entry(&self, p: u32, lba: u64) -> Option<LogAddr> {
-        self.parts.lookup_in(p, lba as u32)
-    }
-
-    /// The first sealed partition in `(after, upto]` holding `lba`.
-    pub(super) fn next_holder(&self, lba: u64, after: u32, upto: u32) -> Option<u32> {
-        self.parts.next_holder(lba as u32, after, upto)
-    }
-
-    /// Records a version of `lba` in the open partition `p`.
-    pub(super) fn record_open(&mut self, p: u32, lba: u64, addr: LogAddr) {
-        self.parts.record(p, lba as u32, addr);
     }
 
     /// Blocks this core's index shard maps.

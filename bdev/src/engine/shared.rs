@@ -1,7 +1,7 @@
 //! State every core of one ilog bdev shares: the geometry, the free segment
 //! pool and sequence counter (lock-free), and each core's inbound queues.
 
-use super::drain::BaselineMap;
+use super::baseline::BaselineMap;
 use super::free::FreeSegments;
 use super::msg::Msg;
 use super::request::Request;
@@ -41,7 +41,7 @@ pub(crate) struct Shared {
     /// with [`DevOp::Copy`](crate::device::DevOp::Copy).
     pub copy_offload: bool,
     /// What the mount of this bdev did.
-    pub mount: super::mount::MountReport,
+    pub mount: MountReport,
     /// How much log a crash mount replays at most (fixed at format).
     pub replay_window_kib: u32,
 }
@@ -198,4 +198,15 @@ impl Submitter {
         let core = if req.is_io() { core % self.shared.cores } else { 0 };
         self.shared.clients[core as usize].push((token, req)).map_err(|_| Error::Io(libc::EAGAIN))
     }
+}
+
+/// What a mount did, for the stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MountReport {
+    /// The bdev was not closed cleanly: the log since the checkpoint was
+    /// scanned and replayed.
+    pub crash: bool,
+    pub micros: u64,
+    /// Bytes mount read from the device.
+    pub read_bytes: u64,
 }

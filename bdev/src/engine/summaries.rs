@@ -3,7 +3,8 @@
 //! this way while the bdev runs (mount reads them on its own, before).
 //! Apart from the operation queue, which only decides when to read.
 
-use super::shard::{Shard, TAG_CONTROL};
+use super::shard::Shard;
+use super::tag::TAG_CONTROL;
 use crate::device::{DevOp, DevRequest, DmaBuf};
 use crate::error::{Error, Result};
 use crate::format::{Geometry, SegmentRecord, SummaryChain, SummaryEntry};
@@ -41,22 +42,27 @@ impl Shard {
             self.dev_submit(DevRequest { op: DevOp::Read, block, nblocks: 1, buf, tag });
         }
     }
+}
 
-    /// The entries of `record` its checkpoint vouches for, from the slots
-    /// `read_summary_groups` read (all of them).
-    pub(super) fn trusted_summaries(&self, record: &SegmentRecord, bufs: &[DmaBuf]) -> Result<Vec<SummaryEntry>> {
-        let key = record.summary_key();
-        let mut chain = SummaryChain::new(self.shared.uuid, key, self.shared.geo.entries_per_summary());
-        for pair in bufs.chunks_exact(2) {
-            if !chain.push([&pair[0], &pair[1]]) {
-                break;
-            }
+/// The entries of `record` its checkpoint vouches for, from the slots
+/// `read_summary_groups` read (all of them), of the format `uuid`.
+pub(super) fn trusted_summaries(
+    uuid: [u8; 16],
+    geo: &Geometry,
+    record: &SegmentRecord,
+    bufs: &[DmaBuf],
+) -> Result<Vec<SummaryEntry>> {
+    let key = record.summary_key();
+    let mut chain = SummaryChain::new(uuid, key, geo.entries_per_summary());
+    for pair in bufs.chunks_exact(2) {
+        if !chain.push([&pair[0], &pair[1]]) {
+            break;
         }
-        let mut entries = chain.into_entries();
-        if entries.len() < record.trusted_entries as usize {
-            return Err(summaries_lost(record.segno));
-        }
-        entries.truncate(record.trusted_entries as usize);
-        Ok(entries)
     }
+    let mut entries = chain.into_entries();
+    if entries.len() < record.trusted_entries as usize {
+        return Err(summaries_lost(record.segno));
+    }
+    entries.truncate(record.trusted_entries as usize);
+    Ok(entries)
 }

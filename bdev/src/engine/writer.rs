@@ -8,12 +8,13 @@
 //! device as it is written, apart from the dispatch that feeds it.
 
 use super::addr::{LogAddr, ZERO};
-use super::control::SegmentInfo;
 use super::msg::{Piece, PieceOp};
-use super::retire::RobEntry;
-use super::shard::{Shard, ROB_DEPTH, TAG_META, TAG_WRITE};
+use super::registry::SegmentInfo;
+use super::retire::{Purpose, RobEntry, ROB_DEPTH};
+use super::shard::Shard;
 use super::shared::SpaceState;
 use super::space::Counters;
+use super::tag::{TAG_META, TAG_WRITE};
 use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf};
 use crate::error::{Error, Result};
 use crate::format::{
@@ -31,17 +32,6 @@ pub(super) enum Payload {
     Copy { src: LogAddr, crc: u32 },
     /// Zeroes: no data.
     Zero,
-}
-
-/// Why an entry was appended.
-#[derive(Clone, Copy)]
-pub(super) enum Purpose {
-    /// A piece of a client request, completed on `origin` in `slot`.
-    Client { origin: u32, slot: u32 },
-    /// Compaction's copy of the live block at `src` (`ZERO` for a zero
-    /// entry) of partition `src_partition`; `buf` is compaction buffer
-    /// holding its data.
-    Move { src: LogAddr, src_partition: u32, buf: Option<u16> },
 }
 
 #[derive(Clone, Copy, Default)]

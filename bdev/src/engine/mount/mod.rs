@@ -17,10 +17,13 @@ mod load;
 mod rebuild;
 mod replay;
 
-use super::control::{Control, SegmentInfo, ENTRY_BITS};
-use super::drain::BaselineMap;
+use super::baseline::BaselineMap;
+use super::control::{Control, FromMount};
+use super::cursor::ENTRY_BITS;
 use super::free::FreeSegments;
+use super::registry::{Registry, SegmentInfo};
 use super::shard::{Shard, ShardInit};
+pub use super::shared::MountReport;
 use super::shared::{Clock, Shared, Submitter, SystemClock, QUEUE_DEPTH};
 use super::space::{count_live, Counters, SegmentSpace};
 use crate::device::{BlockDevice, DmaBuf};
@@ -28,23 +31,13 @@ use crate::error::{Error, Result};
 use crate::format::{Checkpoint, EntryKind, FormatOptions, Geometry, Superblock};
 use crossbeam_queue::ArrayQueue;
 use io::SyncIo;
-use load::{load_trusted, Trusted};
+use load::{load_trusted, Loaded, Trusted};
 use rebuild::{rebuild, Rebuilt};
 use replay::replay_tail;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// What a mount did, for the stats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MountReport {
-    /// The bdev was not closed cleanly: the log since the checkpoint was
-    /// scanned and replayed.
-    pub crash: bool,
-    pub micros: u64,
-    /// Bytes mount read from the device.
-    pub read_bytes: u64,
-}
 
 /// Mount's phases, logged as they end (with what each read, and took).
 struct Phases {
@@ -139,73 +132,117 @@ pub fn mount_with_clock(dev: Arc<dyn BlockDevice>, cores: u32, clock: Arc<dyn Cl
     }
     let Trusted { sb, ckpt, loaded, .. } = t;
     let geo = sb.geometry;
-    let Rebuilt { indexes, parts, logmap, open_partition } = rebuild(&geo, &ckpt, &loaded, cores);
+    let rebuilt = rebuild(&geo, &ckpt, &loaded, cores);
     phases.done("index rebuilt", &io);
-
-    let space: Vec<SegmentSpace> = (0..geo.segment_count).map(|_| SegmentSpace::default()).collect();
-    for l in loaded.values() {
-        let used = l.entries.iter().filter(|e| e.kind != EntryKind::Zero).map(|e| e.data_offset + e.blocks - 1).max();
-        space[l.record.segno as usize].used.store(used.unwrap_or(0), Relaxed);
-    }
-    let volumes: Vec<u32> = ckpt.volumes.iter().map(|v| v.partition).collect();
-    for (live, count) in space.iter().zip(count_live(&geo, indexes.iter().zip(&parts), &volumes, open_partition)) {
-        live.current.store(count.0, Relaxed);
-        live.pinned.store(count.1, Relaxed);
-    }
-
-    // Step 4, the fence: a new checkpoint lists exactly what was accepted,
-    // so nothing torn or dropped here is ever replayed again.
-    let seq_high = loaded.values().map(|l| l.record.seq).max().unwrap_or(0).max(seq_seen);
-    let exhausted = || Error::Corrupt("checkpoint counters at their limit".into());
-    // Everything else (volumes, policy, baseline and drain state, the
-    // snapshot counter) is the mounted checkpoint's: the fence changes none.
-    let next = Checkpoint {
-        generation: ckpt.generation.checked_add(1).ok_or_else(exhausted)?,
-        uuid: sb.uuid,
-        seq_high,
-        epoch: ckpt.epoch.checked_add(1).ok_or_else(exhausted)?,
-        next_partition: open_partition,
-        clean: false,
-        window: None,
-        segments: loaded.values().map(|l| l.record).collect(),
-        ..ckpt.clone()
-    };
-    let first_seq = seq_high.checked_add(1).ok_or_else(exhausted)?;
-    let free = FreeSegments::new(geo.segment_count, geo.window_segments(ckpt.replay_window_kib));
-    for segno in (0..geo.segment_count).filter(|s| !loaded.contains_key(s)) {
-        free.release(segno);
-    }
-    let window = free.take_for_window(0);
-    let next = Checkpoint { window: Some(window.clone()), ..next };
-    write_checkpoint(&mut io, &geo, &next)?;
-    io.flush()?;
-    free.open_window(&window);
+    let space = count_space(&geo, &ckpt, &loaded, &rebuilt);
+    let fenced = fence(&mut io, &geo, &ckpt, &loaded, seq_seen, rebuilt.open_partition, clock.now_unix_s())?;
     phases.done("fenced", &io);
     let report =
         MountReport { crash: replayed, micros: started.elapsed().as_micros() as u64, read_bytes: io.read_bytes };
-
+    log::info!(
+        "mounted: {} segments in use, {} volumes, open partition {}{}",
+        loaded.len(),
+        ckpt.volumes.len(),
+        rebuilt.open_partition,
+        if replayed { ", log replayed" } else { "" }
+    );
     let shared = Arc::new(Shared {
         geo,
         uuid: sb.uuid,
-        epoch: next.epoch,
+        epoch: fenced.epoch,
         cores,
-        free,
-        next_seq: AtomicU64::new(first_seq),
+        free: fenced.free,
+        next_seq: AtomicU64::new(fenced.first_seq),
         inbox: (0..cores).map(|_| ArrayQueue::new(QUEUE_DEPTH)).collect(),
         clients: (0..cores).map(|_| ArrayQueue::new(QUEUE_DEPTH)).collect(),
         closed: AtomicBool::new(false),
         space,
         counters: Counters::default(),
         space_state: AtomicU8::new(0),
-        baseline: BaselineMap::new(&next.baseline_stripes, geo.stripe_count()),
+        baseline: BaselineMap::new(&ckpt.baseline_stripes, geo.stripe_count()),
         clock,
         volumes_generation: AtomicU64::new(0),
         copy_offload: dev.supports_copy(),
         mount: report,
-        replay_window_kib: next.replay_window_kib,
+        replay_window_kib: ckpt.replay_window_kib,
     });
-    let live_volumes = Arc::new(next.volumes.iter().map(|v| v.partition).collect::<Vec<_>>());
-    let mut shards = Vec::with_capacity(cores as usize);
+    let shards = hand_over(dev.as_ref(), &shared, &ckpt, rebuilt, fenced.control)?;
+    Ok(Mounted { submitter: Submitter { shared }, shards, geometry: geo, replayed })
+}
+
+/// Each segment's space counts (blocks used, current and pinned), from the
+/// entries accepted and the rebuilt shards.
+fn count_space(geo: &Geometry, ckpt: &Checkpoint, loaded: &BTreeMap<u32, Loaded>, r: &Rebuilt) -> Vec<SegmentSpace> {
+    let space: Vec<SegmentSpace> = (0..geo.segment_count).map(|_| SegmentSpace::default()).collect();
+    for l in loaded.values() {
+        let used = l.entries.iter().filter(|e| e.kind != EntryKind::Zero).map(|e| e.data_offset + e.blocks - 1).max();
+        space[l.record.segno as usize].used.store(used.unwrap_or(0), Relaxed);
+    }
+    let volumes: Vec<u32> = ckpt.volumes.iter().map(|v| v.partition).collect();
+    let live = count_live(geo, r.indexes.iter().zip(&r.parts), &volumes, r.open_partition);
+    for (space, (current, pinned)) in space.iter().zip(live) {
+        space.current.store(current, Relaxed);
+        space.pinned.store(pinned, Relaxed);
+    }
+    space
+}
+
+/// What the fence leaves: the coordinator that wrote it, the free
+/// segments (its window open), this mount's epoch and its first sequence.
+struct Fenced {
+    control: Control,
+    free: FreeSegments,
+    epoch: u32,
+    first_seq: u64,
+}
+
+/// Step 4, the fence: a new checkpoint lists exactly what was accepted, so
+/// nothing torn or dropped here is ever replayed again. The coordinator
+/// writes it, as it writes every later one; everything but the segments,
+/// the epoch, the sequence bound and the window (volumes, policy, baseline
+/// and drain state, the snapshot counter) is the mounted checkpoint's.
+fn fence(
+    io: &mut SyncIo,
+    geo: &Geometry,
+    ckpt: &Checkpoint,
+    loaded: &BTreeMap<u32, Loaded>,
+    seq_seen: u64,
+    open_partition: u32,
+    now: u64,
+) -> Result<Fenced> {
+    let seq_high = loaded.values().map(|l| l.record.seq).max().unwrap_or(0).max(seq_seen);
+    let exhausted = || Error::Corrupt("checkpoint counters at their limit".into());
+    ckpt.generation.checked_add(1).ok_or_else(exhausted)?;
+    let epoch = ckpt.epoch.checked_add(1).ok_or_else(exhausted)?;
+    let first_seq = seq_high.checked_add(1).ok_or_else(exhausted)?;
+    let free = FreeSegments::new(geo.segment_count, geo.window_segments(ckpt.replay_window_kib));
+    for segno in (0..geo.segment_count).filter(|s| !loaded.contains_key(s)) {
+        free.release(segno);
+    }
+    let registry =
+        Registry::new(loaded.values().map(|l| SegmentInfo { record: l.record, last_partition: l.last_partition() }));
+    let ckpt_buf = DmaBuf::new(geo.ckpt_slot_bytes(), geo.block_size as usize);
+    let mut control = Control::new(ckpt, FromMount { registry, epoch, seq_high, open_partition, ckpt_buf, now });
+    let next = control.next_checkpoint(&free, false, ckpt.baseline_stripes.clone());
+    write_checkpoint(io, geo, &next)?;
+    io.flush()?;
+    control.checkpoint_durable(&free);
+    Ok(Fenced { control, free, epoch, first_seq })
+}
+
+/// The shards handed over, each with its index shard and partition
+/// tables; core 0's with the coordinator.
+fn hand_over(
+    dev: &dyn BlockDevice,
+    shared: &Arc<Shared>,
+    ckpt: &Checkpoint,
+    rebuilt: Rebuilt,
+    control: Control,
+) -> Result<Vec<Shard>> {
+    let Rebuilt { indexes, parts, logmap, open_partition } = rebuilt;
+    let live_volumes = Arc::new(ckpt.volumes.iter().map(|v| v.partition).collect::<Vec<_>>());
+    let stream_start = shared.next_seq.load(Relaxed) << ENTRY_BITS;
+    let mut shards = Vec::with_capacity(shared.cores as usize);
     for (core, (index, parts)) in indexes.into_iter().zip(parts).enumerate() {
         let chan = dev.channel().map_err(|e| Error::Io(e.raw_os_error().unwrap_or(libc::EIO)))?;
         let init = ShardInit {
@@ -214,22 +251,11 @@ pub fn mount_with_clock(dev: Arc<dyn BlockDevice>, cores: u32, clock: Arc<dyn Cl
             logmap: logmap.clone(),
             open_partition,
             drained: ckpt.baseline_partition,
-            stream_start: first_seq << ENTRY_BITS,
+            stream_start,
             live_volumes: live_volumes.clone(),
         };
         shards.push(Shard::new(core as u32, shared.clone(), chan, init));
     }
-    let bs = geo.block_size as usize;
-    let now = shared.clock.now_unix_s();
-    let ckpt_buf = DmaBuf::new(geo.ckpt_slot_bytes(), bs);
-    let mut control = Control::new(&next, open_partition, ckpt_buf, now);
-    control.register(loaded.values().map(|l| SegmentInfo { record: l.record, last_partition: l.last_partition() }));
     shards[0].ctl = Some(Box::new(control));
-    log::info!(
-        "mounted: {} segments in use, {} volumes, open partition {open_partition}{}",
-        loaded.len(),
-        next.volumes.len(),
-        if replayed { ", log replayed" } else { "" }
-    );
-    Ok(Mounted { submitter: Submitter { shared }, shards, geometry: geo, replayed })
+    Ok(shards)
 }
