@@ -292,24 +292,47 @@ fn a_copy_that_failed_resumes_from_its_token_without_sending_again() {
 }
 
 #[test]
-fn a_damaged_stream_is_refused_and_the_restore_resumes_once_repaired() {
+fn a_damaged_or_truncated_stream_is_refused_and_changes_nothing() {
     let src = source(1);
     let path = scratch("damaged");
     let store = StreamStore::File(path.clone());
     run_copy(src.as_ref(), &spec("v1", None), &store, &Progress::default()).unwrap();
     let good = std::fs::read(&path).unwrap();
-    let mut bad = good.clone();
-    let at = bad.len() - 5000;
-    bad[at] ^= 1;
-    std::fs::write(&path, &bad).unwrap();
     let dst = bdev(1);
+    dst.write(7, &pattern(7, 8, 2)).unwrap();
+    let before = image(&dst, None);
     let into = Destination::Ilog(dst.clone());
+    let mut flipped = good.clone();
+    flipped[good.len() - 5000] ^= 1;
+    for (what, bytes) in [("a flipped bit", flipped), ("a truncation", good[..good.len() - 100].to_vec())] {
+        std::fs::write(&path, &bytes).unwrap();
+        let err = run_restore(&into, &store, None, &Progress::default()).unwrap_err();
+        assert_eq!(err.errno(), libc::EUCLEAN, "{what}: {err}");
+        assert!(dst.volumes().unwrap().is_empty(), "{what}: a volume made of a damaged stream");
+        assert!(image(&dst, None) == before, "{what}: the destination changed");
+    }
+}
+
+#[test]
+fn a_restore_that_failed_resumes_from_its_token() {
+    let src = source(2);
+    let store = StreamStore::File(scratch("restore-resume"));
+    run_copy(src.as_ref(), &spec("v1", None), &store, &Progress::default()).unwrap();
+    let (written, fail_after) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(100 << 20)));
+    let dev =
+        Flaky { inner: MallocDevice::new(BLOCKS, BS as u32), written: written.clone(), fail_after: fail_after.clone() };
+    let dev: Arc<dyn BlockDevice> = Arc::new(dev);
+    let onto = Destination::Device { name: "Flaky1".into(), dev: dev.clone() };
     let progress = Progress::default();
-    let err = run_restore(&into, &store, None, &progress).unwrap_err();
-    assert_eq!(err.errno(), libc::EUCLEAN, "{err}");
-    assert!(dst.volumes().unwrap().is_empty(), "no volume from a damaged stream");
+    assert_eq!(run_restore(&onto, &store, None, &progress).unwrap_err().errno(), libc::EIO);
     let token = progress.resume_token().expect("a token");
-    std::fs::write(&path, &good).unwrap();
-    run_restore(&into, &store, Some(&token), &Progress::default()).unwrap();
-    assert!(image(&dst, Some("v1")) == image(&src, Some("v1")), "dst@v1 differs from src@v1");
+    fail_after.store(u64::MAX, Ordering::Relaxed);
+    let before = written.load(Ordering::Relaxed);
+    run_restore(&onto, &store, Some(&token), &Progress::default()).unwrap();
+    let again = written.load(Ordering::Relaxed) - before;
+    let volume_bytes = src.volume_blocks() * BS as u64;
+    assert!(again < volume_bytes, "the resumed restore wrote {again} of {volume_bytes} bytes");
+    let mut got = vec![0u8; src.volume_blocks() as usize * BS];
+    Reader::new(dev).read(0, &mut got);
+    assert!(got == image(&src, Some("v1")), "the device differs from src@v1");
 }

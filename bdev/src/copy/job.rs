@@ -202,16 +202,23 @@ pub fn restore(
     progress: &Progress,
 ) -> Result<Option<VolumeInfo>> {
     let header = plan.header.clone();
-    let mut input = match plan.resume {
-        None => StreamReader::new(source.reader_at(0)?)?,
-        Some(at) => StreamReader::resume(source.reader_at(at.offset)?, header.clone(), at),
+    let open = || -> Result<StreamReader<Box<dyn std::io::Read + Send>>> {
+        Ok(match plan.resume {
+            None => StreamReader::new(source.reader_at(0)?)?,
+            Some(at) => StreamReader::resume(source.reader_at(at.offset)?, header.clone(), at),
+        })
     };
+    // The whole stream (from where a resume starts) is verified before
+    // anything is written: a damaged one leaves the destination as it was.
+    let mut check = open()?;
+    let mut data = Vec::new();
+    while check.next_record(&mut data)?.is_some() {}
+    let mut input = open()?;
     let mut apply = Applier::new(dst, &header)?;
     let bs = u64::from(header.block_size);
     progress.set_total(header.data_blocks * bs);
     progress.set_done(input.position().counts.data_blocks * bs);
     progress.set_resume_token(input.position().token(&header));
-    let mut data = Vec::new();
     let mut unsynced = 0u64;
     loop {
         let gap_from = input.position().next_lba;
