@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -798,6 +799,16 @@ ILOG_SPECS = [
      {"name": "NoSuchBdev", "policy": {}}),
     ("bdev_ilog_get_policy", [("name", "str", "req")], {"name": "NoSuchBdev"}),
     ("bdev_ilog_event", [("name", "str", "req"), ("event", "str", "req")], {"name": "NoSuchBdev", "event": "e"}),
+    ("bdev_ilog_diff", [("name", "str", "req"), ("volume", "str", "req"), ("base_volume", "str", "opt"),
+                        ("lba_start", "u64", "opt"), ("lba_count", "u64", "opt")],
+     {"name": "NoSuchBdev", "volume": "keep"}),
+    ("bdev_ilog_copy", [("name", "str", "req"), ("volume", "str", "req"), ("base_volume", "str", "opt"),
+                        ("lba_start", "u64", "opt"), ("lba_count", "u64", "opt"), ("target", "str", "req"),
+                        ("resume_token", "str", "opt")],
+     {"name": "NoSuchBdev", "volume": "keep", "target": "/no/such/dir/s"}),
+    ("bdev_ilog_restore", [("name", "str", "req"), ("source", "str", "req"), ("resume_token", "str", "opt")],
+     {"name": "NoSuchBdev", "source": "/no/such/dir/s"}),
+    ("bdev_ilog_get_jobs", [("name", "str", "opt")], {"name": "NoSuchBdev"}),
 ]
 
 INVALID_PARAMS = -32602
@@ -974,6 +985,37 @@ def semantic_bad_cases():
     m = "bdev_ilog_event"
     add(m, "an event nothing binds", {"name": "ilog0", "event": "nope"}, EINVAL)
     add(m, "a 10000-char event", {"name": "ilog0", "event": LONG}, EINVAL)
+
+    m = "bdev_ilog_diff"
+    add(m, "unknown volume", {"name": "ilog0", "volume": "nope"}, ENOENT)
+    add(m, "base same as volume", {"name": "ilog0", "volume": "keep", "base_volume": "keep"}, "invalid")
+    add(m, "lba_start past the end", {"name": "ilog0", "volume": "keep", "lba_start": (1 << 64) - 1}, EINVAL)
+    add(m, "lba_count 0", {"name": "ilog0", "volume": "keep", "lba_count": 0}, EINVAL)
+    add(m, "of a volume bdev", {"name": "ilog0@keep", "volume": "keep"}, "error")
+
+    m = "bdev_ilog_copy"
+    stream = os.path.join(tempfile.gettempdir(), f"ilog-bad-{os.getpid()}.stream")
+    for label, extra, expect in [("unknown volume", {"volume": "nope"}, ENOENT),
+                                 ("a range past the end", {"lba_start": (1 << 64) - 1}, EINVAL),
+                                 ("an ilog bdev as target", {"target": "ilog0"}, EINVAL),
+                                 ("a claimed base as target", {"target": "Malloc0"}, "error"),
+                                 ("a volume bdev as target", {"target": "ilog0@keep"}, "error"),
+                                 ("an unknown bdev as target", {"target": "NoSuchBdev"}, "error"),
+                                 ("a file in no directory", {"target": "/no/such/dir/s"}, ENOENT),
+                                 ("a resume token of junk", {"resume_token": "zz"}, EINVAL)]:
+        add(m, label, {"name": "ilog0", "volume": "keep", "target": stream, **extra}, expect)
+    add(m, "of a volume bdev", {"name": "ilog0@keep", "volume": "keep", "target": stream}, "error")
+
+    m = "bdev_ilog_restore"
+    junk = os.path.join(tempfile.gettempdir(), f"ilog-not-a-stream-{os.getpid()}")
+    with open(junk, "wb") as f:
+        f.write(b"\x5a" * 8192)
+    add(m, "a missing file", {"name": "ilog0", "source": "/no/such/dir/s"}, ENOENT)
+    add(m, "a file that is no stream", {"name": "ilog0", "source": junk}, -117)
+    add(m, "into a volume bdev", {"name": "ilog0@keep", "source": junk}, "error")
+    add(m, "into a claimed base", {"name": "Malloc0", "source": junk}, "error")
+
+    add("bdev_ilog_get_jobs", "of an unknown bdev", {"name": "NoSuchBdev"}, ENODEV)
     return cases
 
 

@@ -635,3 +635,132 @@ fn copies_and_restores_through_rpc_read_back_exactly_over_nbd() {
     assert_eq!(tgt.ok(&["bdev_ilog_get_volumes", "dst2"]), json!([]));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `kill -9` of the target in the middle of a copy: after a restart the
+/// same call with the token the job last reported goes on from there (the
+/// resumed job starts with bytes already done), and the stream restores a
+/// volume identical to the source's, as qemu-img compares them over NBD.
+#[test]
+fn a_copy_killed_mid_way_resumes_after_a_restart_and_restores_exactly() {
+    let dir = scratch_dir("copy-kill");
+    let base = dir.join("base.img");
+    std::fs::File::create(&base).unwrap().set_len(512 * MIB).unwrap();
+    let nbd = dir.join("ilog0.nbd");
+    let config = file_config(&dir, &base, &nbd);
+    let mut tgt = Tgt::start(&dir, "0x1", Some(&config));
+    let steps = ["write -P 0x5a 0 240M", "write -P 0x5b 100M 4M", "flush"];
+    qemu_io(&nbd, false, &steps);
+    tgt.ok(&["bdev_ilog_snapshot", "ilog0", "-n", "v1"]);
+    let stream = dir.join("v1.stream");
+    let copy = json!({"name": "ilog0", "volume": "v1", "target": stream});
+    let job = |tgt: &Tgt, id: &Value| -> Value {
+        let jobs = tgt.raw(&json!({"jsonrpc": "2.0", "id": 1, "method": "bdev_ilog_get_jobs"})).unwrap();
+        jobs["result"].as_array().unwrap().iter().find(|j| j["job"] == *id).cloned().expect("listed")
+    };
+    let started = tgt.raw(&json!({"jsonrpc": "2.0", "id": 1, "method": "bdev_ilog_copy", "params": copy})).unwrap();
+    let id = started["result"]["job"].clone();
+    // Killed once a resume token past the start is reported.
+    let token = (0..20_000)
+        .find_map(|_| {
+            let j = job(&tgt, &id);
+            assert_eq!(j["state"], "running", "the copy ended before the kill: {j}");
+            let past_start = j["bytes_done"].as_u64().unwrap() > 40 * MIB;
+            std::thread::sleep(Duration::from_millis(1));
+            past_start.then(|| j["resume_token"].as_str().map(str::to_owned)).flatten()
+        })
+        .expect("a resume token");
+    tgt.kill9();
+
+    let tgt = Tgt::start(&dir, "0x1", Some(&config));
+    let mut resumed = copy.clone();
+    resumed["resume_token"] = json!(token);
+    let again = tgt.raw(&json!({"jsonrpc": "2.0", "id": 2, "method": "bdev_ilog_copy", "params": resumed})).unwrap();
+    let id = again["result"]["job"].clone();
+    let first = job(&tgt, &id);
+    assert!(first["bytes_done"].as_u64().unwrap() >= 16 * MIB, "the resumed copy started over: {first}");
+    let done = wait_job(&tgt, &id);
+    assert_eq!(done["state"], "done", "{done}");
+
+    tgt.ok(&["bdev_malloc_create", "-b", "Malloc9", "512", "4096"]);
+    tgt.ok(&["bdev_ilog_create", "-b", "Malloc9", "-p", "dst"]);
+    let restore = tgt.ok(&["bdev_ilog_restore", "dst", stream.to_str().unwrap()]);
+    assert_eq!(wait_job(&tgt, &restore["job"])["state"], "done");
+    let (expected, restored) = (dir.join("v1.raw"), dir.join("dst-v1.nbd"));
+    expected_image(&expected, volume_bytes(&tgt, "ilog0"), &steps[..2]);
+    tgt.ok(&["nbd_start_disk", "dst@v1", restored.to_str().unwrap()]);
+    assert_same_image(&restored, &expected);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The `ilog` command: a diff, then a copy and a restore followed to their
+/// end, with plain progress lines through a pipe and a progress bar in a
+/// pseudo-terminal (`script`); a failing job prints how to resume.
+#[test]
+fn the_ilog_command_follows_copies_with_progress() {
+    let dir = scratch_dir("cli");
+    let tgt = Tgt::start(&dir, "0x1", None);
+    tgt.ok(&["bdev_malloc_create", "-b", "Malloc0", "128", "4096"]);
+    tgt.ok(&["bdev_malloc_create", "-b", "Malloc1", "128", "4096"]);
+    tgt.ok(&["bdev_ilog_create", "-b", "Malloc0", "-p", "src"]);
+    tgt.ok(&["bdev_ilog_create", "-b", "Malloc1", "-p", "dst"]);
+    let cur = dir.join("src.nbd");
+    tgt.ok(&["nbd_start_disk", "src", cur.to_str().unwrap()]);
+    qemu_io(&cur, false, &["write -P 0x11 0 32M"]);
+    tgt.ok(&["bdev_ilog_snapshot", "src", "-n", "v1"]);
+    qemu_io(&cur, false, &["write -P 0x22 4M 4k"]);
+    tgt.ok(&["bdev_ilog_snapshot", "src", "-n", "v2"]);
+    let ilog = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ilog")).arg("-s").arg(&tgt.sock).args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = ilog(&["diff", "src", "v2", "-b", "v1"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "1024 1 data\n");
+
+    let (full, incr) = (dir.join("v1.stream"), dir.join("v2.stream"));
+    let (ok, out, err) = ilog(&["copy", "src", "v1", full.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let last = out.lines().last().unwrap_or_default();
+    assert!(last.starts_with("copy job") && last.contains("(100 %)") && last.ends_with("done"), "{out}");
+
+    // In a pseudo-terminal: a progress bar, not lines.
+    let cmd = format!("{} -s {} copy src v2 {} -b v1", env!("CARGO_BIN_EXE_ilog"), tgt.sock.display(), incr.display());
+    let out = tool("script").args(["-qec", &cmd, "/dev/null"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("copy job") && shown.contains("done") && shown.contains('\u{1b}'),
+        "no progress bar: {shown:?}"
+    );
+    assert!(!shown.contains("MiB/s, done"), "plain lines on a terminal: {shown:?}");
+
+    for stream in [&full, &incr] {
+        let (ok, _, err) = ilog(&["restore", "dst", stream.to_str().unwrap()]);
+        assert!(ok, "{err}");
+    }
+    let vols = tgt.ok(&["bdev_ilog_get_volumes", "dst"]);
+    assert_eq!(
+        vols.as_array().unwrap().iter().map(|v| v["volume_id"].clone()).collect::<Vec<_>>(),
+        [json!("v1"), json!("v2")]
+    );
+
+    // A job that fails says how to go on (here: a stream that is no stream).
+    let junk = dir.join("junk.stream");
+    std::fs::write(&junk, vec![7u8; 8192]).unwrap();
+    let (ok, _, err) = ilog(&["restore", "dst", junk.to_str().unwrap()]);
+    assert!(!ok && err.contains("not a copy stream"), "{err}");
+    let bad = dir.join("bad.stream");
+    let mut bytes = std::fs::read(&full).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    std::fs::write(&bad, bytes).unwrap();
+    tgt.ok(&["bdev_malloc_create", "-b", "Malloc2", "128", "4096"]);
+    tgt.ok(&["bdev_ilog_create", "-b", "Malloc2", "-p", "dst2"]);
+    let (ok, _, err) = ilog(&["restore", "dst2", bad.to_str().unwrap()]);
+    assert!(!ok && err.contains("restore job") && err.contains("CRC mismatch"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
