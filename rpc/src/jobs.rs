@@ -102,7 +102,9 @@ pub fn stream_store(
 /// as `plan` (checked when the call came) says; returns the job's id at
 /// once.
 pub fn start_copy(jobs: &Arc<Mutex<Jobs>>, bdev: &str, src: Arc<dyn Volumes>, plan: Plan, target: StreamStore) -> u64 {
-    let progress = Arc::new(Progress::default());
+    // Started as the plan says, so that the first look at a resumed job
+    // sees what it finds done.
+    let progress = Arc::new(plan.progress());
     let id = jobs.lock().expect("job table").insert(bdev, "copy", Some(progress.clone()));
     let table = jobs.clone();
     spawn(id, move || {
@@ -121,7 +123,7 @@ pub fn start_restore(
     source: StreamStore,
     plan: RestorePlan,
 ) -> u64 {
-    let progress = Arc::new(Progress::default());
+    let progress = Arc::new(plan.progress());
     let id = jobs.lock().expect("job table").insert(name, "restore", Some(progress.clone()));
     let table = jobs.clone();
     spawn(id, move || {

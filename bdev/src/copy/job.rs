@@ -39,6 +39,27 @@ pub struct Plan {
     resume: Option<Position>,
 }
 
+impl Plan {
+    /// The job's progress as it starts: its total, and what a resume
+    /// finds done.
+    pub fn progress(&self) -> Progress {
+        let bs = u64::from(self.header.block_size);
+        let from = self.resume.map_or(self.header.lba_start, |at| at.next_lba);
+        let data = |e: &Extent| if e.kind == LogEntryKind::Data { clip(e, 0, from).blocks * bs } else { 0 };
+        Progress::starting(self.header.data_blocks * bs, self.extents.iter().map(data).sum())
+    }
+}
+
+impl RestorePlan {
+    /// The job's progress as it starts: its total, and what a resume
+    /// finds done.
+    pub fn progress(&self) -> Progress {
+        let bs = u64::from(self.header.block_size);
+        let done = self.resume.map_or(0, |at| at.counts.data_blocks * bs);
+        Progress::starting(self.header.data_blocks * bs, done)
+    }
+}
+
 /// Checks `spec` against the source, and returns the stream's header and
 /// the extents to copy. Cheap enough to run before answering the RPC, so
 /// that bad input fails the call, not the job.
@@ -81,11 +102,10 @@ pub fn plan(src: &dyn Volumes, spec: &CopySpec) -> Result<Plan> {
 /// Copies what `plan` says into `target`. On failure the progress keeps
 /// the token to resume with.
 pub fn copy(src: &dyn Volumes, plan: &Plan, target: &StreamStore, progress: &Progress) -> Result<()> {
+    progress.start_as(&plan.progress());
     let Plan { header, extents, view, resume } = plan;
     let (header, view) = (header.clone(), *view);
     let bs = u64::from(header.block_size);
-    let data_bytes = |e: &Extent| if e.kind == LogEntryKind::Data { e.blocks * bs } else { 0 };
-    progress.set_total(header.data_blocks * bs);
     let mut out = match *resume {
         None => StreamWriter::new(target.writer_at(0)?, header.clone())?,
         Some(at) => {
@@ -97,8 +117,6 @@ pub fn copy(src: &dyn Volumes, plan: &Plan, target: &StreamStore, progress: &Pro
             StreamWriter::resume(target.writer_at(at.offset)?, header.clone(), at)
         }
     };
-    let done_before = |at: u64| extents.iter().map(|e| clip(e, 0, at)).map(|e| data_bytes(&e)).sum::<u64>();
-    progress.set_done(done_before(out.position().next_lba));
     progress.set_resume_token(out.position().token(&header));
     let mut buf = DmaBuf::new(READ_BYTES, header.block_size as usize);
     let mut unsynced = 0u64;
@@ -216,8 +234,7 @@ pub fn restore(
     let mut input = open()?;
     let mut apply = Applier::new(dst, &header)?;
     let bs = u64::from(header.block_size);
-    progress.set_total(header.data_blocks * bs);
-    progress.set_done(input.position().counts.data_blocks * bs);
+    progress.start_as(&plan.progress());
     progress.set_resume_token(input.position().token(&header));
     let mut unsynced = 0u64;
     loop {

@@ -84,8 +84,19 @@ impl Progress {
         self.resume_token.lock().expect("progress lock").clone()
     }
 
-    fn set_total(&self, bytes: u64) {
-        self.bytes_total.store(bytes, Ordering::Relaxed);
+    /// A job's progress before it runs: `done` of `total` bytes.
+    pub fn starting(total: u64, done: u64) -> Progress {
+        let p = Progress::default();
+        p.bytes_total.store(total, Ordering::Relaxed);
+        p.bytes_done.store(done, Ordering::Relaxed);
+        p
+    }
+
+    /// Takes `start`'s total and done (a plan's, for a caller that made
+    /// its own progress).
+    fn start_as(&self, start: &Progress) {
+        self.bytes_total.store(start.bytes_total(), Ordering::Relaxed);
+        self.set_done(start.bytes_done());
     }
 
     fn set_done(&self, bytes: u64) {
