@@ -67,15 +67,48 @@ impl Shard {
         let live: u64 = self.shared.space.iter().map(|s| u64::from(s.live())).sum();
         let pct = live * 100 / (u64::from(geo.segment_count) * u64::from(geo.segment_blocks)).max(1);
         let c = self.ctl_mut();
-        let level = [95u8, 80].into_iter().find(|&l| pct >= u64::from(l)).unwrap_or(0);
-        if level > c.versions_warned {
+        let (warn, warned) = versions_warning(pct, c.volumes.len(), c.versions_warned);
+        if warn {
             log::warn!(
                 "the log is {pct} % full of versions that volumes and the current image need ({} volumes)",
                 c.volumes.len()
             );
-            c.versions_warned = level;
-        } else if pct < 75 {
-            c.versions_warned = 0;
         }
+        c.versions_warned = warned;
+    }
+}
+
+/// Whether `pct` % of the log held by live versions is worth a warning,
+/// given the threshold (80, 95) warned about last; and the threshold to
+/// remember. Without volumes the drain frees every version the log holds,
+/// so nothing is warned; a share back under 75 % rearms the warnings.
+fn versions_warning(pct: u64, volumes: usize, warned: u8) -> (bool, u8) {
+    if volumes == 0 || pct < 75 {
+        return (false, 0);
+    }
+    let level = [95u8, 80].into_iter().find(|&l| pct >= u64::from(l)).unwrap_or(0);
+    if level > warned {
+        (true, level)
+    } else {
+        (false, warned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::versions_warning;
+
+    #[test]
+    fn versions_are_warned_about_once_per_threshold_and_only_with_volumes() {
+        // Without volumes the drain frees it all: no warning, however full.
+        assert_eq!(versions_warning(99, 0, 0), (false, 0));
+        assert_eq!(versions_warning(81, 2, 0), (true, 80));
+        assert_eq!(versions_warning(90, 2, 80), (false, 80));
+        assert_eq!(versions_warning(96, 2, 80), (true, 95));
+        assert_eq!(versions_warning(96, 2, 95), (false, 95));
+        // Between 75 and 80 the last warning stands; under 75 it rearms.
+        assert_eq!(versions_warning(77, 2, 95), (false, 95));
+        assert_eq!(versions_warning(70, 2, 95), (false, 0));
+        assert_eq!(versions_warning(82, 2, 0), (true, 80));
     }
 }
