@@ -656,6 +656,93 @@ def test_copies_and_restores_through_files_and_bdevs():
     assert same(got, data["A"]), "dst@v1 does not hold what src@v1 was taken of"
 
 
+def test_a_copy_leaves_over_nvme_tcp_and_is_restored_on_the_far_side():
+    """A copy to a tertiary volume on another machine's SPDK, over NVMe/TCP
+    with no transport of ours: spdk_tgt copies src@v1 onto a namespace
+    that a second app (nvmf_tgt, with the module) exports from a malloc
+    bdev; that app then restores the stream from its own bdev into an ilog
+    bdev there. Both volumes, exported over NVMe/TCP, read back the data
+    written."""
+    wd = workdir()
+    data = os.path.join(wd, "data.bin")
+    with open(data, "wb") as f:
+        f.write(os.urandom(4 << 20))
+    far = App(wd, NVMF_TGT, mem=2048, name="far")
+    near = None
+    try:
+        far.rpc("nvmf_create_transport", "-t", "TCP")
+        far.rpc("bdev_malloc_create", "-b", "Stream0", 256, 4096)
+        far.rpc("bdev_malloc_create", "-b", "Base1", 256, 4096)
+        far.rpc("bdev_ilog_create", "-b", "Base1", "-p", "dst")
+        tertiary = "nqn.2016-06.io.spdk:tertiary"
+        far.rpc("nvmf_create_subsystem", tertiary, "-a", "-s", "TER001")
+        far.rpc("nvmf_subsystem_add_ns", tertiary, "Stream0", "-n", 1)
+        far.rpc("nvmf_subsystem_add_listener", tertiary, "-t", "tcp", "-a", "127.0.0.1", "-s", 4440)
+
+        near = App(wd, SPDK_TGT, mem=2048, name="near")
+        near.rpc("bdev_malloc_create", "-b", "Base0", 256, 4096)
+        near.rpc("bdev_ilog_create", "-b", "Base0", "-p", "src")
+        near.rpc("nvmf_create_transport", "-t", "TCP")
+        src_nqn = "nqn.2016-06.io.spdk:src"
+        near.rpc("nvmf_create_subsystem", src_nqn, "-a", "-s", "SRC001")
+        near.rpc("nvmf_subsystem_add_ns", src_nqn, "src", "-n", 1)
+        near.rpc("nvmf_subsystem_add_listener", src_nqn, "-t", "tcp", "-a", "127.0.0.1", "-s", 4441)
+        writer = write_config(wd, "writer.json", [
+            {"method": "bdev_nvme_attach_controller", "params": {
+                "name": "Src", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": "4441",
+                "subnqn": src_nqn}},
+            {"method": "bdev_wait_for_examine"},
+        ])
+        dd_write(wd, writer, data, "Srcn1")
+        near.rpc("bdev_ilog_snapshot", "src", "-n", "v1")
+
+        near.rpc("bdev_nvme_attach_controller", "-b", "Far", "-t", "tcp", "-a", "127.0.0.1", "-s", 4440, "-f", "ipv4",
+                 "-n", tertiary)
+
+        def run_job(app, *args):
+            job = app.rpc(*args)["job"]
+
+            def ended():
+                state = next(j for j in app.rpc("bdev_ilog_get_jobs") if j["job"] == job)
+                return state if state["state"] != "running" else None
+            done = wait_until(f"job {job}", ended, timeout=120)
+            assert done["state"] == "done", done
+            return done
+
+        run_job(near, "bdev_ilog_copy", "src", "v1", "Farn1", "--lba-count", 2048)
+        near.rpc("bdev_nvme_detach_controller", "Far")
+        far.rpc("nvmf_subsystem_remove_ns", tertiary, 1)
+        run_job(far, "bdev_ilog_restore", "dst", "Stream0")
+        assert [v["volume_id"] for v in far.rpc("bdev_ilog_get_volumes", "dst")] == ["v1"]
+        assert wait_until("dst@v1", lambda: any(b["name"] == "dst@v1" for b in far.rpc("bdev_get_bdevs")))
+
+        # Both volumes over NVMe/TCP: the data written, block for block.
+        near.rpc("nvmf_subsystem_add_ns", src_nqn, "src@v1", "-n", 2)
+        far.rpc("nvmf_subsystem_add_ns", tertiary, "dst@v1", "-n", 2)
+        reader = write_config(wd, "reader.json", [
+            {"method": "bdev_nvme_attach_controller", "params": {
+                "name": "Src", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": "4441",
+                "subnqn": src_nqn}},
+            {"method": "bdev_nvme_attach_controller", "params": {
+                "name": "Ter", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": "4440",
+                "subnqn": tertiary}},
+            {"method": "bdev_wait_for_examine"},
+        ])
+        got = os.path.join(wd, "got.bin")
+        for bdev in ("Srcn2", "Tern2"):
+            dd_read(wd, reader, bdev, got, count=64)
+            assert same(got, data), f"{bdev} does not hold the data written"
+        near.stop()
+        near = None
+        far.stop()
+        far = None
+    finally:
+        for app in (near, far):
+            if app is not None:
+                print(app.tail(), file=sys.stderr)
+                app.kill()
+
+
 def test_a_volume_deleted_while_open_is_hot_removed_and_its_name_reused():
     """The policy deletes a volume whose bdev a passthru bdev holds open and
     snapshots a new volume of the same name: the old bdev is hot-removed,
@@ -1302,6 +1389,7 @@ TESTS = [
     test_policies_and_compaction_keep_volume_bdevs_in_step,
     test_a_volume_deleted_while_open_is_hot_removed_and_its_name_reused,
     test_copies_and_restores_through_files_and_bdevs,
+    test_a_copy_leaves_over_nvme_tcp_and_is_restored_on_the_far_side,
     test_every_ilog_method_answers_bad_inputs_with_errors,
 ]
 
