@@ -38,5 +38,6 @@ Try, from another shell (scripts/install-deps.sh installs the clients):
   qemu-io -f raw -r -c 'read -P 0xab 0 1M' 'nbd+unix:///?socket=/var/tmp/first.nbd'
   spdk-rpc -s $rpc_sock --plugin rpc_ilog bdev_ilog_get_volumes ilog0
   spdk-rpc -s $rpc_sock --plugin rpc_ilog bdev_ilog_log_read ilog0 -n 4
+  ${CARGO_TARGET_DIR:-target}/release/ilog -s $rpc_sock copy ilog0 first /var/tmp/first.stream
 TXT
 exec "${CARGO_TARGET_DIR:-target}/release/ilog_tgt" -m "$cpumask" -r "$rpc_sock" -c "$config"
