@@ -13,6 +13,8 @@ use std::sync::Arc;
 /// Blocks one read of the source carries: a piece the engine serves
 /// between client requests without a long stall.
 const READ_BYTES: usize = 128 << 10;
+/// Reads of the source a copy keeps in flight.
+const READ_AHEAD: usize = 4;
 /// The stream is made durable, and the resume token moves, at least this
 /// often.
 const SYNC_BYTES: u64 = 16 << 20;
@@ -118,30 +120,28 @@ pub fn copy(src: &dyn Volumes, plan: &Plan, target: &StreamStore, progress: &Pro
         }
     };
     progress.set_resume_token(out.position().token(&header));
-    let mut buf = DmaBuf::new(READ_BYTES, header.block_size as usize);
-    let mut unsynced = 0u64;
     let max_blocks = (READ_BYTES as u64 / bs).min(u64::from(header.max_record_blocks()));
     let resume_at = out.position().next_lba;
+    let mut records = Vec::new();
     for e in extents.iter().map(|e| clip(e, resume_at, u64::MAX)).filter(|e| e.blocks > 0) {
-        if e.kind == LogEntryKind::Zero {
-            for (lba, blocks) in pieces(e.lba, e.blocks, u64::from(u32::MAX)) {
-                out.zero(lba, blocks as u32)?;
-            }
-            continue;
-        }
-        for (lba, blocks) in pieces(e.lba, e.blocks, max_blocks) {
-            let data = &mut buf[..(blocks * bs) as usize];
-            src.read_view(view, lba, data)?;
-            out.data(lba, data)?;
-            unsynced += blocks * bs;
-            progress.set_done(progress.bytes_done() + blocks * bs);
-            if unsynced >= SYNC_BYTES {
-                sync(&mut out, target)?;
-                progress.set_resume_token(out.position().token(&header));
-                unsynced = 0;
-            }
-        }
+        let max = if e.kind == LogEntryKind::Zero { u64::from(u32::MAX) } else { max_blocks };
+        records.extend(pieces(e.lba, e.blocks, max).map(|(lba, blocks)| Extent { lba, blocks, kind: e.kind }));
     }
+    let mut unsynced = 0u64;
+    read_ahead(src, view, &records, bs, |rec, data| {
+        match rec.kind {
+            LogEntryKind::Zero => return out.zero(rec.lba, rec.blocks as u32),
+            LogEntryKind::Data => out.data(rec.lba, data)?,
+        }
+        unsynced += rec.blocks * bs;
+        progress.set_done(progress.bytes_done() + rec.blocks * bs);
+        if unsynced >= SYNC_BYTES {
+            sync(&mut out, target)?;
+            progress.set_resume_token(out.position().token(&header));
+            unsynced = 0;
+        }
+        Ok(())
+    })?;
     let (mut sink, counts) = out.finish()?;
     sink.sync().map_err(|e| io_error(target, e))?;
     progress.set_resume_token(String::new());
@@ -156,6 +156,67 @@ pub fn copy(src: &dyn Volumes, plan: &Plan, target: &StreamStore, progress: &Pro
         counts.zero_blocks
     );
     Ok(())
+}
+
+/// Reads the data `records` ask for with [`READ_AHEAD`] reads in flight
+/// (each a thread's blocking call: the engine serves them between its
+/// clients' requests) and hands each record, in order, to `write`.
+fn read_ahead(
+    src: &dyn Volumes,
+    view: View,
+    records: &[Extent],
+    bs: u64,
+    mut write: impl FnMut(&Extent, &[u8]) -> Result<()>,
+) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    use std::sync::mpsc;
+    let (free_tx, free_rx) = mpsc::channel::<DmaBuf>();
+    for _ in 0..READ_AHEAD {
+        free_tx.send(DmaBuf::new(READ_BYTES, bs as usize)).expect("the receiver is here");
+    }
+    let free_rx = std::sync::Mutex::new(free_rx);
+    let (done_tx, done_rx) = mpsc::channel::<(usize, Result<DmaBuf>)>();
+    let (next, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
+    std::thread::scope(|scope| {
+        for _ in 0..READ_AHEAD {
+            let (done_tx, free_rx, next, stop) = (done_tx.clone(), &free_rx, &next, &stop);
+            scope.spawn(move || loop {
+                // A buffer first, then an index: the oldest record not yet
+                // written always has a buffer, so the writer never waits
+                // for ever.
+                let Ok(mut buf) = free_rx.lock().expect("buffer pool").recv() else { return };
+                let i = next.fetch_add(1, Relaxed);
+                let Some(rec) = records.get(i).filter(|_| !stop.load(Relaxed)) else { return };
+                let read = match rec.kind {
+                    LogEntryKind::Data => src.read_view(view, rec.lba, &mut buf[..(rec.blocks * bs) as usize]),
+                    LogEntryKind::Zero => Ok(()),
+                };
+                if done_tx.send((i, read.map(|()| buf))).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(done_tx);
+        let mut waiting = std::collections::BTreeMap::new();
+        let result = (|| {
+            for (i, rec) in records.iter().enumerate() {
+                let buf = loop {
+                    if let Some(buf) = waiting.remove(&i) {
+                        break buf;
+                    }
+                    let (j, read) = done_rx.recv().expect("a reader holds the oldest record");
+                    waiting.insert(j, read);
+                }?;
+                write(rec, &buf[..(rec.blocks * bs) as usize * usize::from(rec.kind == LogEntryKind::Data)])?;
+                free_tx.send(buf).expect("the readers' pool");
+            }
+            Ok(())
+        })();
+        // Stops the readers (each waits for a buffer or finds no record).
+        stop.store(true, Relaxed);
+        drop(free_tx);
+        result
+    })
 }
 
 fn sync(out: &mut StreamWriter<Box<dyn Sink>>, target: &StreamStore) -> Result<()> {
