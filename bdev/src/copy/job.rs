@@ -2,8 +2,8 @@
 //! each run start to end by one call on the job's thread, reporting its
 //! progress and its resume token as it goes.
 
-use super::store::{Sink, StreamStore};
-use super::stream::{Header, Position, StreamReader, StreamWriter, HEADER_LEN};
+use super::store::{DeviceIo, Sink, StreamStore};
+use super::stream::{io_error, Header, Position, StreamReader, StreamWriter, HEADER_LEN};
 use super::{Extent, Progress, Volumes};
 use crate::device::{BlockDevice, DmaBuf};
 use crate::engine::{LogEntryKind, View, VolumeInfo};
@@ -143,13 +143,13 @@ pub fn copy(src: &dyn Volumes, plan: &Plan, target: &StreamStore, progress: &Pro
         Ok(())
     })?;
     let (mut sink, counts) = out.finish()?;
-    sink.sync().map_err(|e| io_error(target, e))?;
+    sink.sync().map_err(|e| target.error("sync", e))?;
     progress.set_resume_token(String::new());
     log::info!(
         "copy of {}{} to {}: {} data records ({} blocks), {} zero records ({} blocks)",
         header.volume,
         header.base_volume.as_deref().map(|b| format!(" since {b}")).unwrap_or_default(),
-        target_name(target),
+        target.name(),
         counts.data_records,
         counts.data_blocks,
         counts.zero_records,
@@ -220,19 +220,7 @@ fn read_ahead(
 }
 
 fn sync(out: &mut StreamWriter<Box<dyn Sink>>, target: &StreamStore) -> Result<()> {
-    out.get_mut().sync().map_err(|e| io_error(target, e))
-}
-
-fn io_error(store: &StreamStore, e: std::io::Error) -> Error {
-    log::error!("copy stream {}: {e}", target_name(store));
-    Error::Io(e.raw_os_error().unwrap_or(libc::EIO))
-}
-
-fn target_name(store: &StreamStore) -> String {
-    match store {
-        StreamStore::File(path) => path.display().to_string(),
-        StreamStore::Device { name, .. } => name.clone(),
-    }
+    out.get_mut().sync().map_err(|e| target.error("sync", e))
 }
 
 /// The part of `e` inside `from..to`.
@@ -293,7 +281,7 @@ pub fn restore(
     let mut data = Vec::new();
     while check.next_record(&mut data)?.is_some() {}
     let mut input = open()?;
-    let mut apply = Applier::new(dst, &header)?;
+    let mut apply = Applier::new(dst)?;
     let bs = u64::from(header.block_size);
     progress.start_as(&plan.progress());
     progress.set_resume_token(input.position().token(&header));
@@ -303,11 +291,11 @@ pub fn restore(
         let Some(rec) = input.next_record(&mut data)? else { break };
         if header.base_volume.is_none() {
             // A full stream's gaps read as zeros.
-            apply.zero(gap_from, rec.lba - gap_from)?;
+            apply.zero(gap_from, bs, rec.lba - gap_from)?;
         }
         match rec.kind {
-            LogEntryKind::Data => apply.data(rec.lba, &data)?,
-            LogEntryKind::Zero => apply.zero(rec.lba, u64::from(rec.blocks))?,
+            LogEntryKind::Data => apply.data(rec.lba, bs, &data)?,
+            LogEntryKind::Zero => apply.zero(rec.lba, bs, u64::from(rec.blocks))?,
         }
         unsynced += (data.len() + super::stream::RECORD_HEADER_LEN) as u64;
         progress.set_done(input.position().counts.data_blocks * bs);
@@ -320,7 +308,7 @@ pub fn restore(
     if header.base_volume.is_none() {
         let end = header.lba_start + header.lba_count;
         let from = input.position().next_lba;
-        apply.zero(from, end - from)?;
+        apply.zero(from, bs, end - from)?;
     }
     apply.flush()?;
     progress.set_resume_token(String::new());
@@ -328,7 +316,7 @@ pub fn restore(
         Destination::Ilog(ilog) => Some(ilog.snapshot(&header.volume)?),
         Destination::Device { .. } => None,
     };
-    log::info!("restore of {} from {}: done", header.volume, target_name(source));
+    log::info!("restore of {} from {}: done", header.volume, source.name());
     Ok(restored)
 }
 
@@ -362,52 +350,42 @@ fn check_destination(dst: &Destination, header: &Header) -> Result<()> {
 }
 
 /// Writes a restore's blocks to its destination.
-struct Applier<'a> {
-    dst: &'a Destination,
-    io: Option<super::store::DeviceIo>,
-    bs: u64,
+enum Applier<'a> {
+    Ilog(&'a dyn Volumes),
+    Device(DeviceIo),
 }
 
 impl<'a> Applier<'a> {
-    fn new(dst: &'a Destination, header: &Header) -> Result<Self> {
-        let io = match dst {
-            Destination::Ilog(_) => None,
-            Destination::Device { dev, .. } => Some(super::store::DeviceIo::new(dev.clone()).map_err(io_err)?),
-        };
-        Ok(Applier { dst, io, bs: u64::from(header.block_size) })
+    fn new(dst: &'a Destination) -> Result<Self> {
+        Ok(match dst {
+            Destination::Ilog(ilog) => Applier::Ilog(ilog.as_ref()),
+            Destination::Device { dev, .. } => Applier::Device(DeviceIo::new(dev.clone()).map_err(io_error)?),
+        })
     }
 
-    fn data(&mut self, lba: u64, data: &[u8]) -> Result<()> {
-        match (self.dst, &mut self.io) {
-            (Destination::Ilog(ilog), _) => ilog.write(lba, data),
-            (_, Some(io)) => io.write(lba * self.bs, data).map_err(io_err),
-            _ => unreachable!("a device destination has its io"),
+    fn data(&mut self, lba: u64, bs: u64, data: &[u8]) -> Result<()> {
+        match self {
+            Applier::Ilog(ilog) => ilog.write(lba, data),
+            Applier::Device(io) => io.write(lba * bs, data).map_err(io_error),
         }
     }
 
-    fn zero(&mut self, lba: u64, blocks: u64) -> Result<()> {
+    fn zero(&mut self, lba: u64, bs: u64, blocks: u64) -> Result<()> {
         // An ilog bdev writes zeros as one log entry per stripe; a device
         // takes them from a chunk of zeros.
-        let max = if self.io.is_none() { ILOG_ZERO_BLOCKS } else { READ_BYTES as u64 / self.bs };
-        for (at, n) in pieces(lba, blocks, max) {
-            match (self.dst, &mut self.io) {
-                (Destination::Ilog(ilog), _) => ilog.write_zeroes(at, n as u32)?,
-                (_, Some(io)) => io.write_zeroes(at * self.bs, (n * self.bs) as usize).map_err(io_err)?,
-                _ => unreachable!("a device destination has its io"),
+        match self {
+            Applier::Ilog(ilog) => {
+                pieces(lba, blocks, ILOG_ZERO_BLOCKS).try_for_each(|(at, n)| ilog.write_zeroes(at, n as u32))
             }
+            Applier::Device(io) => pieces(lba, blocks, READ_BYTES as u64 / bs)
+                .try_for_each(|(at, n)| io.write_zeroes(at * bs, (n * bs) as usize).map_err(io_error)),
         }
-        Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
-        match (self.dst, &mut self.io) {
-            (Destination::Ilog(ilog), _) => ilog.flush(),
-            (_, Some(io)) => io.flush().map_err(io_err),
-            _ => unreachable!("a device destination has its io"),
+        match self {
+            Applier::Ilog(ilog) => ilog.flush(),
+            Applier::Device(io) => io.flush().map_err(io_error),
         }
     }
-}
-
-fn io_err(e: std::io::Error) -> Error {
-    Error::Io(e.raw_os_error().unwrap_or(libc::EIO))
 }

@@ -28,14 +28,15 @@ pub trait Sink: Write + Send {
 }
 
 impl StreamStore {
-    fn name(&self) -> String {
+    pub(super) fn name(&self) -> String {
         match self {
             StreamStore::File(path) => path.display().to_string(),
             StreamStore::Device { name, .. } => name.clone(),
         }
     }
 
-    fn error(&self, doing: &str, e: std::io::Error) -> Error {
+    /// `e` from `doing` something with the stream, logged with its name.
+    pub(super) fn error(&self, doing: &str, e: std::io::Error) -> Error {
         let errno = e.raw_os_error().unwrap_or(libc::EIO);
         log::error!("copy stream {}: {doing}: {e}", self.name());
         match errno {

@@ -394,7 +394,7 @@ impl<W: std::io::Write> StreamWriter<W> {
     }
 }
 
-fn io_error(e: std::io::Error) -> Error {
+pub(super) fn io_error(e: std::io::Error) -> Error {
     Error::Io(e.raw_os_error().unwrap_or(libc::EIO))
 }
 

@@ -23,8 +23,10 @@ use super::partition::Partitions;
 use super::request::{Extent, LogEntryKind, Reply};
 use super::shard::Shard;
 
-/// Table entries a core looks at per poll.
-const WALK_PER_POLL: usize = 512;
+/// Table entries a core looks at per poll: each costs a lookup in every
+/// newer table of the range (`next_holder`), so as many as the drain's
+/// walk takes at once.
+const WALK_PER_POLL: usize = 64;
 
 /// One core's walk of its tables for a diff.
 pub(super) struct DiffWalk {
