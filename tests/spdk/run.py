@@ -62,6 +62,19 @@ def wait_until(what, check, timeout=20):
         time.sleep(0.2)
 
 
+def run_job(app, *args):
+    """Starts a background job (a copy, a restore) with `args` and waits
+    for it to end; asserts it is done and returns its job object."""
+    job = app.rpc(*args)["job"]
+
+    def ended():
+        state = next(j for j in app.rpc("bdev_ilog_get_jobs") if j["job"] == job)
+        return state if state["state"] != "running" else None
+    done = wait_until(f"job {job}", ended, timeout=120)
+    assert done["state"] == "done", done
+    return done
+
+
 def test_snapshots_under_verify_and_reload():
     """bdevperf verify (unique data per write) on ilog while snapshots are
     taken; every snapshot is
@@ -617,27 +630,17 @@ def test_copies_and_restores_through_files_and_bdevs():
         diff = tgt.rpc("bdev_ilog_diff", "src", "v2", "-b", "v1")
         assert diff == [{"lba": 0, "num_blocks": 256, "kind": "data"}], diff
 
-        def run_job(*args):
-            job = tgt.rpc(*args)["job"]
-
-            def ended():
-                state = next(j for j in tgt.rpc("bdev_ilog_get_jobs") if j["job"] == job)
-                return state if state["state"] != "running" else None
-            done = wait_until(f"job {job}", ended, timeout=60)
-            assert done["state"] == "done", done
-            return done
-
         stream = os.path.join(wd, "v1.stream")
-        done = run_job("bdev_ilog_copy", "src", "v1", stream)
+        done = run_job(tgt, "bdev_ilog_copy", "src", "v1", stream)
         assert done["kind"] == "copy" and done["bytes_done"] == done["bytes_total"] > 0, done
-        run_job("bdev_ilog_copy", "src", "v2", "Aio2", "-b", "v1")
+        run_job(tgt, "bdev_ilog_copy", "src", "v2", "Aio2", "-b", "v1")
         expect_error(EINVAL, tgt.sock, "bdev_ilog_copy", "src", "v2", "dst")
         expect_error(ENOENT, tgt.sock, "bdev_ilog_copy", "src", "v9", stream)
         msg = expect_error(EINVAL, tgt.sock, "bdev_ilog_restore", "dst", "Aio2")
         assert "in order" in msg, msg
-        run_job("bdev_ilog_restore", "dst", stream)
-        run_job("bdev_ilog_restore", "dst", "Aio2")
-        run_job("bdev_ilog_restore", "Aio3", stream)
+        run_job(tgt, "bdev_ilog_restore", "dst", stream)
+        run_job(tgt, "bdev_ilog_restore", "dst", "Aio2")
+        run_job(tgt, "bdev_ilog_restore", "Aio3", stream)
         vols = [v["volume_id"] for v in tgt.rpc("bdev_ilog_get_volumes", "dst")]
         assert vols == ["v1", "v2"], vols
         assert wait_until("dst's volume bdevs", lambda: {"dst@v1", "dst@v2"} <= {b["name"] for b in tgt.rpc("bdev_get_bdevs")})
@@ -698,16 +701,6 @@ def test_a_copy_leaves_over_nvme_tcp_and_is_restored_on_the_far_side():
 
         near.rpc("bdev_nvme_attach_controller", "-b", "Far", "-t", "tcp", "-a", "127.0.0.1", "-s", 4440, "-f", "ipv4",
                  "-n", tertiary)
-
-        def run_job(app, *args):
-            job = app.rpc(*args)["job"]
-
-            def ended():
-                state = next(j for j in app.rpc("bdev_ilog_get_jobs") if j["job"] == job)
-                return state if state["state"] != "running" else None
-            done = wait_until(f"job {job}", ended, timeout=120)
-            assert done["state"] == "done", done
-            return done
 
         run_job(near, "bdev_ilog_copy", "src", "v1", "Farn1", "--lba-count", 2048)
         near.rpc("bdev_nvme_detach_controller", "Far")
