@@ -14,9 +14,9 @@ use std::sync::Arc;
 /// between client requests without a long stall.
 const READ_BYTES: usize = 128 << 10;
 /// Reads of the source a copy keeps in flight.
-const READ_AHEAD: usize = 4;
-/// The stream is made durable, and the resume token moves, at least this
-/// often.
+const READS_IN_FLIGHT: usize = 4;
+/// The stream (or a restore's destination) is made durable, and the resume
+/// token moves, at least this often.
 const SYNC_BYTES: u64 = 16 << 20;
 /// Most blocks one write-zeroes to an ilog bdev covers.
 const ILOG_ZERO_BLOCKS: u64 = 1 << 16;
@@ -37,6 +37,12 @@ pub struct CopySpec {
 pub struct Plan {
     pub header: Header,
     pub extents: Vec<Extent>,
+    /// Stream bytes between syncs (16 MiB; the simulator syncs every few
+    /// KiB, so that its small volumes resume from the middle).
+    pub sync_bytes: u64,
+    /// Reads of the source in flight (4; the simulator reads one at a time,
+    /// so that a seed replays).
+    pub reads_in_flight: usize,
     view: View,
     resume: Option<Position>,
 }
@@ -98,14 +104,21 @@ pub fn plan(src: &dyn Volumes, spec: &CopySpec) -> Result<Plan> {
         data_blocks: extents.iter().filter(|e| e.kind == LogEntryKind::Data).map(|e| e.blocks).sum(),
     };
     let resume = spec.resume_token.as_deref().map(|t| Position::from_token(t, &header)).transpose()?;
-    Ok(Plan { header, extents, view: View::Volume(volume.partition), resume })
+    Ok(Plan {
+        header,
+        extents,
+        sync_bytes: SYNC_BYTES,
+        reads_in_flight: READS_IN_FLIGHT,
+        view: View::Volume(volume.partition),
+        resume,
+    })
 }
 
 /// Copies what `plan` says into `target`. On failure the progress keeps
 /// the token to resume with.
 pub fn copy(src: &dyn Volumes, plan: &Plan, target: &StreamStore, progress: &Progress) -> Result<()> {
     progress.start_as(&plan.progress());
-    let Plan { header, extents, view, resume } = plan;
+    let Plan { header, extents, sync_bytes, reads_in_flight, view, resume } = plan;
     let (header, view) = (header.clone(), *view);
     let bs = u64::from(header.block_size);
     let mut out = match *resume {
@@ -128,14 +141,14 @@ pub fn copy(src: &dyn Volumes, plan: &Plan, target: &StreamStore, progress: &Pro
         records.extend(pieces(e.lba, e.blocks, max).map(|(lba, blocks)| Extent { lba, blocks, kind: e.kind }));
     }
     let mut unsynced = 0u64;
-    read_ahead(src, view, &records, bs, |rec, data| {
+    read_ahead(src, view, &records, bs, *reads_in_flight, |rec, data| {
         match rec.kind {
             LogEntryKind::Zero => return out.zero(rec.lba, rec.blocks as u32),
             LogEntryKind::Data => out.data(rec.lba, data)?,
         }
         unsynced += rec.blocks * bs;
         progress.set_done(progress.bytes_done() + rec.blocks * bs);
-        if unsynced >= SYNC_BYTES {
+        if unsynced >= *sync_bytes {
             sync(&mut out, target)?;
             progress.set_resume_token(out.position().token(&header));
             unsynced = 0;
@@ -158,7 +171,7 @@ pub fn copy(src: &dyn Volumes, plan: &Plan, target: &StreamStore, progress: &Pro
     Ok(())
 }
 
-/// Reads the data `records` ask for with [`READ_AHEAD`] reads in flight
+/// Reads the data `records` ask for with `reads` reads in flight
 /// (each a thread's blocking call: the engine serves them between its
 /// clients' requests) and hands each record, in order, to `write`.
 fn read_ahead(
@@ -166,19 +179,20 @@ fn read_ahead(
     view: View,
     records: &[Extent],
     bs: u64,
+    reads: usize,
     mut write: impl FnMut(&Extent, &[u8]) -> Result<()>,
 ) -> Result<()> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
     use std::sync::mpsc;
     let (free_tx, free_rx) = mpsc::channel::<DmaBuf>();
-    for _ in 0..READ_AHEAD {
+    for _ in 0..reads {
         free_tx.send(DmaBuf::new(READ_BYTES, bs as usize)).expect("the receiver is here");
     }
     let free_rx = std::sync::Mutex::new(free_rx);
     let (done_tx, done_rx) = mpsc::channel::<(usize, Result<DmaBuf>)>();
     let (next, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
     std::thread::scope(|scope| {
-        for _ in 0..READ_AHEAD {
+        for _ in 0..reads {
             let (done_tx, free_rx, next, stop) = (done_tx.clone(), &free_rx, &next, &stop);
             scope.spawn(move || loop {
                 // A buffer first, then an index: the oldest record not yet
@@ -248,6 +262,9 @@ pub enum Destination {
 /// it starts.
 pub struct RestorePlan {
     pub header: Header,
+    /// Stream bytes applied between flushes of the destination (as
+    /// [`Plan::sync_bytes`]).
+    pub sync_bytes: u64,
     resume: Option<Position>,
 }
 
@@ -256,7 +273,7 @@ pub fn plan_restore(dst: &Destination, source: &StreamStore, resume_token: Optio
     let header = Header::decode(&source.read_prefix(HEADER_LEN)?)?;
     check_destination(dst, &header)?;
     let resume = resume_token.map(|t| Position::from_token(t, &header)).transpose()?;
-    Ok(RestorePlan { header, resume })
+    Ok(RestorePlan { header, sync_bytes: SYNC_BYTES, resume })
 }
 
 /// Applies the stream in `source` to `dst` as `plan` says; returns the
@@ -299,7 +316,7 @@ pub fn restore(
         }
         unsynced += (data.len() + super::stream::RECORD_HEADER_LEN) as u64;
         progress.set_done(input.position().counts.data_blocks * bs);
-        if unsynced >= SYNC_BYTES {
+        if unsynced >= plan.sync_bytes {
             apply.flush()?;
             progress.set_resume_token(input.position().token(&header));
             unsynced = 0;
