@@ -292,6 +292,19 @@ fn a_copy_that_failed_resumes_from_its_token_without_sending_again() {
 }
 
 #[test]
+fn a_copy_that_failed_before_its_first_sync_leaves_no_token() {
+    let src = source(1);
+    // v1 is less than a chunk: the store's first write is the final sync.
+    let (written, fail_after) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let dev = Flaky { inner: MallocDevice::new(BLOCKS, BS as u32), written, fail_after };
+    let store = StreamStore::Device { name: "Flaky2".into(), dev: Arc::new(dev) };
+    let progress = Progress::default();
+    assert_eq!(run_copy(src.as_ref(), &spec("v1", None), &store, &progress).unwrap_err().errno(), libc::EIO);
+    // A token would vouch for a header the store never made durable.
+    assert_eq!(progress.resume_token(), None);
+}
+
+#[test]
 fn a_damaged_or_truncated_stream_is_refused_and_changes_nothing() {
     let src = source(1);
     let path = scratch("damaged");

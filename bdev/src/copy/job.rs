@@ -129,10 +129,12 @@ pub fn copy(src: &dyn Volumes, plan: &Plan, target: &StreamStore, progress: &Pro
                     "resume_token: the target holds another stream's header (or none)".into(),
                 ));
             }
+            // A resume's starting point is durable already; a new
+            // stream's header is not until the first sync.
+            progress.set_resume_token(at.token(&header));
             StreamWriter::resume(target.writer_at(at.offset)?, header.clone(), at)
         }
     };
-    progress.set_resume_token(out.position().token(&header));
     let max_blocks = (READ_BYTES as u64 / bs).min(u64::from(header.max_record_blocks()));
     let resume_at = out.position().next_lba;
     let mut records = Vec::new();
