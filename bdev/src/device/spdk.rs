@@ -142,9 +142,9 @@ fn remote_submit(dev: Arc<SpdkDevice>, req: DevRequest, done: Arc<SegQueue<(u64,
     let submitted = {
         let guard = dev.app_channel();
         let Some(ch) = guard.as_ref() else { return done.push((tag, Err(libc::ENODEV))) };
+        let op = block_op(&req, dev.info.block_size);
         // SAFETY: the buffer is valid until the completion is polled (as
         // its maker promised), which waits for `done`.
-        let op = block_op(&req, dev.info.block_size);
         unsafe { ch.submit(op, req.block, u64::from(req.nblocks), move |ok| queue.push((tag, status(ok)))) }
     };
     match submitted {
@@ -190,10 +190,10 @@ impl DevChannel for SpdkChannel {
                 } else {
                     let queue = done.clone();
                     let on_done = move |ok| queue.with(|d| d.push((tag, status(ok))));
+                    let op = block_op(&req, self.dev.info.block_size);
                     // SAFETY: the buffer is valid until the completion is
                     // polled (as its maker promised), which waits for
                     // `on_done`.
-                    let op = block_op(&req, self.dev.info.block_size);
                     let submitted = unsafe { ch.submit(op, req.block, u64::from(req.nblocks), on_done) };
                     match submitted {
                         Ok(()) => {}
