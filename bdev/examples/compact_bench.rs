@@ -32,7 +32,7 @@
 //! `--seed 1`, `--runs 1`, `--overwrite-blocks 1`. Results: `perf/RESULTS.md`.
 
 use crossbeam_queue::ArrayQueue;
-use ilog_bdev::device::{BlockDevice, DevOp, DevRequest, MallocDevice};
+use ilog_bdev::device::{BlockDevice, DevOp, DevRequest, DmaBuf, IoBuf, MallocDevice};
 use ilog_bdev::engine::{CompactMode, Request, Stats, View};
 use ilog_bdev::format::FormatOptions;
 use ilog_bdev::rng::Rng;
@@ -142,7 +142,7 @@ fn raw_bandwidth(dev: &Arc<MallocDevice>, threads: u32, bytes: u64, raw: Raw) ->
             let dev = dev.clone();
             s.spawn(move || {
                 let mut ch = dev.channel().expect("malloc channel");
-                let mut buf = vec![0u8; (u64::from(REQ_BLOCKS) * BS) as usize];
+                let mut buf = DmaBuf::new((u64::from(REQ_BLOCKS) * BS) as usize, BS as usize);
                 let base = u64::from(t) * per_thread * u64::from(REQ_BLOCKS);
                 let mut inflight = 0;
                 for i in 0..per_thread {
@@ -152,13 +152,13 @@ fn raw_bandwidth(dev: &Arc<MallocDevice>, threads: u32, bytes: u64, raw: Raw) ->
                         op: if raw == Raw::Copy { DevOp::Copy { src } } else { DevOp::Write },
                         block: base + i * u64::from(REQ_BLOCKS),
                         nblocks: REQ_BLOCKS,
-                        buf: buf.as_mut_ptr(),
+                        buf: buf.io_buf(),
                         tag: i,
                     };
-                    // SAFETY: `buf` outlives every request (all are polled
-                    // before it drops), and is only read by writes; a copy
-                    // stays inside the device.
-                    unsafe { ch.submit(req).expect("queue has room") };
+                    // `buf` outlives every request (all are polled before it
+                    // drops), and is only read by writes; a copy stays inside
+                    // the device.
+                    ch.submit(req).expect("queue has room");
                     inflight += 1;
                     if inflight == QD {
                         inflight -= ch.poll(&mut |_, st| st.expect("malloc write"));
@@ -239,11 +239,10 @@ fn floor_phase(dev: &Arc<MallocDevice>, a: &Args, copy_mbs: f64) -> (Vec<u64>, f
                             op: DevOp::Copy { src: block + part / 2 },
                             block,
                             nblocks: MOVE_RUN,
-                            buf: std::ptr::null_mut(),
+                            buf: IoBuf::EMPTY,
                             tag: 0,
                         };
-                        // SAFETY: a copy stays inside the device; no buffer.
-                        unsafe { ch.submit(req).expect("queue has room") };
+                        ch.submit(req).expect("queue has room");
                         ch.poll(&mut |_, st| st.expect("malloc copy"));
                         run += 1;
                         moved += u64::from(MOVE_RUN) * BS;
@@ -279,14 +278,10 @@ fn floor_phase(dev: &Arc<MallocDevice>, a: &Args, copy_mbs: f64) -> (Vec<u64>, f
 // ---- async I/O helpers ----------------------------------------------------------------
 
 /// Submits `req`, retrying while the core's queue is full.
-///
-/// # Safety
-/// As [`Ilog::submit`]: `req`'s buffer stays valid until `done` runs.
-unsafe fn submit(ilog: &Ilog, req: Request, done: Callback) {
+fn submit(ilog: &Ilog, req: Request, done: Callback) {
     let mut done = done;
     loop {
-        // SAFETY: the caller's contract.
-        match unsafe { ilog.submit(None, req.clone(), done) } {
+        match ilog.submit(None, req.clone(), done) {
             Ok(()) => return,
             Err(r) if r.error == ilog_bdev::Error::Io(libc::EAGAIN) => {
                 done = r.done;
@@ -297,10 +292,17 @@ unsafe fn submit(ilog: &Ilog, req: Request, done: Callback) {
     }
 }
 
+/// A block-aligned buffer of `len` bytes of `byte`.
+fn filled(byte: u8, len: usize) -> DmaBuf {
+    let mut buf = DmaBuf::new(len, BS as usize);
+    buf.fill(byte);
+    buf
+}
+
 /// Writes `(lba, blocks)` pieces with `qd` writes in flight; returns the
 /// number that failed.
 fn write_all(ilog: &Ilog, pieces: impl Iterator<Item = (u64, u32)>, qd: usize, max_blocks: u32) -> u64 {
-    let bufs: Vec<Vec<u8>> = (0..qd).map(|i| vec![i as u8 + 1; (u64::from(max_blocks) * BS) as usize]).collect();
+    let mut bufs: Vec<DmaBuf> = (0..qd).map(|i| filled(i as u8 + 1, (u64::from(max_blocks) * BS) as usize)).collect();
     let (tx, rx) = mpsc::channel::<(usize, bool)>();
     let mut free: Vec<usize> = (0..qd).collect();
     let mut failed = 0;
@@ -314,13 +316,13 @@ fn write_all(ilog: &Ilog, pieces: impl Iterator<Item = (u64, u32)>, qd: usize, m
             }
         };
         let tx = tx.clone();
-        let req = Request::Write { lba, blocks, buf: bufs[slot].as_ptr() };
+        let req = Request::Write { lba, blocks, buf: bufs[slot].io_buf() };
         let done: Callback = Box::new(move |r| {
             let _ = tx.send((slot, r.is_ok()));
         });
-        // SAFETY: the slot's buffer is reused only after its completion
-        // came back, and `bufs` outlives the final wait for all of them.
-        unsafe { submit(ilog, req, done) };
+        // The slot's buffer is reused only after its completion came back,
+        // and `bufs` outlives the final wait for all of them.
+        submit(ilog, req, done);
     }
     for _ in free.len()..qd {
         let (_, ok) = rx.recv().expect("completion");
@@ -388,7 +390,7 @@ fn foreground(ilog: &Ilog, a: &Args, blocks: u64, rng: &mut Rng, stop: &dyn Fn(&
     }
     let sleep = std::thread::available_parallelism().map_or(true, |n| n.get() <= a.cores as usize);
     let me = std::thread::current();
-    let mut bufs: Vec<Vec<u8>> = (0..a.qd).map(|i| vec![0x5a ^ i as u8; BS as usize]).collect();
+    let mut bufs: Vec<DmaBuf> = (0..a.qd).map(|i| filled(0x5a ^ i as u8, BS as usize)).collect();
     let done = Arc::new(ArrayQueue::<Done>::new(a.qd));
     let mut load = Load::default();
     let start = Instant::now();
@@ -408,7 +410,7 @@ fn foreground(ilog: &Ilog, a: &Args, blocks: u64, rng: &mut Rng, stop: &dyn Fn(&
             issued += 1;
             let lba = rng.below(blocks);
             let write = rng.below(100) >= a.read_pct;
-            let buf = bufs[slot].as_mut_ptr();
+            let buf = bufs[slot].io_buf();
             let req = if write {
                 Request::Write { lba, blocks: 1, buf }
             } else {
@@ -425,9 +427,9 @@ fn foreground(ilog: &Ilog, a: &Args, blocks: u64, rng: &mut Rng, stop: &dyn Fn(&
                     t.unpark();
                 }
             });
-            // SAFETY: the slot's buffer is reused only after its completion
-            // came back, and the loop waits for every slot before `bufs` goes.
-            unsafe { submit(ilog, req, done) };
+            // The slot's buffer is reused only after its completion came
+            // back, and the loop waits for every slot before `bufs` goes.
+            submit(ilog, req, done);
         }
         if stopping && free.len() == a.qd {
             break;

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::io::lend;
 use common::sim::small_bdev;
 use ilog_bdev::engine::{CompactMode, Request};
 use ilog_bdev::format::{Checkpoint, Superblock};
@@ -33,20 +34,17 @@ fn operations_queued_behind_a_close_are_refused() {
     for _ in 0..6 {
         for lba in (0..512u64).step_by(16) {
             token += 1;
-            // SAFETY: `buf` outlives the run that completes the write.
-            unsafe { sim.submit(0, token, Request::Write { lba, blocks: 16, buf: buf.as_ptr() }) }.unwrap();
+            // `buf` outlives the run that completes the write.
+            sim.submit(0, token, Request::Write { lba, blocks: 16, buf: lend(&buf) }).unwrap();
         }
         sim.run_until_idle(&mut |_, r| {
             r.unwrap();
         });
     }
-    // SAFETY: a request with no buffer.
-    unsafe { sim.submit(0, 1, Request::Close) }.unwrap();
+    sim.submit(0, 1, Request::Close).unwrap();
     // Submitted before the close completed: queued behind it.
-    // SAFETY: a request with no buffer.
-    unsafe { sim.submit(0, 2, Request::Compact { volume: None, mode: CompactMode::InPlace }) }.unwrap();
-    // SAFETY: a request with no buffer.
-    unsafe { sim.submit(0, 3, Request::Snapshot { name: Some("after-close".into()) }) }.unwrap();
+    sim.submit(0, 2, Request::Compact { volume: None, mode: CompactMode::InPlace }).unwrap();
+    sim.submit(0, 3, Request::Snapshot { name: Some("after-close".into()) }).unwrap();
     let mut results = Vec::new();
     sim.run_until_idle(&mut |t, r| results.push((t, r)));
     results.sort_by_key(|(t, _)| *t);

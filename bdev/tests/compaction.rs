@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::io::{lend, lend_mut};
 use common::sim::{call, small_bdev, small_format};
 use ilog_bdev::device::sim::Faults;
 use ilog_bdev::device::MallocDevice;
@@ -62,20 +63,19 @@ fn a_failed_write_racing_a_move_keeps_the_old_block() {
     let mut raced = 0;
     for seed in 0..400 {
         let mut sim = small_bdev(seed, 4000, BS as u32, 1);
-        call(&mut sim, Request::Write { lba: 0, blocks: 16, buf: old.as_ptr() }).unwrap();
+        call(&mut sim, Request::Write { lba: 0, blocks: 16, buf: lend(&old) }).unwrap();
         for _ in 0..12 {
-            call(&mut sim, Request::Write { lba: 32, blocks: 16, buf: other.as_ptr() }).unwrap();
+            call(&mut sim, Request::Write { lba: 32, blocks: 16, buf: lend(&other) }).unwrap();
         }
         call(&mut sim, Request::Flush).unwrap();
-        // SAFETY: a compaction carries no buffer.
-        unsafe { sim.submit(0, 1, Request::Compact { volume: None, mode: CompactMode::InPlace }) }.unwrap();
+        sim.submit(0, 1, Request::Compact { volume: None, mode: CompactMode::InPlace }).unwrap();
         let mut results = Vec::new();
         let mut submitted = false;
         for _ in 0..1_000_000 {
             sim.step(&mut |t, r| results.push((t, r)));
             if !submitted && sim.shards()[0].busy_with().is_some_and(|w| w.contains("a victim's moves")) {
-                // SAFETY: `new` outlives every seed's run.
-                unsafe { sim.submit(0, 2, Request::Write { lba: 0, blocks: 16, buf: new.as_ptr() }) }.unwrap();
+                // `new` outlives every seed's run.
+                sim.submit(0, 2, Request::Write { lba: 0, blocks: 16, buf: lend(&new) }).unwrap();
                 sim.step(&mut |t, r| results.push((t, r)));
                 sim.disk.set_faults(Faults { read_eio_ppm: 0, write_eio_ppm: 500_000 });
                 submitted = true;
@@ -93,10 +93,10 @@ fn a_failed_write_racing_a_move_keeps_the_old_block() {
         audit_space(sim.shards()).unwrap_or_else(|e| panic!("seed {seed}: space audit: {e}"));
         // Reuse every freed segment, then read the block back.
         for _ in 0..300 {
-            call(&mut sim, Request::Write { lba: 32, blocks: 16, buf: other.as_ptr() }).unwrap();
+            call(&mut sim, Request::Write { lba: 32, blocks: 16, buf: lend(&other) }).unwrap();
         }
         let mut buf = vec![0u8; 16 * BS];
-        call(&mut sim, Request::Read { lba: 0, blocks: 16, buf: buf.as_mut_ptr(), view: View::Current }).unwrap();
+        call(&mut sim, Request::Read { lba: 0, blocks: 16, buf: lend_mut(&mut buf), view: View::Current }).unwrap();
         assert!(buf == old || buf == new, "seed {seed}: block 0 reads {:#x}, another block's data", buf[0]);
     }
     assert!(raced > 0, "no seed had the failed write race a successful compaction");
@@ -123,7 +123,7 @@ fn moved_entries_carry_crcs_that_match_their_data() {
         let mut write = |sim: &mut Sim, lba: u64, blocks: u32| {
             n = n.wrapping_add(1);
             let data: Vec<u8> = (0..blocks * BS).map(|i| (i as u8).wrapping_mul(31) ^ n).collect();
-            call(sim, Request::Write { lba, blocks, buf: data.as_ptr() }).unwrap();
+            call(sim, Request::Write { lba, blocks, buf: lend(&data) }).unwrap();
         };
         for lba in (0..volume.min(600)).step_by(8) {
             write(&mut sim, lba, 1 + (lba / 8 % 8) as u32);

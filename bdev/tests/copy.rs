@@ -218,7 +218,7 @@ impl BlockDevice for Flaky {
 }
 
 impl DevChannel for FlakyChannel {
-    unsafe fn submit(&mut self, req: DevRequest) -> Result<(), QueueFull> {
+    fn submit(&mut self, req: DevRequest) -> Result<(), QueueFull> {
         if req.op == DevOp::Write {
             let bytes = u64::from(req.nblocks) * BS as u64;
             if self.written.fetch_add(bytes, Ordering::Relaxed) + bytes > self.fail_after.load(Ordering::Relaxed) {
@@ -226,8 +226,7 @@ impl DevChannel for FlakyChannel {
                 return Ok(());
             }
         }
-        // SAFETY: the caller's contract, passed on.
-        unsafe { self.inner.submit(req) }
+        self.inner.submit(req)
     }
     fn poll(&mut self, done: &mut dyn FnMut(u64, DevStatus)) -> usize {
         let failed = self.failed.len();

@@ -19,6 +19,9 @@
 //! The randomized tests print `seed N` on failure. `ILOG_CORRUPTION_SEED=N`
 //! runs that seed alone; `ILOG_CORRUPTION_SEEDS=N` sets how many run.
 
+mod common;
+
+use common::io::{lend, lend_mut};
 use ilog_bdev::device::sim::SimDisk;
 use ilog_bdev::engine::{self, LogEntryKind, Reply, Request, View};
 use ilog_bdev::format::{
@@ -282,9 +285,9 @@ impl Session {
     /// A buffer `req` points at must outlive the call.
     fn call(&mut self, req: Request) -> Result<Reply, Error> {
         let core = self.rng.below(u64::from(self.cores)) as u32;
-        // SAFETY: the run ends with the request completed, before the call
+        // The run ends with the request completed, before the call
         // returns; the caller's buffer outlives the call.
-        unsafe { self.sim.submit(core, 7, req) }?;
+        self.sim.submit(core, 7, req)?;
         let mut out = None;
         self.sim.run_until_idle(&mut |_, r| out = Some(r));
         out.unwrap_or_else(|| panic!("seed {}: a request never completed", self.seed))
@@ -300,7 +303,7 @@ impl Session {
             self.ever.entry(l).or_default().insert(v);
             versions.push(v);
         }
-        match self.call(Request::Write { lba, blocks, buf: buf.as_ptr() }) {
+        match self.call(Request::Write { lba, blocks, buf: lend(&buf) }) {
             Ok(_) => {
                 for (l, v) in (lba..).zip(versions) {
                     self.acked.insert(l, v);
@@ -396,10 +399,10 @@ impl Session {
                     self.ever.entry(l).or_default().insert(v);
                     bufs.push(payload(l, v));
                     let core = self.rng.below(u64::from(self.cores)) as u32;
-                    let req = Request::Write { lba: l, blocks: 1, buf: bufs.last().unwrap().as_ptr() };
-                    // SAFETY: each buffer is its own heap block, alive in
+                    let req = Request::Write { lba: l, blocks: 1, buf: lend(bufs.last().unwrap()) };
+                    // Each buffer is its own heap block, alive in
                     // `bufs` until the power cut ends its write.
-                    unsafe { self.sim.submit(core, 9, req) }.unwrap();
+                    self.sim.submit(core, 9, req).unwrap();
                 }
                 for _ in 0..self.rng.below(40) {
                     self.sim.step(&mut |_, _| {});
@@ -566,7 +569,7 @@ impl Session {
     fn read(&mut self, view: View, lba: u64, blocks: u32) -> Result<Vec<u8>, Error> {
         // Poisoned: a read that completes without filling its buffer shows.
         let mut buf = vec![0xa5u8; blocks as usize * BS];
-        self.call(Request::Read { lba, blocks, buf: buf.as_mut_ptr(), view })?;
+        self.call(Request::Read { lba, blocks, buf: lend_mut(&mut buf), view })?;
         Ok(buf)
     }
 

@@ -18,6 +18,9 @@
 //! The leaf table (one slot per stripe a core owns) is allocated at mount,
 //! before the baseline: it is a per-volume cost, not a per-block one.
 
+mod common;
+
+use common::io::lend;
 use ilog_bdev::engine::{Reply, Request};
 use ilog_bdev::format::{FormatOptions, Geometry};
 use ilog_bdev::rng::Rng;
@@ -111,9 +114,9 @@ impl Driver {
     /// `req` writes from `data` (or carries no buffer).
     fn submit(&mut self, req: Request) {
         let core = (self.next_token % u64::from(self.cores)) as u32;
-        // SAFETY: `data` lives as long as the driver, which steps every
+        // `data` lives as long as the driver, which steps every
         // request to completion.
-        unsafe { self.sim.submit(core, self.next_token, req) }.expect("the client queue has room");
+        self.sim.submit(core, self.next_token, req).expect("the client queue has room");
         self.next_token += 1;
     }
 
@@ -132,7 +135,7 @@ impl Driver {
                 outstanding -= finished;
             }
             assert!(blocks as usize * BS as usize <= self.data.len());
-            self.submit(Request::Write { lba, blocks, buf: self.data.as_ptr() });
+            self.submit(Request::Write { lba, blocks, buf: lend(&self.data) });
             outstanding += 1;
             if i % FLUSH_EVERY == FLUSH_EVERY - 1 {
                 self.submit(Request::Flush);

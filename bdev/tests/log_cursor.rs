@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::io::lend;
 use common::sim::{call, small_bdev};
 use ilog_bdev::engine::{LogBatch, LogEntryKind, Reply, Request, MAX_LOG_READ_DATA_BYTES};
 
@@ -26,7 +27,7 @@ fn a_batch_with_data_stops_at_its_byte_budget_and_the_next_goes_on() {
     for i in 0..writes {
         let buf = vec![i as u8; ENTRY_BLOCKS as usize * BS];
         let lba = i * u64::from(ENTRY_BLOCKS);
-        call(&mut sim, Request::Write { lba, blocks: ENTRY_BLOCKS, buf: buf.as_ptr() }).unwrap();
+        call(&mut sim, Request::Write { lba, blocks: ENTRY_BLOCKS, buf: lend(&buf) }).unwrap();
     }
     let first = log_read(&mut sim, 0);
     let data = |b: &LogBatch| b.entries.iter().filter_map(|e| e.data.as_ref()).map(|d| d.len() as u64).sum::<u64>();

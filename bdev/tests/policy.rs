@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::io::{lend, lend_mut};
 use common::sim::small_bdev;
 use ilog_bdev::engine::{CompactMode, Reply, Request, View};
 use ilog_bdev::runtime::sim::Sim;
@@ -28,9 +29,9 @@ impl Bdev {
     fn call(&mut self, req: Request) -> Result<Reply, Error> {
         let token = self.next_token;
         self.next_token += 1;
-        // SAFETY: the run ends with every core idle, the request completed,
+        // The run ends with every core idle, the request completed,
         // before the call returns; the caller's buffer outlives the call.
-        unsafe { self.sim.submit(token as u32 % self.cores, token, req) }.unwrap();
+        self.sim.submit(token as u32 % self.cores, token, req).unwrap();
         let mut out = None;
         self.sim.run_until_idle(&mut |t, r| {
             if t == token {
@@ -53,12 +54,12 @@ impl Bdev {
 
     fn write(&mut self, lba: u64, fill: u8) {
         let buf = vec![fill; BS];
-        self.call(Request::Write { lba, blocks: 1, buf: buf.as_ptr() }).unwrap();
+        self.call(Request::Write { lba, blocks: 1, buf: lend(&buf) }).unwrap();
     }
 
     fn read(&mut self, lba: u64, view: View) -> u8 {
         let mut buf = vec![0xee; BS];
-        self.call(Request::Read { lba, blocks: 1, buf: buf.as_mut_ptr(), view }).unwrap();
+        self.call(Request::Read { lba, blocks: 1, buf: lend_mut(&mut buf), view }).unwrap();
         assert!(buf.iter().all(|&b| b == buf[0]), "block {lba} is not one fill byte");
         buf[0]
     }
@@ -174,11 +175,9 @@ fn a_storm_of_one_event_runs_its_actions_once_while_they_are_queued() {
     let mut b = Bdev::new(14, 2);
     b.set_policy(r#"{"events": {"on": {"backup-done": ["snapshot"]}}}"#).unwrap();
     // A snapshot in flight keeps the actions queued behind it.
-    // SAFETY: a request with no buffer.
-    unsafe { b.sim.submit(0, 900, Request::Snapshot { name: Some("by-hand".into()) }) }.unwrap();
+    b.sim.submit(0, 900, Request::Snapshot { name: Some("by-hand".into()) }).unwrap();
     for token in 1000..1500 {
-        // SAFETY: a request with no buffer.
-        unsafe { b.sim.submit(token as u32 % 2, token, Request::Event { name: "backup-done".into() }) }.unwrap();
+        b.sim.submit(token as u32 % 2, token, Request::Event { name: "backup-done".into() }).unwrap();
     }
     b.sim.run_until_idle(&mut |t, r| assert!(r.is_ok(), "request {t}: {r:?}"));
     let names = b.names();
@@ -353,12 +352,10 @@ fn the_volumes_generation_moves_with_every_change_of_the_table() {
 /// may show its change before `req` completes, every list after it must.
 fn listed_only_once_published(b: &mut Bdev, req: Request, name: &str, added: bool) {
     assert!(!req.has_buffer(), "a volume change");
-    // SAFETY: checked just above: no buffer.
-    unsafe { b.sim.submit(0, 1, req) }.unwrap();
+    b.sim.submit(0, 1, req).unwrap();
     let (mut done, mut token) = (false, 2);
     while !done {
-        // SAFETY: a request with no buffer.
-        unsafe { b.sim.submit(1, token, Request::ListVolumes) }.unwrap();
+        b.sim.submit(1, token, Request::ListVolumes).unwrap();
         token += 1;
         b.sim.step(&mut |t, r| match r {
             _ if t == 1 => done = true,

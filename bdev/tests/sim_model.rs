@@ -21,6 +21,9 @@
 //! `ILOG_SIM_FIRST=F` the first of them (default 0), for soaks over new seeds;
 //! `ILOG_SIM_SEED=S` runs seed S alone. A failure prints its seed.
 
+mod common;
+
+use common::io::{lend, lend_mut};
 use ilog_bdev::device::sim::Faults;
 use ilog_bdev::engine::{audit_space, CompactMode, LogEntryKind, Reply, Request, View};
 use ilog_bdev::format::FormatOptions;
@@ -268,9 +271,9 @@ impl Harness {
         self.next_token += 1;
         self.tick += 1;
         let core = self.rng.below(u64::from(self.cores)) as u32;
-        // SAFETY: a request's buffer is its `op`'s, kept in `inflight` until
+        // A request's buffer is its `op`'s, kept in `inflight` until
         // the request completes or a power cut ends it.
-        match unsafe { self.sim.submit(core, token, req) } {
+        match self.sim.submit(core, token, req) {
             Ok(()) => {
                 self.inflight.insert(token, op);
             }
@@ -321,7 +324,7 @@ impl Harness {
                 Request::WriteZeroes { lba, blocks: n }
             }
         } else {
-            Request::Write { lba, blocks: n, buf: buf.as_ptr() }
+            Request::Write { lba, blocks: n, buf: lend(&buf) }
         };
         let submitted = self.tick + 1;
         self.submit(req, Op::Write { lba, values, data: buf, submitted });
@@ -343,7 +346,7 @@ impl Harness {
         for l in lba..lba + u64::from(n) {
             self.busy_read[l as usize] += 1;
         }
-        let req = Request::Read { lba, blocks: n, buf: buf.as_mut_ptr(), view };
+        let req = Request::Read { lba, blocks: n, buf: lend_mut(&mut buf), view };
         self.submit(req, Op::Read { lba, blocks: n, buf, volume });
     }
 
@@ -795,8 +798,7 @@ impl Harness {
     fn list_volumes(&mut self) -> BTreeMap<String, u32> {
         let token = self.next_token;
         self.next_token += 1;
-        // SAFETY: a listing carries no buffer.
-        unsafe { self.sim.submit(0, token, Request::ListVolumes) }.unwrap();
+        self.sim.submit(0, token, Request::ListVolumes).unwrap();
         let mut out = None;
         self.sim.run_until_idle(&mut |_, r| out = Some(r));
         match out {
@@ -824,9 +826,9 @@ impl Harness {
                 let token = self.next_token;
                 self.next_token += 1;
                 let core = self.rng.below(u64::from(self.cores)) as u32;
-                let req = Request::Read { lba, blocks: n, buf: buf.as_mut_ptr(), view: v };
-                // SAFETY: `buf` outlives the run that completes the read.
-                unsafe { self.sim.submit(core, token, req) }.unwrap();
+                let req = Request::Read { lba, blocks: n, buf: lend_mut(&mut buf), view: v };
+                // `buf` outlives the run that completes the read.
+                self.sim.submit(core, token, req).unwrap();
                 let mut out = None;
                 self.sim.run_until_idle(&mut |_, r| out = Some(r));
                 match out {
@@ -853,8 +855,7 @@ impl Harness {
         self.drain();
         let token = self.next_token;
         self.next_token += 1;
-        // SAFETY: a close carries no buffer.
-        unsafe { self.sim.submit(0, token, Request::Close) }.unwrap();
+        self.sim.submit(0, token, Request::Close).unwrap();
         let mut out = None;
         self.sim.run_until_idle(&mut |_, r| out = Some(r));
         match out {

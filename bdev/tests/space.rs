@@ -28,6 +28,7 @@
 mod common;
 
 use common::blocks::{decode, fill, tag_of, Seen, Tag};
+use common::io::lend;
 use ilog_bdev::device::{BlockDevice, MallocDevice};
 use ilog_bdev::engine::{Reply, Request, Stats};
 use ilog_bdev::format::FormatOptions;
@@ -147,9 +148,9 @@ fn call(ilog: &Ilog, ctx: &Ctx, what: &str, req: Request) -> Result<Reply, Error
     let done: ilog_bdev::runtime::native::Callback = Box::new(move |r| {
         let _ = tx.send(r);
     });
-    // SAFETY: the answer is awaited before the call returns (a hang fails
+    // The answer is awaited before the call returns (a hang fails
     // the test), and the caller's buffer outlives the call.
-    unsafe { ilog.submit(None, req, done) }.map_err(|refused| refused.error)?;
+    ilog.submit(None, req, done).map_err(|refused| refused.error)?;
     rx.recv_timeout(HANG).unwrap_or_else(|_| panic!("{ctx} {what}: no answer within {HANG:?} (hang)"))
 }
 
@@ -191,7 +192,7 @@ fn overwrite(ilog: &Ilog, ctx: &Ctx, w: &Worker, model: &mut [Tag], next_tag: &m
             *next_tag += 1;
             let lba = w.base + off;
             let buf = write_buf(lba, blocks, tag);
-            let req = Request::Write { lba, blocks: blocks as u32, buf: buf.as_ptr() };
+            let req = Request::Write { lba, blocks: blocks as u32, buf: lend(&buf) };
             let tx = tx.clone();
             let this = id;
             id += 1;
@@ -202,15 +203,15 @@ fn overwrite(ilog: &Ilog, ctx: &Ctx, w: &Worker, model: &mut [Tag], next_tag: &m
             let mut done: Option<ilog_bdev::runtime::native::Callback> = Some(done);
             let start = Instant::now();
             loop {
-                // SAFETY: `buf` goes into `inflight` (its heap block stays
+                // `buf` goes into `inflight` (its heap block stays
                 // put) and is dropped only once the write's answer came.
-                match unsafe { ilog.submit(None, req.take().expect("req"), done.take().expect("done")) } {
+                match ilog.submit(None, req.take().expect("req"), done.take().expect("done")) {
                     Ok(()) => break,
                     Err(refused) => {
                         assert_eq!(refused.error, Error::Io(libc::EAGAIN), "{ctx} thread {}: submit refused", w.t);
                         assert!(start.elapsed() < HANG, "{ctx} thread {}: queue full for {HANG:?}", w.t);
                         std::thread::yield_now();
-                        req = Some(Request::Write { lba, blocks: blocks as u32, buf: buf.as_ptr() });
+                        req = Some(Request::Write { lba, blocks: blocks as u32, buf: lend(&buf) });
                         done = Some(refused.done);
                     }
                 }
@@ -427,7 +428,7 @@ fn fill_volume(ilog: &Ilog, ctx: &Ctx, first_tag: Tag) -> Vec<Tag> {
         let blocks = STRIPE_BLOCKS.min(volume_blocks - lba);
         let tag = first_tag + i as u64;
         let buf = write_buf(lba, blocks, tag);
-        call(ilog, ctx, "filling write", Request::Write { lba, blocks: blocks as u32, buf: buf.as_ptr() })
+        call(ilog, ctx, "filling write", Request::Write { lba, blocks: blocks as u32, buf: lend(&buf) })
             .unwrap_or_else(|e| panic!("{ctx} filling write at {lba}: {e}"));
         model[lba as usize..(lba + blocks) as usize].fill(tag);
     }
@@ -467,7 +468,7 @@ fn enospc_run(cores: u32, seed: u64) {
         let lba = slot * STRIPE_BLOCKS;
         tag += 1;
         let buf = write_buf(lba, blocks, tag);
-        let r = call(ilog, &ctx, what, Request::Write { lba, blocks: blocks as u32, buf: buf.as_ptr() }).map(drop);
+        let r = call(ilog, &ctx, what, Request::Write { lba, blocks: blocks as u32, buf: lend(&buf) }).map(drop);
         if r.is_ok() {
             model[lba as usize..(lba + blocks) as usize].fill(tag);
         }

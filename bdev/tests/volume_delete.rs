@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::io::{lend, lend_mut};
 use common::sim::{call, small_bdev};
 use ilog_bdev::device::sim::Faults;
 use ilog_bdev::engine::{audit_space, Reply, Request, View};
@@ -26,7 +27,7 @@ fn a_volume_deleted_while_its_blocks_are_overwritten_keeps_the_space_exact() {
         let (deleted, above) = [("b", 1500), ("c", 1500), ("c", 320)][seed as usize % 3];
         let mut sim = small_bdev(seed, 16_000, BS as u32, 1);
         let write = |sim: &mut _, lba: u64| {
-            call(sim, Request::Write { lba, blocks: 16, buf: old.as_ptr() }).unwrap();
+            call(sim, Request::Write { lba, blocks: 16, buf: lend(&old) }).unwrap();
         };
         let snapshot = |sim: &mut _, name: &str| {
             call(sim, Request::Snapshot { name: Some(name.into()) }).unwrap();
@@ -45,18 +46,17 @@ fn a_volume_deleted_while_its_blocks_are_overwritten_keeps_the_space_exact() {
             write(&mut sim, 5000);
         }
 
-        // SAFETY: a delete carries no buffer.
-        unsafe { sim.submit(0, 1, Request::DeleteVolume { name: deleted.into() }) }.unwrap();
+        sim.submit(0, 1, Request::DeleteVolume { name: deleted.into() }).unwrap();
         let mut results = Vec::new();
         let (mut next, mut walked) = (0u64, false);
         while results.len() < 1 + next as usize || !sim.shards().iter().all(|s| s.is_idle()) {
             sim.step(&mut |t, r| results.push((t, r)));
             let walking = sim.shards()[0].busy_with().is_some_and(|w| w.contains("a volume change's walk"));
             if walking && next < 1000 / 16 {
-                let req = Request::Write { lba: next * 16, blocks: 16, buf: new.as_ptr() };
-                // SAFETY: `new` lives until the end of the test, after the
+                let req = Request::Write { lba: next * 16, blocks: 16, buf: lend(&new) };
+                // `new` lives until the end of the test, after the
                 // loop stepped every request to completion.
-                unsafe { sim.submit(0, 2 + next, req) }.unwrap();
+                sim.submit(0, 2 + next, req).unwrap();
                 next += 1;
             }
             if walked && !walking {
@@ -74,7 +74,7 @@ fn a_volume_deleted_while_its_blocks_are_overwritten_keeps_the_space_exact() {
         let mut buf = vec![0u8; 16 * BS];
         for lba in (0..1000).step_by(16) {
             let expected = if lba / 16 < next { &new } else { &old };
-            call(&mut sim, Request::Read { lba, blocks: 16, buf: buf.as_mut_ptr(), view: View::Current }).unwrap();
+            call(&mut sim, Request::Read { lba, blocks: 16, buf: lend_mut(&mut buf), view: View::Current }).unwrap();
             assert!(&buf == expected, "seed {seed}: block {lba} reads {:#x}", buf[0]);
         }
         let listed = call(&mut sim, Request::ListVolumes).unwrap();

@@ -67,10 +67,9 @@ fn touch(dev: &dyn BlockDevice) -> Result<(), String> {
     let mut block = 0;
     while block < dev.num_blocks() {
         let nblocks = chunk.min((dev.num_blocks() - block) as u32);
-        let req = DevRequest { op: DevOp::Write, block, nblocks, buf: buf.as_mut_ptr(), tag: 0 };
-        // SAFETY: `buf` holds `nblocks` blocks and outlives the request,
-        // which completes in the poll below.
-        while unsafe { chan.submit(req) }.is_err() {
+        // `buf` outlives the request, which completes in the poll below.
+        let req = DevRequest { op: DevOp::Write, block, nblocks, buf: buf.io_buf(), tag: 0 };
+        while chan.submit(req).is_err() {
             chan.poll(&mut |_, _| {});
         }
         while chan.outstanding() > 0 {
@@ -145,17 +144,17 @@ impl Target for IlogTarget {
 
     fn submit(&mut self, slot: u32, op: Op, buf: &mut DmaBuf) -> bool {
         let req = if op.write {
-            Request::Write { lba: op.lba, blocks: op.blocks, buf: buf.as_ptr() }
+            Request::Write { lba: op.lba, blocks: op.blocks, buf: buf.io_buf() }
         } else {
-            Request::Read { lba: op.lba, blocks: op.blocks, buf: buf.as_mut_ptr(), view: self.view }
+            Request::Read { lba: op.lba, blocks: op.blocks, buf: buf.io_buf(), view: self.view }
         };
         let completions = self.completions.clone();
         let done = Box::new(move |r: ilog_bdev::Result<_>| {
             let _ = completions.push((slot, r.is_ok()));
         });
-        // SAFETY: the driver keeps the slot's buffer alive and untouched
-        // until the slot's completion is polled (as for the raw device).
-        unsafe { self.ilog.submit(None, req, done) }.is_ok()
+        // The driver keeps the slot's buffer alive and untouched until the
+        // slot's completion is polled (as for the raw device).
+        self.ilog.submit(None, req, done).is_ok()
     }
 
     fn poll(&mut self, done: &mut Vec<(u32, bool)>) {
@@ -188,12 +187,11 @@ impl Target for RawTarget {
 
     fn submit(&mut self, slot: u32, op: Op, buf: &mut DmaBuf) -> bool {
         let kind = if op.write { DevOp::Write } else { DevOp::Read };
-        let req =
-            DevRequest { op: kind, block: op.lba, nblocks: op.blocks, buf: buf.as_mut_ptr(), tag: u64::from(slot) };
-        // SAFETY: the driver keeps `buf` (of at least `op.blocks` blocks,
-        // aligned as the device asks) alive and untouched until the slot's
-        // completion is polled.
-        unsafe { self.chan.submit(req) }.is_ok()
+        let req = DevRequest { op: kind, block: op.lba, nblocks: op.blocks, buf: buf.io_buf(), tag: u64::from(slot) };
+        // The driver keeps `buf` (of at least `op.blocks` blocks, aligned as
+        // the device asks) alive and untouched until the slot's completion
+        // is polled.
+        self.chan.submit(req).is_ok()
     }
 
     fn poll(&mut self, done: &mut Vec<(u32, bool)>) {

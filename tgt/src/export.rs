@@ -3,7 +3,7 @@
 //! on the connection's thread).
 
 use crate::nbd::{Export, ExportIo};
-use ilog_bdev::device::{BlockDevice, DevChannel, DevOp, DevRequest};
+use ilog_bdev::device::{BlockDevice, DevChannel, DevOp, DevRequest, IoBuf};
 use ilog_bdev::engine::{Request, View};
 use ilog_bdev::runtime::native::Ilog;
 use std::sync::{Arc, Mutex};
@@ -32,7 +32,7 @@ impl Export for IlogExport {
     fn buf_align(&self) -> usize {
         self.ilog.buf_align()
     }
-    unsafe fn submit(&self, io: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>) {
+    fn submit(&self, io: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>) {
         let req = match io {
             ExportIo::Read { lba, blocks, buf } => Request::Read { lba, blocks, buf, view: self.view },
             ExportIo::Flush => Request::Flush,
@@ -44,9 +44,7 @@ impl Export for IlogExport {
         let callback = Box::new(move |result: ilog_bdev::Result<ilog_bdev::engine::Reply>| {
             done(result.map(drop).map_err(|e| e.errno()));
         });
-        // SAFETY: our caller keeps the buffer valid until `done`, which the
-        // callback runs, runs.
-        if let Err(refused) = unsafe { self.ilog.submit(None, req, callback) } {
+        if let Err(refused) = self.ilog.submit(None, req, callback) {
             (refused.done)(Err(refused.error));
         }
     }
@@ -65,12 +63,10 @@ impl BaseExport {
     }
 
     /// Runs one request to completion.
-    fn run(&self, op: DevOp, block: u64, nblocks: u32, buf: *mut u8) -> Result<(), i32> {
+    fn run(&self, op: DevOp, block: u64, nblocks: u32, buf: IoBuf) -> Result<(), i32> {
         let mut chan = self.chan.lock().expect("device channel");
         let req = DevRequest { op, block, nblocks, buf, tag: 0 };
-        // SAFETY: the NBD server keeps `buf` valid until `done` runs, which
-        // is after this function has polled the request to completion.
-        while unsafe { chan.submit(req) }.is_err() {
+        while chan.submit(req).is_err() {
             chan.poll(&mut |_, _| {});
         }
         let mut status = None;
@@ -94,11 +90,11 @@ impl Export for BaseExport {
     fn buf_align(&self) -> usize {
         self.dev.buf_align()
     }
-    unsafe fn submit(&self, io: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>) {
+    fn submit(&self, io: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>) {
         let result = match io {
             ExportIo::Read { lba, blocks, buf } => self.run(DevOp::Read, lba, blocks, buf),
-            ExportIo::Write { lba, blocks, buf } => self.run(DevOp::Write, lba, blocks, buf as *mut u8),
-            ExportIo::Flush => self.run(DevOp::Flush, 0, 0, std::ptr::null_mut()),
+            ExportIo::Write { lba, blocks, buf } => self.run(DevOp::Write, lba, blocks, buf),
+            ExportIo::Flush => self.run(DevOp::Flush, 0, 0, IoBuf::EMPTY),
             // A raw device has no unmap: write zeroes, a bounded chunk at a time.
             ExportIo::Trim { lba, blocks } | ExportIo::WriteZeroes { lba, blocks } => {
                 let bs = self.dev.block_size() as u64;
@@ -109,7 +105,7 @@ impl Export for BaseExport {
                 let mut result = Ok(());
                 while at < end && result.is_ok() {
                     let n = (end - at).min(chunk) as u32;
-                    result = self.run(DevOp::Write, at, n, zeros.as_mut_ptr());
+                    result = self.run(DevOp::Write, at, n, zeros.io_buf());
                     at += u64::from(n);
                 }
                 result

@@ -27,7 +27,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
-use ilog_bdev::device::DmaBuf;
+use ilog_bdev::device::{DmaBuf, IoBuf};
 use log::{debug, error, info, warn};
 
 // The protocol's values
@@ -130,12 +130,8 @@ pub trait Export: Send + Sync + 'static {
     fn buf_align(&self) -> usize;
     /// Starts `io`; `done` runs exactly once, on any thread (often a busy-polling reactor: it must only hand the
     /// result over, never block). `Err` carries a positive errno. Dropping `done` uncalled counts as an EIO
-    /// completion, after which the buffers are freed.
-    ///
-    /// # Safety
-    /// The buffer in `io` holds its `blocks` blocks and stays valid (for a read, untouched by anything else) until
-    /// `done` runs or is dropped.
-    unsafe fn submit(&self, io: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>);
+    /// completion, after which the buffers are freed: until then the export may use the buffer in `io`.
+    fn submit(&self, io: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>);
 }
 
 /// One I/O the server asks of an [`Export`]. Ranges are in blocks, non-empty and inside the export; buffers hold
@@ -145,12 +141,12 @@ pub enum ExportIo {
     Read {
         lba: u64,
         blocks: u32,
-        buf: *mut u8,
+        buf: IoBuf,
     },
     Write {
         lba: u64,
         blocks: u32,
-        buf: *const u8,
+        buf: IoBuf,
     },
     /// Make every write completed before it durable.
     Flush,
@@ -164,10 +160,6 @@ pub enum ExportIo {
         blocks: u32,
     },
 }
-
-// SAFETY: the pointers are request buffers the server owns, keeps alive and leaves untouched until the export calls
-// `done`, so the export may use them from whichever thread it likes.
-unsafe impl Send for ExportIo {}
 
 /// Where the NBD server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -837,7 +829,7 @@ impl Session<'_> {
             CMD_READ => match self.allowed(req.flags, CMD_FLAG_FUA).and_then(|()| self.blocks(req, NBD_EINVAL)) {
                 Ok((lba, blocks)) => {
                     let mut buf = DmaBuf::new(req.len as usize, self.geo.align);
-                    let io = ExportIo::Read { lba, blocks, buf: buf.as_mut_ptr() };
+                    let io = ExportIo::Read { lba, blocks, buf: buf.io_buf() };
                     self.submit(io, Reply { buf: Some(buf), send_data: true, ..reply });
                 }
                 Err(e) => self.answer(reply, Err(e)),
@@ -851,7 +843,7 @@ impl Session<'_> {
                     Ok((lba, blocks)) => {
                         let mut buf = DmaBuf::new(req.len as usize, self.geo.align);
                         self.input.read_exact(&mut buf)?;
-                        let io = ExportIo::Write { lba, blocks, buf: buf.as_mut_ptr().cast_const() };
+                        let io = ExportIo::Write { lba, blocks, buf: buf.io_buf() };
                         self.submit(io, Reply { buf: Some(buf), flush_first: fua, ..reply });
                     }
                     Err(e) => {
@@ -984,8 +976,7 @@ impl Drop for Pending {
 /// Submits `io`, whose buffer `pending`'s reply holds: it lives until the completion (or the completion's drop)
 /// hands the reply on.
 fn submit(export: &dyn Export, io: ExportIo, mut pending: Pending) {
-    // SAFETY: the buffer is the reply's, which `pending` (moved into the completion) keeps until it finishes.
-    unsafe { export.submit(io, Box::new(move |result| pending.finish(result.map_err(nbd_error)))) };
+    export.submit(io, Box::new(move |result| pending.finish(result.map_err(nbd_error))));
 }
 
 /// Maps an export's errno to the protocol's error values.
@@ -1269,19 +1260,17 @@ mod tests {
         match io {
             ExportIo::Read { lba, blocks, buf } => {
                 let src = data.get(bytes(lba, blocks)).ok_or(libc::EIO)?;
-                if blocks == 0 || buf as usize % ALIGN != 0 {
+                if blocks == 0 || buf.as_ptr() as usize % ALIGN != 0 {
                     return Err(libc::EINVAL);
                 }
-                // SAFETY: the server keeps `buf` valid for `blocks * block_size` bytes until `done` runs.
-                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), buf, src.len()) };
+                buf.blocks(0, blocks, block_size as usize).copy_from(src);
             }
             ExportIo::Write { lba, blocks, buf } => {
                 let dst = data.get_mut(bytes(lba, blocks)).ok_or(libc::EIO)?;
-                if blocks == 0 || buf as usize % ALIGN != 0 {
+                if blocks == 0 || buf.as_ptr() as usize % ALIGN != 0 {
                     return Err(libc::EINVAL);
                 }
-                // SAFETY: as for reads.
-                unsafe { std::ptr::copy_nonoverlapping(buf, dst.as_mut_ptr(), dst.len()) };
+                dst.copy_from_slice(buf.blocks(0, blocks, block_size as usize).as_slice());
             }
             ExportIo::Flush => {
                 flushes.fetch_add(1, Ordering::SeqCst);
@@ -1306,7 +1295,7 @@ mod tests {
         fn buf_align(&self) -> usize {
             ALIGN
         }
-        unsafe fn submit(&self, io: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>) {
+        fn submit(&self, io: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>) {
             self.submitted.fetch_add(1, Ordering::SeqCst);
             self.jobs.send((io, done)).expect("the workers live as long as the export");
         }
@@ -1328,7 +1317,7 @@ mod tests {
         fn buf_align(&self) -> usize {
             1
         }
-        unsafe fn submit(&self, _: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>) {
+        fn submit(&self, _: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>) {
             drop(done);
         }
     }

@@ -484,8 +484,7 @@ impl Target {
                     log::info!("compaction job {id}: {state}");
                     table.lock().expect("job table").finish(id, state);
                 });
-                // SAFETY: a compaction carries no buffer.
-                if let Err(refused) = unsafe { ilog.submit(None, req, done) } {
+                if let Err(refused) = ilog.submit(None, req, done) {
                     self.jobs.lock().expect("job table").forget(id);
                     return Err(refused.error.into());
                 }

@@ -152,11 +152,10 @@ impl DeviceIo {
     /// byte `at`, or flushes; returns once the device completed it.
     fn io(&mut self, op: DevOp, at: u64, len: usize) -> std::io::Result<()> {
         let bs = self.bs();
-        let req =
-            DevRequest { op, block: at / bs, nblocks: (len as u64 / bs) as u32, buf: self.buf.as_mut_ptr(), tag: 0 };
-        // SAFETY: the buffer is ours and outlives the request: this call
-        // returns only once the completion was polled.
-        while unsafe { self.chan.submit(req) }.is_err() {
+        let req = DevRequest { op, block: at / bs, nblocks: (len as u64 / bs) as u32, buf: self.buf.io_buf(), tag: 0 };
+        // The buffer is ours and outlives the request: this call returns
+        // only once the completion was polled.
+        while self.chan.submit(req).is_err() {
             self.chan.poll(&mut |_, _| {});
             std::thread::yield_now();
         }

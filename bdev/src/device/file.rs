@@ -141,7 +141,7 @@ impl FileChannel {
 }
 
 impl DevChannel for FileChannel {
-    unsafe fn submit(&mut self, req: DevRequest) -> Result<(), QueueFull> {
+    fn submit(&mut self, req: DevRequest) -> Result<(), QueueFull> {
         let slot = *self.free.last().ok_or(QueueFull)?;
         let extent = match req.op {
             DevOp::Flush => Some((0, 0)),
@@ -157,14 +157,19 @@ impl DevChannel for FileChannel {
             Some((offset, len)) => {
                 let fd = types::Fd(self.file.as_raw_fd());
                 let sqe = match req.op {
-                    DevOp::Read => opcode::Read::new(fd, req.buf, len).offset(offset).build(),
-                    DevOp::Write => opcode::Write::new(fd, req.buf, len).offset(offset).build(),
+                    DevOp::Read => {
+                        opcode::Read::new(fd, req.data(self.block_size as usize), len).offset(offset).build()
+                    }
+                    DevOp::Write => {
+                        opcode::Write::new(fd, req.data(self.block_size as usize), len).offset(offset).build()
+                    }
                     DevOp::Flush => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
                     DevOp::Copy { .. } => unreachable!("refused above"),
                 };
-                // SAFETY: the caller keeps `req.buf` valid for `len` bytes
-                // until this request's completion is polled, and `Drop`
-                // waits out the kernel if the channel goes first.
+                // SAFETY: `req.buf` holds `len` bytes (`data` checked) and
+                // stays valid until this request's completion is polled, as
+                // its maker promised; `Drop` waits out the kernel if the
+                // channel goes first.
                 if unsafe { self.ring.submission().push(&sqe.user_data(slot as u64)) }.is_err() {
                     return Err(QueueFull);
                 }
@@ -233,7 +238,7 @@ fn status(result: i32, len: u32) -> DevStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::DmaBuf;
+    use crate::device::{DmaBuf, IoBuf};
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
@@ -257,7 +262,7 @@ mod tests {
         }
     }
 
-    fn request(op: DevOp, block: u64, nblocks: u32, buf: *mut u8, tag: u64) -> DevRequest {
+    fn request(op: DevOp, block: u64, nblocks: u32, buf: IoBuf, tag: u64) -> DevRequest {
         DevRequest { op, block, nblocks, buf, tag }
     }
 
@@ -274,9 +279,7 @@ mod tests {
 
     /// Submits one request and waits for its status.
     fn run(ch: &mut dyn DevChannel, req: DevRequest) -> DevStatus {
-        // SAFETY: every caller's buffer outlives this call, which waits for
-        // the completion.
-        unsafe { ch.submit(req) }.expect("queue has room");
+        ch.submit(req).expect("queue has room");
         let out = drain(ch);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].0, req.tag);
@@ -291,7 +294,7 @@ mod tests {
 
     fn read_blocks(dev: &FileDevice, ch: &mut dyn DevChannel, block: u64, nblocks: u32) -> DmaBuf {
         let mut buf = DmaBuf::new((nblocks * dev.block_size()) as usize, dev.buf_align());
-        assert_eq!(run(ch, request(DevOp::Read, block, nblocks, buf.as_mut_ptr(), 1)), Ok(()));
+        assert_eq!(run(ch, request(DevOp::Read, block, nblocks, buf.io_buf(), 1)), Ok(()));
         buf
     }
 
@@ -307,8 +310,8 @@ mod tests {
 
         let mut data = DmaBuf::new(3 * BS as usize, dev.buf_align());
         pattern(&mut data, 5);
-        assert_eq!(run(&mut *ch, request(DevOp::Write, 10, 3, data.as_mut_ptr(), 42)), Ok(()));
-        assert_eq!(run(&mut *ch, request(DevOp::Flush, 0, 0, std::ptr::null_mut(), 43)), Ok(()));
+        assert_eq!(run(&mut *ch, request(DevOp::Write, 10, 3, data.io_buf(), 42)), Ok(()));
+        assert_eq!(run(&mut *ch, request(DevOp::Flush, 0, 0, IoBuf::EMPTY, 43)), Ok(()));
 
         assert_eq!(&read_blocks(&dev, &mut *ch, 10, 3)[..], &data[..]);
         // Never written: the sparse file reads as zeroes.
@@ -336,9 +339,8 @@ mod tests {
                         .collect();
                     // All writes in flight at once, completing in any order.
                     for (i, buf) in bufs.iter_mut().enumerate() {
-                        let req = request(DevOp::Write, first + i as u64, 1, buf.as_mut_ptr(), i as u64);
-                        // SAFETY: `bufs` outlives the drain below.
-                        unsafe { ch.submit(req) }.unwrap();
+                        let req = request(DevOp::Write, first + i as u64, 1, buf.io_buf(), i as u64);
+                        ch.submit(req).unwrap();
                     }
                     let mut done = drain(&mut *ch);
                     done.sort_by_key(|&(tag, _)| tag);
@@ -360,14 +362,13 @@ mod tests {
         let mut ch = dev.channel().unwrap();
         let mut buf = DmaBuf::new(2 * BS as usize, dev.buf_align());
         for (block, nblocks) in [(7, 2), (8, 1), (u64::MAX, 1)] {
-            // SAFETY: `buf` outlives the poll below.
-            unsafe { ch.submit(request(DevOp::Read, block, nblocks, buf.as_mut_ptr(), block)) }.unwrap();
+            ch.submit(request(DevOp::Read, block, nblocks, buf.io_buf(), block)).unwrap();
             assert_eq!(ch.outstanding(), 1);
             let mut got = Vec::new();
             assert_eq!(ch.poll(&mut |tag, status| got.push((tag, status))), 1);
             assert_eq!(got, [(block, Err(libc::EINVAL))]);
         }
-        assert_eq!(run(&mut *ch, request(DevOp::Write, 7, 1, buf.as_mut_ptr(), 1)), Ok(()));
+        assert_eq!(run(&mut *ch, request(DevOp::Write, 7, 1, buf.io_buf(), 1)), Ok(()));
     }
 
     #[test]
@@ -375,13 +376,11 @@ mod tests {
         let path = TempPath::new();
         let dev = FileDevice::create(&path.0, 1, BS).unwrap();
         let mut ch = dev.channel().unwrap();
-        let flush = |tag| request(DevOp::Flush, 0, 0, std::ptr::null_mut(), tag);
+        let flush = |tag| request(DevOp::Flush, 0, 0, IoBuf::EMPTY, tag);
         for tag in 0..QUEUE_DEPTH as u64 {
-            // SAFETY: a flush has no buffer.
-            unsafe { ch.submit(flush(tag)) }.unwrap();
+            ch.submit(flush(tag)).unwrap();
         }
-        // SAFETY: as above.
-        assert_eq!(unsafe { ch.submit(flush(u64::MAX)) }, Err(QueueFull));
+        assert_eq!(ch.submit(flush(u64::MAX)), Err(QueueFull));
         assert_eq!(ch.outstanding(), QUEUE_DEPTH);
         let done = drain(&mut *ch);
         assert_eq!(done.len(), QUEUE_DEPTH);
@@ -396,8 +395,8 @@ mod tests {
         {
             let dev = FileDevice::create(&path.0, 16, BS).unwrap();
             let mut ch = dev.channel().unwrap();
-            assert_eq!(run(&mut *ch, request(DevOp::Write, 15, 1, data.as_mut_ptr(), 1)), Ok(()));
-            assert_eq!(run(&mut *ch, request(DevOp::Flush, 0, 0, std::ptr::null_mut(), 2)), Ok(()));
+            assert_eq!(run(&mut *ch, request(DevOp::Write, 15, 1, data.io_buf(), 1)), Ok(()));
+            assert_eq!(run(&mut *ch, request(DevOp::Flush, 0, 0, IoBuf::EMPTY, 2)), Ok(()));
         }
         let dev = FileDevice::open(&path.0, BS).unwrap();
         assert_eq!(dev.num_blocks(), 16);
@@ -424,7 +423,7 @@ mod tests {
         OpenOptions::new().write(true).open(&path.0).unwrap().set_len(3 * u64::from(BS)).unwrap();
         let mut ch = dev.channel().unwrap();
         let mut buf = DmaBuf::new(2 * BS as usize, dev.buf_align());
-        assert_eq!(run(&mut *ch, request(DevOp::Read, 2, 2, buf.as_mut_ptr(), 1)), Err(libc::EIO));
-        assert_eq!(run(&mut *ch, request(DevOp::Read, 3, 1, buf.as_mut_ptr(), 2)), Err(libc::EIO));
+        assert_eq!(run(&mut *ch, request(DevOp::Read, 2, 2, buf.io_buf(), 1)), Err(libc::EIO));
+        assert_eq!(run(&mut *ch, request(DevOp::Read, 3, 1, buf.io_buf(), 2)), Err(libc::EIO));
     }
 }

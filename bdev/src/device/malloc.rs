@@ -81,7 +81,7 @@ struct MallocChannel {
 }
 
 impl DevChannel for MallocChannel {
-    unsafe fn submit(&mut self, req: DevRequest) -> Result<(), QueueFull> {
+    fn submit(&mut self, req: DevRequest) -> Result<(), QueueFull> {
         if self.done.len() == QUEUE_DEPTH {
             return Err(QueueFull);
         }
@@ -95,12 +95,16 @@ impl DevChannel for MallocChannel {
         let status = if req.op != DevOp::Flush && !(in_range(start) && src.is_some_and(in_range)) {
             Err(libc::EINVAL)
         } else {
-            // SAFETY: the range is inside the allocation (checked above) and
-            // the caller guarantees `buf` holds `len` bytes.
+            // SAFETY: the range is inside the allocation (checked above), and
+            // `data` checked that `buf` holds `len` bytes.
             unsafe {
                 match req.op {
-                    DevOp::Read => std::ptr::copy_nonoverlapping(self.mem.ptr.add(start), req.buf, len),
-                    DevOp::Write => std::ptr::copy_nonoverlapping(req.buf, self.mem.ptr.add(start), len),
+                    DevOp::Read => {
+                        std::ptr::copy_nonoverlapping(self.mem.ptr.add(start), req.data(self.block_size), len)
+                    }
+                    DevOp::Write => {
+                        std::ptr::copy_nonoverlapping(req.data(self.block_size), self.mem.ptr.add(start), len)
+                    }
                     DevOp::Flush => {}
                     // `copy`, not `copy_nonoverlapping`: nothing stops a
                     // caller from copying onto an overlapping range.
@@ -133,16 +137,16 @@ impl DevChannel for MallocChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::{DmaBuf, IoBuf};
 
     fn run(ch: &mut dyn DevChannel, req: DevRequest) -> DevStatus {
-        // SAFETY: every buffer passed here outlives the request, polled below.
-        unsafe { ch.submit(req) }.expect("room");
+        ch.submit(req).expect("room");
         let mut status = None;
         ch.poll(&mut |_, s| status = Some(s));
         status.expect("completes at the next poll")
     }
 
-    fn req(op: DevOp, block: u64, nblocks: u32, buf: *mut u8) -> DevRequest {
+    fn req(op: DevOp, block: u64, nblocks: u32, buf: IoBuf) -> DevRequest {
         DevRequest { op, block, nblocks, buf, tag: 7 }
     }
 
@@ -151,14 +155,15 @@ mod tests {
         let dev = MallocDevice::new(16, 512);
         assert!(dev.supports_copy());
         let mut ch = dev.channel().unwrap();
-        let mut data: Vec<u8> = (0..3 * 512).map(|i| (i % 251) as u8).collect();
-        assert_eq!(run(&mut *ch, req(DevOp::Write, 2, 3, data.as_mut_ptr())), Ok(()));
-        assert_eq!(run(&mut *ch, req(DevOp::Copy { src: 2 }, 10, 3, std::ptr::null_mut())), Ok(()));
-        let mut back = vec![0u8; 3 * 512];
-        assert_eq!(run(&mut *ch, req(DevOp::Read, 10, 3, back.as_mut_ptr())), Ok(()));
-        assert_eq!(back, data);
+        let mut data = DmaBuf::new(3 * 512, 512);
+        data.iter_mut().enumerate().for_each(|(i, b)| *b = (i % 251) as u8);
+        assert_eq!(run(&mut *ch, req(DevOp::Write, 2, 3, data.io_buf())), Ok(()));
+        assert_eq!(run(&mut *ch, req(DevOp::Copy { src: 2 }, 10, 3, IoBuf::EMPTY)), Ok(()));
+        let mut back = DmaBuf::new(3 * 512, 512);
+        assert_eq!(run(&mut *ch, req(DevOp::Read, 10, 3, back.io_buf())), Ok(()));
+        assert_eq!(back[..], data[..]);
         for (src, dst) in [(14, 0), (0, 14), (u64::MAX, 0)] {
-            let status = run(&mut *ch, req(DevOp::Copy { src }, dst, 3, std::ptr::null_mut()));
+            let status = run(&mut *ch, req(DevOp::Copy { src }, dst, 3, IoBuf::EMPTY));
             assert_eq!(status, Err(libc::EINVAL), "copy of 3 blocks from {src} to {dst}");
         }
     }

@@ -5,6 +5,7 @@
 //! submits requests tagged with a `u64` and collects completions by polling.
 //! Nothing here blocks.
 
+mod buf;
 pub(crate) mod dma;
 mod file;
 mod malloc;
@@ -13,6 +14,8 @@ pub mod sim;
 #[cfg(feature = "spdk")]
 pub(crate) mod spdk;
 
+pub use buf::IoBuf;
+pub(crate) use buf::{lend, lend_mut};
 pub use dma::{install_allocator, DmaAllocator, DmaBuf};
 pub use file::FileDevice;
 pub use malloc::MallocDevice;
@@ -33,22 +36,26 @@ pub enum DevOp {
     },
 }
 
-/// One asynchronous device request. `buf` must stay valid, and untouched by
-/// anyone else, for `nblocks * block_size` bytes until the request completes
-/// (flushes and copies have no buffer).
+/// One asynchronous device request. A read's or a write's `buf` holds
+/// `nblocks` blocks, aligned to [`BlockDevice::buf_align`]; flushes and
+/// copies carry [`IoBuf::EMPTY`].
 #[derive(Debug, Clone, Copy)]
 pub struct DevRequest {
     pub op: DevOp,
     pub block: u64,
     pub nblocks: u32,
-    pub buf: *mut u8,
+    pub buf: IoBuf,
     /// Returned with the completion; the engine encodes its context in it.
     pub tag: u64,
 }
 
-// SAFETY: a request only carries the buffer's address; the submitter keeps
-// the buffer alive and exclusive until completion (see `DevChannel::submit`).
-unsafe impl Send for DevRequest {}
+impl DevRequest {
+    /// The address a read fills or a write takes its `nblocks` blocks from;
+    /// panics if `buf` is shorter.
+    pub(crate) fn data(&self, block_size: usize) -> *mut u8 {
+        self.buf.blocks(0, self.nblocks, block_size).as_ptr()
+    }
+}
 
 /// A request's outcome: `Err(errno)` on failure.
 pub type DevStatus = std::result::Result<(), i32>;
@@ -59,12 +66,9 @@ pub struct QueueFull;
 
 /// A core's private queue pair to a device.
 pub trait DevChannel: Send {
-    /// Queues `req`; its completion comes out of [`DevChannel::poll`].
-    ///
-    /// # Safety
-    /// `req.buf` must be valid for `req.nblocks` blocks (aligned to the
-    /// device's [`BlockDevice::buf_align`]) until the completion is polled.
-    unsafe fn submit(&mut self, req: DevRequest) -> Result<(), QueueFull>;
+    /// Queues `req`; its completion comes out of [`DevChannel::poll`]. The
+    /// device uses `req.buf` until then, as its maker promised.
+    fn submit(&mut self, req: DevRequest) -> Result<(), QueueFull>;
 
     /// Hands every completion that is ready to `done(tag, status)`; returns
     /// how many there were.

@@ -56,11 +56,9 @@ impl State {
         let inside = |b: u64| b.checked_add(u64::from(r.nblocks)).is_some_and(|end| end <= blocks);
         let len = r.nblocks as usize * self.block_size;
         match r.op {
-            DevOp::Write if inside(r.block) => {
-                // SAFETY: the engine keeps write buffers valid until
-                // completion, and through a power cut.
-                Some(unsafe { std::slice::from_raw_parts(r.buf, len) }.to_vec())
-            }
+            // The engine keeps write buffers valid until completion, and
+            // through a power cut.
+            DevOp::Write if inside(r.block) => Some(r.buf.blocks(0, r.nblocks, self.block_size).as_slice().to_vec()),
             DevOp::Copy { src } if inside(r.block) && inside(src) => {
                 let at = src as usize * self.block_size;
                 Some(self.current[at..at + len].to_vec())
@@ -192,7 +190,7 @@ struct SimChannel {
 }
 
 impl DevChannel for SimChannel {
-    unsafe fn submit(&mut self, req: DevRequest) -> Result<(), QueueFull> {
+    fn submit(&mut self, req: DevRequest) -> Result<(), QueueFull> {
         let mut s = self.disk.lock();
         if s.power_epoch != self.epoch {
             return Ok(()); // a dead channel's requests vanish with the power
@@ -231,9 +229,8 @@ impl DevChannel for SimChannel {
                 DevOp::Read if s.rng.chance_ppm(s.faults.read_eio_ppm) => Err(libc::EIO),
                 DevOp::Write | DevOp::Copy { .. } if s.rng.chance_ppm(s.faults.write_eio_ppm) => Err(libc::EIO),
                 DevOp::Read => {
-                    let at = r.block as usize * bs;
-                    // SAFETY: the submitter's buffer holds nblocks blocks.
-                    unsafe { std::ptr::copy_nonoverlapping(s.current[at..].as_ptr(), r.buf, r.nblocks as usize * bs) };
+                    let (at, len) = (r.block as usize * bs, r.nblocks as usize * bs);
+                    r.buf.blocks(0, r.nblocks, bs).copy_from(&s.current[at..at + len]);
                     Ok(())
                 }
                 DevOp::Copy { src } if src.checked_add(u64::from(r.nblocks)).is_none_or(|end| end > blocks) => {

@@ -60,11 +60,11 @@ impl SpdkDevice {
     }
 }
 
-/// A request as the base gets it.
-fn block_op(req: &DevRequest) -> BlockOp {
+/// A request as the base, of `block_size` bytes a block, gets it.
+fn block_op(req: &DevRequest, block_size: u32) -> BlockOp {
     match req.op {
-        DevOp::Read => BlockOp::Read { buf: req.buf },
-        DevOp::Write => BlockOp::Write { buf: req.buf },
+        DevOp::Read => BlockOp::Read { buf: req.data(block_size as usize) },
+        DevOp::Write => BlockOp::Write { buf: req.data(block_size as usize) },
         DevOp::Flush => BlockOp::Flush,
         DevOp::Copy { src } => BlockOp::Copy { src },
     }
@@ -142,9 +142,10 @@ fn remote_submit(dev: Arc<SpdkDevice>, req: DevRequest, done: Arc<SegQueue<(u64,
     let submitted = {
         let guard = dev.app_channel();
         let Some(ch) = guard.as_ref() else { return done.push((tag, Err(libc::ENODEV))) };
-        // SAFETY: the buffer is valid until the completion is polled
-        // (`DevChannel::submit`'s contract), which waits for `done`.
-        unsafe { ch.submit(block_op(&req), req.block, u64::from(req.nblocks), move |ok| queue.push((tag, status(ok)))) }
+        let op = block_op(&req, dev.info.block_size);
+        // SAFETY: the buffer is valid until the completion is polled (as
+        // its maker promised), which waits for `done`.
+        unsafe { ch.submit(op, req.block, u64::from(req.nblocks), move |ok| queue.push((tag, status(ok)))) }
     };
     match submitted {
         Ok(()) => {}
@@ -178,7 +179,7 @@ impl SpdkChannel {
 }
 
 impl DevChannel for SpdkChannel {
-    unsafe fn submit(&mut self, req: DevRequest) -> Result<(), QueueFull> {
+    fn submit(&mut self, req: DevRequest) -> Result<(), QueueFull> {
         self.bind();
         match &self.mode {
             Mode::Local { ch, done } => {
@@ -189,9 +190,11 @@ impl DevChannel for SpdkChannel {
                 } else {
                     let queue = done.clone();
                     let on_done = move |ok| queue.with(|d| d.push((tag, status(ok))));
-                    // SAFETY: the caller keeps the buffer valid until the
-                    // completion is polled, which waits for `on_done`.
-                    let submitted = unsafe { ch.submit(block_op(&req), req.block, u64::from(req.nblocks), on_done) };
+                    let op = block_op(&req, self.dev.info.block_size);
+                    // SAFETY: the buffer is valid until the completion is
+                    // polled (as its maker promised), which waits for
+                    // `on_done`.
+                    let submitted = unsafe { ch.submit(op, req.block, u64::from(req.nblocks), on_done) };
                     match submitted {
                         Ok(()) => {}
                         Err((libc::ENOMEM, _)) => return Err(QueueFull),

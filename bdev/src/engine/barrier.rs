@@ -10,7 +10,7 @@ use super::msg::Msg;
 use super::registry::SegmentInfo;
 use super::shard::Shard;
 use super::tag::TAG_FLUSH;
-use crate::device::{DevOp, DevRequest, DevStatus};
+use crate::device::{DevOp, DevRequest, DevStatus, IoBuf};
 use crate::error::Error;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -109,8 +109,7 @@ impl Shard {
                 let b = self.barrier.as_mut().expect("checked");
                 b.report = report;
                 b.stage = BarrierStage::Flushing;
-                let flush =
-                    DevRequest { op: DevOp::Flush, block: 0, nblocks: 0, buf: std::ptr::null_mut(), tag: TAG_FLUSH };
+                let flush = DevRequest { op: DevOp::Flush, block: 0, nblocks: 0, buf: IoBuf::EMPTY, tag: TAG_FLUSH };
                 self.dev_submit(flush);
             }
             BarrierStage::Flushing => {}

@@ -2,7 +2,7 @@
 //! compaction's moves and the drain's copy read runs into. A buffer is
 //! held until the last append (or write) using it completed.
 
-use crate::device::DmaBuf;
+use crate::device::{DmaBuf, IoBuf};
 
 pub(super) struct CompactBufs {
     bufs: Vec<DmaBuf>,
@@ -46,7 +46,8 @@ impl CompactBufs {
         freed
     }
 
-    pub(super) fn ptr(&mut self, b: u16) -> *mut u8 {
-        self.bufs[b as usize].as_mut_ptr()
+    /// Buffer `b`, for the requests of its holders.
+    pub(super) fn io_buf(&mut self, b: u16) -> IoBuf {
+        self.bufs[b as usize].io_buf()
     }
 }

@@ -183,7 +183,7 @@ impl LogRead {
                 op: DevOp::Read,
                 block,
                 nblocks: entries[entry].blocks,
-                buf: buf.as_mut_ptr(),
+                buf: buf.io_buf(),
                 tag: TAG_CONTROL | i as u64,
             })
             .collect()

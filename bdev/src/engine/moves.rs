@@ -287,11 +287,7 @@ impl Shard {
                 return off;
             }
             let (payload, buf) = match source {
-                Source::Buf(b) => {
-                    // SAFETY: the buffer holds the run's blocks; `off + n` is within it.
-                    let at = unsafe { self.compact_bufs.ptr(b).add(off as usize * bs) };
-                    (Payload::Buf(at), Some(b))
-                }
+                Source::Buf(b) => (Payload::Buf(self.compact_bufs.io_buf(b).blocks(off, n, bs)), Some(b)),
                 Source::Copy(crc) => {
                     debug_assert!((off, n) == (0, run.blocks), "a copy moves its whole entry");
                     (Payload::Copy { src, crc }, None)
@@ -366,12 +362,11 @@ impl Shard {
                     // buffer: what is live when they are appended is among
                     // them (a block stops being live, never starts again).
                     let bs = self.shared.geo.block_size as usize;
-                    let base = self.compact_bufs.ptr(buf);
+                    let base = self.compact_bufs.io_buf(buf);
                     let tag = TAG_COMPACT_READ | u64::from(buf);
                     for (off, n) in parts {
                         let block = self.shared.geo.log_start + u64::from(run.addr + off);
-                        // SAFETY: `off + n <= run.blocks`, which the buffer holds.
-                        let at = unsafe { base.add(off as usize * bs) };
+                        let at = base.blocks(off, n, bs);
                         spent += n.max(MOVE_ENTRY_COST);
                         self.dev_submit(DevRequest { op: DevOp::Read, block, nblocks: n, buf: at, tag });
                     }

@@ -6,6 +6,7 @@
 
 use super::registry::SegmentInfo;
 use super::request::{Extent, Reply, Request, View};
+use crate::device::IoBuf;
 use crate::error::Result;
 use crate::format::SummaryEntry;
 use crossbeam_queue::ArrayQueue;
@@ -27,13 +28,10 @@ pub(crate) struct Piece {
     pub(super) op: PieceOp,
     pub(super) lba: u64,
     pub(super) blocks: u32,
-    pub(super) buf: *mut u8,
+    /// Its blocks of the request's buffer (empty for zeroes).
+    pub(super) buf: IoBuf,
     pub(super) view: View,
 }
-
-// SAFETY: the buffer belongs to a request whose submitter keeps it valid
-// until completion; only the core serving the piece touches it meanwhile.
-unsafe impl Send for Piece {}
 
 /// Where a control request's answer goes.
 #[derive(Debug, Clone, Copy)]
@@ -130,9 +128,6 @@ pub(crate) enum Msg {
         extents: Vec<Extent>,
     },
 }
-
-// SAFETY: pieces and requests are Send (see there); the rest is owned data.
-unsafe impl Send for Msg {}
 
 /// A core's messages to other cores that their inboxes could not take yet
 /// (full), in the order they were sent. Under the simulator it holds every

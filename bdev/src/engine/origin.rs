@@ -5,6 +5,7 @@
 
 use super::msg::{Piece, PieceOp};
 use super::request::{Request, View};
+use crate::device::IoBuf;
 use crate::error::{Error, Result};
 use crate::format::Geometry;
 
@@ -62,7 +63,7 @@ pub(super) struct DataRequest {
     op: PieceOp,
     lba: u64,
     blocks: u32,
-    buf: *mut u8,
+    buf: IoBuf,
     view: View,
 }
 
@@ -71,20 +72,26 @@ impl DataRequest {
     pub(super) fn of(req: Request) -> std::result::Result<DataRequest, Request> {
         let (op, lba, blocks, buf, view) = match req {
             Request::Read { lba, blocks, buf, view } => (PieceOp::Read, lba, blocks, buf, view),
-            Request::Write { lba, blocks, buf } => (PieceOp::Write, lba, blocks, buf as *mut u8, View::Current),
+            Request::Write { lba, blocks, buf } => (PieceOp::Write, lba, blocks, buf, View::Current),
             Request::WriteZeroes { lba, blocks } | Request::Unmap { lba, blocks } => {
-                (PieceOp::Zero, lba, blocks, std::ptr::null_mut(), View::Current)
+                (PieceOp::Zero, lba, blocks, IoBuf::EMPTY, View::Current)
             }
             other => return Err(other),
         };
         Ok(DataRequest { op, lba, blocks, buf, view })
     }
 
-    /// Whether the request fits the volume and reads a live view.
+    /// Whether the request fits the volume and its buffer, and reads a
+    /// live view.
     pub(super) fn check(&self, geo: &Geometry, live_volumes: &[u32]) -> Result<()> {
         let (lba, blocks, volume_blocks) = (self.lba, self.blocks, geo.volume_blocks);
         if blocks == 0 {
             return Err(Error::InvalidArgument("an I/O needs at least one block".into()));
+        }
+        let bytes = blocks as usize * geo.block_size as usize;
+        if self.op != PieceOp::Zero && self.buf.len() < bytes {
+            let len = self.buf.len();
+            return Err(Error::InvalidArgument(format!("a buffer of {len} bytes for {blocks} blocks")));
         }
         if lba.checked_add(u64::from(blocks)).is_none_or(|end| end > volume_blocks) {
             return Err(Error::OutOfRange { lba, blocks: u64::from(blocks), volume_blocks });
@@ -106,19 +113,16 @@ impl DataRequest {
     /// Its pieces, cut at stripe boundaries, for slot `slot` of `origin`.
     pub(super) fn pieces(self, origin: u32, slot: u32, geo: &Geometry) -> impl Iterator<Item = Piece> {
         let (stripe, bs) = (u64::from(geo.stripe_blocks), geo.block_size as usize);
-        let (mut lba, mut left, mut buf) = (self.lba, u64::from(self.blocks), self.buf);
+        let (mut lba, mut done) = (self.lba, 0);
         std::iter::from_fn(move || {
-            if left == 0 {
+            if done == self.blocks {
                 return None;
             }
-            let n = left.min(stripe - lba % stripe);
-            let piece = Piece { origin, slot, op: self.op, lba, blocks: n as u32, buf, view: self.view };
-            lba += n;
-            left -= n;
-            if !buf.is_null() {
-                // SAFETY: stays within the request's buffer of `blocks` blocks.
-                buf = unsafe { buf.add(n as usize * bs) };
-            }
+            let n = (self.blocks - done).min((stripe - lba % stripe) as u32);
+            let buf = if self.op == PieceOp::Zero { IoBuf::EMPTY } else { self.buf.blocks(done, n, bs) };
+            let piece = Piece { origin, slot, op: self.op, lba, blocks: n, buf, view: self.view };
+            lba += u64::from(n);
+            done += n;
             Some(piece)
         })
     }

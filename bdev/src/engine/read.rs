@@ -80,8 +80,7 @@ impl Reads {
         let mut run: Option<(u32, u64, u32)> = None; // (first block, device block, blocks)
         let mut issue = |(first, block, n): (u32, u64, u32)| {
             outstanding += 1;
-            // SAFETY: `first + n` is within the piece's buffer.
-            let buf = unsafe { p.buf.add(first as usize * bs) };
+            let buf = p.buf.blocks(first, n, bs);
             self.issue.push(DevRequest { op: DevOp::Read, block, nblocks: n, buf, tag: TAG_READ | u64::from(ctx) });
         };
         for i in 0..p.blocks {
@@ -95,10 +94,7 @@ impl Reads {
                         run = Some((i, block, 1));
                     }
                 },
-                None => {
-                    // SAFETY: block `i` is within the piece's buffer.
-                    unsafe { std::ptr::write_bytes(p.buf.add(i as usize * bs), 0, bs) };
-                }
+                None => p.buf.blocks(i, 1, bs).zero(),
             }
         }
         if let Some(r) = run {

@@ -1,5 +1,6 @@
 //! What clients ask of an ilog bdev, and what they get back.
 
+use crate::device::IoBuf;
 use crate::error::{Error, Result};
 
 /// Which image a read sees.
@@ -24,20 +25,21 @@ pub enum CompactMode {
     Baseline,
 }
 
-/// A request. Buffers are raw: the submitter keeps them valid (and does not
-/// touch them) until the request's completion, as with SPDK's bdev I/O.
+/// A request. A read's or a write's buffer holds its `blocks` blocks; the
+/// engine fills or reads it until the request's completion, as SPDK's bdev
+/// I/O does (the promise is the [`IoBuf`]'s maker's).
 #[derive(Debug, Clone)]
 pub enum Request {
     Read {
         lba: u64,
         blocks: u32,
-        buf: *mut u8,
+        buf: IoBuf,
         view: View,
     },
     Write {
         lba: u64,
         blocks: u32,
-        buf: *const u8,
+        buf: IoBuf,
     },
     WriteZeroes {
         lba: u64,
@@ -97,10 +99,6 @@ pub enum Request {
     Close,
 }
 
-// SAFETY: the buffers are the submitter's to keep valid until completion;
-// the engine touches them from the owning core only while the I/O is live.
-unsafe impl Send for Request {}
-
 impl Request {
     /// Whether the volume table may differ once this completes (the
     /// policy's own changes come later, in the background).
@@ -113,9 +111,8 @@ impl Request {
         )
     }
 
-    /// Whether the request points at a caller's buffer (a read or a
-    /// write): only such a request has anything for `submit`'s safety
-    /// contract to keep valid.
+    /// Whether the request lends the engine a caller's buffer (a read or
+    /// a write).
     pub fn has_buffer(&self) -> bool {
         matches!(self, Request::Read { .. } | Request::Write { .. })
     }

@@ -391,10 +391,7 @@ impl Shard {
             self.dev_retry.push_back(req);
             return;
         }
-        // SAFETY: every buffer handed here outlives its request: client
-        // buffers by the submit contract, metadata buffers because they stay
-        // busy until their completion is polled.
-        if unsafe { self.dev.submit(req) }.is_err() {
+        if self.dev.submit(req).is_err() {
             self.dev_retry.push_back(req);
         }
     }
@@ -402,8 +399,7 @@ impl Shard {
     fn resubmit(&mut self) -> usize {
         let mut n = 0;
         while let Some(req) = self.dev_retry.pop_front() {
-            // SAFETY: as in `dev_submit`.
-            if unsafe { self.dev.submit(req) }.is_err() {
+            if self.dev.submit(req).is_err() {
                 self.dev_retry.push_front(req);
                 break;
             }

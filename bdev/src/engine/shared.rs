@@ -55,17 +55,10 @@ pub trait Clock: Send + Sync {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
-    /// The coarse real-time clock: core 0 reads it on every poll for the
-    /// policy, and a second's precision is all that needs.
+    /// Core 0 reads it on every poll for the policy: a vDSO call, tens of
+    /// nanoseconds, where a second's precision is all it needs.
     fn now_unix_s(&self) -> u64 {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: `ts` is a valid timespec to write to.
-        let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
-        if rc == 0 {
-            u64::try_from(ts.tv_sec).unwrap_or(0)
-        } else {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-        }
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
     }
 }
 
@@ -181,21 +174,25 @@ impl Submitter {
         self.shared.volumes_generation.load(Ordering::Acquire)
     }
 
+    /// The core that takes `req` submitted to `core`, and completes it.
+    pub fn origin(&self, core: u32, req: &Request) -> u32 {
+        if req.is_io() {
+            core % self.shared.cores
+        } else {
+            0
+        }
+    }
+
     /// Queues `req` on `core`; its completion will come out of that core's
     /// poll with `token`. Control requests go to core 0 whatever `core` is.
     /// `Err` (with the request dropped) when the queue is full or the bdev
-    /// closed.
-    ///
-    /// # Safety
-    /// The buffer a `Read` or `Write` points at must hold its `blocks`
-    /// blocks and stay valid, and for a read untouched by anything else,
-    /// until its completion comes out of a poll (or `submit` answers
-    /// `Err`): the engine reads or fills it in between.
-    pub unsafe fn submit(&self, core: u32, token: u64, req: Request) -> Result<()> {
+    /// closed. A `Read` or `Write` lends its buffer until then (see
+    /// [`IoBuf`](crate::device::IoBuf)).
+    pub fn submit(&self, core: u32, token: u64, req: Request) -> Result<()> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
-        let core = if req.is_io() { core % self.shared.cores } else { 0 };
+        let core = self.origin(core, &req);
         self.shared.clients[core as usize].push((token, req)).map_err(|_| Error::Io(libc::EAGAIN))
     }
 }

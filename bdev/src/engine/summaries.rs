@@ -38,7 +38,7 @@ impl Shard {
         for i in 2 * groups.start..2 * groups.end {
             let block = geo.summary_slot(record.segno, i / 2, i % 2);
             let tag = TAG_CONTROL | u64::from(i);
-            let buf = bufs[i as usize].as_mut_ptr();
+            let buf = bufs[i as usize].io_buf();
             self.dev_submit(DevRequest { op: DevOp::Read, block, nblocks: 1, buf, tag });
         }
     }

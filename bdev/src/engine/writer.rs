@@ -15,7 +15,7 @@ use super::shard::Shard;
 use super::shared::SpaceState;
 use super::space::Counters;
 use super::tag::{TAG_META, TAG_WRITE};
-use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf};
+use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf, IoBuf};
 use crate::error::{Error, Result};
 use crate::format::{
     EntryKind, SegmentHeader, SegmentId, SegmentRecord, SummaryBlock, SummaryEntry, SummaryKey, PARTITION_SPAN,
@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering::Relaxed;
 #[derive(Clone, Copy)]
 pub(super) enum Payload {
     /// Data in a buffer the device write reads; its CRC is computed here.
-    Buf(*const u8),
+    Buf(IoBuf),
     /// Data the device copies from log address `src`: a whole entry moved
     /// unchanged, whose CRC `crc` still holds.
     Copy { src: LogAddr, crc: u32 },
@@ -131,10 +131,7 @@ impl Shard {
             let offset = s.next_data;
             s.next_data += blocks;
             let crc = match payload {
-                Payload::Buf(buf) => {
-                    // SAFETY: the entry's buffer holds `blocks` blocks.
-                    crate::format::crc32c(unsafe { std::slice::from_raw_parts(buf, blocks as usize * bs) })
-                }
+                Payload::Buf(buf) => crate::format::crc32c(buf.blocks(0, blocks, bs).as_slice()),
                 Payload::Copy { crc, .. } => crc,
                 Payload::Zero => unreachable!("data"),
             };
@@ -174,8 +171,8 @@ impl Shard {
         });
         let log_start = self.shared.geo.log_start;
         let (op, buf) = match payload {
-            Payload::Buf(buf) => (DevOp::Write, buf as *mut u8),
-            Payload::Copy { src, .. } => (DevOp::Copy { src: log_start + u64::from(src) }, std::ptr::null_mut()),
+            Payload::Buf(buf) => (DevOp::Write, buf),
+            Payload::Copy { src, .. } => (DevOp::Copy { src: log_start + u64::from(src) }, IoBuf::EMPTY),
             Payload::Zero => return Ok(true),
         };
         let block = log_start + u64::from(addr);
@@ -308,7 +305,7 @@ impl Shard {
 
     fn submit_meta(&mut self, m: usize, block: u64) {
         Counters::add(&self.shared.counters.device_blocks, 1);
-        let buf = self.meta[m].buf.as_mut_ptr();
+        let buf = self.meta[m].buf.io_buf();
         self.dev_submit(DevRequest { op: DevOp::Write, block, nblocks: 1, buf, tag: TAG_META | m as u64 });
     }
 

@@ -3,7 +3,7 @@
 //! each bdev), and [`Ilog`], a handle to one mounted bdev with asynchronous
 //! ([`Ilog::submit`]) and blocking methods.
 
-use crate::device::{BlockDevice, DmaBuf};
+use crate::device::{self, BlockDevice, DmaBuf};
 use crate::engine::{
     mount, CompactMode, Extent, LogBatch, Mounted, Reply, Request, Shard, Stats, Submitter, View, VolumeInfo,
 };
@@ -42,7 +42,41 @@ struct Detached {
 
 struct Shared {
     inboxes: Vec<SegQueue<ReactorMsg>>,
+    /// Per core, the callbacks of the requests it completes.
+    callbacks: Vec<Mutex<Callbacks>>,
     stop: AtomicBool,
+}
+
+/// A core's callbacks of requests in flight, by token: a submitting thread
+/// puts one, the core's reactor takes it at the completion. Slots are
+/// reused, so a request allocates only its callback.
+#[derive(Default)]
+struct Callbacks {
+    slots: Vec<Option<Callback>>,
+    free: Vec<usize>,
+}
+
+impl Callbacks {
+    /// Keeps `done`; returns its token.
+    fn put(&mut self, done: Callback) -> u64 {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        self.slots[slot] = Some(done);
+        slot as u64
+    }
+
+    /// The callback `put` gave `token`, once: the engine completes each
+    /// token once, and a refused one is taken back instead.
+    fn take(&mut self, token: u64) -> Callback {
+        let done = self.slots[token as usize].take().expect("a callback for every token");
+        self.free.push(token as usize);
+        done
+    }
 }
 
 /// The reactor threads.
@@ -55,8 +89,11 @@ pub struct Reactors {
 impl Reactors {
     /// Starts `cores` reactor threads.
     pub fn start(cores: u32) -> Arc<Reactors> {
-        let shared =
-            Arc::new(Shared { inboxes: (0..cores).map(|_| SegQueue::new()).collect(), stop: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            inboxes: (0..cores).map(|_| SegQueue::new()).collect(),
+            callbacks: (0..cores).map(|_| Mutex::default()).collect(),
+            stop: AtomicBool::new(false),
+        });
         let threads = (0..cores)
             .map(|core| {
                 let shared = shared.clone();
@@ -91,13 +128,6 @@ impl Drop for Reactors {
     }
 }
 
-fn complete(token: u64, result: Result<Reply>) {
-    // SAFETY: every token is a `Box<Callback>` leaked by `Ilog::submit`, and
-    // the engine completes each token exactly once.
-    let cb = unsafe { Box::from_raw(token as *mut Callback) };
-    cb(result);
-}
-
 fn reactor(core: u32, shared: &Shared) {
     let mut shards: Vec<(u64, Shard)> = Vec::new();
     let mut detaching: Vec<(u64, Arc<Detached>)> = Vec::new();
@@ -113,6 +143,12 @@ fn reactor(core: u32, shared: &Shared) {
             }
         }
         let mut work = 0;
+        let callbacks = &shared.callbacks[core as usize];
+        let mut complete = |token, result| {
+            // Let go of the lock first: the callback may submit again.
+            let done = callbacks.lock().expect("callbacks").take(token);
+            done(result);
+        };
         for (_, shard) in &mut shards {
             work += shard.poll(&mut complete);
         }
@@ -202,20 +238,13 @@ impl Ilog {
 
     /// Submits `req` to `core` (the next one in turn if `None`); `done` runs
     /// on a reactor when it completes. A refused request gives `done` back,
-    /// unrun.
-    ///
-    /// # Safety
-    /// The buffer a `Read` or `Write` points at must hold its `blocks`
-    /// blocks and stay valid, and for a read untouched by anything else,
-    /// until `done` runs (or `submit` answers `Err`).
-    pub unsafe fn submit(&self, core: Option<u32>, req: Request, done: Callback) -> std::result::Result<(), Refused> {
+    /// unrun. A `Read` or `Write` lends its buffer until `done` runs.
+    pub fn submit(&self, core: Option<u32>, req: Request, done: Callback) -> std::result::Result<(), Refused> {
         let core = core.unwrap_or_else(|| self.next_core.fetch_add(1, Ordering::Relaxed) % self.submitter.cores());
-        let token = Box::into_raw(Box::new(done)) as u64;
-        // SAFETY: the caller keeps the buffers valid until `done` runs,
-        // which is when the completion with `token` is polled.
-        unsafe { self.submitter.submit(core, token, req) }.map_err(|error| {
-            // SAFETY: the request was refused, so the token is ours again.
-            let done = *unsafe { Box::from_raw(token as *mut Callback) };
+        let callbacks = &self.reactors.shared.callbacks[self.submitter.origin(core, &req) as usize];
+        let token = callbacks.lock().expect("callbacks").put(done);
+        self.submitter.submit(core, token, req).map_err(|error| {
+            let done = callbacks.lock().expect("callbacks").take(token);
             Refused { error, done }
         })
     }
@@ -228,9 +257,7 @@ impl Ilog {
             *waiter.0.lock().expect("waiter lock") = Some(result);
             waiter.1.notify_one();
         });
-        // SAFETY: the buffers `req` points at are borrowed by our caller
-        // for this whole call, which returns only once `done` ran.
-        unsafe { self.submit(None, req, done) }.map_err(|r| r.error)?;
+        self.submit(None, req, done).map_err(|r| r.error)?;
         let mut result = slot.0.lock().expect("waiter lock");
         loop {
             if let Some(r) = result.take() {
@@ -251,11 +278,12 @@ impl Ilog {
     /// Reads `view` at `lba` into `buf` (whole blocks).
     pub fn read_view(&self, view: View, lba: u64, buf: &mut [u8]) -> Result<()> {
         let blocks = self.blocks_of(buf.len())?;
+        // `call` returns once the request completed: it may borrow `buf`.
         if (buf.as_ptr() as usize) % self.align == 0 {
-            return self.call(Request::Read { lba, blocks, buf: buf.as_mut_ptr(), view }).map(drop);
+            return device::lend_mut(buf, |buf| self.call(Request::Read { lba, blocks, buf, view })).map(drop);
         }
         let mut bounce = DmaBuf::new(buf.len(), self.align);
-        self.call(Request::Read { lba, blocks, buf: bounce.as_mut_ptr(), view })?;
+        self.call(Request::Read { lba, blocks, buf: bounce.io_buf(), view })?;
         buf.copy_from_slice(&bounce);
         Ok(())
     }
@@ -274,11 +302,11 @@ impl Ilog {
     pub fn write(&self, lba: u64, buf: &[u8]) -> Result<()> {
         let blocks = self.blocks_of(buf.len())?;
         if (buf.as_ptr() as usize) % self.align == 0 {
-            return self.call(Request::Write { lba, blocks, buf: buf.as_ptr() }).map(drop);
+            return device::lend(buf, |buf| self.call(Request::Write { lba, blocks, buf })).map(drop);
         }
         let mut bounce = DmaBuf::new(buf.len(), self.align);
         bounce.copy_from_slice(buf);
-        self.call(Request::Write { lba, blocks, buf: bounce.as_ptr() }).map(drop)
+        self.call(Request::Write { lba, blocks, buf: bounce.io_buf() }).map(drop)
     }
 
     pub fn write_zeroes(&self, lba: u64, blocks: u32) -> Result<()> {

@@ -76,14 +76,9 @@ impl Sim {
     }
 
     /// Queues `req` on `core`; its completion comes out of [`Sim::step`]
-    /// with `token`.
-    ///
-    /// # Safety
-    /// As [`Submitter::submit`]: the buffer of a `Read` or `Write` stays
-    /// valid until its completion is stepped out.
-    pub unsafe fn submit(&mut self, core: u32, token: u64, req: Request) -> Result<()> {
-        // SAFETY: the caller's contract is the submitter's.
-        unsafe { self.submitter().submit(core, token, req) }
+    /// with `token`. A `Read` or `Write` lends its buffer until then.
+    pub fn submit(&mut self, core: u32, token: u64, req: Request) -> Result<()> {
+        self.submitter().submit(core, token, req)
     }
 
     /// Delivers a few held messages (none, one, a couple or a burst, from

@@ -10,7 +10,7 @@ use super::ffi::engine_io::submit_call;
 use super::ffi::thread::Thread;
 use crate::copy::Volumes;
 use crate::device::spdk::SpdkDevice;
-use crate::device::{BlockDevice, DevChannel, DmaBuf};
+use crate::device::{BlockDevice, DevChannel, DmaBuf, IoBuf};
 use crate::engine::{Extent, Reply, Request, Submitter, View, VolumeInfo};
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,12 +59,10 @@ impl JobVolumes {
 
     /// A read or a write of `buf`, which this call keeps alive until the
     /// engine completed it.
-    fn data(&self, req: Request, _buf: &DmaBuf) -> Result<()> {
+    fn data(&self, req: impl FnOnce(IoBuf) -> Request, buf: &mut DmaBuf) -> Result<()> {
         debug_assert!(Thread::current().is_none(), "a job's blocking calls run off SPDK threads");
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        // SAFETY: `_buf` (what `req` points at) is borrowed for this whole
-        // call, which returns only once the completion ran.
-        unsafe { submit_call(&self.submitter, req, Box::new(move |r| drop(tx.send(r)))) };
+        submit_call(&self.submitter, req(buf.io_buf()), Box::new(move |r| drop(tx.send(r))));
         rx.recv().unwrap_or(Err(Error::ShuttingDown)).map(drop)
     }
 
@@ -105,7 +103,7 @@ impl Volumes for JobVolumes {
         // Engine buffers are DMA memory under SPDK: read into one, then copy.
         let mut buf = DmaBuf::new(out.len(), self.align);
         let blocks = self.blocks(out.len())?;
-        self.data(Request::Read { lba, blocks, buf: buf.as_mut_ptr(), view }, &buf)?;
+        self.data(|buf| Request::Read { lba, blocks, buf, view }, &mut buf)?;
         out.copy_from_slice(&buf);
         Ok(())
     }
@@ -113,7 +111,7 @@ impl Volumes for JobVolumes {
         let mut buf = DmaBuf::new(data.len(), self.align);
         buf.copy_from_slice(data);
         let blocks = self.blocks(data.len())?;
-        self.data(Request::Write { lba, blocks, buf: buf.as_ptr() }, &buf)
+        self.data(|buf| Request::Write { lba, blocks, buf }, &mut buf)
     }
     fn write_zeroes(&self, lba: u64, blocks: u32) -> Result<()> {
         self.control(Request::WriteZeroes { lba, blocks }).map(drop)

@@ -55,7 +55,7 @@ fn reset(io: BdevIo, base: &SpdkDevice) {
 
 /// Submits a control request (no buffer); `done` runs on the app thread.
 pub(super) fn submit_control(submitter: &Submitter, req: Request, done: impl FnOnce(Result<Reply>) + Send + 'static) {
-    engine_io::submit_control(submitter, req, Box::new(move |r| Thread::app().send(move || done(r))));
+    engine_io::submit_call(submitter, req, Box::new(move |r| Thread::app().send(move || done(r))));
 }
 
 /// I/Os finished on a shard thread, gathered per submitting thread over

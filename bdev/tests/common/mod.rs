@@ -4,4 +4,6 @@
 #[allow(dead_code)]
 pub mod blocks;
 #[allow(dead_code)]
+pub mod io;
+#[allow(dead_code)]
 pub mod sim;

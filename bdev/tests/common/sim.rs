@@ -33,9 +33,9 @@ pub fn small_bdev(seed: u64, device_blocks: u64, block_size: u32, cores: u32) ->
 /// flight).
 /// A buffer `req` points at must outlive the call.
 pub fn call(sim: &mut Sim, req: Request) -> Result<Reply> {
-    // SAFETY: the run ends with every core idle, the request completed,
+    // The run ends with every core idle, the request completed,
     // before the call returns, and the caller's buffer outlives the call.
-    unsafe { sim.submit(0, 0, req) }.expect("submit");
+    sim.submit(0, 0, req).expect("submit");
     let mut out = None;
     sim.run_until_idle(&mut |_, r| out = Some(r));
     out.expect("an answer")

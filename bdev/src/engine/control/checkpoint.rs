@@ -75,7 +75,7 @@ impl Shard {
         let len = ckpt.encoded_len();
         ckpt.encode(&mut c.ckpt_buf);
         let block = geo.ckpt_slot_start((ckpt.generation % 2) as u32);
-        let buf = c.ckpt_buf.as_mut_ptr();
+        let buf = c.ckpt_buf.io_buf();
         c.current.as_mut().expect("running").stage = Stage::CheckpointWrite;
         let nblocks = len.div_ceil(bs) as u32;
         self.dev_submit(DevRequest { op: DevOp::Write, block, nblocks, buf, tag: TAG_CONTROL });

@@ -5,7 +5,7 @@
 
 use super::queue::Queued;
 use super::{Current, Op, Shard, Stage};
-use crate::device::{DevOp, DevRequest, DevStatus};
+use crate::device::{DevOp, DevRequest, DevStatus, IoBuf};
 use crate::engine::compact::{CompactJob, CompactTarget};
 use crate::engine::msg::Msg;
 use crate::engine::registry::SegmentInfo;
@@ -284,13 +284,8 @@ impl Shard {
             (Stage::CheckpointWrite, _) => {
                 if status.is_ok() {
                     cur.stage = Stage::CheckpointFlush;
-                    let flush = DevRequest {
-                        op: DevOp::Flush,
-                        block: 0,
-                        nblocks: 0,
-                        buf: std::ptr::null_mut(),
-                        tag: TAG_CONTROL,
-                    };
+                    let flush =
+                        DevRequest { op: DevOp::Flush, block: 0, nblocks: 0, buf: IoBuf::EMPTY, tag: TAG_CONTROL };
                     return self.dev_submit(flush);
                 }
                 self.checkpoint_done(status)

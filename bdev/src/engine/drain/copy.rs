@@ -2,7 +2,7 @@
 //! partitions' tables, and the writes of their versions as of the target
 //! into the baseline, in slices (see the drain's module comment, step 2).
 
-use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf};
+use crate::device::{DevOp, DevRequest, DevStatus, DmaBuf, IoBuf};
 use crate::engine::addr::{LogAddr, ZERO};
 use crate::engine::baseline::stripe_len;
 use crate::engine::moves::MOVE_RUN_BLOCKS;
@@ -196,15 +196,15 @@ impl Shard {
         let block = geo.baseline_start + u64::from(lba);
         let req = if addr == ZERO || copy {
             let (op, buf) = match addr {
-                ZERO => (DevOp::Write, d.zeros.as_mut_ptr()),
-                _ => (DevOp::Copy { src: geo.log_start + u64::from(addr) }, std::ptr::null_mut()),
+                ZERO => (DevOp::Write, d.zeros.io_buf()),
+                _ => (DevOp::Copy { src: geo.log_start + u64::from(addr) }, IoBuf::EMPTY),
             };
             DevRequest { op, block, nblocks: n, buf, tag: TAG_DRAIN | DIRECT_WRITE }
         } else {
             let b = self.compact_bufs.take()?;
             let d = self.drain_copy.as_mut().expect("copying");
             d.runs[b as usize] = (block, n);
-            let buf = self.compact_bufs.ptr(b);
+            let buf = self.compact_bufs.io_buf(b);
             let src = geo.log_start + u64::from(addr);
             DevRequest { op: DevOp::Read, block: src, nblocks: n, buf, tag: TAG_DRAIN | RUN_READ | u64::from(b) }
         };
@@ -244,15 +244,15 @@ impl Shard {
                 }
             }
         }
-        let base = buf.as_mut_ptr();
+        let base = buf.io_buf();
         let d = self.drain_copy.as_mut().expect("copying");
         d.rewrites[slot] = Some(StripeRewrite { stripe, buf, reads: runs.len() as u32, writing: false });
         d.inflight += runs.len() as u32;
         let tag = TAG_DRAIN | STRIPE_READ | slot as u64;
         for (off, block, nblocks) in runs {
-            // SAFETY: the run lies within the stripe buffer, which stays in
-            // its rewrite slot until the rewrite's write completed.
-            let at = unsafe { base.add(off as usize * bs) };
+            // The stripe buffer stays in its rewrite slot until the
+            // rewrite's write completed.
+            let at = base.blocks(off, nblocks, bs);
             self.dev_submit(DevRequest { op: DevOp::Read, block, nblocks, buf: at, tag });
         }
         if self.drain_copy.as_ref().expect("copying").rewrites[slot].as_ref().is_some_and(|r| r.reads == 0) {
@@ -268,7 +268,7 @@ impl Shard {
         r.writing = true;
         let nblocks = stripe_len(&geo, r.stripe);
         let block = geo.baseline_start + r.stripe * u64::from(geo.stripe_blocks);
-        let buf = r.buf.as_mut_ptr();
+        let buf = r.buf.io_buf();
         d.inflight += 1;
         Counters::add(&self.shared.counters.device_blocks, u64::from(nblocks));
         let tag = TAG_DRAIN | STRIPE_WRITE | slot as u64;
@@ -322,7 +322,7 @@ impl Shard {
                 }
                 let (block, nblocks) = d.runs[b as usize];
                 d.inflight += 1;
-                let buf = self.compact_bufs.ptr(b);
+                let buf = self.compact_bufs.io_buf(b);
                 Counters::add(&self.shared.counters.device_blocks, u64::from(nblocks));
                 let tag = TAG_DRAIN | RUN_WRITE | u64::from(b);
                 self.dev_submit(DevRequest { op: DevOp::Write, block, nblocks, buf, tag });

@@ -4,7 +4,7 @@
 //! batches, not a block at a time). It counts the bytes it reads, which
 //! mount reports.
 
-use crate::device::{BlockDevice, DevChannel, DevOp, DevRequest, DmaBuf};
+use crate::device::{BlockDevice, DevChannel, DevOp, DevRequest, DmaBuf, IoBuf};
 use crate::error::{Error, Result};
 use std::collections::VecDeque;
 
@@ -24,11 +24,10 @@ impl SyncIo {
         Ok(SyncIo { chan, bs: dev.block_size() as usize, read_bytes: 0 })
     }
 
-    fn run(&mut self, op: DevOp, block: u64, nblocks: u32, buf: *mut u8) -> Result<()> {
+    /// Callers' buffers live past the call, which polls to completion.
+    fn run(&mut self, op: DevOp, block: u64, nblocks: u32, buf: IoBuf) -> Result<()> {
         let req = DevRequest { op, block, nblocks, buf, tag: 1 };
-        // SAFETY: callers pass buffers of `nblocks` blocks that live until
-        // this function returns, by which time the request completed.
-        while unsafe { self.chan.submit(req) }.is_err() {
+        while self.chan.submit(req).is_err() {
             self.chan.poll(&mut |_, _| {});
         }
         let mut result = None;
@@ -40,7 +39,7 @@ impl SyncIo {
 
     pub fn read(&mut self, block: u64, nblocks: u32) -> Result<DmaBuf> {
         let mut buf = DmaBuf::new(nblocks as usize * self.bs, self.bs);
-        self.run(DevOp::Read, block, nblocks, buf.as_mut_ptr())?;
+        self.run(DevOp::Read, block, nblocks, buf.io_buf())?;
         self.read_bytes += buf.len() as u64;
         Ok(buf)
     }
@@ -81,11 +80,10 @@ impl SyncIo {
                     Some(i) => spares.swap_remove(i),
                     None => DmaBuf::new(len, self.bs),
                 };
-                let req = DevRequest { op: DevOp::Read, block, nblocks, buf: buf.as_mut_ptr(), tag: next as u64 };
-                // SAFETY: the buffer holds `nblocks` blocks; it stays in
-                // `pending` (its heap block does not move) until the
-                // request completed.
-                if unsafe { self.chan.submit(req) }.is_err() {
+                let req = DevRequest { op: DevOp::Read, block, nblocks, buf: buf.io_buf(), tag: next as u64 };
+                // The buffer stays in `pending` (its heap block does not
+                // move) until the request completed.
+                if self.chan.submit(req).is_err() {
                     break;
                 }
                 pending.push_back((buf, false));
@@ -114,11 +112,11 @@ impl SyncIo {
 
     pub fn write(&mut self, block: u64, buf: &mut DmaBuf) -> Result<()> {
         let nblocks = (buf.len() / self.bs) as u32;
-        self.run(DevOp::Write, block, nblocks, buf.as_mut_ptr())
+        self.run(DevOp::Write, block, nblocks, buf.io_buf())
     }
 
     pub fn flush(&mut self) -> Result<()> {
-        self.run(DevOp::Flush, 0, 0, std::ptr::null_mut())
+        self.run(DevOp::Flush, 0, 0, IoBuf::EMPTY)
     }
 }
 

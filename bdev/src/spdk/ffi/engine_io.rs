@@ -5,7 +5,7 @@
 
 use super::bdev_io::{BdevIo, IoKind, IoStatus};
 use super::thread::Thread;
-use crate::device::DmaBuf;
+use crate::device::{DmaBuf, IoBuf};
 use crate::engine::{Reply, Request, Shard, Submitter, View};
 use crate::error::Result;
 use std::ptr::NonNull;
@@ -66,7 +66,7 @@ pub(crate) fn submit_rw(io: BdevIo, t: &Target, read: bool) {
         if !read {
             io.copy_out(&mut bounce);
         }
-        let buf = bounce.as_mut_ptr();
+        let buf = bounce.io_buf();
         // The context holds the bounce buffer until the I/O completes.
         return start(io, 1, Some(bounce)).submit(t, request(lba, blocks as u32, buf));
     }
@@ -76,12 +76,12 @@ pub(crate) fn submit_rw(io: BdevIo, t: &Target, read: bool) {
     let mut i = 0;
     // Stops at the last piece: once it is submitted, the I/O may be gone.
     while left > 0 {
-        let (buf, len) = e.iov(i);
+        let buf = e.iov(i);
         i += 1;
-        if len == 0 {
+        if buf.is_empty() {
             continue;
         }
-        let n = (len / bs) as u32;
+        let n = (buf.len() / bs) as u32;
         left -= 1;
         e.submit(t, request(lba, n, buf));
         lba += u64::from(n);
@@ -112,21 +112,22 @@ fn start(io: BdevIo, pieces: u32, bounce: Option<DmaBuf>) -> EngineIo {
 }
 
 impl EngineIo {
-    /// The I/O's iovec `i`: valid while a piece is still to be submitted.
-    fn iov(self, i: usize) -> (*mut u8, usize) {
+    /// The I/O's iovec `i`: callable while a piece is still to be
+    /// submitted.
+    fn iov(self, i: usize) -> IoBuf {
         // SAFETY: the context lives until the last piece completes, which
         // waits for its submission.
         let v = unsafe { &(*self.0.as_ptr()).io }.iovs()[i];
-        (v.iov_base.cast(), v.iov_len)
+        // SAFETY: the iovec is the bdev I/O's memory, lent to the engine
+        // until the I/O completes, which waits for every piece.
+        unsafe { IoBuf::from_raw(v.iov_base.cast(), v.iov_len) }
     }
 
     /// Hands one request of the I/O to the engine. A read's or write's
     /// buffer must be the I/O's iovec or its bounce buffer.
     fn submit(self, t: &Target, req: Request) {
         let token = Completion::Io(self).into_token();
-        // SAFETY: a read's or write's buffer is the I/O's (see `submit_rw`),
-        // valid until it completes, which waits for this piece.
-        if let Err(e) = unsafe { t.submitter.submit(t.core, token, req) } {
+        if let Err(e) = t.submitter.submit(t.core, token, req) {
             // Refused: this piece completes here, on the submitting thread.
             if let Some(done) = self.piece_done(e.errno()) {
                 done.complete();
@@ -209,24 +210,12 @@ impl Completion {
     }
 }
 
-/// Submits a control request (no buffer) to core 0; `done` runs on the
-/// shard thread that completes it (or here if the engine refuses it).
-pub(crate) fn submit_control(submitter: &Submitter, req: Request, done: Callback) {
-    assert!(!req.has_buffer(), "a control request carries no buffer");
-    // SAFETY: no buffer to keep valid (checked above).
-    unsafe { submit_call(submitter, req, done) }
-}
-
 /// Submits any request (to core 0, which splits it); `done` runs on the
-/// shard thread that completes it (or here if the engine refuses it).
-///
-/// # Safety
-/// A read's or a write's buffer stays valid, and a read's untouched, until
-/// `done` runs.
-pub(crate) unsafe fn submit_call(submitter: &Submitter, req: Request, done: Callback) {
+/// shard thread that completes it (or here if the engine refuses it). A read
+/// or a write lends its buffer until `done` runs.
+pub(crate) fn submit_call(submitter: &Submitter, req: Request, done: Callback) {
     let token = Completion::Call(done).into_token();
-    // SAFETY: the caller keeps the buffers valid until `done` runs.
-    if let Err(e) = unsafe { submitter.submit(0, token, req) } {
+    if let Err(e) = submitter.submit(0, token, req) {
         // SAFETY: refused, so the token was never handed out: decoded once.
         if let Completion::Call(done) = unsafe { Completion::from_token(token) } {
             done(Err(e));
