@@ -24,6 +24,7 @@
 mod common;
 
 use common::blocks::fill;
+use common::io::{lend, lend_mut};
 use common::sim::small_format;
 use ilog_bdev::copy::stream::{Position, StreamReader, TRAILER_LEN};
 use ilog_bdev::copy::{self, CopySpec, Destination, Progress, StreamStore, Volumes};
@@ -89,10 +90,10 @@ impl Powered {
         self.calls += 1;
         let token = self.calls;
         let core = self.sim.rng().below(u64::from(self.cores)) as u32;
-        // SAFETY: a buffer the request carries is the caller's, borrowed
-        // for this call, which returns once the request completed or the
-        // power went (the cut reads in-flight writes' buffers then).
-        unsafe { self.sim.submit(core, token, req) }?;
+        // A buffer the request carries is the caller's, lent for this
+        // call, which returns once the request completed or the power went
+        // (the cut reads in-flight writes' buffers then).
+        self.sim.submit(core, token, req)?;
         if self.cut_at == Some(token) {
             for _ in 0..self.sim.rng().below(64) {
                 self.sim.step(&mut |_, _| {});
@@ -189,11 +190,11 @@ impl Volumes for SimBdev {
         let blocks = (buf.len() / BS) as u32;
         let mut s = self.lock();
         s.reads.push((lba, u64::from(blocks)));
-        s.call(Request::Read { lba, blocks, buf: buf.as_mut_ptr(), view }).map(drop)
+        s.call(Request::Read { lba, blocks, buf: lend_mut(buf), view }).map(drop)
     }
     fn write(&self, lba: u64, buf: &[u8]) -> Result<()> {
         let blocks = (buf.len() / BS) as u32;
-        self.lock().call(Request::Write { lba, blocks, buf: buf.as_ptr() }).map(drop)
+        self.lock().call(Request::Write { lba, blocks, buf: lend(buf) }).map(drop)
     }
     fn write_zeroes(&self, lba: u64, blocks: u32) -> Result<()> {
         self.lock().call(Request::WriteZeroes { lba, blocks }).map(drop)
@@ -296,7 +297,7 @@ impl BlockDevice for CutDisk {
 }
 
 impl DevChannel for CutChannel {
-    unsafe fn submit(&mut self, req: DevRequest) -> std::result::Result<(), QueueFull> {
+    fn submit(&mut self, req: DevRequest) -> std::result::Result<(), QueueFull> {
         let mut s = self.state.lock().expect("cut state");
         if s.off || s.epoch != self.epoch {
             self.failed.push(req.tag);
@@ -306,8 +307,7 @@ impl DevChannel for CutChannel {
         if req.op == DevOp::Write {
             s.writes.push((req.block, req.nblocks));
         }
-        // SAFETY: the caller's contract, passed on.
-        unsafe { self.inner.submit(req) }?;
+        self.inner.submit(req)?;
         if s.cut_at == Some(s.requests) {
             // The request is under way: the cut treats it as unflushed.
             self.disk.power_cut();
