@@ -657,23 +657,8 @@ impl Harness {
 
 #[test]
 fn copies_and_restores_through_power_cuts_match_the_model() {
-    let seeds: Vec<u64> = match std::env::var("ILOG_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("ILOG_SIM_SEED is a number")],
-        Err(_) => {
-            let n: u64 = std::env::var("ILOG_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
-            let first: u64 = std::env::var("ILOG_SIM_FIRST").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-            (first..first + n).collect()
-        }
-    };
     let started = std::time::Instant::now();
-    for &seed in &seeds {
-        if let Err(panic) = std::panic::catch_unwind(|| Harness::new(seed).run()) {
-            eprintln!(
-                "sim seed {seed} failed; reproduce with: ILOG_SIM_SEED={seed} cargo test --release --test sim_copy"
-            );
-            std::panic::resume_unwind(panic);
-        }
-    }
+    let seeds = common::sim::for_each_seed("sim_copy", |seed| Harness::new(seed).run());
     let count = |c: &AtomicU64| c.load(Relaxed);
     let (source, store, destination) = (count(&SOURCE_CUTS), count(&STORE_CUTS), count(&DESTINATION_CUTS));
     let (mid, not_resent) = (count(&MID_STREAM_RESUMES), count(&BYTES_NOT_RESENT));
@@ -681,10 +666,10 @@ fn copies_and_restores_through_power_cuts_match_the_model() {
     let (landed, damaged) = (count(&SNAPSHOTS_LANDED), count(&DAMAGED_REFUSED));
     eprintln!(
         "sim_copy: {} seeds passed in {:.1?}; power cuts: {source} of the source, {store} of the store, {destination} of the destination; {mid} copies resumed mid-stream ({not_resent} bytes not sent again); {resumed} restores resumed, {restarted} started again, {landed} found their snapshot landed; {damaged} damaged streams refused",
-        seeds.len(),
+        seeds,
         started.elapsed()
     );
-    if seeds.len() >= 50 {
+    if seeds >= 50 {
         assert!(source > 0 && store > 0 && destination > 0, "each side must lose power");
         assert!(mid > 0 && not_resent > 0, "copies must resume from the middle of their streams");
         assert!(resumed > 0 && restarted > 0, "restores must both resume and start again");

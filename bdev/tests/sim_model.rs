@@ -942,23 +942,8 @@ fn run_seed(seed: u64) {
 
 #[test]
 fn random_workloads_match_the_model_across_crashes() {
-    let seeds: Vec<u64> = match std::env::var("ILOG_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("ILOG_SIM_SEED is a number")],
-        Err(_) => {
-            let n: u64 = std::env::var("ILOG_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
-            let first: u64 = std::env::var("ILOG_SIM_FIRST").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-            (first..first + n).collect()
-        }
-    };
     let started = std::time::Instant::now();
-    for &seed in &seeds {
-        if let Err(panic) = std::panic::catch_unwind(|| run_seed(seed)) {
-            eprintln!(
-                "sim seed {seed} failed; reproduce with: ILOG_SIM_SEED={seed} cargo test --release --test sim_model"
-            );
-            std::panic::resume_unwind(panic);
-        }
-    }
+    let seeds = common::sim::for_each_seed("sim_model", run_seed);
     let (freed, moved, folds) = (FREED.load(Relaxed), MOVED.load(Relaxed), FOLDS.load(Relaxed));
     let (policy_actions, copied) = (POLICY_ACTIONS.load(Relaxed), COPIED.load(Relaxed));
     let (drains, retired, cuts) = (DRAINS.load(Relaxed), RETIRED.load(Relaxed), CUTS_IN_DRAINS.load(Relaxed));
@@ -966,10 +951,10 @@ fn random_workloads_match_the_model_across_crashes() {
     let (diffs, diff_blocks) = (DIFFS.load(Relaxed), DIFF_BLOCKS.load(Relaxed));
     eprintln!(
         "sim: {} seeds passed in {:.1?}; {freed} segments freed, compaction moved {moved} bytes ({copied} by device copies); {drains} drains into the baseline, {folds} asked for; {retired} volumes retired by a full log; {power_cuts} power cuts, {cuts} of them during drains; {policy_actions} policy actions; {diffs} diffs covering {diff_blocks} blocks that surely changed",
-        seeds.len(),
+        seeds,
         started.elapsed()
     );
-    if seeds.len() >= 50 {
+    if seeds >= 50 {
         assert!(freed > 0 && moved > 0, "the workloads must exercise compaction (freed {freed}, moved {moved})");
         assert!(copied > 0 && copied < moved, "moves must go both by device copies and through buffers");
         assert!(folds > 0, "the workloads must fold volumes into the baseline");
@@ -979,7 +964,7 @@ fn random_workloads_match_the_model_across_crashes() {
     }
     // A log full of versions under `delete_oldest` comes about once in
     // 400 seeds: checked where a run has enough of them (CI runs 2,000).
-    if seeds.len() >= 1000 {
+    if seeds >= 1000 {
         assert!(retired > 0, "a full log must retire volumes where the policy says so");
     }
 }

@@ -40,3 +40,27 @@ pub fn call(sim: &mut Sim, req: Request) -> Result<Reply> {
     sim.run_until_idle(&mut |_, r| out = Some(r));
     out.expect("an answer")
 }
+
+/// Runs `run(seed)` for the seeds the environment asks for:
+/// `ILOG_SIM_SEED=S` alone, else `ILOG_SIM_SEEDS` (200) from
+/// `ILOG_SIM_FIRST` (0). A failure prints its seed and how to rerun it;
+/// returns how many seeds ran.
+pub fn for_each_seed(test: &str, run: impl Fn(u64) + std::panic::RefUnwindSafe) -> usize {
+    let seeds: Vec<u64> = match std::env::var("ILOG_SIM_SEED") {
+        Ok(s) => vec![s.parse().expect("ILOG_SIM_SEED is a number")],
+        Err(_) => {
+            let n: u64 = std::env::var("ILOG_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+            let first: u64 = std::env::var("ILOG_SIM_FIRST").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+            (first..first + n).collect()
+        }
+    };
+    for &seed in &seeds {
+        if let Err(panic) = std::panic::catch_unwind(|| run(seed)) {
+            eprintln!(
+                "sim seed {seed} failed; reproduce with: ILOG_SIM_SEED={seed} cargo test --release --test {test}"
+            );
+            std::panic::resume_unwind(panic);
+        }
+    }
+    seeds.len()
+}
