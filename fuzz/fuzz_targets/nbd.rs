@@ -39,7 +39,7 @@ impl Export for MemExport {
     fn buf_align(&self) -> usize {
         ALIGN
     }
-    unsafe fn submit(&self, io: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>) {
+    fn submit(&self, io: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>) {
         let mut data = self.data.lock().unwrap();
         // Panics (a crash) when the server breaks the contract: an empty
         // range, one beyond the end, a misaligned buffer, a change to a
@@ -55,16 +55,12 @@ impl Export for MemExport {
         }
         match io {
             ExportIo::Read { lba, blocks, buf } => {
-                aligned(buf as usize);
-                let src = &data[range(lba, blocks)];
-                // SAFETY: the server keeps `buf` valid for the range's bytes until `done`.
-                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), buf, src.len()) };
+                aligned(buf.as_ptr() as usize);
+                buf.copy_from(&data[range(lba, blocks)]);
             }
             ExportIo::Write { lba, blocks, buf } => {
-                aligned(buf as usize);
-                let dst = &mut data[range(lba, blocks)];
-                // SAFETY: as for reads.
-                unsafe { std::ptr::copy_nonoverlapping(buf, dst.as_mut_ptr(), dst.len()) };
+                aligned(buf.as_ptr() as usize);
+                data[range(lba, blocks)].copy_from_slice(buf.as_slice());
             }
             ExportIo::Flush => {}
             ExportIo::Trim { lba, blocks } | ExportIo::WriteZeroes { lba, blocks } => data[range(lba, blocks)].fill(0),
