@@ -13,7 +13,7 @@
 //!
 //! | Method | Params (default) | Result |
 //! |---|---|---|
-//! | `bdev_ilog_create` | `name`: string, the new bdev; `base_bdev_name`: string; `stripe_size_kib`: int (1024); `segment_size_kib`: int (4096); `log_percent`: int, 1..=95 (18); `max_volumes`: int (1024); `replay_window_mib`: int, most log a crash mount replays (1024) | the bdev's name, e.g. `"ilog0"` |
+//! | `bdev_ilog_create` | `name`: string, the new bdev; `base_bdev_name`: string; `stripe_size_kib`: int (1024); `segment_size_kib`: int (4096); `log_percent`: int, 1..=95 (18); `max_volumes`: int (1024); `replay_window_mib`: int, most log a crash mount replays (1024); `primary_bdev_names`: array of strings, bdevs mirroring the current image (none; a re-open finds those recorded) | the bdev's name, e.g. `"ilog0"` |
 //! | `bdev_ilog_delete` | `name`: string | `true` |
 //! | `bdev_ilog_get_bdevs` | `name`: string (all ilog bdevs) | array of [bdev objects](#bdev-object) |
 //! | `bdev_ilog_snapshot` | `name`: string; `snapshot_name`: string, the volume id (`snap-<n>`) | `{"volume_id", "bdev"}` |
@@ -29,6 +29,7 @@
 //! | `bdev_ilog_copy` | `name`: string; `volume`: string; `base_volume`: string (none: a full copy); `lba_start`, `lba_count`: int (the whole volume); `target`: string, a bdev name or an absolute file path; `resume_token`: string | `{"job": int}` |
 //! | `bdev_ilog_restore` | `name`: string, an ilog bdev or any bdev; `source`: string, a bdev name or an absolute file path; `resume_token`: string | `{"job": int}` |
 //! | `bdev_ilog_get_jobs` | `name`: string (every bdev's) | array of [job objects](#job-object) |
+//! | `bdev_ilog_rebuild_primary` | `name`: string; `primary_bdev_name`: string, a primary (it resyncs its dirty blocks) or a new bdev (it replaces the one degraded primary, rebuilt whole); `full`: bool (false) | `true`, once the rebuild is recorded; its progress is in the stats |
 //!
 //! `bdev_ilog_compact` in place rewrites the live blocks of the volume's
 //! partition (every partition if none is named) and frees the old segments;
@@ -130,7 +131,10 @@
 //! the device itself), `segments_freed`, `drains` (into the baseline),
 //! `volumes_retired` (by `retention.on_full`), `last_mount` (`kind`:
 //! `"clean"` or `"crash"` (the log was replayed), `ms`, `read_bytes`),
-//! `policy_actions`.
+//! `policy_actions`, `primaries` (each: `name`, `state`: `"healthy"`,
+//! `"degraded"` or `"rebuilding"`, `dirty_blocks` (blocks it lacks),
+//! `rebuild_done_blocks` and `rebuild_total_blocks` (the last rebuild's
+//! progress), `reads`, `read_errors`, `write_errors`).
 //!
 //! ## Policy document
 //!
@@ -147,9 +151,10 @@ use crate::error::RpcError;
 use base64::Engine as _;
 use ilog_bdev::copy::{CopySpec, Extent};
 use ilog_bdev::engine::{
-    volume_bdev_name, BdevInfo, CompactMode, LogBatch, LogEntry, LogEntryKind, Stats, Submitter, VolumeInfo,
+    volume_bdev_name, BdevInfo, CompactMode, LogBatch, LogEntry, LogEntryKind, PrimaryInfo, Stats, Submitter,
+    VolumeInfo,
 };
-use ilog_bdev::format::{FormatOptions, Geometry};
+use ilog_bdev::format::{FormatOptions, Geometry, PrimaryState};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -172,6 +177,7 @@ pub const METHODS: &[&str] = &[
     "bdev_ilog_copy",
     "bdev_ilog_restore",
     "bdev_ilog_get_jobs",
+    "bdev_ilog_rebuild_primary",
 ];
 
 /// Most entries one `bdev_ilog_log_read` returns: bounds the reply and the
@@ -196,6 +202,10 @@ pub struct CreateParams {
     pub max_volumes: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay_window_mib: Option<u64>,
+    /// Bdevs that mirror the current image (see the README's "Redundant
+    /// primaries"); recorded with the bdev, so a re-open finds them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary_bdev_names: Option<Vec<String>>,
 }
 
 impl CreateParams {
@@ -269,6 +279,19 @@ impl CreateParams {
             if kib.is_some_and(|kib| kib.checked_mul(1024).is_none()) {
                 return Err(RpcError::invalid_params(format!("Invalid parameters: {field} is too large")));
             }
+        }
+        let primaries = self.primary_bdev_names.as_deref().unwrap_or_default();
+        for (i, primary) in primaries.iter().enumerate() {
+            non_empty("primary_bdev_names", primary)?;
+            if *primary == self.base_bdev_name || primaries[..i].contains(primary) {
+                return Err(RpcError::invalid_params(format!(
+                    "Invalid parameters: primary bdev {primary} is named twice, or is the base"
+                )));
+            }
+        }
+        if primaries.len() > ilog_bdev::format::MAX_PRIMARIES {
+            let max = ilog_bdev::format::MAX_PRIMARIES;
+            return Err(RpcError::invalid_params(format!("Invalid parameters: at most {max} primary bdevs")));
         }
         // Checked whether or not the base is formatted already: a config
         // saved with them must be able to format a blank base.
@@ -348,6 +371,11 @@ pub enum Command {
     GetJobs {
         name: Option<String>,
     },
+    RebuildPrimary {
+        name: String,
+        primary_bdev_name: String,
+        full: bool,
+    },
 }
 
 /// Where a copy stream goes or comes from: `target`/`source` as given, an
@@ -393,6 +421,15 @@ struct RestoreParams {
     name: String,
     source: String,
     resume_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RebuildPrimaryParams {
+    name: String,
+    primary_bdev_name: String,
+    #[serde(default)]
+    full: bool,
 }
 
 #[derive(Deserialize)]
@@ -558,6 +595,11 @@ pub fn parse(method: &str, params: Option<&Value>) -> Option<Result<Command, Rpc
             }
             Ok(Command::Restore { name: p.name, source, resume_token: p.resume_token })
         }),
+        "bdev_ilog_rebuild_primary" => decode::<RebuildPrimaryParams>(params).and_then(|p| {
+            non_empty("name", &p.name)?;
+            non_empty("primary_bdev_name", &p.primary_bdev_name)?;
+            Ok(Command::RebuildPrimary { name: p.name, primary_bdev_name: p.primary_bdev_name, full: p.full })
+        }),
         "bdev_ilog_get_jobs" => decode::<GetBdevsParams>(params).and_then(|p| {
             if let Some(name) = &p.name {
                 non_empty("name", name)?;
@@ -622,7 +664,7 @@ pub fn done_result() -> Value {
 pub fn bdevs_result(bdevs: &[BdevInfo]) -> Value {
     let bdevs = bdevs.iter().map(|b| {
         // Destructured so that a new field cannot be left out unnoticed.
-        let BdevInfo { name, base_bdev_name, block_size, num_blocks, cores, volumes } = b;
+        let BdevInfo { name, base_bdev_name, block_size, num_blocks, cores, volumes, primaries } = b;
         json!({
             "name": name,
             "base_bdev_name": base_bdev_name,
@@ -630,6 +672,7 @@ pub fn bdevs_result(bdevs: &[BdevInfo]) -> Value {
             "num_blocks": num_blocks,
             "cores": cores,
             "volumes": volumes_result(name, volumes),
+            "primaries": primaries.iter().map(primary_result).collect::<Vec<_>>(),
         })
     });
     Value::Array(bdevs.collect())
@@ -744,6 +787,26 @@ pub fn stats_result(name: &str, s: &Stats) -> Value {
             "read_bytes": s.last_mount.read_bytes,
         },
         "policy_actions": s.policy_actions,
+        "primaries": s.primaries.iter().map(primary_result).collect::<Vec<_>>(),
+    })
+}
+
+/// A primary's state and rebuild progress.
+pub fn primary_result(p: &PrimaryInfo) -> Value {
+    let state = match p.state {
+        PrimaryState::Healthy => "healthy",
+        PrimaryState::Degraded => "degraded",
+        PrimaryState::Rebuilding => "rebuilding",
+    };
+    json!({
+        "name": p.name,
+        "state": state,
+        "dirty_blocks": p.dirty_blocks,
+        "rebuild_done_blocks": p.rebuild_done_blocks,
+        "rebuild_total_blocks": p.rebuild_total_blocks,
+        "reads": p.reads,
+        "read_errors": p.read_errors,
+        "write_errors": p.write_errors,
     })
 }
 
@@ -1102,6 +1165,16 @@ mod tests {
                 num_blocks: 8000,
                 cores: 2,
                 volumes: vs.to_vec(),
+                primaries: vec![PrimaryInfo {
+                    name: "Malloc1".into(),
+                    state: PrimaryState::Rebuilding,
+                    dirty_blocks: 10,
+                    rebuild_done_blocks: 90,
+                    rebuild_total_blocks: 100,
+                    reads: 5,
+                    read_errors: 1,
+                    write_errors: 2,
+                }],
             },
             BdevInfo {
                 name: "ilog1".into(),
@@ -1110,15 +1183,18 @@ mod tests {
                 num_blocks: 1 << 40,
                 cores: 4,
                 volumes: vec![],
+                primaries: vec![],
             },
         ];
         assert_eq!(
             bdevs_result(&bdevs),
             json!([
                 {"name": "ilog0", "base_bdev_name": "Malloc0", "block_size": 4096, "num_blocks": 8000, "cores": 2,
-                 "volumes": volumes},
+                 "volumes": volumes, "primaries": [{"name": "Malloc1", "state": "rebuilding", "dirty_blocks": 10,
+                 "rebuild_done_blocks": 90, "rebuild_total_blocks": 100, "reads": 5, "read_errors": 1,
+                 "write_errors": 2}]},
                 {"name": "ilog1", "base_bdev_name": "Nvme0n1", "block_size": 512, "num_blocks": 1u64 << 40,
-                 "cores": 4, "volumes": []},
+                 "cores": 4, "volumes": [], "primaries": []},
             ])
         );
         assert_eq!(bdevs_result(&[]), json!([]));

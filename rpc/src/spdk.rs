@@ -96,6 +96,10 @@ fn unexported_as_null(bdev: &str, mut result: Value) -> Value {
 
 fn execute(cmd: Command, r: Responder) {
     match cmd {
+        Command::Create(p) if p.primary_bdev_names.as_ref().is_some_and(|n| !n.is_empty()) => {
+            r.err(&primaries_not_served())
+        }
+        Command::RebuildPrimary { .. } => r.err(&primaries_not_served()),
         Command::Create(p) => {
             let config = serde_json::to_string(&p).expect("params serialize");
             let (name, base) = (p.name.clone(), p.base_bdev_name.clone());
@@ -256,4 +260,10 @@ fn stream_store(target: &StreamTarget) -> Result<StreamStore, RpcError> {
         }
         module::copy::open_bdev(b).map_err(rpc_error)
     })
+}
+
+/// Primaries are mounted by the standalone target only so far: the module
+/// does not yet open, claim and watch their bdevs.
+fn primaries_not_served() -> RpcError {
+    RpcError::errno(libc::EOPNOTSUPP, "primary bdevs are not served by the SPDK module yet (ilog_tgt serves them)")
 }

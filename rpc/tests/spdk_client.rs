@@ -44,6 +44,7 @@ impl Handler for Recorder {
                 num_blocks: 8192,
                 cores: 2,
                 volumes: vec![volume("snap-1")],
+                primaries: vec![],
             }]),
             Command::Snapshot { name, snapshot_name } => {
                 ilog::snapshot_result(&name, &volume(snapshot_name.as_deref().unwrap_or("snap-1")))

@@ -7,7 +7,7 @@ use crate::export::{BaseExport, IlogExport};
 use crate::nbd::{Export, Listen, NbdServer};
 use ilog_bdev::copy::{self, Destination};
 use ilog_bdev::device::{BlockDevice, FileDevice, MallocDevice};
-use ilog_bdev::engine::BdevInfo;
+use ilog_bdev::engine::{BdevInfo, PrimaryOpen};
 use ilog_bdev::engine::{Request, View};
 use ilog_bdev::format::valid_block_size;
 use ilog_bdev::runtime::native::{Callback, Ilog, Reactors};
@@ -352,20 +352,35 @@ impl Target {
             return Err(busy(format!("bdev {} is exported over NBD", p.base_bdev_name)));
         }
         let dev = base.dev.clone();
-        let ilog = match Ilog::attach(dev.clone(), &self.reactors) {
+        let given = p.primary_bdev_names.clone().unwrap_or_default();
+        let mut primaries: Vec<PrimaryOpen> = Vec::new();
+        for name in &given {
+            primaries.push((name.clone(), Some(Target::primary_bdev(&st, &p.name, name)?)));
+        }
+        let formatted = match ilog_bdev::engine::recorded_primaries(dev.as_ref()) {
             Err(Error::NotFormatted) => {
                 ilog_bdev::engine::format(dev.as_ref(), &p.format_options(), ilog_bdev::format::random_uuid())?;
                 log::info!("formatted {} for {}", p.base_bdev_name, p.name);
-                Ilog::attach(dev, &self.reactors)?
+                false
             }
-            mounted => {
-                let ilog = mounted?;
-                p.warn_ignored(ilog.submitter());
-                ilog
+            recorded => {
+                // Recorded primaries the call does not name are found by
+                // name; one that is not there (or is taken) degrades.
+                for name in recorded?.into_iter().filter(|n| !given.contains(n)) {
+                    primaries.push((name.clone(), Target::primary_bdev(&st, &p.name, &name).ok()));
+                }
+                true
             }
         };
+        let claims: Vec<String> = primaries.iter().filter(|(_, d)| d.is_some()).map(|(n, _)| n.clone()).collect();
+        let ilog = Ilog::attach(dev, &self.reactors, primaries)?;
+        if formatted {
+            p.warn_ignored(ilog.submitter());
+        }
         log::info!("created ilog bdev {} on {}", p.name, p.base_bdev_name);
-        st.bases.get_mut(&p.base_bdev_name).expect("checked").claimed_by = Some(p.name.clone());
+        for name in claims.iter().chain([&p.base_bdev_name]) {
+            st.bases.get_mut(name).expect("checked").claimed_by = Some(p.name.clone());
+        }
         st.order.push(p.name.clone());
         let name = p.name.clone();
         st.ilogs.insert(name.clone(), IlogBdev { ilog: Arc::new(ilog), params: p, volumes_seen: 0 });
@@ -428,6 +443,7 @@ impl Target {
                             num_blocks: b.ilog.volume_blocks(),
                             cores: self.reactors.cores(),
                             volumes: b.ilog.volumes()?,
+                            primaries: b.ilog.submitter().primaries(),
                         })
                     })
                     .collect::<Result<Vec<_>, Error>>()?;
@@ -528,6 +544,25 @@ impl Target {
                 let plan = copy::plan_restore(&dst, &source, resume_token.as_deref())?;
                 Ok(methods::job_result(jobs::start_restore(&self.jobs, &name, dst, source, plan)))
             }
+            Command::RebuildPrimary { name, primary_bdev_name, full } => {
+                let (ilog, dev) = {
+                    let st = self.lock();
+                    (self.ilog(&st, &name)?, Target::primary_bdev(&st, &name, &primary_bdev_name)?)
+                };
+                ilog.rebuild_primary(&primary_bdev_name, dev, full)?;
+                // The rebuilt bdev is claimed; one it replaced is let go.
+                let mut st = self.lock();
+                let base = st.ilogs.get(&name).map(|b| b.params.base_bdev_name.clone()).unwrap_or_default();
+                let primaries: Vec<String> = ilog.submitter().primaries().into_iter().map(|p| p.name).collect();
+                for (n, b) in st.bases.iter_mut() {
+                    if primaries.contains(n) {
+                        b.claimed_by = Some(name.clone());
+                    } else if b.claimed_by.as_deref() == Some(name.as_str()) && *n != base {
+                        b.claimed_by = None;
+                    }
+                }
+                Ok(methods::done_result())
+            }
             Command::GetJobs { name } => {
                 if let Some(name) = &name {
                     let st = self.lock();
@@ -537,6 +572,17 @@ impl Target {
                 }
                 Ok(self.jobs.lock().expect("job table").of(name.as_deref()))
             }
+        }
+    }
+
+    /// A base bdev to be a primary of ilog bdev `ilog`: unclaimed, or one
+    /// of its own (a primary that returns).
+    fn primary_bdev(st: &State, ilog: &str, name: &str) -> Result<Arc<dyn BlockDevice>, RpcError> {
+        let base = st.bases.get(name).ok_or_else(|| no_such_bdev(name))?;
+        match &base.claimed_by {
+            Some(owner) if owner != ilog => Err(busy(format!("bdev {name} is claimed by {owner}"))),
+            _ if st.nbd.values().any(|d| d.bdev == name) => Err(busy(format!("bdev {name} is exported over NBD"))),
+            _ => Ok(base.dev.clone()),
         }
     }
 

@@ -26,6 +26,9 @@ pub(super) struct PendingBarrier {
     targets: Vec<(u32, u32)>,
     /// Segments as reported, captured when the flush is issued.
     report: Vec<SegmentInfo>,
+    /// Flushes in flight: the base device's and the primaries'.
+    flushes: u32,
+    status: DevStatus,
 }
 
 #[derive(PartialEq, Eq)]
@@ -56,7 +59,17 @@ impl Shard {
         self.shutting_down |= shutdown;
         let mark = self.alloc_seq;
         let stage = BarrierStage::Draining;
-        self.barrier = Some(PendingBarrier { id, mark, seal, close, stage, targets: Vec::new(), report: Vec::new() });
+        self.barrier = Some(PendingBarrier {
+            id,
+            mark,
+            seal,
+            close,
+            stage,
+            targets: Vec::new(),
+            report: Vec::new(),
+            flushes: 0,
+            status: Ok(()),
+        });
     }
 
     pub(super) fn advance_barrier(&mut self) {
@@ -70,7 +83,10 @@ impl Shard {
                     true => !self.segs.is_empty(),
                     false => self.segs.iter().any(|s| s.closing),
                 };
-                if self.retire_seq < b.mark || (b.close && unclosed) {
+                // A clean close records what the primaries lack: no copy to
+                // them may end after their flush.
+                if self.retire_seq < b.mark || (b.close && unclosed) || (self.shutting_down && self.mirror.sync.copying())
+                {
                     return;
                 }
                 if let Some(p) = b.seal {
@@ -106,9 +122,11 @@ impl Shard {
                     let trusted = targets.iter().find(|t| t.0 == segno).map_or(0, |t| t.1);
                     report.push(self.record_of(i, trusted, true));
                 }
+                let primaries = self.flush_primaries();
                 let b = self.barrier.as_mut().expect("checked");
                 b.report = report;
                 b.stage = BarrierStage::Flushing;
+                b.flushes = 1 + primaries;
                 let flush = DevRequest { op: DevOp::Flush, block: 0, nblocks: 0, buf: IoBuf::EMPTY, tag: TAG_FLUSH };
                 self.dev_submit(flush);
             }
@@ -116,8 +134,19 @@ impl Shard {
         }
     }
 
-    pub(super) fn barrier_flushed(&mut self, status: DevStatus) {
-        let b = self.barrier.take().expect("a flush belongs to a barrier");
+    /// A flush of the barrier completed: the base device's (its status is
+    /// the barrier's) or a primary's (a failure only degrades it).
+    pub(super) fn barrier_flushed(&mut self, base: bool, status: DevStatus) {
+        let b = self.barrier.as_mut().expect("a flush belongs to a barrier");
+        b.flushes -= 1;
+        if base {
+            b.status = status;
+        }
+        if b.flushes > 0 {
+            return;
+        }
+        let b = self.barrier.take().expect("checked");
+        let status = b.status;
         for s in &mut self.segs {
             for g in &mut s.groups {
                 g.unflushed = false;

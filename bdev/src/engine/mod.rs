@@ -19,6 +19,7 @@ mod drain;
 mod free;
 mod index;
 mod logmap;
+mod mirror;
 mod mount;
 mod moves;
 mod msg;
@@ -37,7 +38,10 @@ mod summaries;
 mod tag;
 mod writer;
 
-pub use mount::{format, mount, mount_with_clock, MountReport, Mounted};
+pub use mirror::{PrimaryDevice, PrimaryInfo};
+pub use mount::{
+    format, mount, mount_with_clock, mount_with_primaries, recorded_primaries, MountReport, Mounted, PrimaryOpen,
+};
 pub use policy::Policy;
 pub(crate) use request::check_volume_name;
 pub use request::{

@@ -31,6 +31,9 @@ pub(crate) struct Piece {
     /// Its blocks of the request's buffer (empty for zeroes).
     pub(super) buf: IoBuf,
     pub(super) view: View,
+    /// Primaries that failed to serve this read (bit `p`), or all bits: a
+    /// read the log must serve.
+    pub(super) primaries_tried: u8,
 }
 
 /// Where a control request's answer goes.
@@ -126,6 +129,24 @@ pub(crate) enum Msg {
     Diff(DiffQuery),
     DiffDone {
         extents: Vec<Extent>,
+    },
+    /// To core 0: primary `primary` failed.
+    PrimaryFailed {
+        primary: usize,
+    },
+    /// From core 0: primary `primary` failed; what this core wrote to it
+    /// since its last flush may be lost with its cache: dirty.
+    PrimaryUnflushed {
+        primary: usize,
+    },
+    /// From core 0: sync primary `primary` (a rebuild started; its device
+    /// may be new).
+    PrimarySync {
+        primary: usize,
+    },
+    /// To core 0: a core's walk found primary `primary` with nothing dirty.
+    PrimarySynced {
+        primary: usize,
     },
 }
 

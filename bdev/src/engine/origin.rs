@@ -120,7 +120,7 @@ impl DataRequest {
             }
             let n = (self.blocks - done).min((stripe - lba % stripe) as u32);
             let buf = if self.op == PieceOp::Zero { IoBuf::EMPTY } else { self.buf.blocks(done, n, bs) };
-            let piece = Piece { origin, slot, op: self.op, lba, blocks: n, buf, view: self.view };
+            let piece = Piece { origin, slot, op: self.op, lba, blocks: n, buf, view: self.view, primaries_tried: 0 };
             lba += u64::from(n);
             done += n;
             Some(piece)

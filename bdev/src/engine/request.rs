@@ -95,6 +95,15 @@ pub enum Request {
         lba_start: u64,
         lba_count: u64,
     },
+    /// Brings primary `name` back into service on `device`: its dirty
+    /// blocks (every block if `full`, or if `name` is new: a replacement
+    /// of the one degraded primary) are copied to it in the background;
+    /// durable when it completes.
+    RebuildPrimary {
+        name: String,
+        device: super::mirror::PrimaryDevice,
+        full: bool,
+    },
     /// Flushes, writes a clean checkpoint and stops taking requests.
     Close,
 }
@@ -147,6 +156,7 @@ pub struct BdevInfo {
     pub num_blocks: u64,
     pub cores: u32,
     pub volumes: Vec<VolumeInfo>,
+    pub primaries: Vec<super::mirror::PrimaryInfo>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +242,7 @@ pub struct Stats {
     /// how long it took and how much it read.
     pub last_mount: super::mount::MountReport,
     pub policy_actions: u64,
+    pub primaries: Vec<super::mirror::PrimaryInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

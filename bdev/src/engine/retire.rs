@@ -37,12 +37,17 @@ pub(super) struct RobEntry {
     /// First block's log address, or `ZERO`.
     pub(super) addr: LogAddr,
     pub(super) purpose: Purpose,
+    /// Writes of it to primaries still in flight, and the primaries (bit
+    /// `p`) that do not have it: retirement waits for the first, and marks
+    /// its blocks dirty on the second.
+    pub(super) mirror_pending: u8,
+    pub(super) mirror_missed: u8,
 }
 
 impl Shard {
     pub(super) fn retire(&mut self) -> usize {
         let mut n = 0;
-        while self.rob.front().is_some_and(|e| e.done) {
+        while self.rob.front().is_some_and(|e| e.done && e.mirror_pending == 0) {
             let e = self.rob.pop_front().expect("checked");
             self.retire_seq += 1;
             n += 1;
@@ -68,6 +73,9 @@ impl Shard {
                 }
                 (_, Err(_)) => false,
             };
+            if matches!(e.purpose, Purpose::Client { .. }) && (e.mirror_missed != 0 || !applied) {
+                self.mirror_retired(e.lba, e.blocks, e.mirror_missed, !applied);
+            }
             if !applied {
                 // Replay must skip it, not stop at its missing data.
                 self.segs[i].entries[e.entry as usize].kind = EntryKind::Hole;

@@ -25,6 +25,7 @@ use super::compact_bufs::CompactBufs;
 use super::drain::{DrainCopy, Forget};
 use super::index::BlockIndex;
 use super::logmap::LogMap;
+use super::mirror::{Mirror, SYNC_ORIGIN};
 use super::moves::{BufRead, VictimMoves, MOVE_RUN_BLOCKS};
 use super::msg::{Msg, Outbox, Piece, PieceOp, ReplyTo};
 use super::origin::{DataRequest, Slots};
@@ -110,6 +111,8 @@ pub struct Shard {
     pub(super) compact_bufs: CompactBufs,
     /// The run each compaction buffer holds, and the moves still using it.
     pub(super) compact_pending: Vec<BufRead>,
+    /// Channels to the primaries and the I/O on them (see `mirror/`).
+    pub(super) mirror: Mirror,
 }
 
 pub(super) struct ShardInit {
@@ -167,6 +170,7 @@ impl Shard {
             drain_credit: 0,
             compact_bufs: CompactBufs::new(COMPACT_BUFS, bs * MOVE_RUN_BLOCKS as usize, bs),
             compact_pending: vec![BufRead::default(); COMPACT_BUFS],
+            mirror: Mirror::new(shared.primaries.len(), shared.geo.stripe_blocks as usize * bs, bs),
             shared,
         }
     }
@@ -192,6 +196,7 @@ impl Shard {
         work += self.resubmit();
         let mut done = std::mem::take(&mut self.completions);
         work += self.poll_device();
+        work += self.poll_primaries();
         work += self.retry_deferred();
         // `is_empty` before each pop: it only loads, where a `pop` that
         // finds the queue empty pays a full fence.
@@ -236,6 +241,7 @@ impl Shard {
         work += self.advance_drain_copy();
         work += self.advance_forget();
         work += self.advance_diff();
+        work += self.advance_sync();
         self.advance_barrier();
         if self.ctl.is_some() {
             work += self.advance_victim_decode();
@@ -277,6 +283,8 @@ impl Shard {
         [
             (!self.rob.is_empty(), "writes to retire"),
             (self.dev.outstanding() > 0, "device requests"),
+            (self.mirror.outstanding() > 0, "primary requests"),
+            (self.mirror.sync.copying() || (!self.shutting_down && self.mirror.sync.walking()), "a primary's sync"),
             (!self.dev_retry.is_empty(), "device requests to resubmit"),
             (!self.deferred.is_empty(), "deferred pieces"),
             (!self.outbox.is_empty(), "messages to send"),
@@ -368,6 +376,10 @@ impl Shard {
             Msg::DrainForgot { drained_below } => self.on_drain_forgot(drained_below),
             Msg::Diff(query) => self.start_diff(query),
             Msg::DiffDone { extents } => self.on_diff_done(extents),
+            Msg::PrimaryFailed { primary } => self.primary_failed_everywhere(primary),
+            Msg::PrimaryUnflushed { primary } => self.unflushed_to_dirty(primary),
+            Msg::PrimarySync { primary } => self.wake_sync(primary),
+            Msg::PrimarySynced { primary } => self.primary_synced(primary),
         }
     }
 
@@ -419,7 +431,7 @@ impl Shard {
             }
             TAG_READ => self.read_done(value as u32, status),
             TAG_META => self.meta_done(value as usize, status),
-            TAG_FLUSH => self.barrier_flushed(status),
+            TAG_FLUSH => self.barrier_flushed(true, status),
             TAG_CONTROL => self.control_device_done(value, status),
             TAG_COMPACT_READ => self.move_read_done(value as u16, status),
             TAG_DRAIN => self.drain_io_done(value, status),
@@ -464,6 +476,9 @@ impl Shard {
     }
 
     pub(super) fn finish_piece(&mut self, origin: u32, slot: u32, status: Result<()>) {
+        if origin == SYNC_ORIGIN {
+            return self.sync_read(slot as usize, status);
+        }
         self.send(origin, Msg::PieceDone { slot, status });
     }
 
@@ -472,6 +487,14 @@ impl Shard {
     fn on_piece(&mut self, p: Piece) {
         if !self.deferred.is_empty() || !self.try_piece(p) {
             self.deferred.push_back(p);
+        }
+    }
+
+    /// Serves a piece this core took back (a read a primary failed, a
+    /// sync's read): now, or ahead of the pieces waiting.
+    pub(super) fn retry_piece(&mut self, p: Piece) {
+        if !self.try_piece(p) {
+            self.deferred.push_front(p);
         }
     }
 
@@ -504,6 +527,9 @@ impl Shard {
                 self.finish_piece(p.origin, p.slot, Err(Error::NoSuchVolume(format!("partition {v}"))));
                 return true;
             }
+        }
+        if self.read_from_primary(&p) {
+            return true;
         }
         let geo = self.shared.geo;
         let (index, logmap, parts, baseline) = (&self.index, &self.logmap, &self.parts, &self.shared.baseline);

@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub mount: MountReport,
     /// How much log a crash mount replays at most (fixed at format).
     pub replay_window_kib: u32,
+    /// The devices mirroring the current image (see `mirror/`).
+    pub primaries: Vec<super::mirror::Primary>,
 }
 
 /// Wall-clock time for policies and volume creation times: real in the
@@ -166,6 +168,11 @@ impl Submitter {
     /// How much log a crash mount replays at most (fixed at format).
     pub fn replay_window_kib(&self) -> u32 {
         self.shared.replay_window_kib
+    }
+
+    /// Each primary's state and rebuild progress.
+    pub fn primaries(&self) -> Vec<super::mirror::PrimaryInfo> {
+        self.shared.primaries.iter().map(|p| p.info()).collect()
     }
 
     /// Changes whenever the volume table did: a runtime that exports the

@@ -16,7 +16,10 @@
 //!  84  4 policy length       88  4 baseline bitmap length
 //!  92  8 drained below: log cursor positions below it may have drained
 //! 100  4 window length       104  4 replay window (KiB)
-//! 108 16 zero
+//! 108  4 primaries (version 3; a checkpoint with none is version 2, so a
+//!        build that knows no primaries refuses one that has them)
+//! 112  4 primary bitmap length (version 3)
+//! 116  8 zero
 //! 124  4 header CRC32C (of bytes 0..124)
 //! payload
 //!   volume records (96 bytes): partition u32, zero u32, created (unix s) u64,
@@ -29,6 +32,9 @@
 //!   window: segno u32 each: the free segments client writes may open
 //!           before the next checkpoint (mount after a crash reads their
 //!           headers, and no others)
+//!   primary records (96 bytes + the primary bitmap length): state u32,
+//!                   zero u32, name length u16, name (UTF-8, zero-padded
+//!                   to 86), then a bitmap of the stripes it may lack
 //! ```
 
 use super::codec::{Reader, Writer};
@@ -45,6 +51,13 @@ const V1_HEADER_CRC_AT: usize = 92;
 pub(super) const VOLUME_RECORD_LEN: usize = 96;
 const SEGMENT_RECORD_LEN: usize = 32;
 const WINDOW_ENTRY_LEN: usize = 4;
+const PRIMARY_RECORD_LEN: usize = 96;
+/// Longest primary device name, in bytes.
+pub const MAX_PRIMARY_NAME: usize = 86;
+/// Primaries a new format leaves room for in its checkpoint slots.
+pub const MAX_PRIMARIES: usize = 4;
+/// The version of a checkpoint that lists primaries.
+const PRIMARIES_VERSION: u32 = 3;
 /// Longest volume id, in bytes.
 pub const MAX_VOLUME_NAME: usize = 78;
 const FLAG_OPEN: u32 = 1;
@@ -58,6 +71,27 @@ pub struct VolumeRecord {
     pub name: String,
     pub partition: u32,
     pub created_unix_s: u64,
+}
+
+/// The state of a primary device, as the checkpoint records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrimaryState {
+    /// Holds the current image: serves reads, takes every write.
+    Healthy = 0,
+    /// Failed: takes nothing; what it lacks is its dirty map.
+    Degraded = 1,
+    /// Takes every write while the blocks it lacks are copied to it; no
+    /// reads until that ends.
+    Rebuilding = 2,
+}
+
+/// A primary: a device mirroring the current image, by its bdev name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrimaryRecord {
+    pub name: String,
+    pub state: PrimaryState,
+    /// Bit `s` set: stripe `s` may differ from the current image.
+    pub dirty_stripes: Vec<u8>,
 }
 
 /// A segment in use, as of the checkpoint.
@@ -117,6 +151,8 @@ pub struct Checkpoint {
     pub baseline_stripes: Vec<u8>,
     pub volumes: Vec<VolumeRecord>,
     pub segments: Vec<SegmentRecord>,
+    /// Their bitmaps all of one length.
+    pub primaries: Vec<PrimaryRecord>,
 }
 
 impl Checkpoint {
@@ -125,6 +161,12 @@ impl Checkpoint {
         // A segment is listed or in the window, not both, and a window
         // entry is shorter than a record: the records' bound holds both.
         Checkpoint::len_of(HEADER_LEN, max_volumes, max_segments, MAX_POLICY_LEN, bitmap, 0)
+    }
+
+    /// Room `primaries` primaries take in a checkpoint of a volume of
+    /// `stripes` stripes (beyond `max_encoded_len`).
+    pub fn primaries_len(primaries: usize, stripes: u64) -> usize {
+        Checkpoint::primaries_of(primaries, stripes.div_ceil(8) as usize)
     }
 
     fn len_of(header: usize, volumes: usize, segments: usize, policy: usize, bitmap: usize, window: usize) -> usize {
@@ -136,9 +178,18 @@ impl Checkpoint {
             + window * WINDOW_ENTRY_LEN
     }
 
+    fn primaries_of(primaries: usize, bitmap: usize) -> usize {
+        primaries * (PRIMARY_RECORD_LEN + bitmap)
+    }
+
     pub fn encoded_len(&self) -> usize {
         let (v, s, p, b) = (self.volumes.len(), self.segments.len(), self.policy.len(), self.baseline_stripes.len());
         Checkpoint::len_of(HEADER_LEN, v, s, p, b, self.window.as_ref().map_or(0, Vec::len))
+            + Checkpoint::primaries_of(self.primaries.len(), self.primary_bitmap_len())
+    }
+
+    fn primary_bitmap_len(&self) -> usize {
+        self.primaries.first().map_or(0, |p| p.dirty_stripes.len())
     }
 
     /// Encodes into `buf` (at least `encoded_len` bytes).
@@ -169,10 +220,19 @@ impl Checkpoint {
         for &segno in window {
             w.u32(segno);
         }
+        for p in &self.primaries {
+            debug_assert_eq!(p.dirty_stripes.len(), self.primary_bitmap_len(), "one bitmap length");
+            w.u32(p.state as u32);
+            w.u32(0);
+            w.u16(p.name.len() as u16);
+            w.bytes(p.name.as_bytes());
+            w.skip(MAX_PRIMARY_NAME - p.name.len());
+            w.bytes(&p.dirty_stripes);
+        }
         let payload_crc = super::crc32c(payload);
         let mut w = Writer::new(header);
         w.bytes(MAGIC);
-        w.u32(FORMAT_VERSION);
+        w.u32(if self.primaries.is_empty() { FORMAT_VERSION } else { PRIMARIES_VERSION });
         w.u32(u32::from(self.clean));
         w.u64(self.generation);
         w.bytes(&self.uuid);
@@ -190,6 +250,8 @@ impl Checkpoint {
         w.u64(self.drained_below);
         w.u32(window.len() as u32);
         w.u32(self.replay_window_kib);
+        w.u32(self.primaries.len() as u32);
+        w.u32(self.primary_bitmap_len() as u32);
         let crc = record_crc(header, HEADER_CRC_AT);
         header[HEADER_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
     }
@@ -208,17 +270,22 @@ impl Checkpoint {
         let word = |at: usize| u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
         let (len, crc_at) = match word(8) {
             1 => (V1_HEADER_LEN, V1_HEADER_CRC_AT),
-            FORMAT_VERSION if buf.len() >= HEADER_LEN => (HEADER_LEN, HEADER_CRC_AT),
+            FORMAT_VERSION | PRIMARIES_VERSION if buf.len() >= HEADER_LEN => (HEADER_LEN, HEADER_CRC_AT),
             v => return Err(Error::Corrupt(format!("unsupported checkpoint version {v}"))),
         };
         let window = if len == HEADER_LEN { word(100) } else { 0 };
+        let (primaries, primary_bitmap) = if word(8) == PRIMARIES_VERSION { (word(108), word(112)) } else { (0, 0) };
         if record_crc(&buf[..len], crc_at) != word(crc_at) {
             return Err(Error::Corrupt("checkpoint header CRC mismatch".into()));
         }
         if word(84) as usize > MAX_POLICY_LEN {
             return Err(Error::Corrupt("checkpoint policy too long".into()));
         }
-        Ok(Some(Header { len, volumes: word(64), segments: word(68), policy: word(84), bitmap: word(88), window }))
+        if primaries as usize > MAX_PRIMARIES {
+            return Err(Error::Corrupt(format!("checkpoint lists {primaries} primaries")));
+        }
+        let (volumes, segments, policy, bitmap) = (word(64), word(68), word(84), word(88));
+        Ok(Some(Header { len, volumes, segments, policy, bitmap, window, primaries, primary_bitmap }))
     }
 
     /// Decodes a slot. `Ok(None)`: the slot holds no checkpoint.
@@ -285,6 +352,23 @@ impl Checkpoint {
         if h.len == HEADER_LEN {
             c.window = Some((0..h.window).map(|_| r.u32()).collect::<Result<_>>()?);
         }
+        for _ in 0..h.primaries {
+            let state = match r.u32()? {
+                0 => PrimaryState::Healthy,
+                1 => PrimaryState::Degraded,
+                2 => PrimaryState::Rebuilding,
+                s => return Err(Error::Corrupt(format!("checkpoint primary state {s}"))),
+            };
+            r.skip(4)?;
+            let name_len = r.u16()? as usize;
+            let name = r.bytes(MAX_PRIMARY_NAME)?;
+            let name = name
+                .get(..name_len)
+                .and_then(|n| std::str::from_utf8(n).ok())
+                .ok_or_else(|| Error::Corrupt("checkpoint primary name".into()))?;
+            let dirty_stripes = r.bytes(h.primary_bitmap as usize)?.to_vec();
+            c.primaries.push(PrimaryRecord { name: name.to_owned(), state, dirty_stripes });
+        }
         Ok(Some(c))
     }
 }
@@ -298,12 +382,15 @@ struct Header {
     policy: u32,
     bitmap: u32,
     window: u32,
+    primaries: u32,
+    primary_bitmap: u32,
 }
 
 impl Header {
     fn len(&self) -> usize {
         let (v, s, p, b) = (self.volumes as usize, self.segments as usize, self.policy as usize, self.bitmap as usize);
         Checkpoint::len_of(self.len, v, s, p, b, self.window as usize)
+            + Checkpoint::primaries_of(self.primaries as usize, self.primary_bitmap as usize)
     }
 }
 
@@ -337,7 +424,26 @@ mod tests {
                 trusted_entries: 12,
                 open: true,
             }],
+            primaries: Vec::new(),
         }
+    }
+
+    #[test]
+    fn primaries_round_trip_as_version_3() {
+        let mut c = sample();
+        c.primaries = vec![
+            PrimaryRecord { name: "Malloc1".into(), state: PrimaryState::Healthy, dirty_stripes: vec![0; 3] },
+            PrimaryRecord { name: "nvme0n1".into(), state: PrimaryState::Degraded, dirty_stripes: vec![1, 0, 0x40] },
+        ];
+        let mut buf = vec![0u8; c.encoded_len() + 100];
+        c.encode(&mut buf);
+        assert_eq!(u32::from_le_bytes(buf[8..12].try_into().unwrap()), PRIMARIES_VERSION);
+        assert_eq!(Checkpoint::peek_len(&buf).unwrap(), Some(c.encoded_len()));
+        assert_eq!(Checkpoint::decode(&buf).unwrap(), Some(c));
+        // None: the version a build without primaries reads.
+        let plain = sample();
+        plain.encode(&mut buf);
+        assert_eq!(u32::from_le_bytes(buf[8..12].try_into().unwrap()), FORMAT_VERSION);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Where each region lies on the base device, fixed at format time.
 
+use super::checkpoint::MAX_PRIMARIES;
 use super::Checkpoint;
 use crate::error::{Error, Result};
 
@@ -128,7 +129,8 @@ impl Geometry {
         let ckpt_slot_blocks = |device_blocks: u64| {
             let max_segments = device_blocks / segment_blocks;
             let max_stripes = device_blocks.div_ceil(stripe_blocks);
-            let slot_bytes = Checkpoint::max_encoded_len(opts.max_volumes as usize, max_segments as usize, max_stripes);
+            let slot_bytes = Checkpoint::max_encoded_len(opts.max_volumes as usize, max_segments as usize, max_stripes)
+                + Checkpoint::primaries_len(MAX_PRIMARIES, max_stripes);
             slot_bytes.div_ceil(bs as usize) as u64
         };
         let ckpt_start = SUPERBLOCK_BLOCKS;
@@ -279,6 +281,15 @@ impl Geometry {
         let kib = if kib == 0 { DEFAULT_REPLAY_WINDOW_KIB } else { u64::from(kib) };
         let segment_bytes = u64::from(self.segment_blocks) * u64::from(self.block_size);
         ((kib << 10) / segment_bytes).clamp(2, u64::from(self.segment_count)) as usize
+    }
+
+    /// How many primaries the checkpoint slots have room for (bases
+    /// formatted before primaries existed may have none).
+    pub fn primaries_room(&self) -> usize {
+        let stripes = self.stripe_count();
+        let needed = Checkpoint::max_encoded_len(self.max_volumes as usize, self.segment_count as usize, stripes);
+        let spare = self.ckpt_slot_bytes().saturating_sub(needed);
+        (0..=MAX_PRIMARIES).rev().find(|&n| Checkpoint::primaries_len(n, stripes) <= spare).unwrap_or(0)
     }
 
     /// Room checked by `checkpoint` for encoding.

@@ -5,7 +5,8 @@
 
 use crate::device::{self, BlockDevice, DmaBuf};
 use crate::engine::{
-    mount, CompactMode, Extent, LogBatch, Mounted, Reply, Request, Shard, Stats, Submitter, View, VolumeInfo,
+    mount_with_primaries, CompactMode, Extent, LogBatch, Mounted, PrimaryDevice, PrimaryOpen, Reply, Request, Shard, Stats,
+    Submitter, SystemClock, View, VolumeInfo,
 };
 use crate::error::{Error, Result};
 use crossbeam_queue::SegQueue;
@@ -190,16 +191,23 @@ pub struct Ilog {
 impl Ilog {
     /// Mounts a formatted `dev` on reactors of its own, one per core.
     pub fn start(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Ilog> {
+        Ilog::start_with_primaries(dev, cores, Vec::new())
+    }
+
+    /// [`Ilog::start`] with primaries (see `mount_with_primaries`).
+    pub fn start_with_primaries(dev: Arc<dyn BlockDevice>, cores: u32, primaries: Vec<PrimaryOpen>) -> Result<Ilog> {
         // The reactors start once mount is done: its rebuild has every CPU.
         let align = dev.buf_align();
-        let mounted = mount(dev, cores)?;
+        let mounted = mount_with_primaries(dev, cores, Arc::new(SystemClock), primaries)?;
         Ok(Ilog::serve(mounted, align, &Reactors::start(cores)))
     }
 
-    /// Mounts a formatted `dev` with a shard on every reactor of `reactors`.
-    pub fn attach(dev: Arc<dyn BlockDevice>, reactors: &Arc<Reactors>) -> Result<Ilog> {
+    /// Mounts a formatted `dev` with a shard on every reactor of `reactors`,
+    /// and its primaries (see `mount_with_primaries`).
+    pub fn attach(dev: Arc<dyn BlockDevice>, reactors: &Arc<Reactors>, primaries: Vec<PrimaryOpen>) -> Result<Ilog> {
         let align = dev.buf_align();
-        Ok(Ilog::serve(mount(dev, reactors.cores())?, align, reactors))
+        let mounted = mount_with_primaries(dev, reactors.cores(), Arc::new(SystemClock), primaries)?;
+        Ok(Ilog::serve(mounted, align, reactors))
     }
 
     /// Hands `mounted`'s shards to `reactors`.
@@ -400,6 +408,13 @@ impl Ilog {
             Reply::Extents(e) => Ok(e),
             other => unreachable!("diff answered {other:?}"),
         }
+    }
+
+    /// Brings primary `name` back into service on `device` (see
+    /// `Request::RebuildPrimary`); returns once that is durable, while the
+    /// copy runs in the background (its progress is in the stats).
+    pub fn rebuild_primary(&self, name: &str, device: Arc<dyn BlockDevice>, full: bool) -> Result<()> {
+        self.call(Request::RebuildPrimary { name: name.to_owned(), device: PrimaryDevice(device), full }).map(drop)
     }
 
     /// Flushes, writes a clean checkpoint and detaches from the reactors.

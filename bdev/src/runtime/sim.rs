@@ -5,7 +5,8 @@
 //! order). The same seed replays the same run.
 
 use crate::device::sim::SimDisk;
-use crate::engine::{format, mount_with_clock, Clock, Reply, Request, Shard, Submitter};
+use crate::device::BlockDevice;
+use crate::engine::{format, mount_with_primaries, Clock, Reply, Request, Shard, Submitter};
 use crate::error::Result;
 use crate::format::FormatOptions;
 use crate::rng::Rng;
@@ -33,6 +34,8 @@ impl Clock for SimClock {
 /// A simulated ilog bdev: a disk, a clock, and (while mounted) its shards.
 pub struct Sim {
     pub disk: SimDisk,
+    /// Primaries by name (see `engine::mirror`), mounted with the disk.
+    pub primaries: Vec<(String, SimDisk)>,
     pub clock: Arc<SimClock>,
     rng: Rng,
     mounted: Option<(Submitter, Vec<Shard>)>,
@@ -42,6 +45,7 @@ impl Sim {
     pub fn new(seed: u64, num_blocks: u64, block_size: u32) -> Sim {
         Sim {
             disk: SimDisk::new(num_blocks, block_size, seed),
+            primaries: Vec::new(),
             clock: Arc::new(SimClock(AtomicU64::new(SimClock::START))),
             rng: Rng::new(seed),
             mounted: None,
@@ -59,7 +63,9 @@ impl Sim {
 
     /// Mounts on `cores` simulated cores; `Ok(true)` if the log was replayed.
     pub fn mount(&mut self, cores: u32) -> Result<bool> {
-        let mut m = mount_with_clock(Arc::new(self.disk.clone()), cores, self.clock.clone())?;
+        let primaries =
+            self.primaries.iter().map(|(name, d)| (name.clone(), Some(Arc::new(d.clone()) as Arc<dyn BlockDevice>))).collect();
+        let mut m = mount_with_primaries(Arc::new(self.disk.clone()), cores, self.clock.clone(), primaries)?;
         for shard in &mut m.shards {
             shard.hold_messages();
         }
@@ -113,6 +119,9 @@ impl Sim {
     /// what the fault model lets survive. Mount again to recover.
     pub fn power_cut(&mut self) {
         self.disk.power_cut();
+        for (_, d) in &self.primaries {
+            d.power_cut();
+        }
         self.mounted = None;
     }
 

@@ -168,6 +168,7 @@ pub fn bdevs() -> Vec<BdevInfo> {
                 num_blocks: ilog.submitter.volume_blocks(),
                 cores: ilog.submitter.cores(),
                 volumes: volumes::exported(ilog),
+                primaries: ilog.submitter.primaries(),
             }),
             State::Creating { .. } => None,
         })

@@ -12,7 +12,7 @@ use crate::engine::msg::ReplyTo;
 use crate::engine::request::Reply;
 use crate::engine::tag::TAG_CONTROL;
 use crate::error::Error;
-use crate::format::Checkpoint;
+use crate::format::{Checkpoint, PrimaryRecord};
 use std::sync::atomic::Ordering;
 
 impl Control {
@@ -24,6 +24,7 @@ impl Control {
         free: &FreeSegments,
         clean: bool,
         baseline_stripes: Vec<u8>,
+        primaries: Vec<PrimaryRecord>,
     ) -> Checkpoint {
         let added = free.take_for_window(self.window_pending.len());
         // Window segments the registry knows are listed as such; the others
@@ -55,6 +56,7 @@ impl Control {
             baseline_stripes,
             volumes: self.volumes.clone(),
             segments: self.registry.records().collect(),
+            primaries,
         }
     }
 
@@ -70,8 +72,9 @@ impl Shard {
     pub(in crate::engine) fn write_checkpoint(&mut self, clean: bool) {
         let (geo, bs) = (self.shared.geo, self.shared.geo.block_size as usize);
         let baseline_stripes = self.shared.baseline.to_bytes();
+        let primaries = self.shared.primaries.iter().map(|p| p.record(geo.stripe_blocks, geo.stripe_count())).collect();
         let c = self.ctl.as_mut().expect("control runs on core 0");
-        let ckpt = c.next_checkpoint(&self.shared.free, clean, baseline_stripes);
+        let ckpt = c.next_checkpoint(&self.shared.free, clean, baseline_stripes, primaries);
         let len = ckpt.encoded_len();
         ckpt.encode(&mut c.ckpt_buf);
         let block = geo.ckpt_slot_start((ckpt.generation % 2) as u32);

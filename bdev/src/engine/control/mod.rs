@@ -30,6 +30,7 @@ use std::collections::{BTreeSet, VecDeque};
 mod background;
 mod checkpoint;
 mod policy;
+mod primaries;
 mod queue;
 mod run;
 mod stats;

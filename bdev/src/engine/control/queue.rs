@@ -143,6 +143,10 @@ impl Shard {
             Request::Diff { volume, base_volume, lba_start, lba_count } => {
                 Op::Diff { volume, base_volume, lba_start, lba_count }
             }
+            Request::RebuildPrimary { name, device, full } => match self.start_rebuild(&name, device, full) {
+                Ok(()) => Op::Checkpoint,
+                Err(e) => return self.reply(origin, reply, Err(e)),
+            },
             Request::Read { .. } | Request::Write { .. } | Request::WriteZeroes { .. } | Request::Unmap { .. } => {
                 unreachable!("data requests never reach the coordinator")
             }

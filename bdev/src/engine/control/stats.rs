@@ -45,6 +45,7 @@ impl Shard {
             volumes_retired: load(&counters.volumes_retired),
             last_mount: shared.mount,
             policy_actions: load(&counters.policy_actions),
+            primaries: shared.primaries.iter().map(|p| p.info()).collect(),
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::format::{Checkpoint, EntryKind, Geometry, SegmentRecord, SummaryChain, SummaryEntry, Superblock};
 use std::collections::BTreeMap;
 
-fn read_checkpoint(io: &mut SyncIo, geo: &Geometry, uuid: &[u8; 16]) -> Result<Checkpoint> {
+pub(super) fn read_checkpoint(io: &mut SyncIo, geo: &Geometry, uuid: &[u8; 16]) -> Result<Checkpoint> {
     let mut best: Option<Checkpoint> = None;
     let mut error = None;
     for slot in 0..2 {

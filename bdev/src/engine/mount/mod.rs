@@ -14,6 +14,7 @@
 
 mod io;
 mod load;
+mod primaries;
 mod rebuild;
 mod replay;
 
@@ -28,10 +29,12 @@ use super::shared::{Clock, Shared, Submitter, SystemClock, QUEUE_DEPTH};
 use super::space::{count_live, Counters, SegmentSpace};
 use crate::device::{BlockDevice, DmaBuf};
 use crate::error::{Error, Result};
-use crate::format::{Checkpoint, EntryKind, FormatOptions, Geometry, Superblock};
+use crate::format::{Checkpoint, EntryKind, FormatOptions, Geometry, PrimaryRecord, Superblock};
 use crossbeam_queue::ArrayQueue;
 use io::SyncIo;
 use load::{load_trusted, Loaded, Trusted};
+pub use primaries::{recorded_primaries, PrimaryOpen};
+use primaries::mount_primaries;
 use rebuild::{rebuild, Rebuilt};
 use replay::replay_tail;
 use std::collections::BTreeMap;
@@ -117,6 +120,19 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cores: u32) -> Result<Mounted> {
 
 /// [`mount`] with the clock policies and volume times follow.
 pub fn mount_with_clock(dev: Arc<dyn BlockDevice>, cores: u32, clock: Arc<dyn Clock>) -> Result<Mounted> {
+    mount_with_primaries(dev, cores, clock, Vec::new())
+}
+
+/// [`mount_with_clock`] with primaries: the recorded ones on the devices
+/// `primaries` names (one it does not name, or names with `None`, is
+/// degraded), and any it names that are not recorded added, to be synced
+/// whole (see `mirror/`).
+pub fn mount_with_primaries(
+    dev: Arc<dyn BlockDevice>,
+    cores: u32,
+    clock: Arc<dyn Clock>,
+    primaries: Vec<PrimaryOpen>,
+) -> Result<Mounted> {
     if cores == 0 || cores > 1024 {
         return Err(Error::InvalidArgument(format!("{cores} cores: need 1..=1024")));
     }
@@ -132,10 +148,12 @@ pub fn mount_with_clock(dev: Arc<dyn BlockDevice>, cores: u32, clock: Arc<dyn Cl
     }
     let Trusted { sb, ckpt, loaded, .. } = t;
     let geo = sb.geometry;
+    let primaries = mount_primaries(&geo, &ckpt, &loaded, replayed, primaries)?;
     let rebuilt = rebuild(&geo, &ckpt, &loaded, cores);
     phases.done("index rebuilt", &io);
     let space = count_space(&geo, &ckpt, &loaded, &rebuilt);
-    let fenced = fence(&mut io, &geo, &ckpt, &loaded, seq_seen, rebuilt.open_partition, clock.now_unix_s())?;
+    let records = primaries.iter().map(|p| p.record(geo.stripe_blocks, geo.stripe_count())).collect();
+    let fenced = fence(&mut io, &geo, &ckpt, &loaded, seq_seen, rebuilt.open_partition, clock.now_unix_s(), records)?;
     phases.done("fenced", &io);
     let report =
         MountReport { crash: replayed, micros: started.elapsed().as_micros() as u64, read_bytes: io.read_bytes };
@@ -165,6 +183,7 @@ pub fn mount_with_clock(dev: Arc<dyn BlockDevice>, cores: u32, clock: Arc<dyn Cl
         copy_offload: dev.supports_copy(),
         mount: report,
         replay_window_kib: ckpt.replay_window_kib,
+        primaries,
     });
     let shards = hand_over(dev.as_ref(), &shared, &ckpt, rebuilt, fenced.control)?;
     Ok(Mounted { submitter: Submitter { shared }, shards, geometry: geo, replayed })
@@ -209,6 +228,7 @@ fn fence(
     seq_seen: u64,
     open_partition: u32,
     now: u64,
+    primaries: Vec<PrimaryRecord>,
 ) -> Result<Fenced> {
     let seq_high = loaded.values().map(|l| l.record.seq).max().unwrap_or(0).max(seq_seen);
     let exhausted = || Error::Corrupt("checkpoint counters at their limit".into());
@@ -223,7 +243,7 @@ fn fence(
         Registry::new(loaded.values().map(|l| SegmentInfo { record: l.record, last_partition: l.last_partition() }));
     let ckpt_buf = DmaBuf::new(geo.ckpt_slot_bytes(), geo.block_size as usize);
     let mut control = Control::new(ckpt, FromMount { registry, epoch, seq_high, open_partition, ckpt_buf, now });
-    let next = control.next_checkpoint(&free, false, ckpt.baseline_stripes.clone());
+    let next = control.next_checkpoint(&free, false, ckpt.baseline_stripes.clone(), primaries);
     write_checkpoint(io, geo, &next)?;
     io.flush()?;
     control.checkpoint_durable(&free);
@@ -257,5 +277,12 @@ fn hand_over(
         shards.push(Shard::new(core as u32, shared.clone(), chan, init));
     }
     shards[0].ctl = Some(Box::new(control));
+    // Primaries with blocks to copy (added, rebuilding, or after a crash)
+    // are synced by every core from the start.
+    for (p, primary) in shared.primaries.iter().enumerate() {
+        if primary.in_service() && primary.dirty.count() > 0 {
+            shards.iter_mut().for_each(|s| s.wake_sync(p));
+        }
+    }
     Ok(shards)
 }

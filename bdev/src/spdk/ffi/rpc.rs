@@ -43,7 +43,7 @@ impl RpcRequest {
 pub type RpcHandler = fn(&'static str, Option<Vec<u8>>, RpcRequest);
 
 /// Most methods the trampolines serve.
-pub const MAX_METHODS: usize = 16;
+pub const MAX_METHODS: usize = 24;
 
 static METHODS: OnceLock<(&'static [&'static str], RpcHandler)> = OnceLock::new();
 
@@ -66,6 +66,14 @@ const TRAMPOLINES: [Trampoline; MAX_METHODS] = [
     trampoline::<13>,
     trampoline::<14>,
     trampoline::<15>,
+    trampoline::<16>,
+    trampoline::<17>,
+    trampoline::<18>,
+    trampoline::<19>,
+    trampoline::<20>,
+    trampoline::<21>,
+    trampoline::<22>,
+    trampoline::<23>,
 ];
 
 unsafe extern "C" fn trampoline<const I: usize>(
