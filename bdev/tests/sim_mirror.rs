@@ -18,6 +18,7 @@
 
 mod common;
 
+use common::io::{lend, lend_mut};
 use common::sim::small_format;
 use ilog_bdev::device::sim::{Faults, SimDisk};
 use ilog_bdev::device::BlockDevice;
@@ -108,7 +109,7 @@ impl Harness {
     fn call(&mut self, req: Request) -> Reply {
         self.sim.run_until_idle(&mut |_, _| {});
         // SAFETY: no request here carries a buffer.
-        unsafe { self.sim.submit(0, u64::MAX, req) }.expect("submit");
+        self.sim.submit(0, u64::MAX, req).expect("submit");
         let mut out = None;
         self.sim.run_until_idle(&mut |_, r| out = Some(r));
         out.expect("an answer").unwrap_or_else(|e| panic!("seed {}: control request failed: {e}", self.seed))
@@ -170,15 +171,15 @@ impl Harness {
         for (i, op) in ops.iter_mut().enumerate() {
             let core = self.rng.below(u64::from(self.cores)) as u32;
             let req = match op {
-                Op::Write { lba, blocks, buf, .. } => Request::Write { lba: *lba, blocks: *blocks, buf: buf.as_ptr() },
+                Op::Write { lba, blocks, buf, .. } => Request::Write { lba: *lba, blocks: *blocks, buf: lend(buf) },
                 Op::Zero { lba, blocks } => Request::WriteZeroes { lba: *lba, blocks: *blocks },
                 Op::Read { lba, blocks, buf } => {
-                    Request::Read { lba: *lba, blocks: *blocks, buf: buf.as_mut_ptr(), view: View::Current }
+                    Request::Read { lba: *lba, blocks: *blocks, buf: lend_mut(buf), view: View::Current }
                 }
             };
             // SAFETY: `ops` outlives the batch: every request completes,
             // or the power is cut, before it is dropped.
-            unsafe { self.sim.submit(core, i as u64, req) }.expect("submit");
+            self.sim.submit(core, i as u64, req).expect("submit");
         }
         let mut results: Vec<Option<ilog_bdev::Result<Reply>>> = (0..n).map(|_| None).collect();
         let mut sink = |token: u64, r| results[token as usize] = Some(r);
@@ -292,9 +293,9 @@ impl Harness {
         };
         let volume = self.volume_blocks();
         let mut image = vec![0u8; volume as usize * BS as usize];
-        let req = Request::Read { lba: 0, blocks: volume as u32, buf: image.as_mut_ptr(), view: View::Volume(name) };
+        let req = Request::Read { lba: 0, blocks: volume as u32, buf: lend_mut(&mut image), view: View::Volume(name) };
         // SAFETY: `image` outlives the call, which waits for the read.
-        unsafe { self.sim.submit(0, 0, req) }.expect("submit");
+        self.sim.submit(0, 0, req).expect("submit");
         let mut out = None;
         self.sim.run_until_idle(&mut |_, r| out = Some(r));
         out.expect("an answer").unwrap_or_else(|e| panic!("seed {}: reading the volume: {e}", self.seed));
@@ -339,38 +340,19 @@ impl Harness {
     }
 }
 
-fn run_seed(seed: u64) {
-    Harness::new(seed).run(150);
-}
-
 #[test]
 fn primaries_mirror_the_image_through_failures_rebuilds_and_power_cuts() {
-    let seeds: Vec<u64> = match std::env::var("ILOG_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("ILOG_SIM_SEED is a number")],
-        Err(_) => {
-            let n: u64 = std::env::var("ILOG_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
-            let first: u64 = std::env::var("ILOG_SIM_FIRST").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-            (first..first + n).collect()
-        }
-    };
     let started = std::time::Instant::now();
-    for &seed in &seeds {
-        if let Err(panic) = std::panic::catch_unwind(|| run_seed(seed)) {
-            eprintln!(
-                "sim seed {seed} failed; reproduce with: ILOG_SIM_SEED={seed} cargo test --release --test sim_mirror"
-            );
-            std::panic::resume_unwind(panic);
-        }
-    }
+    let seeds = common::sim::for_each_seed("sim_mirror", |seed| Harness::new(seed).run(150));
     let (cuts, outages) = (POWER_CUTS.load(Relaxed), OUTAGES.load(Relaxed));
     let (reads, incremental) = (PRIMARY_READS.load(Relaxed), INCREMENTAL_BLOCKS.load(Relaxed));
     eprintln!(
         "sim_mirror: {} seeds passed in {:.1?}; {cuts} power cuts, {outages} primary outages, {reads} reads served \
          by primaries, {incremental} blocks resynced incrementally",
-        seeds.len(),
+        seeds,
         started.elapsed()
     );
-    if seeds.len() >= 50 {
+    if seeds >= 50 {
         assert!(cuts > 0 && outages > 0 && reads > 0 && incremental > 0, "the runs must exercise every path");
     }
 }

@@ -2,7 +2,7 @@
 //! mirrored to them, current reads served by them, their completions.
 
 use super::sync::SyncWalks;
-use crate::device::{DevChannel, DevOp, DevRequest, DevStatus, DmaBuf};
+use crate::device::{DevChannel, DevOp, DevRequest, DevStatus, DmaBuf, IoBuf};
 use crate::engine::msg::{Msg, Piece, PieceOp};
 use crate::engine::request::View;
 use crate::engine::retire::Purpose;
@@ -104,9 +104,9 @@ impl Shard {
 
     pub(super) fn primary_submit(&mut self, p: usize, req: DevRequest) {
         let c = self.mirror.chans[p].as_mut().expect("an open channel");
-        // SAFETY: client buffers live until their request completes, which
-        // waits for this write; sync buffers stay in their slot until then.
-        if !c.retry.is_empty() || unsafe { c.chan.submit(req) }.is_err() {
+        // Client buffers live until their request completes, which waits
+        // for this write; sync buffers stay in their slot until then.
+        if !c.retry.is_empty() || c.chan.submit(req).is_err() {
             c.retry.push_back(req);
         }
     }
@@ -141,7 +141,7 @@ impl Shard {
     /// zero entry when `buf` is `None`) to every primary that can take it
     /// now. One that cannot lacks it: the entry notes it, and retirement
     /// marks its blocks dirty there.
-    pub(in crate::engine) fn mirror_write(&mut self, seq: u64, buf: Option<*const u8>) {
+    pub(in crate::engine) fn mirror_write(&mut self, seq: u64, buf: Option<IoBuf>) {
         let e = self.rob.back().expect("just appended");
         let (lba, blocks) = (e.lba, e.blocks);
         let mut missed = 0u8;
@@ -156,7 +156,8 @@ impl Shard {
                 missed |= 1 << p;
                 continue;
             }
-            let buf = buf.map_or(self.mirror.zeros.as_mut_ptr(), |b| b as *mut u8);
+            let bs = self.shared.geo.block_size as usize;
+            let buf = buf.unwrap_or_else(|| self.mirror.zeros.io_buf().blocks(0, blocks, bs));
             self.primary_submit(p, DevRequest { op: DevOp::Write, block: lba, nblocks: blocks, buf, tag: TAG_PRIMARY_WRITE | seq });
             pending += 1;
         }
@@ -209,8 +210,7 @@ impl Shard {
         for p in 0..self.primary_count() {
             if let Some(c) = self.mirror.chans[p].as_mut().filter(|_| self.shared.primaries[p].in_service()) {
                 c.flushing.append(&mut c.unflushed);
-                let null = std::ptr::null_mut();
-                self.primary_submit(p, DevRequest { op: DevOp::Flush, block: 0, nblocks: 0, buf: null, tag: TAG_FLUSH });
+                self.primary_submit(p, DevRequest { op: DevOp::Flush, block: 0, nblocks: 0, buf: IoBuf::EMPTY, tag: TAG_FLUSH });
                 n += 1;
             }
         }
@@ -224,8 +224,7 @@ impl Shard {
         let old = self.mirror.old.iter_mut().map(|(p, c)| (*p, c));
         for (p, c) in self.mirror.chans.iter_mut().enumerate().filter_map(|(p, c)| Some((p, c.as_mut()?))).chain(old) {
             while let Some(req) = c.retry.pop_front() {
-                // SAFETY: as in `primary_submit`.
-                if unsafe { c.chan.submit(req) }.is_err() {
+                if c.chan.submit(req).is_err() {
                     c.retry.push_front(req);
                     break;
                 }
@@ -293,6 +292,6 @@ impl Shard {
 
 /// A piece that reads the current image from the log and the baseline,
 /// never from a primary (what a sync copies).
-pub(super) fn log_read(origin: u32, slot: u32, lba: u64, blocks: u32, buf: *mut u8) -> Piece {
+pub(super) fn log_read(origin: u32, slot: u32, lba: u64, blocks: u32, buf: IoBuf) -> Piece {
     Piece { origin, slot, op: PieceOp::Read, lba, blocks, buf, view: View::Current, primaries_tried: u8::MAX }
 }

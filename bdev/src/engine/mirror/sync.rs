@@ -157,7 +157,8 @@ impl Shard {
     fn start_copy(&mut self, p: usize, slot: usize, lba: u64, blocks: u64) {
         let s = &mut self.mirror.sync;
         s.copies[slot] = Some(Copy { primary: p, lba, blocks, stale: false });
-        let buf = s.bufs[slot].as_mut_ptr();
+        let bs = self.shared.geo.block_size as usize;
+        let buf = s.bufs[slot].io_buf().blocks(0, blocks as u32, bs);
         self.retry_piece(log_read(SYNC_ORIGIN, slot as u32, lba, blocks as u32, buf));
     }
 
@@ -175,7 +176,8 @@ impl Shard {
             self.mirror.sync.copies[slot] = None;
             return;
         }
-        let buf = self.mirror.sync.bufs[slot].as_mut_ptr();
+        let bs = self.shared.geo.block_size as usize;
+        let buf = self.mirror.sync.bufs[slot].io_buf().blocks(0, blocks as u32, bs);
         let req = DevRequest { op: DevOp::Write, block: lba, nblocks: blocks as u32, buf, tag: TAG_PRIMARY_SYNC | slot as u64 };
         self.primary_submit(p, req);
     }
