@@ -251,8 +251,10 @@ impl Harness {
 
     fn fail_primary(&mut self) {
         // Whatever the primaries still had to copy (after a mount) is
-        // copied first: the outage's dirty blocks are then exactly the
-        // ones written during it.
+        // copied, and what they cache is flushed, first: the outage's dirty
+        // blocks are then exactly the ones written during it (a primary
+        // that fails also loses what it had not flushed).
+        self.flush();
         self.stats();
         let p = self.rng.below(2) as usize;
         let all = Faults { read_eio_ppm: 1_000_000, write_eio_ppm: 1_000_000 };

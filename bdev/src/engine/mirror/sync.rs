@@ -113,8 +113,8 @@ impl Shard {
     }
 
     /// The next dirty run of this core's stripes for primary `p`, none
-    /// while the pass is at its end; ends the walk (or starts a new pass)
-    /// there.
+    /// while the pass is at its end; ends the walk there, or rewinds it for
+    /// a new pass.
     fn next_dirty_run(&mut self, p: usize) -> Option<(u64, u64)> {
         let geo = self.shared.geo;
         let stripe = u64::from(geo.stripe_blocks);
@@ -132,8 +132,10 @@ impl Shard {
                     }
                     return None;
                 }
+                // The next pass starts at the next poll: what held this
+                // one back (a client write in flight) needs polls to end.
                 *w = Walk { at: 0, left: false };
-                continue;
+                return None;
             }
             if self.shared.owner(w.at) != self.core {
                 w.at = (w.at / stripe + 1) * stripe;
