@@ -1,7 +1,7 @@
 //! Redundant primaries in the simulator: an ilog bdev with two primaries on
 //! 1-3 cores takes batches of overlapping writes, zeroes and reads; one
-//! primary starts failing every request at a random point (and the base
-//! never does), power cuts come mixed in, and the failed primary comes back
+//! primary starts failing every request, or is taken away (hot-removed), at
+//! a random point (and the base never does), power cuts come mixed in, and the failed primary comes back
 //! with an incremental or a full rebuild. Checked for every seed:
 //!
 //! - no request fails, whichever primary failed;
@@ -208,10 +208,15 @@ impl Harness {
                     let b = lba + i;
                     let got = decode(&buf[i as usize * BS as usize..][..BS as usize], b);
                     let block = &self.blocks[b as usize];
-                    let ok = got.is_some_and(|v| {
-                        block.now.contains(&v) || writes.get(&b).is_some_and(|w| w.contains(&v))
-                    });
-                    assert!(ok, "seed {}: block {b} read {got:?}, the model allows {:?} or {:?}", self.seed, block.now, writes.get(&b));
+                    let ok =
+                        got.is_some_and(|v| block.now.contains(&v) || writes.get(&b).is_some_and(|w| w.contains(&v)));
+                    assert!(
+                        ok,
+                        "seed {}: block {b} read {got:?}, the model allows {:?} or {:?}",
+                        self.seed,
+                        block.now,
+                        writes.get(&b)
+                    );
                     if !writes.contains_key(&b) {
                         self.blocks[b as usize].now = [got.expect("checked")].into();
                     }
@@ -257,8 +262,22 @@ impl Harness {
         self.flush();
         self.stats();
         let p = self.rng.below(2) as usize;
-        let all = Faults { read_eio_ppm: 1_000_000, write_eio_ppm: 1_000_000 };
-        self.sim.primaries[p].1.set_faults(all);
+        if self.rng.below(3) == 0 {
+            // Hot-removed: the runtime takes the device away.
+            let name = self.sim.primaries[p].0.clone();
+            self.call(Request::ReleasePrimary { name });
+            let s = self.stats();
+            assert_eq!(
+                s.primaries[p].state,
+                PrimaryState::Degraded,
+                "seed {}: released {:?}",
+                self.seed,
+                s.primaries[p]
+            );
+        } else {
+            let all = Faults { read_eio_ppm: 1_000_000, write_eio_ppm: 1_000_000 };
+            self.sim.primaries[p].1.set_faults(all);
+        }
         self.failed = Some((p, Some(BTreeSet::new())));
         OUTAGES.fetch_add(1, Relaxed);
     }
@@ -276,7 +295,12 @@ impl Harness {
         if let (false, Some(dirty)) = (full, dirty) {
             // What was written while it was out, no more, no less (the
             // rebuild may be under way, or done, by now).
-            assert_eq!(info.rebuild_total_blocks, dirty.len() as u64, "seed {}: incremental rebuild of {name}", self.seed);
+            assert_eq!(
+                info.rebuild_total_blocks,
+                dirty.len() as u64,
+                "seed {}: incremental rebuild of {name}",
+                self.seed
+            );
             INCREMENTAL_BLOCKS.fetch_add(dirty.len() as u64, Relaxed);
         }
     }

@@ -903,6 +903,7 @@ mod tests {
                 log_percent: None,
                 max_volumes: None,
                 replay_window_mib: None,
+                primary_bdev_names: None,
             })
         );
         let full = json!({"name": "ilog0", "base_bdev_name": "Malloc0", "stripe_size_kib": 512,
@@ -972,6 +973,7 @@ mod tests {
             log_percent: None,
             max_volumes: None,
             replay_window_mib: None,
+            primary_bdev_names: None,
         };
         assert_eq!(p.format_options(), FormatOptions::default());
     }
@@ -1273,6 +1275,16 @@ mod tests {
             volumes_retired: 0,
             last_mount: ilog_bdev::engine::MountReport { crash: true, micros: 1500, read_bytes: 8192 },
             policy_actions: 0,
+            primaries: vec![PrimaryInfo {
+                name: "Malloc1".into(),
+                state: PrimaryState::Degraded,
+                dirty_blocks: 7,
+                rebuild_done_blocks: 0,
+                rebuild_total_blocks: 0,
+                reads: 3,
+                read_errors: 1,
+                write_errors: 0,
+            }],
         };
         assert_eq!(
             stats_result("ilog0", &s),
@@ -1283,7 +1295,9 @@ mod tests {
                    "user_bytes_written": 4 << 20, "device_bytes_written": 5 << 20, "write_amplification": 1.25,
                    "compactions": 1, "bytes_moved": 4096, "bytes_copied": 0, "segments_freed": 1, "drains": 2,
                    "volumes_retired": 0, "last_mount": {"kind": "crash", "ms": 1.5, "read_bytes": 8192},
-                   "policy_actions": 0})
+                   "policy_actions": 0, "primaries": [{"name": "Malloc1", "state": "degraded", "dirty_blocks": 7,
+                   "rebuild_done_blocks": 0, "rebuild_total_blocks": 0, "reads": 3, "read_errors": 1,
+                   "write_errors": 0}]})
         );
     }
 }

@@ -96,14 +96,11 @@ fn unexported_as_null(bdev: &str, mut result: Value) -> Value {
 
 fn execute(cmd: Command, r: Responder) {
     match cmd {
-        Command::Create(p) if p.primary_bdev_names.as_ref().is_some_and(|n| !n.is_empty()) => {
-            r.err(&primaries_not_served())
-        }
-        Command::RebuildPrimary { .. } => r.err(&primaries_not_served()),
         Command::Create(p) => {
             let config = serde_json::to_string(&p).expect("params serialize");
             let (name, base) = (p.name.clone(), p.base_bdev_name.clone());
-            module::create(&name, &base, p.format_options(), config, move |res| {
+            let primaries = p.primary_bdev_names.clone().unwrap_or_default();
+            module::create(&name, &base, &primaries, p.format_options(), config, move |res| {
                 let created = res.map(|formatted| {
                     p.warn_ignored(&formatted);
                     methods::create_result(&p.name)
@@ -242,6 +239,11 @@ fn execute(cmd: Command, r: Responder) {
         Command::Event { name, event } => {
             engine_call(name, Request::Event { name: event }, r, |_, _| methods::done_result())
         }
+        Command::RebuildPrimary { name, primary_bdev_name, full } => {
+            module::rebuild_primary(&name, &primary_bdev_name, full, move |res| {
+                r.answer(res.map(|()| methods::done_result()).map_err(rpc_error))
+            })
+        }
     }
 }
 
@@ -260,10 +262,4 @@ fn stream_store(target: &StreamTarget) -> Result<StreamStore, RpcError> {
         }
         module::copy::open_bdev(b).map_err(rpc_error)
     })
-}
-
-/// Primaries are mounted by the standalone target only so far: the module
-/// does not yet open, claim and watch their bdevs.
-fn primaries_not_served() -> RpcError {
-    RpcError::errno(libc::EOPNOTSUPP, "primary bdevs are not served by the SPDK module yet (ilog_tgt serves them)")
 }

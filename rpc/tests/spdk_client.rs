@@ -73,6 +73,7 @@ impl Handler for Recorder {
                 Extent { lba: 100, blocks: 1, kind: LogEntryKind::Zero },
             ]),
             Command::Copy { .. } | Command::Restore { .. } => ilog::job_result(9),
+            Command::RebuildPrimary { .. } => ilog::done_result(),
             Command::GetJobs { .. } => json!([{"job": 9, "bdev": "ilog0", "kind": "copy", "state": "running"}]),
         })
     }
@@ -239,6 +240,7 @@ fn spdk_rpc_with_the_plugin_drives_every_method() {
             log_percent: None,
             max_volumes: None,
             replay_window_mib: None,
+            primary_bdev_names: None,
         })
     );
 
@@ -334,6 +336,21 @@ fn spdk_rpc_drives_diffs_copies_and_restores() {
     assert_eq!(json_out(&out)[0]["kind"], "copy");
     let (_, params, _, _) = f.ok(&["bdev_ilog_get_jobs"]);
     assert_eq!(params, None);
+}
+
+#[test]
+fn spdk_rpc_drives_primaries() {
+    let f = Fixture::start("primaries");
+    let (_, params, _, _) =
+        f.ok(&["bdev_ilog_create", "-b", "Malloc0", "-p", "ilog0", "--primary-bdev-names", "Malloc1 Nvme0n1"]);
+    let want = json!({"name": "ilog0", "base_bdev_name": "Malloc0", "primary_bdev_names": ["Malloc1", "Nvme0n1"]});
+    assert_eq!(params, Some(want));
+    let (_, params, command, out) = f.ok(&["bdev_ilog_rebuild_primary", "ilog0", "-p", "Nvme0n1"]);
+    assert_eq!(params, Some(json!({"name": "ilog0", "primary_bdev_name": "Nvme0n1"})));
+    let want = Command::RebuildPrimary { name: "ilog0".into(), primary_bdev_name: "Nvme0n1".into(), full: false };
+    assert_eq!((command, out.trim()), (want, "true"));
+    let (_, params, _, _) = f.ok(&["bdev_ilog_rebuild_primary", "ilog0", "-p", "Malloc4", "--full"]);
+    assert_eq!(params, Some(json!({"name": "ilog0", "primary_bdev_name": "Malloc4", "full": true})));
 }
 
 #[test]

@@ -736,6 +736,115 @@ def test_a_copy_leaves_over_nvme_tcp_and_is_restored_on_the_far_side():
                 app.kill()
 
 
+def test_a_killed_nvme_tcp_primary_comes_back_and_resyncs_what_it_missed():
+    """ilog0 on a malloc base with two primaries: a malloc bdev, and an
+    NVMe/TCP namespace that a second SPDK process exports from a file.
+    bdevperf verify runs over NVMe/TCP on ilog0 while that process is
+    killed (its primary degrades, then its bdev is removed), restarted and
+    attached again; no I/O fails. The rebuild resyncs the blocks written
+    meanwhile only, and both primaries then hold the volume block for
+    block."""
+    import threading
+    wd = workdir()
+    far_img = os.path.join(wd, "far.img")
+    with open(far_img, "wb") as f:
+        f.truncate(512 << 20)
+    far_nqn, ilog_nqn = "nqn.2016-06.io.spdk:primary", "nqn.2016-06.io.spdk:ilog"
+
+    def start_far():
+        far = App(wd, NVMF_TGT, preload=False, name="far")
+        far.rpc("nvmf_create_transport", "-t", "TCP")
+        far.rpc("bdev_aio_create", far_img, "FarAio", 4096)
+        far.rpc("nvmf_create_subsystem", far_nqn, "-a", "-s", "PRI001")
+        far.rpc("nvmf_subsystem_add_ns", far_nqn, "FarAio")
+        far.rpc("nvmf_subsystem_add_listener", far_nqn, "-t", "tcp", "-a", "127.0.0.1", "-s", 4450)
+        return far
+
+    def attach_far():
+        near.rpc("bdev_nvme_attach_controller", "-b", "Far", "-t", "tcp", "-a", "127.0.0.1", "-s", 4450, "-f", "ipv4",
+                 "-n", far_nqn)
+
+    def primaries():
+        return {p["name"]: p for p in near.rpc("bdev_ilog_get_stats", "ilog0")["primaries"]}
+
+    far = start_far()
+    near = None
+    try:
+        near = App(wd, SPDK_TGT, mem=3072, name="near")
+        near.rpc("bdev_malloc_create", "-b", "Malloc0", 512, 4096)
+        near.rpc("bdev_malloc_create", "-b", "Malloc1", 512, 4096)
+        attach_far()
+        near.rpc("bdev_ilog_create", "-b", "Malloc0", "-p", "ilog0", "--primary-bdev-names", "Malloc1 Farn1")
+        blocks = near.rpc("bdev_get_bdevs", "-b", "ilog0")[0]["num_blocks"]
+        wait_until("the first sync", lambda: all(p["state"] == "healthy" for p in primaries().values()))
+        near.rpc("nvmf_create_transport", "-t", "TCP")
+        near.rpc("nvmf_create_subsystem", ilog_nqn, "-a", "-s", "ILOG002")
+        near.rpc("nvmf_subsystem_add_ns", ilog_nqn, "ilog0", "-n", 1)
+        near.rpc("nvmf_subsystem_add_listener", ilog_nqn, "-t", "tcp", "-a", "127.0.0.1", "-s", 4451)
+        initiator = write_config(wd, "initiator.json", [
+            {"method": "bdev_nvme_attach_controller", "params": {
+                "name": "Ilog", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": "4451",
+                "subnqn": ilog_nqn}},
+            {"method": "bdev_wait_for_examine"},
+        ])
+        outcome = {}
+
+        def verify():
+            try:
+                outcome["out"] = run_app(wd, BDEVPERF, "--json", initiator, "-q", 16, "-o", 4096, "-w", "verify",
+                                         "-t", 6, name="initiator")
+            except AssertionError as e:
+                outcome["error"] = str(e)
+        io = threading.Thread(target=verify)
+        io.start()
+        time.sleep(1.5)
+        far.kill()
+        wait_until("Farn1 degraded", lambda: primaries()["Farn1"]["state"] == "degraded")
+        # Its controller goes (or is let go): the primary's bdev is removed.
+        try:
+            near.rpc("bdev_nvme_detach_controller", "Far")
+        except RpcError:
+            pass
+        wait_until("Farn1 removed", lambda: not any(b["name"] == "Farn1" for b in near.rpc("bdev_get_bdevs")))
+        far = start_far()
+        attach_far()
+        io.join()
+        assert "error" not in outcome, outcome.get("error")
+        iops, fails = bdevperf_total(outcome["out"])
+        assert iops > 0 and fails == 0.0, outcome["out"][-2000:]
+        dirty = primaries()["Farn1"]["dirty_blocks"]
+        assert 0 < dirty < blocks, primaries()
+        near.rpc("bdev_ilog_rebuild_primary", "ilog0", "-p", "Farn1")
+        wait_until("the resync", lambda: all(p["state"] == "healthy" and p["dirty_blocks"] == 0
+                                             for p in primaries().values()), timeout=60)
+        resynced = primaries()["Farn1"]
+        assert resynced["rebuild_total_blocks"] == dirty, resynced
+        image = os.path.join(wd, "image.bin")
+        dd_read(wd, initiator, "Ilogn1", image)
+        # ilog0 let go of its primaries: Malloc1 is read through the export.
+        near.rpc("nvmf_subsystem_remove_ns", ilog_nqn, 1)
+        near.rpc("bdev_ilog_delete", "ilog0")
+        near.rpc("nvmf_subsystem_add_ns", ilog_nqn, "Malloc1", "-n", 2)
+        local = os.path.join(wd, "malloc1.bin")
+        volume = blocks * 4096
+        dd_read(wd, initiator, "Ilogn2", local, count=-(-volume // 65536))
+        with open(image, "rb") as f:
+            want = f.read(volume)
+        assert len(want) == volume, (len(want), volume)
+        for path in (local, far_img):
+            with open(path, "rb") as f:
+                assert f.read(volume) == want, f"{path} differs from ilog0"
+        near.stop()
+        near = None
+        far.stop()
+        far = None
+    finally:
+        for app in (near, far):
+            if app is not None:
+                print(app.tail(), file=sys.stderr)
+                app.kill()
+
+
 def test_a_volume_deleted_while_open_is_hot_removed_and_its_name_reused():
     """The policy deletes a volume whose bdev a passthru bdev holds open and
     snapshots a new volume of the same name: the old bdev is hot-removed,
@@ -1383,6 +1492,7 @@ TESTS = [
     test_a_volume_deleted_while_open_is_hot_removed_and_its_name_reused,
     test_copies_and_restores_through_files_and_bdevs,
     test_a_copy_leaves_over_nvme_tcp_and_is_restored_on_the_far_side,
+    test_a_killed_nvme_tcp_primary_comes_back_and_resyncs_what_it_missed,
     test_every_ilog_method_answers_bad_inputs_with_errors,
 ]
 

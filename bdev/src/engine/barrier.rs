@@ -85,7 +85,9 @@ impl Shard {
                 };
                 // A clean close records what the primaries lack: no copy to
                 // them may end after their flush.
-                if self.retire_seq < b.mark || (b.close && unclosed) || (self.shutting_down && self.mirror.sync.copying())
+                if self.retire_seq < b.mark
+                    || (b.close && unclosed)
+                    || (self.shutting_down && self.mirror.sync.copying())
                 {
                     return;
                 }

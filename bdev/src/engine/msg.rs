@@ -135,7 +135,8 @@ pub(crate) enum Msg {
         primary: usize,
     },
     /// From core 0: primary `primary` failed; what this core wrote to it
-    /// since its last flush may be lost with its cache: dirty.
+    /// since its last flush may be lost with its cache: dirty. A channel
+    /// to a device it no longer has is let go.
     PrimaryUnflushed {
         primary: usize,
     },

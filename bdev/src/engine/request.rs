@@ -104,6 +104,12 @@ pub enum Request {
         device: super::mirror::PrimaryDevice,
         full: bool,
     },
+    /// The runtime lost primary `name`'s device (hot-removed): it is
+    /// degraded, and every core lets go of its channel to it once the
+    /// requests there completed, so that the runtime can close the device.
+    ReleasePrimary {
+        name: String,
+    },
     /// Flushes, writes a clean checkpoint and stops taking requests.
     Close,
 }

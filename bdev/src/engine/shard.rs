@@ -378,7 +378,13 @@ impl Shard {
             Msg::DiffDone { extents } => self.on_diff_done(extents),
             Msg::PrimaryFailed { primary } => self.primary_failed_everywhere(primary),
             Msg::PrimaryUnflushed { primary } => self.unflushed_to_dirty(primary),
-            Msg::PrimarySync { primary } => self.wake_sync(primary),
+            Msg::PrimarySync { primary } => {
+                // On the device the rebuild brought (the one replaced is let
+                // go once its requests completed), whether or not this core
+                // has blocks to copy.
+                self.primary_channel(primary);
+                self.wake_sync(primary);
+            }
             Msg::PrimarySynced { primary } => self.primary_synced(primary),
         }
     }

@@ -172,10 +172,13 @@ impl Shard {
             mirror_missed: 0,
         });
         if matches!(purpose, Purpose::Client { .. }) && !self.shared.primaries.is_empty() {
-            self.mirror_write(seq, match payload {
-                Payload::Buf(buf) => Some(buf),
-                _ => None,
-            });
+            self.mirror_write(
+                seq,
+                match payload {
+                    Payload::Buf(buf) => Some(buf),
+                    _ => None,
+                },
+            );
         }
         let log_start = self.shared.geo.log_start;
         let (op, buf) = match payload {

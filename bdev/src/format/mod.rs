@@ -17,8 +17,8 @@ mod segment;
 mod superblock;
 
 pub use checkpoint::{
-    Checkpoint, PrimaryRecord, PrimaryState, SegmentRecord, VolumeRecord, MAX_POLICY_LEN, MAX_PRIMARIES, MAX_PRIMARY_NAME,
-    MAX_VOLUME_NAME,
+    Checkpoint, PrimaryRecord, PrimaryState, SegmentRecord, VolumeRecord, MAX_POLICY_LEN, MAX_PRIMARIES,
+    MAX_PRIMARY_NAME, MAX_VOLUME_NAME,
 };
 pub(crate) use geometry::SUPERBLOCK_BLOCKS;
 pub use geometry::{valid_block_size, FormatOptions, Geometry, DEFAULT_REPLAY_WINDOW_KIB};

@@ -5,8 +5,8 @@
 
 use crate::device::{self, BlockDevice, DmaBuf};
 use crate::engine::{
-    mount_with_primaries, CompactMode, Extent, LogBatch, Mounted, PrimaryDevice, PrimaryOpen, Reply, Request, Shard, Stats,
-    Submitter, SystemClock, View, VolumeInfo,
+    mount_with_primaries, CompactMode, Extent, LogBatch, Mounted, PrimaryDevice, PrimaryOpen, Reply, Request, Shard,
+    Stats, Submitter, SystemClock, View, VolumeInfo,
 };
 use crate::error::{Error, Result};
 use crossbeam_queue::SegQueue;

@@ -63,8 +63,11 @@ impl Sim {
 
     /// Mounts on `cores` simulated cores; `Ok(true)` if the log was replayed.
     pub fn mount(&mut self, cores: u32) -> Result<bool> {
-        let primaries =
-            self.primaries.iter().map(|(name, d)| (name.clone(), Some(Arc::new(d.clone()) as Arc<dyn BlockDevice>))).collect();
+        let primaries = self
+            .primaries
+            .iter()
+            .map(|(name, d)| (name.clone(), Some(Arc::new(d.clone()) as Arc<dyn BlockDevice>)))
+            .collect();
         let mut m = mount_with_primaries(Arc::new(self.disk.clone()), cores, self.clock.clone(), primaries)?;
         for shard in &mut m.shards {
             shard.hold_messages();

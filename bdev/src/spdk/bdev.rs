@@ -1,6 +1,6 @@
 //! The ilog bdev module: the life of an ilog bdev under SPDK. Create opens
 //! and claims the base bdev, mounts it (formatting it first if it holds no
-//! ilog) on a plain thread, then registers an io_device and the bdev, hands
+//! ilog) on a plain thread with its primaries (see `primaries`), then registers an io_device and the bdev, hands
 //! the shards to the reactors and exports the snapshot volumes (see
 //! `volumes`). Delete, hot-remove of the base and app shutdown all end in
 //! `destruct`: a clean close of the engine, the shards detached, the base
@@ -13,11 +13,12 @@ use super::ffi::poller::poll_until;
 use super::ffi::thread::Thread;
 use super::ffi::{dma, engine_io, logger};
 use super::io::submit_control;
+use super::primaries;
 use super::reactor::Reactors;
 use super::volumes::{self, VolumeBdevs};
 use crate::device::spdk::SpdkDevice;
 use crate::device::BlockDevice;
-use crate::engine::{self, volume_bdev_name, BdevInfo, Mounted, Reply, Request, Submitter, View};
+use crate::engine::{self, volume_bdev_name, BdevInfo, Mounted, PrimaryOpen, Reply, Request, Submitter, View};
 use crate::error::{Error, Result};
 use crate::format::FormatOptions;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,7 +83,7 @@ fn module_fini() {
 /// A mounted ilog bdev.
 pub(crate) struct Ilog {
     pub(super) name: String,
-    id: u64,
+    pub(super) id: u64,
     pub(super) dev: Arc<SpdkDevice>,
     pub(super) submitter: Submitter,
     /// `bdev_ilog_create`'s params as JSON, for save_config.
@@ -144,7 +145,7 @@ pub fn call(
     Ok(())
 }
 
-fn call_on(ilog: Arc<Ilog>, req: Request, done: impl FnOnce(Result<Reply>) + Send + 'static) {
+pub(super) fn call_on(ilog: Arc<Ilog>, req: Request, done: impl FnOnce(Result<Reply>) + Send + 'static) {
     let follow = req.changes_volumes();
     let submitter = ilog.submitter.clone();
     submit_control(&submitter, req, move |r| {
@@ -175,12 +176,39 @@ pub fn bdevs() -> Vec<BdevInfo> {
         .collect()
 }
 
-/// Creates ilog bdev `name` on `base` (formatting it with `opts` if it
-/// holds no ilog); `done` runs on the app thread once the bdev and its
-/// volumes are registered. `config` is the create call's params as JSON.
+/// The names of ilog bdev `name`'s primaries.
+pub(super) fn primary_names(name: &str) -> std::result::Result<Vec<String>, SpdkError> {
+    Ok(lookup(name)?.submitter.primaries().into_iter().map(|p| p.name).collect())
+}
+
+/// The name of the ready ilog bdev with id `id`.
+pub(super) fn ready_name(id: u64) -> Option<String> {
+    registry().iter().find(|e| e.id == id && matches!(e.state, State::Ready(_))).map(|e| e.name.clone())
+}
+
+/// Rebuilds primary `bdev` of ilog bdev `name` (see
+/// `Request::RebuildPrimary`); `done` on the app thread once the rebuild is
+/// recorded.
+pub fn rebuild_primary(
+    name: &str,
+    bdev: &str,
+    full: bool,
+    done: impl FnOnce(std::result::Result<(), SpdkError>) + Send + 'static,
+) {
+    match lookup(name) {
+        Ok(ilog) => primaries::rebuild(ilog, bdev, full, done),
+        Err(e) => done(Err(e)),
+    }
+}
+
+/// Creates ilog bdev `name` on `base` with the primaries `primary_bdevs`
+/// (formatting it with `opts` if it holds no ilog); `done` runs on the app
+/// thread once the bdev and its volumes are registered. `config` is the
+/// create call's params as JSON.
 pub fn create(
     name: &str,
     base: &str,
+    primary_bdevs: &[String],
     opts: FormatOptions,
     config: String,
     done: impl FnOnce(std::result::Result<Submitter, SpdkError>) + Send + 'static,
@@ -198,10 +226,11 @@ pub fn create(
         }
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let dev = SpdkDevice::open::<BaseRemoval>(base, id).map_err(|(errno, msg)| SpdkError::new(errno, msg))?;
+        let named = primaries::open_named(id, primary_bdevs).inspect_err(|_| dev.close())?;
         registry().push(Entry { name: name.to_owned(), id, state: State::Creating { removed: false } });
-        Ok((id, Arc::new(dev)))
+        Ok((id, Arc::new(dev), named))
     })();
-    let (id, dev) = match result {
+    let (id, dev, named) = match result {
         Ok(v) => v,
         Err(e) => return done(Err(e)),
     };
@@ -210,7 +239,7 @@ pub fn create(
     let name = name.to_owned();
     // Mount blocks on device I/O that the app thread performs for it.
     let spawned = std::thread::Builder::new().name(format!("ilog-mount-{name}")).spawn(move || {
-        let mounted = mount_or_format(&dev, cores, &opts);
+        let mounted = mount_or_format(&dev, cores, &opts, id, named);
         Thread::app().send(move || finish_create(name, id, dev, config, mounted, reactors, done));
     });
     if let Err(e) = spawned {
@@ -218,16 +247,27 @@ pub fn create(
     }
 }
 
-fn mount_or_format(dev: &Arc<SpdkDevice>, cores: u32, opts: &FormatOptions) -> Result<Mounted> {
+/// Mounts `dev` (formatted first if it holds no ilog) with the primaries
+/// `named`, and those recorded that `named` leaves out.
+fn mount_or_format(
+    dev: &Arc<SpdkDevice>,
+    cores: u32,
+    opts: &FormatOptions,
+    id: u64,
+    mut named: Vec<PrimaryOpen>,
+) -> Result<Mounted> {
     let block_dev: Arc<dyn BlockDevice> = Arc::new(dev.clone());
-    match engine::mount(block_dev.clone(), cores) {
+    match engine::recorded_primaries(block_dev.as_ref()) {
         Err(Error::NotFormatted) => {
             engine::format(block_dev.as_ref(), opts, crate::format::random_uuid())?;
             log::info!("ilog: formatted {}", dev.name);
-            engine::mount(block_dev, cores)
         }
-        other => other,
+        recorded => {
+            let missing = recorded?.into_iter().filter(|r| named.iter().all(|(n, _)| n != r)).collect();
+            named.extend(primaries::open_recorded(id, missing));
+        }
     }
+    engine::mount_with_primaries(block_dev, cores, Arc::new(engine::SystemClock), named)
 }
 
 fn finish_create(
@@ -264,6 +304,7 @@ fn finish_create(
         Ok(r) => r,
         Err(e) => {
             dev.close();
+            primaries::close_all(id);
             registry().retain(|e| e.id != id);
             return done(Err(e));
         }
@@ -274,6 +315,7 @@ fn finish_create(
         e.state = State::Ready(ilog.clone());
     }
     log::info!("ilog: created {name} on {} ({} cores)", dev.name, reactors.cores());
+    primaries::ready(&name, id);
     // A re-opened base comes back with its snapshot volumes.
     let submitter = ilog.submitter.clone();
     volumes::start(&ilog, Box::new(move || done(Ok(submitter))));
@@ -418,6 +460,7 @@ impl Owner for Ilog {
                 done.finish(move |_| {
                     closing.main().take();
                     closing.dev.close();
+                    primaries::close_all(closing.id);
                     registry().retain(|e| e.id != closing.id);
                     log::info!("ilog: {} closed", closing.name);
                 })

@@ -9,6 +9,8 @@
 //!   volume table whoever changed it.
 //! - `io`: the data path (bdev_io in, engine requests, completion on the
 //!   submitting thread) and control calls.
+//! - `primaries`: the primary bdevs, opened, released on hot-remove and
+//!   closed once the engine let go of them.
 //! - `reactor`: one SPDK thread per core polling shard `i` of every bdev.
 //! - [`copy`]: an ilog bdev and other bdevs as copies and restores use
 //!   them, from their job threads.
@@ -25,9 +27,11 @@ pub mod copy;
 mod disk;
 pub mod ffi;
 mod io;
+mod primaries;
 mod reactor;
 mod volumes;
 
 pub use bdev::{
-    bdev_exists, bdevs, call, create, delete, delete_volume, foreign_volume_bdev, register_module, SpdkError,
+    bdev_exists, bdevs, call, create, delete, delete_volume, foreign_volume_bdev, rebuild_primary, register_module,
+    SpdkError,
 };

@@ -33,6 +33,20 @@ impl Shard {
         }
     }
 
+    /// Primary `name`'s device is gone (see `Request::ReleasePrimary`):
+    /// degraded, dropped, and every core told to let go of its channel.
+    pub(super) fn release_primary(&mut self, name: &str) -> Result<()> {
+        let primaries = &self.shared.primaries;
+        let Some(p) = primaries.iter().position(|p| p.name() == name) else {
+            return Err(Error::InvalidArgument(format!("{name} is not a primary")));
+        };
+        primaries[p].release();
+        for core in 0..self.shared.cores {
+            self.send(core, Msg::PrimaryUnflushed { primary: p });
+        }
+        Ok(())
+    }
+
     /// Starts the rebuild of primary `name` on `device` (see
     /// `Request::RebuildPrimary`) and sets every core's walk going.
     pub(super) fn start_rebuild(&mut self, name: &str, device: PrimaryDevice, full: bool) -> Result<()> {

@@ -147,6 +147,10 @@ impl Shard {
                 Ok(()) => Op::Checkpoint,
                 Err(e) => return self.reply(origin, reply, Err(e)),
             },
+            Request::ReleasePrimary { name } => match self.release_primary(&name) {
+                Ok(()) => Op::Checkpoint,
+                Err(e) => return self.reply(origin, reply, Err(e)),
+            },
             Request::Read { .. } | Request::Write { .. } | Request::WriteZeroes { .. } | Request::Unmap { .. } => {
                 unreachable!("data requests never reach the coordinator")
             }

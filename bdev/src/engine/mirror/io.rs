@@ -79,7 +79,7 @@ impl Shard {
 
     /// Primary `p`'s channel on this core, opened (again, after the device
     /// changed) on first use; `false` when it cannot be.
-    pub(super) fn primary_channel(&mut self, p: usize) -> bool {
+    pub(in crate::engine) fn primary_channel(&mut self, p: usize) -> bool {
         let primary = &self.shared.primaries[p];
         let generation = primary.generation.load(Relaxed);
         if self.mirror.chans[p].as_ref().is_some_and(|c| c.generation == generation) {
@@ -119,14 +119,21 @@ impl Shard {
     }
 
     /// Primary `p` failed: what this core wrote to it since its last
-    /// completed flush is dirty.
+    /// completed flush is dirty. A channel to a device it no longer has
+    /// (released, or replaced) is polled until its requests completed,
+    /// then dropped.
     pub(in crate::engine) fn unflushed_to_dirty(&mut self, p: usize) {
-        let dirty = &self.shared.primaries[p].dirty;
-        let chans = self.mirror.chans[p].iter_mut().chain(self.mirror.old.iter_mut().filter(|(q, _)| *q == p).map(|(_, c)| c));
+        let primary = &self.shared.primaries[p];
+        let chans =
+            self.mirror.chans[p].iter_mut().chain(self.mirror.old.iter_mut().filter(|(q, _)| *q == p).map(|(_, c)| c));
         for c in chans {
             for (lba, blocks) in c.unflushed.drain(..).chain(c.flushing.drain(..)) {
-                dirty.mark(lba, u64::from(blocks));
+                primary.dirty.mark(lba, u64::from(blocks));
             }
+        }
+        if self.mirror.chans[p].as_ref().is_some_and(|c| c.generation != primary.generation.load(Relaxed)) {
+            let stale = self.mirror.chans[p].take().expect("checked");
+            self.mirror.old.push((p, stale));
         }
     }
 
@@ -158,7 +165,10 @@ impl Shard {
             }
             let bs = self.shared.geo.block_size as usize;
             let buf = buf.unwrap_or_else(|| self.mirror.zeros.io_buf().blocks(0, blocks, bs));
-            self.primary_submit(p, DevRequest { op: DevOp::Write, block: lba, nblocks: blocks, buf, tag: TAG_PRIMARY_WRITE | seq });
+            self.primary_submit(
+                p,
+                DevRequest { op: DevOp::Write, block: lba, nblocks: blocks, buf, tag: TAG_PRIMARY_WRITE | seq },
+            );
             pending += 1;
         }
         let e = self.rob.back_mut().expect("just appended");
@@ -197,7 +207,10 @@ impl Shard {
             let ctx = self.mirror.free_reads.pop().expect("checked");
             self.mirror.reads[ctx as usize] = Some(*piece);
             let (block, nblocks, buf) = (piece.lba, piece.blocks, piece.buf);
-            self.primary_submit(p, DevRequest { op: DevOp::Read, block, nblocks, buf, tag: TAG_PRIMARY_READ | u64::from(ctx) });
+            self.primary_submit(
+                p,
+                DevRequest { op: DevOp::Read, block, nblocks, buf, tag: TAG_PRIMARY_READ | u64::from(ctx) },
+            );
             return true;
         }
         false
@@ -210,7 +223,10 @@ impl Shard {
         for p in 0..self.primary_count() {
             if let Some(c) = self.mirror.chans[p].as_mut().filter(|_| self.shared.primaries[p].in_service()) {
                 c.flushing.append(&mut c.unflushed);
-                self.primary_submit(p, DevRequest { op: DevOp::Flush, block: 0, nblocks: 0, buf: IoBuf::EMPTY, tag: TAG_FLUSH });
+                self.primary_submit(
+                    p,
+                    DevRequest { op: DevOp::Flush, block: 0, nblocks: 0, buf: IoBuf::EMPTY, tag: TAG_FLUSH },
+                );
                 n += 1;
             }
         }

@@ -124,6 +124,14 @@ impl Primary {
         changed
     }
 
+    /// Drops its device (removed under the runtime): degraded, and the
+    /// cores' channels to it are stale.
+    pub(crate) fn release(&self) {
+        self.degrade("its device was removed");
+        *self.dev.lock().expect("primary device") = None;
+        self.generation.fetch_add(1, Relaxed);
+    }
+
     /// Starts a rebuild on `dev` (a replacement when `name` differs), of
     /// every block when `full`, else of its dirty blocks.
     pub(crate) fn start_rebuild(&self, name: &str, dev: Arc<dyn BlockDevice>, full: bool) {
@@ -169,7 +177,11 @@ impl Primary {
     }
 
     pub(crate) fn record(&self, stripe_blocks: u32, stripes: u64) -> PrimaryRecord {
-        PrimaryRecord { name: self.name(), state: self.state(), dirty_stripes: self.dirty.stripes(stripe_blocks, stripes) }
+        PrimaryRecord {
+            name: self.name(),
+            state: self.state(),
+            dirty_stripes: self.dirty.stripes(stripe_blocks, stripes),
+        }
     }
 
     pub(crate) fn info(&self) -> PrimaryInfo {
@@ -198,7 +210,11 @@ pub(crate) struct DirtyMap {
 
 impl DirtyMap {
     fn new(blocks: u64) -> DirtyMap {
-        DirtyMap { words: (0..blocks.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(), blocks, count: AtomicU64::new(0) }
+        DirtyMap {
+            words: (0..blocks.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            blocks,
+            count: AtomicU64::new(0),
+        }
     }
 
     /// Bits set.

@@ -180,7 +180,13 @@ impl Shard {
         }
         let bs = self.shared.geo.block_size as usize;
         let buf = self.mirror.sync.bufs[slot].io_buf().blocks(0, blocks as u32, bs);
-        let req = DevRequest { op: DevOp::Write, block: lba, nblocks: blocks as u32, buf, tag: TAG_PRIMARY_SYNC | slot as u64 };
+        let req = DevRequest {
+            op: DevOp::Write,
+            block: lba,
+            nblocks: blocks as u32,
+            buf,
+            tag: TAG_PRIMARY_SYNC | slot as u64,
+        };
         self.primary_submit(p, req);
     }
 

@@ -33,8 +33,8 @@ use crate::format::{Checkpoint, EntryKind, FormatOptions, Geometry, PrimaryRecor
 use crossbeam_queue::ArrayQueue;
 use io::SyncIo;
 use load::{load_trusted, Loaded, Trusted};
-pub use primaries::{recorded_primaries, PrimaryOpen};
 use primaries::mount_primaries;
+pub use primaries::{recorded_primaries, PrimaryOpen};
 use rebuild::{rebuild, Rebuilt};
 use replay::replay_tail;
 use std::collections::BTreeMap;
@@ -153,7 +153,8 @@ pub fn mount_with_primaries(
     phases.done("index rebuilt", &io);
     let space = count_space(&geo, &ckpt, &loaded, &rebuilt);
     let records = primaries.iter().map(|p| p.record(geo.stripe_blocks, geo.stripe_count())).collect();
-    let fenced = fence(&mut io, &geo, &ckpt, &loaded, seq_seen, rebuilt.open_partition, clock.now_unix_s(), records)?;
+    let found = Found { seq_seen, open_partition: rebuilt.open_partition, now: clock.now_unix_s(), primaries: records };
+    let fenced = fence(&mut io, &geo, &ckpt, &loaded, found)?;
     phases.done("fenced", &io);
     let report =
         MountReport { crash: replayed, micros: started.elapsed().as_micros() as u64, read_bytes: io.read_bytes };
@@ -215,6 +216,16 @@ struct Fenced {
     first_seq: u64,
 }
 
+/// What this mount found that the fence records besides the accepted
+/// segments: the highest sequence seen, the open partition, the time and
+/// the primaries' states.
+struct Found {
+    seq_seen: u64,
+    open_partition: u32,
+    now: u64,
+    primaries: Vec<PrimaryRecord>,
+}
+
 /// Step 4, the fence: a new checkpoint lists exactly what was accepted, so
 /// nothing torn or dropped here is ever replayed again. The coordinator
 /// writes it, as it writes every later one; everything but the segments,
@@ -225,11 +236,9 @@ fn fence(
     geo: &Geometry,
     ckpt: &Checkpoint,
     loaded: &BTreeMap<u32, Loaded>,
-    seq_seen: u64,
-    open_partition: u32,
-    now: u64,
-    primaries: Vec<PrimaryRecord>,
+    found: Found,
 ) -> Result<Fenced> {
+    let Found { seq_seen, open_partition, now, primaries } = found;
     let seq_high = loaded.values().map(|l| l.record.seq).max().unwrap_or(0).max(seq_seen);
     let exhausted = || Error::Corrupt("checkpoint counters at their limit".into());
     ckpt.generation.checked_add(1).ok_or_else(exhausted)?;
