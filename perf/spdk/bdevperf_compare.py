@@ -24,6 +24,10 @@ Every session first writes the whole malloc base through a passthru (see
 `--ilog-only N` runs part 1 for ilog alone, N times, a line each: for
 A/B runs of two builds of the library (ILOG_SPDK_LIB picks the one loaded).
 
+`--primaries` runs part 1 for ilog alone and for ilog with two malloc
+primaries the size of the base (bdev_ilog_create --primary-bdev-names),
+their first sync done before the fill, and prints the ratios.
+
 Needs `cargo build --release -p ilog-spdk --features spdk`; SPDK_DIR (default /opt/spdk).
 """
 
@@ -103,9 +107,15 @@ def session(wd, name, target, setup, base):
     return app
 
 
-def read_write(wd, name, target, setup):
-    app = session(wd, name, target, setup, malloc_base(MALLOC_MIB))
+def read_write(wd, name, target, setup, base=None):
+    app = session(wd, name, target, setup, base or malloc_base(MALLOC_MIB))
     try:
+        if name.startswith("ilog"):
+            # Primaries start with a full sync: the runs start after it.
+            deadline = time.time() + 600
+            while any(p["state"] != "healthy" for p in rpc(app.sock, "bdev_ilog_get_stats", target)["primaries"]):
+                assert time.time() < deadline, "the primaries' first sync did not end"
+                time.sleep(0.5)
         # The whole bdev written first: a full disk, and reads that hit it.
         size_mib = rpc(app.sock, "bdev_get_bdevs", "-b", target)[0]["num_blocks"] * 4096 >> 20
         fill = perform(app.sock, "-w", "write", "-o", 1 << 20, "-q", 8, "-t", 30)
@@ -182,12 +192,44 @@ def ilog_only(reps):
         kill_all()
 
 
+def primaries():
+    """ilog with no primaries against ilog with two malloc primaries."""
+    wd = workdir()
+    config, base_name, mib = malloc_base(MALLOC_MIB)
+    mirrored = [*config, *[{"method": "bdev_malloc_create", "params": {
+        "name": f"Malloc{i}", "num_blocks": MALLOC_MIB * 256, "block_size": 4096}} for i in (1, 2)]]
+    runs = {
+        "none": ([["bdev_ilog_create", "-b", base_name, "-p", "ilog0"]], None),
+        "2 malloc": ([["bdev_ilog_create", "-b", base_name, "-p", "ilog0", "--primary-bdev-names", "Malloc1 Malloc2"]],
+                     (mirrored, base_name, 3 * mib)),
+    }
+    try:
+        res = {n: read_write(wd, "ilog", "ilog0", setup, base) for n, (setup, base) in runs.items()}
+    finally:
+        kill_all()
+    print(f"malloc base {MALLOC_MIB} MiB, ilog written whole first; {SECONDS} s per run\n")
+    print("| primaries | randread IOPS | randwrite IOPS | randread avg/max us | randwrite avg/max us | "
+          "reads served by primaries |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for n, (read, write, stats) in res.items():
+        served = sum(p["reads"] for p in stats["primaries"])
+        print(f"| {n} | {read['iops']:.0f} | {write['iops']:.0f} | "
+              f"{read['avg_latency_us']:.1f}/{read['max_latency_us']:.0f} | "
+              f"{write['avg_latency_us']:.1f}/{write['max_latency_us']:.0f} | {served} |")
+    print()
+    (r0, w0, _), (r2, w2, _) = res["none"], res["2 malloc"]
+    print(f"2 primaries / none: randwrite {w2['iops'] / w0['iops']:.2f}x, randread {r2['iops'] / r0['iops']:.2f}x")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ilog-only", type=int, metavar="N", help="ilog's randwrite and randread alone, N times")
+    parser.add_argument("--primaries", action="store_true", help="ilog with two malloc primaries against none")
     args = parser.parse_args()
     if args.ilog_only:
         return ilog_only(args.ilog_only)
+    if args.primaries:
+        return primaries()
     wd = workdir()
 
     def ilog(base):
