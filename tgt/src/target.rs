@@ -357,7 +357,13 @@ impl Target {
         for name in &given {
             primaries.push((name.clone(), Some(Target::primary_bdev(&st, &p.name, name)?)));
         }
-        let formatted = match ilog_bdev::engine::recorded_primaries(dev.as_ref()) {
+        // The engine reads both superblock copies (blocks 0 and 1): a
+        // one-block base is not formatted, and the format says how small.
+        let recorded = match dev.num_blocks() {
+            0 | 1 => Err(Error::NotFormatted),
+            _ => ilog_bdev::engine::recorded_primaries(dev.as_ref()),
+        };
+        let formatted = match recorded {
             Err(Error::NotFormatted) => {
                 ilog_bdev::engine::format(dev.as_ref(), &p.format_options(), ilog_bdev::format::random_uuid())?;
                 log::info!("formatted {} for {}", p.base_bdev_name, p.name);
@@ -579,6 +585,12 @@ impl Target {
     /// of its own (a primary that returns).
     fn primary_bdev(st: &State, ilog: &str, name: &str) -> Result<Arc<dyn BlockDevice>, RpcError> {
         let base = st.bases.get(name).ok_or_else(|| no_such_bdev(name))?;
+        if st.ilogs.get(ilog).is_some_and(|b| b.params.base_bdev_name == name) {
+            return Err(RpcError::errno(
+                libc::EINVAL,
+                format!("bdev {name} is the base bdev of {ilog}, not a primary"),
+            ));
+        }
         match &base.claimed_by {
             Some(owner) if owner != ilog => Err(busy(format!("bdev {name} is claimed by {owner}"))),
             _ if st.nbd.values().any(|d| d.bdev == name) => Err(busy(format!("bdev {name} is exported over NBD"))),
@@ -649,16 +661,31 @@ impl Target {
         }
     }
 
+    /// The buffer alignment the primaries of `ilog` need: the engine hands
+    /// a client's buffer to them as it is (zero copy) but reports only its
+    /// base bdev's alignment, so a file primary (O_DIRECT) would fail every
+    /// request (EINVAL) from a buffer aligned for a malloc base. A page, or
+    /// a block if larger, covers a file primary given later too.
+    fn primaries_align(st: &State, ilog: &Ilog) -> usize {
+        let primaries = ilog.submitter().primaries();
+        if primaries.is_empty() {
+            return 1;
+        }
+        let page = 4096.max(ilog.block_size() as usize);
+        primaries.iter().filter_map(|p| st.bases.get(&p.name)).map(|b| b.dev.buf_align()).fold(page, usize::max)
+    }
+
     /// The export behind a bdev name: an ilog bdev, one of its volumes
     /// (`<ilog>@<volume>`, read-only) or an unclaimed base bdev.
     fn export_of(&self, st: &State, bdev: &str) -> Result<Arc<dyn Export>, RpcError> {
         if let Some((ilog_name, volume)) = bdev.split_once('@') {
             let ilog = self.ilog(st, ilog_name)?;
             let v = ilog.volume(volume)?;
-            return Ok(Arc::new(IlogExport::new(ilog, View::Volume(v.partition))));
+            return Ok(Arc::new(IlogExport::new(ilog, View::Volume(v.partition), 1)));
         }
         if let Some(b) = st.ilogs.get(bdev) {
-            return Ok(Arc::new(IlogExport::new(b.ilog.clone(), View::Current)));
+            let align = Target::primaries_align(st, &b.ilog);
+            return Ok(Arc::new(IlogExport::new(b.ilog.clone(), View::Current, align)));
         }
         let base = st.bases.get(bdev).ok_or_else(|| no_such_bdev(bdev))?;
         if let Some(owner) = &base.claimed_by {
