@@ -13,6 +13,7 @@ parameters (options left out are not sent, so the server's defaults apply).
 """
 
 import json
+import re
 
 
 def _print(result):
@@ -30,6 +31,13 @@ def _print(result):
         print(json.dumps(result, indent=2))
 
 
+def _bdev_names(text):
+    """A list of bdev names given as SPDK's rpc.py takes bdev_raid_create's
+    --base-bdevs: one argument, the names separated by whitespace (here
+    commas too), e.g. "Malloc0 Malloc1" or Malloc0,Malloc1."""
+    return [n for n in re.split(r'[\s,]+', text) if n]
+
+
 def _call(args, method, **params):
     return args.client.call(method, {k: v for k, v in params.items() if v is not None})
 
@@ -45,13 +53,15 @@ def spdk_rpc_plugin_initialize(subparsers):
                      segment_size_kib=args.segment_size_kib,
                      log_percent=args.log_percent,
                      max_volumes=args.max_volumes,
-                     replay_window_mib=args.replay_window_mib))
+                     replay_window_mib=args.replay_window_mib,
+                     primary_bdev_names=args.primary_bdev_names))
 
     p = subparsers.add_parser(
         'bdev_ilog_create', help='Create an ilog bdev on a base bdev',
         description="""Create an ilog bdev on an existing base bdev. The --*-size-kib,
         --log-percent, --max-volumes and --replay-window-mib options choose how the base bdev is formatted.
-        Prints the new bdev's name. Example: bdev_ilog_create -b Malloc0 -p ilog0 --log-percent 30""")
+        Prints the new bdev's name. Example: bdev_ilog_create -b Malloc0 -p ilog0 --log-percent 30;
+        with mirrored primaries: bdev_ilog_create -b Malloc0 -p ilog0 --primary-bdev-names "Aio1 Aio2".""")
     p.add_argument('-b', '--base-bdev-name', help='Name of the existing base bdev', required=True)
     p.add_argument('-p', '--name', help='Name of the new ilog bdev', required=True)
     p.add_argument('--stripe-size-kib', type=int,
@@ -63,6 +73,10 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument('--max-volumes', type=int, help='Most snapshot volumes at once (default 1024)')
     p.add_argument('--replay-window-mib', type=int,
                    help='Most log a mount after a crash scans and replays, in MiB (default 256)')
+    p.add_argument('--primary-bdev-names', type=_bdev_names,
+                   help='Bdevs that mirror the current image (the base bdev then holds the log): '
+                        'names separated by whitespace or commas, in quotes, e.g. "Aio1 Aio2" '
+                        '(default: none; a re-open finds those recorded)')
     p.set_defaults(func=bdev_ilog_create)
 
     def bdev_ilog_delete(args):
@@ -243,6 +257,21 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument('source', help='A bdev name, or an absolute path for a file')
     p.add_argument('-r', '--resume-token', help='Go on with an interrupted restore')
     p.set_defaults(func=bdev_ilog_restore)
+
+    def bdev_ilog_rebuild_primary(args):
+        _print(_call(args, 'bdev_ilog_rebuild_primary', name=args.name,
+                     primary_bdev_name=args.primary_bdev_name, full=args.full))
+
+    p = subparsers.add_parser(
+        'bdev_ilog_rebuild_primary', help='Resync a primary of an ilog bdev, or replace a failed one',
+        description="""Resync PRIMARY_BDEV_NAME: a primary that returns gets the blocks written since
+        it failed; a bdev that is not a primary replaces the one degraded primary and is rebuilt
+        whole, as is any with --full. Prints true once the rebuild is recorded; its progress shows
+        in bdev_ilog_get_stats (primaries: state, rebuild_done_blocks, rebuild_total_blocks).""")
+    p.add_argument('name', help='ilog bdev name')
+    p.add_argument('-p', '--primary-bdev-name', required=True, help='The primary, or its replacement')
+    p.add_argument('--full', action='store_true', default=None, help='Copy every block, not only those it lacks')
+    p.set_defaults(func=bdev_ilog_rebuild_primary)
 
     def bdev_ilog_get_jobs(args):
         _print(_call(args, 'bdev_ilog_get_jobs', name=args.name))

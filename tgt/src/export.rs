@@ -11,11 +11,15 @@ use std::sync::{Arc, Mutex};
 pub struct IlogExport {
     ilog: Arc<Ilog>,
     view: View,
+    align: usize,
 }
 
 impl IlogExport {
-    pub fn new(ilog: Arc<Ilog>, view: View) -> IlogExport {
-        IlogExport { ilog, view }
+    /// An export whose request buffers are aligned to `align`, at least
+    /// the engine's.
+    pub fn new(ilog: Arc<Ilog>, view: View, align: usize) -> IlogExport {
+        let align = align.max(ilog.buf_align());
+        IlogExport { ilog, view, align }
     }
 }
 
@@ -30,7 +34,7 @@ impl Export for IlogExport {
         self.view != View::Current
     }
     fn buf_align(&self) -> usize {
-        self.ilog.buf_align()
+        self.align
     }
     fn submit(&self, io: ExportIo, done: Box<dyn FnOnce(Result<(), i32>) + Send>) {
         let req = match io {

@@ -1,8 +1,10 @@
-//! The target: the bdevs it holds (malloc and aio bases, ilog bdevs and
-//! their snapshot volumes), its NBD exports, and the JSON-RPC methods that
-//! manage them. SPDK's own methods keep SPDK's names, params and results;
-//! every `bdev_ilog_*` method is parsed and answered by `ilog-rpc`.
+//! The target: the bdevs it holds (malloc and aio bases, SPDK's error bdevs
+//! on them, ilog bdevs and their snapshot volumes), its NBD exports, and the
+//! JSON-RPC methods that manage them. SPDK's own methods keep SPDK's names,
+//! params and results; every `bdev_ilog_*` method is parsed and answered by
+//! `ilog-rpc`.
 
+use crate::error_bdev::{self, ErrorDevice, ErrorType, IoType};
 use crate::export::{BaseExport, IlogExport};
 use crate::nbd::{Export, Listen, NbdServer};
 use ilog_bdev::copy::{self, Destination};
@@ -33,6 +35,9 @@ const SUBSYSTEMS: &[(&str, &[&str])] = &[("bdev", &[]), ("nbd", &["bdev"])];
 const SPDK_METHODS: &[&str] = &[
     "bdev_aio_create",
     "bdev_aio_delete",
+    "bdev_error_create",
+    "bdev_error_delete",
+    "bdev_error_inject_error",
     "bdev_get_bdevs",
     "bdev_malloc_create",
     "bdev_malloc_delete",
@@ -49,7 +54,25 @@ const SPDK_METHODS: &[&str] = &[
 
 enum BaseKind {
     Malloc,
-    Aio { filename: PathBuf },
+    Aio {
+        filename: PathBuf,
+    },
+    /// SPDK's error bdev (`EE_<base>`) on base bdev `base`, which it claims.
+    Error {
+        base: String,
+        dev: Arc<ErrorDevice>,
+    },
+}
+
+impl BaseKind {
+    /// The module whose `bdev_<module>_delete` deletes it.
+    fn module(&self) -> &'static str {
+        match self {
+            BaseKind::Malloc => "malloc",
+            BaseKind::Aio { .. } => "aio",
+            BaseKind::Error { .. } => "error",
+        }
+    }
 }
 
 struct Base {
@@ -192,6 +215,31 @@ struct ByName {
     name: String,
 }
 
+/// SPDK's `bdev_error_create` params.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErrorCreate {
+    base_name: String,
+    uuid: Option<String>,
+}
+
+/// SPDK's `bdev_error_inject_error` params: `num` defaults to 1 and
+/// `queue_depth` to 0, as there; the NVMe status and the corruption's
+/// offset and value go with error types not served here.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErrorInject {
+    name: String,
+    io_type: IoType,
+    error_type: ErrorType,
+    nvme_sct: Option<u32>,
+    nvme_sc: Option<u32>,
+    num: Option<u32>,
+    queue_depth: Option<u64>,
+    corrupt_offset: Option<u64>,
+    corrupt_value: Option<u8>,
+}
+
 /// `framework_get_config` params. Batches (one `bdev_wait_for_examine`
 /// split per batch) do not exist here: the config is the same either way.
 #[derive(Deserialize)]
@@ -324,10 +372,12 @@ impl Target {
         Ok(json!(p.name))
     }
 
-    fn base_delete(&self, name: &str, malloc: bool) -> Result<Value, RpcError> {
+    /// `bdev_<module>_delete`: only a bdev of that module, unclaimed and
+    /// not exported.
+    fn base_delete(&self, name: &str, module: &str) -> Result<Value, RpcError> {
         let mut st = self.lock();
         let base = st.bases.get(name).ok_or_else(|| no_such_bdev(name))?;
-        if matches!(base.kind, BaseKind::Malloc) != malloc {
+        if base.kind.module() != module {
             return Err(no_such_bdev(name));
         }
         if let Some(owner) = &base.claimed_by {
@@ -336,8 +386,68 @@ impl Target {
         if let Some(dev) = st.nbd.iter().find(|(_, d)| d.bdev == name).map(|(k, _)| k.clone()) {
             return Err(busy(format!("bdev {name} is exported at {dev}")));
         }
-        st.bases.remove(name);
+        if let Some(Base { kind: BaseKind::Error { base, .. }, .. }) = st.bases.remove(name) {
+            if let Some(b) = st.bases.get_mut(&base) {
+                b.claimed_by = None;
+            }
+            log::info!("deleted error bdev {name}; {base} is free");
+        }
         st.order.retain(|n| n != name);
+        Ok(json!(true))
+    }
+
+    /// SPDK's `bdev_error_create`: `EE_<base_name>` on an unclaimed base
+    /// bdev, which it claims.
+    fn error_create(&self, p: ErrorCreate) -> Result<Value, RpcError> {
+        check_uuid(p.uuid.as_deref())?;
+        let mut st = self.lock();
+        let name = error_bdev::error_bdev_name(&p.base_name);
+        let base = st.bases.get(&p.base_name).ok_or_else(|| no_such_bdev(&p.base_name))?;
+        if let Some(owner) = &base.claimed_by {
+            return Err(busy(format!("bdev {} is already claimed by {owner}", p.base_name)));
+        }
+        if st.nbd.values().any(|d| d.bdev == p.base_name) {
+            return Err(busy(format!("bdev {} is exported over NBD", p.base_name)));
+        }
+        check_new_name(&st, &name)?;
+        let dev = Arc::new(ErrorDevice::new(base.dev.clone()));
+        let uuid = p.uuid.unwrap_or_else(|| uuid_string(&ilog_bdev::format::random_uuid()));
+        let kind = BaseKind::Error { base: p.base_name.clone(), dev: dev.clone() };
+        st.bases.insert(name.clone(), Base { kind, dev, uuid, claimed_by: None });
+        st.bases.get_mut(&p.base_name).expect("checked").claimed_by = Some(name.clone());
+        st.order.push(name.clone());
+        log::info!("created error bdev {name} on {}", p.base_name);
+        Ok(json!(true))
+    }
+
+    /// SPDK's `bdev_error_inject_error`.
+    fn error_inject(&self, p: ErrorInject) -> Result<Value, RpcError> {
+        let nvme_status = p.nvme_sct.unwrap_or(0) != 0 || p.nvme_sc.unwrap_or(0) != 0;
+        if (p.error_type == ErrorType::NvmeFailure) != nvme_status {
+            return Err(RpcError::errno(
+                libc::EINVAL,
+                "nvme_sct or nvme_sc should be specified for NVMe error injection",
+            ));
+        }
+        if p.error_type == ErrorType::CorruptData && p.corrupt_value.unwrap_or(0) == 0 {
+            return Err(RpcError::errno(libc::EINVAL, "corrupt_value should be non-zero"));
+        }
+        // Only corrupt_data, refused below, would use it.
+        let _ = p.corrupt_offset;
+        let st = self.lock();
+        let Some(Base { kind: BaseKind::Error { dev, .. }, .. }) = st.bases.get(&p.name) else {
+            return Err(RpcError::errno(libc::ENODEV, format!("{} is not an error bdev", p.name)));
+        };
+        dev.inject(p.io_type, p.error_type, p.num.unwrap_or(1), p.queue_depth.unwrap_or(0))
+            .map_err(|r| RpcError::errno(r.errno, r.message))?;
+        log::info!(
+            "{}: injected {:?} {:?} x{} (queue depth {})",
+            p.name,
+            p.io_type,
+            p.error_type,
+            p.num.unwrap_or(1),
+            p.queue_depth.unwrap_or(0)
+        );
         Ok(json!(true))
     }
 
@@ -357,7 +467,13 @@ impl Target {
         for name in &given {
             primaries.push((name.clone(), Some(Target::primary_bdev(&st, &p.name, name)?)));
         }
-        let formatted = match ilog_bdev::engine::recorded_primaries(dev.as_ref()) {
+        // The engine reads both superblock copies (blocks 0 and 1): a
+        // one-block base is not formatted, and the format says how small.
+        let recorded = match dev.num_blocks() {
+            0 | 1 => Err(Error::NotFormatted),
+            _ => ilog_bdev::engine::recorded_primaries(dev.as_ref()),
+        };
+        let formatted = match recorded {
             Err(Error::NotFormatted) => {
                 ilog_bdev::engine::format(dev.as_ref(), &p.format_options(), ilog_bdev::format::random_uuid())?;
                 log::info!("formatted {} for {}", p.base_bdev_name, p.name);
@@ -579,6 +695,12 @@ impl Target {
     /// of its own (a primary that returns).
     fn primary_bdev(st: &State, ilog: &str, name: &str) -> Result<Arc<dyn BlockDevice>, RpcError> {
         let base = st.bases.get(name).ok_or_else(|| no_such_bdev(name))?;
+        if st.ilogs.get(ilog).is_some_and(|b| b.params.base_bdev_name == name) {
+            return Err(RpcError::errno(
+                libc::EINVAL,
+                format!("bdev {name} is the base bdev of {ilog}, not a primary"),
+            ));
+        }
         match &base.claimed_by {
             Some(owner) if owner != ilog => Err(busy(format!("bdev {name} is claimed by {owner}"))),
             _ if st.nbd.values().any(|d| d.bdev == name) => Err(busy(format!("bdev {name} is exported over NBD"))),
@@ -611,14 +733,17 @@ impl Target {
             let product = match b.kind {
                 BaseKind::Malloc => "Malloc disk",
                 BaseKind::Aio { .. } => "AIO disk",
+                BaseKind::Error { .. } => "Error Injection Disk",
             };
             let mut d = json!({
                 "name": n, "aliases": [], "product_name": product, "block_size": b.dev.block_size(),
                 "num_blocks": b.dev.num_blocks(), "uuid": b.uuid, "claimed": b.claimed_by.is_some(),
                 "supported_io_types": io_types(true), "driver_specific": {},
             });
-            if let BaseKind::Aio { filename } = &b.kind {
-                d["driver_specific"] = json!({"aio": {"filename": filename}});
+            match &b.kind {
+                BaseKind::Aio { filename } => d["driver_specific"] = json!({"aio": {"filename": filename}}),
+                BaseKind::Error { base, .. } => d["driver_specific"] = json!({"error_disk": {"base_bdev": base}}),
+                BaseKind::Malloc => {}
             }
             out.push(d);
         }
@@ -649,16 +774,31 @@ impl Target {
         }
     }
 
+    /// The buffer alignment the primaries of `ilog` need: the engine hands
+    /// a client's buffer to them as it is (zero copy) but reports only its
+    /// base bdev's alignment, so a file primary (O_DIRECT) would fail every
+    /// request (EINVAL) from a buffer aligned for a malloc base. A page, or
+    /// a block if larger, covers a file primary given later too.
+    fn primaries_align(st: &State, ilog: &Ilog) -> usize {
+        let primaries = ilog.submitter().primaries();
+        if primaries.is_empty() {
+            return 1;
+        }
+        let page = 4096.max(ilog.block_size() as usize);
+        primaries.iter().filter_map(|p| st.bases.get(&p.name)).map(|b| b.dev.buf_align()).fold(page, usize::max)
+    }
+
     /// The export behind a bdev name: an ilog bdev, one of its volumes
     /// (`<ilog>@<volume>`, read-only) or an unclaimed base bdev.
     fn export_of(&self, st: &State, bdev: &str) -> Result<Arc<dyn Export>, RpcError> {
         if let Some((ilog_name, volume)) = bdev.split_once('@') {
             let ilog = self.ilog(st, ilog_name)?;
             let v = ilog.volume(volume)?;
-            return Ok(Arc::new(IlogExport::new(ilog, View::Volume(v.partition))));
+            return Ok(Arc::new(IlogExport::new(ilog, View::Volume(v.partition), 1)));
         }
         if let Some(b) = st.ilogs.get(bdev) {
-            return Ok(Arc::new(IlogExport::new(b.ilog.clone(), View::Current)));
+            let align = Target::primaries_align(st, &b.ilog);
+            return Ok(Arc::new(IlogExport::new(b.ilog.clone(), View::Current, align)));
         }
         let base = st.bases.get(bdev).ok_or_else(|| no_such_bdev(bdev))?;
         if let Some(owner) = &base.claimed_by {
@@ -756,6 +896,8 @@ impl Target {
                                     "params": {"name": name, "num_blocks": blocks, "block_size": bs, "uuid": b.uuid}}),
                                 BaseKind::Aio { filename } => json!({"method": "bdev_aio_create",
                                     "params": {"name": name, "filename": filename, "block_size": bs, "uuid": b.uuid}}),
+                                BaseKind::Error { base, .. } => json!({"method": "bdev_error_create",
+                                    "params": {"base_name": base, "uuid": b.uuid}}),
                             })
                         } else {
                             st.ilogs.get(name).map(|i| json!({"method": "bdev_ilog_create", "params": i.params}))
@@ -852,9 +994,12 @@ impl Handler for Target {
                 Ok(json!({"tick_rate": 1_000_000_000u64, "reactors": reactors}))
             }
             "bdev_malloc_create" => self.malloc_create(decode(params)?),
-            "bdev_malloc_delete" => self.base_delete(&decode::<ByName>(params)?.name, true),
+            "bdev_malloc_delete" => self.base_delete(&decode::<ByName>(params)?.name, "malloc"),
             "bdev_aio_create" => self.aio_create(decode(params)?),
-            "bdev_aio_delete" => self.base_delete(&decode::<ByName>(params)?.name, false),
+            "bdev_aio_delete" => self.base_delete(&decode::<ByName>(params)?.name, "aio"),
+            "bdev_error_create" => self.error_create(decode(params)?),
+            "bdev_error_delete" => self.base_delete(&decode::<ByName>(params)?.name, "error"),
+            "bdev_error_inject_error" => self.error_inject(decode(params)?),
             "bdev_get_bdevs" => self.get_bdevs(decode::<MaybeName>(params)?.name),
             "nbd_start_disk" => self.nbd_start(decode(params)?),
             "nbd_stop_disk" => self.nbd_stop(decode(params)?),
@@ -1004,6 +1149,126 @@ mod tests {
             call(&t, "nbd_stop_disk", json!({"nbd_device": a})).unwrap_or_else(|e| panic!("stop {a}: {}", e.message));
         }
         assert_eq!(call(&t, "nbd_get_disks", json!({})).unwrap(), json!([]));
+    }
+
+    #[test]
+    fn an_error_bdev_claims_its_base_shows_in_get_bdevs_and_save_config_and_is_deleted_only_when_free() {
+        let t = target_with_malloc();
+        assert_eq!(call(&t, "bdev_error_create", json!({"base_name": "Malloc0"})).unwrap(), json!(true));
+        let err = call(&t, "bdev_error_create", json!({"base_name": "Malloc0"})).unwrap_err();
+        assert_eq!(err.code, -libc::EBUSY, "the base is claimed: {}", err.message);
+        let err = call(&t, "bdev_error_create", json!({"base_name": "Nope"})).unwrap_err();
+        assert_eq!(err.code, -libc::ENODEV, "{}", err.message);
+        let err = call(&t, "bdev_malloc_delete", json!({"name": "Malloc0"})).unwrap_err();
+        assert_eq!(err.code, -libc::EBUSY, "{}", err.message);
+        for module in ["malloc", "aio"] {
+            let err = call(&t, &format!("bdev_{module}_delete"), json!({"name": "EE_Malloc0"})).unwrap_err();
+            assert_eq!(err.code, -libc::ENODEV, "bdev_{module}_delete of an error bdev: {}", err.message);
+        }
+        let b = &call(&t, "bdev_get_bdevs", json!({"name": "EE_Malloc0"})).unwrap()[0];
+        assert_eq!((b["product_name"].clone(), b["num_blocks"].clone()), (json!("Error Injection Disk"), json!(65536)));
+        assert_eq!(b["driver_specific"], json!({"error_disk": {"base_bdev": "Malloc0"}}));
+        assert_eq!(call(&t, "bdev_get_bdevs", json!({"name": "Malloc0"})).unwrap()[0]["claimed"], json!(true));
+
+        call(&t, "bdev_ilog_create", json!({"name": "ilog0", "base_bdev_name": "EE_Malloc0"})).unwrap();
+        let err = call(&t, "bdev_error_delete", json!({"name": "EE_Malloc0"})).unwrap_err();
+        assert_eq!(err.code, -libc::EBUSY, "claimed by ilog0: {}", err.message);
+        let config = t.save_config();
+        let methods: Vec<&str> = config["subsystems"][0]["config"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["method"].as_str().unwrap())
+            .collect();
+        assert_eq!(methods, ["bdev_malloc_create", "bdev_error_create", "bdev_ilog_create"]);
+        assert_eq!(config["subsystems"][0]["config"][1]["params"]["base_name"], json!("Malloc0"));
+
+        call(&t, "bdev_ilog_delete", json!({"name": "ilog0"})).unwrap();
+        assert_eq!(call(&t, "bdev_error_delete", json!({"name": "EE_Malloc0"})).unwrap(), json!(true));
+        assert_eq!(call(&t, "bdev_get_bdevs", json!({"name": "Malloc0"})).unwrap()[0]["claimed"], json!(false));
+        let err = call(&t, "bdev_error_delete", json!({"name": "Malloc0"})).unwrap_err();
+        assert_eq!(err.code, -libc::ENODEV, "not an error bdev: {}", err.message);
+        call(&t, "bdev_malloc_delete", json!({"name": "Malloc0"})).unwrap();
+    }
+
+    #[test]
+    fn a_saved_config_with_an_error_bdev_as_a_primary_restarts_into_the_same_bdevs() {
+        let dir = std::env::temp_dir().join(format!("ilog-error-config-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (base, primary) = (dir.join("base.img"), dir.join("primary.img"));
+        for f in [&base, &primary] {
+            std::fs::File::create(f).unwrap().set_len(64 << 20).unwrap();
+        }
+        let t = Target::new(1);
+        call(&t, "bdev_aio_create", json!({"name": "Aio0", "filename": base})).unwrap();
+        call(&t, "bdev_aio_create", json!({"name": "Aio1", "filename": primary})).unwrap();
+        call(&t, "bdev_error_create", json!({"base_name": "Aio1"})).unwrap();
+        let p = json!({"name": "ilog0", "base_bdev_name": "Aio0", "primary_bdev_names": ["EE_Aio1"]});
+        call(&t, "bdev_ilog_create", p).unwrap();
+        let saved = t.save_config();
+        let uuid = call(&t, "bdev_get_bdevs", json!({"name": "EE_Aio1"})).unwrap()[0]["uuid"].clone();
+        t.shutdown();
+        drop(t);
+
+        let t = Target::new(1);
+        t.load_config(&saved).unwrap();
+        let ee = &call(&t, "bdev_get_bdevs", json!({"name": "EE_Aio1"})).unwrap()[0];
+        assert_eq!((ee["claimed"].clone(), ee["uuid"].clone()), (json!(true), uuid), "{ee}");
+        let ilog = &call(&t, "bdev_ilog_get_bdevs", json!({"name": "ilog0"})).unwrap()[0];
+        assert_eq!(ilog["primaries"][0]["name"], json!("EE_Aio1"), "{ilog}");
+        assert_eq!(t.save_config(), saved);
+        t.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn injections_take_spdk_params_and_fail_the_primary_that_the_ilog_bdev_then_degrades() {
+        let t = target_with_malloc();
+        call(&t, "bdev_malloc_create", json!({"name": "Malloc1", "num_blocks": 65536, "block_size": 4096})).unwrap();
+        call(&t, "bdev_error_create", json!({"base_name": "Malloc1"})).unwrap();
+        let inject = |p: Value| call(&t, "bdev_error_inject_error", p);
+        let bad: Vec<(Value, i32)> = vec![
+            (json!({"name": "Malloc1", "io_type": "all", "error_type": "failure"}), libc::ENODEV),
+            (json!({"name": "EE_Malloc1", "io_type": "all", "error_type": "pending"}), libc::ENOTSUP),
+            (json!({"name": "EE_Malloc1", "io_type": "read", "error_type": "failure", "nvme_sc": 2}), libc::EINVAL),
+            (json!({"name": "EE_Malloc1", "io_type": "read", "error_type": "nvme_failure"}), libc::EINVAL),
+            (json!({"name": "EE_Malloc1", "io_type": "read", "error_type": "corrupt_data"}), libc::EINVAL),
+        ];
+        for (p, errno) in bad {
+            assert_eq!(inject(p.clone()).unwrap_err().code, -errno, "{p}");
+        }
+        for p in [
+            json!({"name": "EE_Malloc1", "io_type": "erase", "error_type": "failure"}),
+            json!({"name": "EE_Malloc1", "io_type": "read", "error_type": "clear"}),
+            json!({"name": "EE_Malloc1", "io_type": "read"}),
+        ] {
+            assert_eq!(inject(p.clone()).unwrap_err().code, -32602, "{p}");
+        }
+        let primaries = || call(&t, "bdev_ilog_get_stats", json!({"name": "ilog0"})).unwrap()["primaries"].clone();
+        let p = json!({"name": "ilog0", "base_bdev_name": "Malloc0", "primary_bdev_names": ["EE_Malloc1"]});
+        call(&t, "bdev_ilog_create", p).unwrap();
+        // A new primary is synced whole first.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while primaries()[0]["state"] != json!("healthy") {
+            assert!(Instant::now() < deadline, "the first sync did not end: {}", primaries());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let ilog = t.lock().ilogs["ilog0"].ilog.clone();
+        let data = vec![0x3cu8; 8192];
+        ilog.write(0, &data).unwrap();
+        assert_eq!(primaries()[0]["state"], json!("healthy"));
+        inject(json!({"name": "EE_Malloc1", "io_type": "write", "error_type": "failure", "num": 5})).unwrap();
+        ilog.write(8, &data).expect("a write goes on when a primary fails");
+        let p = primaries();
+        assert_eq!(p[0]["state"], json!("degraded"), "{p}");
+        assert!(p[0]["write_errors"].as_u64().unwrap() >= 1, "{p}");
+        assert!(p[0]["dirty_blocks"].as_u64().unwrap() >= 2, "{p}");
+        let mut back = vec![0u8; 8192];
+        ilog.read(8, &mut back).unwrap();
+        assert_eq!(back, data);
+        inject(json!({"name": "EE_Malloc1", "io_type": "clear", "error_type": "failure"})).unwrap();
+        drop(ilog);
     }
 
     #[test]

@@ -368,6 +368,36 @@ fn specs(dir: &Path) -> Vec<Spec> {
         ),
         s("bdev_ilog_get_jobs", vec![field("name", Str, Optional)], json!({"name": "NoSuchBdev"})),
         s(
+            "bdev_ilog_rebuild_primary",
+            vec![
+                field("name", Str, Required),
+                field("primary_bdev_name", Str, Required),
+                field("full", Bool, Defaulted),
+            ],
+            json!({"name": "NoSuchBdev", "primary_bdev_name": "Malloc1"}),
+        ),
+        s(
+            "bdev_error_create",
+            vec![field("base_name", Str, Required), field("uuid", Str, Optional)],
+            json!({"base_name": "NoSuchBase"}),
+        ),
+        s("bdev_error_delete", vec![field("name", Str, Required)], json!({"name": "NoSuchBdev"})),
+        s(
+            "bdev_error_inject_error",
+            vec![
+                field("name", Str, Required),
+                field("io_type", Str, Required),
+                field("error_type", Str, Required),
+                field("nvme_sct", U32, Optional),
+                field("nvme_sc", U32, Optional),
+                field("num", U32, Optional),
+                field("queue_depth", U64, Optional),
+                field("corrupt_offset", U64, Optional),
+                field("corrupt_value", U8, Optional),
+            ],
+            json!({"name": "NoSuchBdev", "io_type": "all", "error_type": "failure"}),
+        ),
+        s(
             "bdev_malloc_create",
             vec![
                 field("name", Str, Optional),
@@ -591,6 +621,52 @@ fn semantic_cases(dir: &Path) -> Vec<Case> {
             expect,
         );
     }
+
+    for (label, names, expect) in [
+        ("not an array", json!("Malloc2"), Expect::Invalid),
+        ("not strings", json!([7]), Expect::Invalid),
+        ("the base", json!(["Malloc1"]), Expect::Invalid),
+        ("one twice", json!(["Malloc2", "Malloc2"]), Expect::Invalid),
+        ("unknown", json!(["NoSuchBdev"]), Expect::Code(ENODEV)),
+        ("claimed", json!(["Malloc0"]), Expect::Code(EBUSY)),
+        ("an ilog bdev", json!(["ilog0"]), Expect::Code(ENODEV)),
+        ("a volume bdev", json!(["ilog0@keep"]), Expect::Code(ENODEV)),
+    ] {
+        let p = json!({"name": "ilog9", "base_bdev_name": "Malloc1", "primary_bdev_names": names});
+        add(m, &format!("primary_bdev_names {label}"), p, expect);
+    }
+
+    let m = "bdev_ilog_rebuild_primary";
+    let rebuild = |primary: &str| json!({"name": "ilog0", "primary_bdev_name": primary});
+    add(m, "not a primary, none degraded", rebuild("Malloc1"), Expect::Code(EINVAL));
+    add(m, "its own base", rebuild("Malloc0"), Expect::Code(EINVAL));
+    add(m, "an unknown primary", rebuild("NoSuchBdev"), Expect::Code(ENODEV));
+    add(m, "an ilog bdev", rebuild("ilog0"), Expect::Code(ENODEV));
+    add(m, "of a volume bdev", json!({"name": "ilog0@keep", "primary_bdev_name": "Malloc1"}), Expect::Code(ENODEV));
+
+    let m = "bdev_error_create";
+    add(m, "claimed base", json!({"base_name": "Malloc0"}), Expect::Code(EBUSY));
+    add(m, "an ilog bdev", json!({"base_name": "ilog0"}), Expect::Code(ENODEV));
+    add(m, "a volume bdev", json!({"base_name": "ilog0@keep"}), Expect::Code(ENODEV));
+    add(m, "uuid not a uuid", json!({"base_name": "Malloc1", "uuid": "not-a-uuid"}), Expect::Invalid);
+
+    let m = "bdev_error_delete";
+    add(m, "a malloc bdev", json!({"name": "Malloc1"}), Expect::Code(ENODEV));
+    add(m, "an ilog bdev", json!({"name": "ilog0"}), Expect::Code(ENODEV));
+
+    let m = "bdev_error_inject_error";
+    let inject = |io: &str, error: &str| json!({"name": "Malloc1", "io_type": io, "error_type": error});
+    add(m, "not an error bdev", inject("all", "failure"), Expect::Code(ENODEV));
+    add(m, "an ilog bdev", json!({"name": "ilog0", "io_type": "all", "error_type": "failure"}), Expect::Code(ENODEV));
+    add(m, "unknown io_type", inject("erase", "failure"), Expect::Invalid);
+    add(m, "io_type upper case", inject("READ", "failure"), Expect::Invalid);
+    add(m, "clear as error_type", inject("read", "clear"), Expect::Invalid);
+    add(m, "unknown error_type", inject("read", "explode"), Expect::Invalid);
+    add(m, "nvme_failure without a status", inject("read", "nvme_failure"), Expect::Code(EINVAL));
+    let mut p = inject("read", "failure");
+    p["nvme_sc"] = json!(1);
+    add(m, "an NVMe status with failure", p, Expect::Code(EINVAL));
+    add(m, "corrupt_data without a value", inject("read", "corrupt_data"), Expect::Code(EINVAL));
 
     let m = "bdev_ilog_delete";
     add(m, "exported", json!({"name": "ilog0"}), Expect::Code(EBUSY));
@@ -1110,10 +1186,21 @@ fn check_consistent(conn: &mut Conn) -> Result<BTreeSet<String>, String> {
         if !claimed.insert(base.to_owned()) {
             return Err(format!("{base} is the base of two ilog bdevs"));
         }
+        for p in i["primaries"].as_array().into_iter().flatten() {
+            claimed.insert(p["name"].as_str().unwrap().to_owned());
+        }
         for v in i["volumes"].as_array().unwrap() {
             let bdev = v["bdev"].as_str().unwrap();
             if !bdevs.contains_key(bdev) {
                 return Err(format!("volume bdev {bdev} is not in bdev_get_bdevs"));
+            }
+        }
+    }
+    // An error bdev claims its base.
+    for b in bdevs.values() {
+        if let Some(base) = b["driver_specific"]["error_disk"]["base_bdev"].as_str() {
+            if !claimed.insert(base.to_owned()) {
+                return Err(format!("{base} is claimed twice"));
             }
         }
     }
@@ -1127,7 +1214,9 @@ fn check_consistent(conn: &mut Conn) -> Result<BTreeSet<String>, String> {
     for sub in config["subsystems"].as_array().unwrap() {
         for e in sub["config"].as_array().unwrap() {
             let m = e["method"].as_str().unwrap();
-            if m.ends_with("_create") {
+            if m == "bdev_error_create" {
+                created.insert(format!("EE_{}", e["params"]["base_name"].as_str().unwrap()));
+            } else if m.ends_with("_create") {
                 created.insert(e["params"]["name"].as_str().unwrap().to_owned());
             }
         }

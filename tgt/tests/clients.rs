@@ -764,3 +764,175 @@ fn the_ilog_command_follows_copies_with_progress() {
     assert!(!ok && err.contains("restore job") && err.contains("CRC mismatch"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `bdev_ilog_get_stats` over a raw connection (quicker than spdk-rpc, for
+/// polling): the primaries by name.
+fn primaries(tgt: &Tgt, ilog: &str) -> serde_json::Map<String, Value> {
+    let stats = tgt.raw(&json!({"jsonrpc": "2.0", "id": 1, "method": "bdev_ilog_get_stats", "params": {"name": ilog}}));
+    let stats = stats.expect("bdev_ilog_get_stats answers");
+    let list = stats["result"]["primaries"].as_array().unwrap_or_else(|| panic!("no primaries: {stats}")).clone();
+    list.into_iter().map(|p| (p["name"].as_str().unwrap().to_owned(), p)).collect()
+}
+
+/// Polls the stats until `done(primaries)`, at most `secs` seconds; the
+/// primaries then.
+fn wait_primaries(
+    tgt: &Tgt,
+    secs: u64,
+    what: &str,
+    done: impl Fn(&serde_json::Map<String, Value>) -> bool,
+) -> serde_json::Map<String, Value> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let p = primaries(tgt, "ilog0");
+        if done(&p) {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "{what}: not after {secs} s: {p:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn all_clean(p: &serde_json::Map<String, Value>) -> bool {
+    p.values().all(|p| p["state"] == "healthy" && p["dirty_blocks"] == 0)
+}
+
+/// The first `image.len()` bytes of `file` equal `image`, block for block.
+fn assert_file_holds(file: &Path, image: &[u8], bs: usize) {
+    let data = std::fs::read(file).unwrap();
+    assert!(data.len() >= image.len(), "{} is shorter than the volume", file.display());
+    let differ: Vec<usize> = (0..image.len() / bs).filter(|b| data[b * bs..][..bs] != image[b * bs..][..bs]).collect();
+    assert!(
+        differ.is_empty(),
+        "{} differs from the volume in {} blocks of {bs}, the first ones {:?}",
+        file.display(),
+        differ.len(),
+        &differ[..differ.len().min(8)]
+    );
+}
+
+/// Two file primaries mirror a malloc base's volume, one through SPDK's
+/// error bdev (`EE_Aio1`). fio writes 24 MiB at random over NBD and
+/// verifies it while, a moment in, `bdev_error_inject_error` makes every
+/// I/O of `EE_Aio1` fail: no client error, `EE_Aio1` degraded with the
+/// blocks it missed dirty, `Aio2` healthy. Once the errors are cleared,
+/// `bdev_ilog_rebuild_primary` copies only those blocks (incremental), and
+/// each primary file then holds the volume byte for byte, as a snapshot of
+/// it (whose reads never go to a primary) reads over NBD. A `--full`
+/// rebuild then restores a primary whose file was overwritten behind the
+/// target's back.
+#[test]
+fn fio_verifies_over_nbd_while_a_primary_fails_and_the_rebuild_makes_it_equal() {
+    let dir = scratch_dir("primaries");
+    let tgt = Tgt::start(&dir, "0x3", None);
+    tgt.ok(&["bdev_malloc_create", "-b", "Malloc0", "128", "4096"]);
+    let (aio1, aio2) = (dir.join("aio1.img"), dir.join("aio2.img"));
+    for (file, name) in [(&aio1, "Aio1"), (&aio2, "Aio2")] {
+        // As large as the base: larger than the volume.
+        std::fs::File::create(file).unwrap().set_len(128 * MIB).unwrap();
+        tgt.ok(&["bdev_aio_create", file.to_str().unwrap(), name, "4096"]);
+    }
+    assert_eq!(tgt.ok(&["bdev_error_create", "Aio1"]), json!(true));
+    let ee = &tgt.ok(&["bdev_get_bdevs", "-b", "EE_Aio1"])[0];
+    assert_eq!(ee["product_name"], "Error Injection Disk", "{ee}");
+    tgt.ok(&["bdev_ilog_create", "-b", "Malloc0", "-p", "ilog0", "--primary-bdev-names", "EE_Aio1 Aio2"]);
+    assert_eq!(tgt.ok(&["bdev_get_bdevs", "-b", "EE_Aio1"])[0]["claimed"], json!(true));
+    let err = tgt.rpc(&["bdev_error_delete", "EE_Aio1"]).unwrap_err();
+    assert!(err.contains("-16"), "a claimed error bdev is not deleted: {err}");
+    let size = volume_bytes(&tgt, "ilog0");
+    let volume_blocks = size / 4096;
+    // New primaries are synced whole first.
+    wait_primaries(&tgt, 30, "the first sync", all_clean);
+
+    let sock = dir.join("ilog0.nbd");
+    tgt.ok(&["nbd_start_disk", "ilog0", sock.to_str().unwrap()]);
+    let fio_bytes = 24 * MIB;
+    // Flushed before the failure: not rebuilt.
+    qemu_io(&sock, false, &["write -P 0x5c 24M 4M", "flush"]);
+    let written = || {
+        let s =
+            tgt.raw(&json!({"jsonrpc": "2.0", "id": 1, "method": "bdev_ilog_get_stats", "params": {"name": "ilog0"}}));
+        s.unwrap()["result"]["user_bytes_written"].as_u64().unwrap()
+    };
+    let before = written();
+    // Writes at 4 MiB/s: about 6 s of them, so that the failure comes in
+    // the middle; the verify reads after them are not held back.
+    let mut fio = tool("fio")
+        .args(["--name=primaries", "--ioengine=nbd", "--rw=randwrite", "--bs=4k", "--iodepth=16", "--rate=,4m"])
+        .arg(format!("--size={fio_bytes}"))
+        .args(["--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--numjobs=1", "--verify_state_save=0"])
+        .args(["--end_fsync=1", "--randrepeat=0"])
+        .arg(format!("--uri={}", nbd_uri(&sock)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run fio");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while written() - before < 2 * MIB {
+        assert!(Instant::now() < deadline && fio.try_wait().unwrap().is_none(), "fio did not get going");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tgt.ok(&["bdev_error_inject_error", "EE_Aio1", "all", "failure", "-n", "1000000"]);
+    let at_failure = written() - before;
+    assert!(at_failure < fio_bytes - 2 * MIB, "the failure came too late: fio had written {at_failure} bytes");
+    wait_primaries(&tgt, 20, "EE_Aio1 degraded", |p| p["EE_Aio1"]["state"] == "degraded");
+    let status = fio.wait().unwrap();
+    let mut out = String::new();
+    fio.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    fio.stderr.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(status.success() && !out.contains("verify failed") && out.contains("err= 0"), "fio failed: {out}");
+
+    let p = primaries(&tgt, "ilog0");
+    let (p1, p2) = (&p["EE_Aio1"], &p["Aio2"]);
+    assert_eq!(p1["state"], "degraded", "{p:?}");
+    let dirty = p1["dirty_blocks"].as_u64().unwrap();
+    assert!(dirty > 0 && dirty <= fio_bytes / 4096, "EE_Aio1 lacks some of fio's blocks: {p1}");
+    assert!(p1["write_errors"].as_u64().unwrap() + p1["read_errors"].as_u64().unwrap() > 0, "{p1}");
+    assert_eq!(p2["state"], "healthy", "{p:?}");
+    assert_eq!(p2["write_errors"], 0, "{p:?}");
+
+    // The primary returns: only what it missed is copied.
+    assert_eq!(tgt.ok(&["bdev_error_inject_error", "EE_Aio1", "clear", "failure"]), Value::Null);
+    tgt.ok(&["bdev_ilog_rebuild_primary", "ilog0", "-p", "EE_Aio1"]);
+    let p = wait_primaries(&tgt, 30, "the incremental rebuild", all_clean);
+    let total = p["EE_Aio1"]["rebuild_total_blocks"].as_u64().unwrap();
+    assert!(total >= dirty && total <= fio_bytes / 4096, "{total} blocks rebuilt, {dirty} were dirty: {p:?}");
+    // What it missed: the writes since the failure, and those before it
+    // since its last flush (they may be lost with its cache).
+    assert!(total * 3 < volume_blocks, "an incremental rebuild: {total} of {volume_blocks} blocks");
+    assert_eq!(p["EE_Aio1"]["rebuild_done_blocks"].as_u64().unwrap(), total, "{p:?}");
+    println!("failed after {at_failure} bytes of fio's; {dirty} blocks dirty, {total} rebuilt, of {volume_blocks}");
+
+    // Each primary holds the volume: a snapshot of it, read over NBD (a
+    // volume's reads go to the log and the baseline, never a primary).
+    tgt.ok(&["nbd_stop_disk", sock.to_str().unwrap()]);
+    tgt.ok(&["bdev_ilog_snapshot", "ilog0", "-n", "after"]);
+    let snap = dir.join("after.nbd");
+    tgt.ok(&["nbd_start_disk", "ilog0@after", snap.to_str().unwrap()]);
+    let image = tool("nbdcopy").arg(nbd_uri(&snap)).arg("-").output().unwrap();
+    assert!(image.status.success(), "nbdcopy: {}", String::from_utf8_lossy(&image.stderr));
+    let image = image.stdout;
+    assert_eq!(image.len() as u64, size);
+    assert!(image[..fio_bytes as usize].chunks(4096).all(|b| b.iter().any(|&x| x != 0)), "fio's blocks are there");
+    assert!(image[24 * MIB as usize..28 * MIB as usize].iter().all(|&x| x == 0x5c), "qemu-io's blocks are there");
+    wait_primaries(&tgt, 10, "clean primaries", all_clean);
+    assert_file_holds(&aio1, &image, 4096);
+    assert_file_holds(&aio2, &image, 4096);
+
+    // A full rebuild rewrites every block: Aio2's file overwritten behind
+    // the target's back reads as the volume again.
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&aio2).unwrap();
+        f.write_all(&vec![0xee; 4 * MIB as usize]).unwrap();
+        f.sync_all().unwrap();
+    }
+    tgt.ok(&["bdev_ilog_rebuild_primary", "ilog0", "-p", "Aio2", "--full"]);
+    let p = wait_primaries(&tgt, 30, "the full rebuild", all_clean);
+    assert_eq!(p["Aio2"]["rebuild_total_blocks"].as_u64().unwrap(), volume_blocks, "{p:?}");
+    assert_file_holds(&aio2, &image, 4096);
+    assert_file_holds(&aio1, &image, 4096);
+    let config = tgt.ok(&["save_config"]).to_string();
+    assert!(config.contains(r#""method":"bdev_error_create""#) && config.contains("EE_Aio1"), "{config}");
+    tgt.ok(&["nbd_stop_disk", snap.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
