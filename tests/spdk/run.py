@@ -998,6 +998,8 @@ ILOG_SPECS = [
     ("bdev_ilog_restore", [("name", "str", "req"), ("source", "str", "req"), ("resume_token", "str", "opt")],
      {"name": "NoSuchBdev", "source": "/no/such/dir/s"}),
     ("bdev_ilog_get_jobs", [("name", "str", "opt")], {"name": "NoSuchBdev"}),
+    ("bdev_ilog_rebuild_primary", [("name", "str", "req"), ("primary_bdev_name", "str", "req"),
+                                   ("full", "bool", "def")], {"name": "NoSuchBdev", "primary_bdev_name": "Malloc1"}),
 ]
 
 INVALID_PARAMS = -32602
@@ -1205,6 +1207,30 @@ def semantic_bad_cases():
     add(m, "into a claimed base", {"name": "Malloc0", "source": junk}, "error")
 
     add("bdev_ilog_get_jobs", "of an unknown bdev", {"name": "NoSuchBdev"}, ENODEV)
+
+    m = "bdev_ilog_create"
+    add(m, "an unknown primary", {"name": "ilog9", "base_bdev_name": "Malloc1", "primary_bdev_names": ["Nope"]},
+        ENODEV)
+    add(m, "a claimed primary", {"name": "ilog9", "base_bdev_name": "Malloc1", "primary_bdev_names": ["Malloc0"]},
+        "error")
+    add(m, "the base as a primary",
+        {"name": "ilog9", "base_bdev_name": "Malloc1", "primary_bdev_names": ["Malloc1"]}, "invalid")
+    add(m, "a primary twice",
+        {"name": "ilog9", "base_bdev_name": "Malloc1", "primary_bdev_names": ["Tiny", "Tiny"]}, "invalid")
+    add(m, "primaries not a list", {"name": "ilog9", "base_bdev_name": "Malloc1", "primary_bdev_names": "Tiny"},
+        "invalid")
+    add(m, "an empty primary name", {"name": "ilog9", "base_bdev_name": "Malloc1", "primary_bdev_names": [""]},
+        "invalid")
+    add(m, "five primaries", {"name": "ilog9", "base_bdev_name": "Malloc1",
+                              "primary_bdev_names": [f"P{i}" for i in range(5)]}, "invalid")
+
+    m = "bdev_ilog_rebuild_primary"
+    add(m, "an unknown bdev", {"name": "ilog0", "primary_bdev_name": "Nope"}, ENODEV)
+    add(m, "its own base", {"name": "ilog0", "primary_bdev_name": "Malloc0"}, "error")
+    # ilog0 has no primary: a free bdev replaces none (and is let go).
+    add(m, "no primary to replace", {"name": "ilog0", "primary_bdev_name": "Malloc1"}, EINVAL)
+    add(m, "too small", {"name": "ilog0", "primary_bdev_name": "Tiny"}, EINVAL)
+    add(m, "of a volume bdev", {"name": "ilog0@keep", "primary_bdev_name": "Malloc1"}, "error")
     return cases
 
 

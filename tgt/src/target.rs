@@ -467,13 +467,7 @@ impl Target {
         for name in &given {
             primaries.push((name.clone(), Some(Target::primary_bdev(&st, &p.name, name)?)));
         }
-        // The engine reads both superblock copies (blocks 0 and 1): a
-        // one-block base is not formatted, and the format says how small.
-        let recorded = match dev.num_blocks() {
-            0 | 1 => Err(Error::NotFormatted),
-            _ => ilog_bdev::engine::recorded_primaries(dev.as_ref()),
-        };
-        let formatted = match recorded {
+        let formatted = match ilog_bdev::engine::recorded_primaries(dev.as_ref()) {
             Err(Error::NotFormatted) => {
                 ilog_bdev::engine::format(dev.as_ref(), &p.format_options(), ilog_bdev::format::random_uuid())?;
                 log::info!("formatted {} for {}", p.base_bdev_name, p.name);

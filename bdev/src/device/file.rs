@@ -17,7 +17,7 @@ const QUEUE_DEPTH: usize = 256;
 
 /// Buffer alignment O_DIRECT needs: a page satisfies every logical block
 /// size Linux supports.
-const DIRECT_ALIGN: usize = 4096;
+pub(crate) const DIRECT_ALIGN: usize = 4096;
 
 /// A device stored in a file or on a block device.
 pub struct FileDevice {

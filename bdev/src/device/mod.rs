@@ -18,6 +18,7 @@ pub use buf::IoBuf;
 pub(crate) use buf::{lend, lend_mut};
 pub use dma::{install_allocator, DmaAllocator, DmaBuf};
 pub use file::FileDevice;
+pub(crate) use file::DIRECT_ALIGN;
 pub use malloc::MallocDevice;
 
 /// What a device request does.

@@ -1,6 +1,7 @@
 //! A core's side of the primaries: a channel to each, client writes
 //! mirrored to them, current reads served by them, their completions.
 
+use super::primary_align;
 use super::sync::SyncWalks;
 use crate::device::{DevChannel, DevOp, DevRequest, DevStatus, DmaBuf, IoBuf};
 use crate::engine::msg::{Msg, Piece, PieceOp};
@@ -56,7 +57,7 @@ impl Mirror {
         Mirror {
             chans: (0..primaries).map(|_| None).collect(),
             old: Vec::new(),
-            zeros: DmaBuf::new(if primaries == 0 { bs } else { stripe_bytes }, bs),
+            zeros: DmaBuf::new(if primaries == 0 { bs } else { stripe_bytes }, primary_align(bs)),
             free_reads: (0..reads.len() as u32).rev().collect(),
             reads,
             next: 0,

@@ -30,6 +30,13 @@ use crate::format::{PrimaryRecord, PrimaryState};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+/// The alignment of the buffers the engine writes primaries from (zeros,
+/// sync copies): a primary may be a file opened O_DIRECT, which takes
+/// page-aligned buffers whatever the block size.
+pub(super) fn primary_align(block_size: usize) -> usize {
+    block_size.max(crate::device::DIRECT_ALIGN)
+}
+
 /// A primary device as a runtime hands it over (a newtype so requests can
 /// carry one and still print).
 #[derive(Clone)]

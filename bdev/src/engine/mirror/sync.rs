@@ -46,7 +46,7 @@ impl SyncWalks {
         let slots = if primaries == 0 { 0 } else { SLOTS };
         SyncWalks {
             walks: (0..primaries).map(|_| None).collect(),
-            bufs: (0..slots).map(|_| DmaBuf::new(RUN_BLOCKS as usize * bs, bs)).collect(),
+            bufs: (0..slots).map(|_| DmaBuf::new(RUN_BLOCKS as usize * bs, super::primary_align(bs))).collect(),
             copies: (0..slots).map(|_| None).collect(),
         }
     }

@@ -19,6 +19,10 @@ pub type PrimaryOpen = (String, Option<Arc<dyn BlockDevice>>);
 /// The names of the primaries a formatted device's checkpoint records, for
 /// a runtime to open before it mounts.
 pub fn recorded_primaries(dev: &dyn BlockDevice) -> Result<Vec<String>> {
+    if dev.num_blocks() < 2 {
+        // No room for the two superblock copies: never formatted.
+        return Err(Error::NotFormatted);
+    }
     let mut io = SyncIo::new(dev)?;
     let (a, b) = (io.read(0, 1)?, io.read(1, 1)?);
     let sb = Superblock::choose(&a, &b, dev.num_blocks(), dev.block_size())?;
