@@ -19,7 +19,7 @@
 mod common;
 
 use common::io::{lend, lend_mut};
-use common::sim::small_format;
+use common::sim::{decode, fill, small_format};
 use ilog_bdev::device::sim::{Faults, SimDisk};
 use ilog_bdev::device::BlockDevice;
 use ilog_bdev::engine::{PrimaryDevice, Reply, Request, Stats, View};
@@ -32,28 +32,6 @@ use std::sync::Arc;
 
 const BS: u32 = 512;
 const DEVICE_BLOCKS: u64 = 4096;
-
-/// Block `lba` holding value `v` (0: zeros): (v, lba) repeated.
-fn fill(buf: &mut [u8], v: u64, lba: u64) {
-    if v == 0 {
-        buf.fill(0);
-        return;
-    }
-    for pair in buf.chunks_exact_mut(16) {
-        pair[..8].copy_from_slice(&v.to_le_bytes());
-        pair[8..].copy_from_slice(&lba.to_le_bytes());
-    }
-}
-
-fn decode(buf: &[u8], lba: u64) -> Option<u64> {
-    if buf.iter().all(|&b| b == 0) {
-        return Some(0);
-    }
-    let v = u64::from_le_bytes(buf[..8].try_into().unwrap());
-    let mut pair = [0u8; 16];
-    fill(&mut pair, v, lba);
-    buf.chunks_exact(16).all(|p| p == pair).then_some(v)
-}
 
 /// What a block may hold.
 #[derive(Clone, Default)]

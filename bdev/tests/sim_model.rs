@@ -24,6 +24,7 @@
 mod common;
 
 use common::io::{lend, lend_mut};
+use common::sim::{decode, fill};
 use ilog_bdev::device::sim::Faults;
 use ilog_bdev::engine::{audit_space, CompactMode, LogEntryKind, Reply, Request, View};
 use ilog_bdev::format::FormatOptions;
@@ -35,31 +36,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Values a block may hold; 0 is zeros.
 type Cand = BTreeSet<u64>;
-
-/// Block `lba` holding value `v`: (v, lba) repeated, so a torn or misplaced
-/// block never decodes as a valid value.
-fn fill(buf: &mut [u8], v: u64, lba: u64) {
-    if v == 0 {
-        buf.fill(0);
-        return;
-    }
-    for pair in buf.chunks_exact_mut(16) {
-        pair[..8].copy_from_slice(&v.to_le_bytes());
-        pair[8..].copy_from_slice(&lba.to_le_bytes());
-    }
-}
-
-/// The value a block holds, or `None` for bytes no write produced.
-fn decode(buf: &[u8], lba: u64) -> Option<u64> {
-    if buf.iter().all(|&b| b == 0) {
-        return Some(0);
-    }
-    let v = u64::from_le_bytes(buf[..8].try_into().unwrap());
-    let mut expect = [0u8; 16];
-    expect[..8].copy_from_slice(&v.to_le_bytes());
-    expect[8..].copy_from_slice(&lba.to_le_bytes());
-    buf.chunks_exact(16).all(|p| p == expect).then_some(v)
-}
 
 struct WriteRec {
     value: u64,

@@ -64,3 +64,27 @@ pub fn for_each_seed(test: &str, run: impl Fn(u64) + std::panic::RefUnwindSafe) 
     }
     seeds.len()
 }
+
+/// Block `lba` holding value `v` (0: zeros): (v, lba) repeated, so a torn
+/// or misplaced block never decodes as a valid value.
+pub fn fill(buf: &mut [u8], v: u64, lba: u64) {
+    if v == 0 {
+        buf.fill(0);
+        return;
+    }
+    for pair in buf.chunks_exact_mut(16) {
+        pair[..8].copy_from_slice(&v.to_le_bytes());
+        pair[8..].copy_from_slice(&lba.to_le_bytes());
+    }
+}
+
+/// The value block `lba` holds, or `None` for bytes no [`fill`] produced.
+pub fn decode(buf: &[u8], lba: u64) -> Option<u64> {
+    if buf.iter().all(|&b| b == 0) {
+        return Some(0);
+    }
+    let v = u64::from_le_bytes(buf[..8].try_into().unwrap());
+    let mut pair = [0u8; 16];
+    fill(&mut pair, v, lba);
+    buf.chunks_exact(16).all(|p| p == pair).then_some(v)
+}
