@@ -18,7 +18,6 @@ use std::fs;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -834,49 +833,31 @@ impl Session<'_> {
                 }
                 Err(e) => self.answer(reply, Err(e)),
             },
-            CMD_WRITE => {
-                let checked = self
-                    .allowed(req.flags, CMD_FLAG_FUA)
-                    .and_then(|()| self.writable())
-                    .and_then(|()| self.blocks(req, NBD_ENOSPC));
-                match checked {
-                    Ok((lba, blocks)) => {
-                        let mut buf = DmaBuf::new(req.len as usize, self.geo.align);
-                        self.input.read_exact(&mut buf)?;
-                        let io = ExportIo::Write { lba, blocks, buf: buf.io_buf() };
-                        self.submit(io, Reply { buf: Some(buf), flush_first: fua, ..reply });
-                    }
-                    Err(e) => {
-                        discard(self.input, u64::from(req.len))?;
-                        self.answer(reply, Err(e));
-                    }
+            CMD_WRITE => match self.modifiable_blocks(req, CMD_FLAG_FUA, NBD_ENOSPC) {
+                Ok((lba, blocks)) => {
+                    let mut buf = DmaBuf::new(req.len as usize, self.geo.align);
+                    self.input.read_exact(&mut buf)?;
+                    let io = ExportIo::Write { lba, blocks, buf: buf.io_buf() };
+                    self.submit(io, Reply { buf: Some(buf), flush_first: fua, ..reply });
                 }
-            }
+                Err(e) => {
+                    discard(self.input, u64::from(req.len))?;
+                    self.answer(reply, Err(e));
+                }
+            },
             CMD_FLUSH => match self.allowed(req.flags, CMD_FLAG_FUA) {
                 // Nothing was written through a read-only export, so there is nothing to flush.
                 Ok(()) if self.geo.read_only => self.answer(reply, Ok(())),
                 Ok(()) => self.submit(ExportIo::Flush, reply),
                 Err(e) => self.answer(reply, Err(e)),
             },
-            CMD_TRIM => {
-                let checked = self
-                    .allowed(req.flags, CMD_FLAG_FUA)
-                    .and_then(|()| self.writable())
-                    .and_then(|()| self.blocks(req, NBD_EINVAL));
-                match checked {
-                    Ok((lba, blocks)) => {
-                        self.submit(ExportIo::Trim { lba, blocks }, Reply { flush_first: fua, ..reply })
-                    }
-                    Err(e) => self.answer(reply, Err(e)),
-                }
-            }
+            CMD_TRIM => match self.modifiable_blocks(req, CMD_FLAG_FUA, NBD_EINVAL) {
+                Ok((lba, blocks)) => self.submit(ExportIo::Trim { lba, blocks }, Reply { flush_first: fua, ..reply }),
+                Err(e) => self.answer(reply, Err(e)),
+            },
             CMD_WRITE_ZEROES => {
                 // NBD_CMD_FLAG_NO_HOLE needs nothing: how the export stores zeroes is its business.
-                let checked = self
-                    .allowed(req.flags, CMD_FLAG_FUA | CMD_FLAG_NO_HOLE)
-                    .and_then(|()| self.writable())
-                    .and_then(|()| self.blocks(req, NBD_ENOSPC));
-                match checked {
+                match self.modifiable_blocks(req, CMD_FLAG_FUA | CMD_FLAG_NO_HOLE, NBD_ENOSPC) {
                     Ok((lba, blocks)) => {
                         self.submit(ExportIo::WriteZeroes { lba, blocks }, Reply { flush_first: fua, ..reply })
                     }
@@ -903,6 +884,12 @@ impl Session<'_> {
         } else {
             Ok(())
         }
+    }
+
+    /// The range of a request that changes blocks (write, trim, write zeroes): its flags within `allowed`, the export
+    /// writable, the range checked as `blocks` does.
+    fn modifiable_blocks(&self, req: &Request, allowed: u16, beyond_end: u32) -> Result<(u64, u32), u32> {
+        self.allowed(req.flags, allowed).and_then(|()| self.writable()).and_then(|()| self.blocks(req, beyond_end))
     }
 
     /// The request's range in blocks: EINVAL when empty or not block-aligned, `beyond_end` when past the end (the
@@ -1131,14 +1118,13 @@ impl Listener {
 
     /// Makes a blocked (or the next) `accept` return at once, so the accept thread can see `stopping`.
     fn wake_accept(&self) {
-        let fd = match self {
-            Listener::Unix(listener) => listener.as_raw_fd(),
-            Listener::Tcp(listener) => listener.as_raw_fd(),
+        // On Linux, shutdown(2) makes accept(2) on a listening socket fail with EINVAL, waking a thread blocked in it.
+        let woken = match self {
+            Listener::Unix(listener) => rustix::net::shutdown(listener, rustix::net::Shutdown::Both),
+            Listener::Tcp(listener) => rustix::net::shutdown(listener, rustix::net::Shutdown::Both),
         };
-        // SAFETY: `fd` is the listener's open socket, kept open by `self`; shutdown(2) only changes socket state.
-        // On Linux it makes accept(2) on a listening socket fail with EINVAL, waking a thread blocked in it.
-        if unsafe { libc::shutdown(fd, libc::SHUT_RDWR) } != 0 {
-            warn!("NBD: shutting the listening socket down failed: {}", io::Error::last_os_error());
+        if let Err(e) = woken {
+            warn!("NBD: shutting the listening socket down failed: {}", io::Error::from(e));
         }
     }
 }

@@ -938,9 +938,13 @@ impl Target {
 
 /// Physical memory: no malloc bdev can be larger.
 fn host_memory_bytes() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
-    u64::try_from(pages).unwrap_or(0).saturating_mul(u64::try_from(page).unwrap_or(0))
+    // "MemTotal:       24596516 kB"
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    kib.map_or(u64::MAX, |k| k.saturating_mul(1024))
 }
 
 fn check_uuid(uuid: Option<&str>) -> Result<(), RpcError> {

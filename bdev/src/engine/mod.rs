@@ -38,15 +38,12 @@ mod summaries;
 mod tag;
 mod writer;
 
-pub use mirror::{PrimaryDevice, PrimaryInfo};
-pub use mount::{
-    format, mount, mount_with_clock, mount_with_primaries, recorded_primaries, MountReport, Mounted, PrimaryOpen,
-};
+pub use mount::{format, mount, mount_with_clock, mount_with_primaries, recorded_primaries, Mounted, PrimaryOpen};
 pub use policy::Policy;
 pub(crate) use request::check_volume_name;
 pub use request::{
-    volume_bdev_name, BdevInfo, CompactMode, Extent, LogBatch, LogEntry, LogEntryKind, Reply, Request, Stats, View,
-    VolumeInfo, MAX_LOG_READ_DATA_BYTES,
+    volume_bdev_name, BdevInfo, CompactMode, Extent, LogBatch, LogEntry, LogEntryKind, MountReport, PrimaryDevice,
+    PrimaryInfo, Reply, Request, Stats, View, VolumeInfo, MAX_LOG_READ_DATA_BYTES,
 };
 pub use shard::{audit_space, Shard};
 pub use shared::{Clock, Submitter, SystemClock};

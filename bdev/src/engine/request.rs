@@ -1,7 +1,9 @@
 //! What clients ask of an ilog bdev, and what they get back.
 
-use crate::device::IoBuf;
+use crate::device::{BlockDevice, IoBuf};
 use crate::error::{Error, Result};
+use crate::format::PrimaryState;
+use std::sync::Arc;
 
 /// Which image a read sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +103,7 @@ pub enum Request {
     /// durable when it completes.
     RebuildPrimary {
         name: String,
-        device: super::mirror::PrimaryDevice,
+        device: PrimaryDevice,
         full: bool,
     },
     /// The runtime lost primary `name`'s device (hot-removed): it is
@@ -162,7 +164,7 @@ pub struct BdevInfo {
     pub num_blocks: u64,
     pub cores: u32,
     pub volumes: Vec<VolumeInfo>,
-    pub primaries: Vec<super::mirror::PrimaryInfo>,
+    pub primaries: Vec<PrimaryInfo>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,9 +248,9 @@ pub struct Stats {
     pub volumes_retired: u64,
     /// The last mount: after a crash (the log replayed) or a clean close,
     /// how long it took and how much it read.
-    pub last_mount: super::mount::MountReport,
+    pub last_mount: MountReport,
     pub policy_actions: u64,
-    pub primaries: Vec<super::mirror::PrimaryInfo>,
+    pub primaries: Vec<PrimaryInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,4 +288,42 @@ pub(crate) fn check_volume_name(name: &str) -> Result<()> {
             crate::format::MAX_VOLUME_NAME
         )))
     }
+}
+
+/// A primary device as a runtime hands it over (a newtype so requests can
+/// carry one and still print).
+#[derive(Clone)]
+pub struct PrimaryDevice(pub Arc<dyn BlockDevice>);
+
+impl std::fmt::Debug for PrimaryDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PrimaryDevice({} blocks of {})", self.0.num_blocks(), self.0.block_size())
+    }
+}
+
+/// A primary's state and progress, for the stats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrimaryInfo {
+    pub name: String,
+    pub state: PrimaryState,
+    /// Blocks it lacks.
+    pub dirty_blocks: u64,
+    /// Blocks copied to it since the last rebuild started, and how many
+    /// that rebuild had to copy (more join if writes miss it meanwhile).
+    pub rebuild_done_blocks: u64,
+    pub rebuild_total_blocks: u64,
+    pub reads: u64,
+    pub read_errors: u64,
+    pub write_errors: u64,
+}
+
+/// What a mount did, for the stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MountReport {
+    /// The bdev was not closed cleanly: the log since the checkpoint was
+    /// scanned and replayed.
+    pub crash: bool,
+    pub micros: u64,
+    /// Bytes mount read from the device.
+    pub read_bytes: u64,
 }

@@ -4,7 +4,7 @@
 use super::baseline::BaselineMap;
 use super::free::FreeSegments;
 use super::msg::Msg;
-use super::request::Request;
+use super::request::{MountReport, Request};
 use super::space::{Counters, SegmentSpace};
 use crate::error::{Error, Result};
 use crate::format::Geometry;
@@ -171,7 +171,7 @@ impl Submitter {
     }
 
     /// Each primary's state and rebuild progress.
-    pub fn primaries(&self) -> Vec<super::mirror::PrimaryInfo> {
+    pub fn primaries(&self) -> Vec<super::request::PrimaryInfo> {
         self.shared.primaries.iter().map(|p| p.info()).collect()
     }
 
@@ -202,15 +202,4 @@ impl Submitter {
         let core = self.origin(core, &req);
         self.shared.clients[core as usize].push((token, req)).map_err(|_| Error::Io(libc::EAGAIN))
     }
-}
-
-/// What a mount did, for the stats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MountReport {
-    /// The bdev was not closed cleanly: the log since the checkpoint was
-    /// scanned and replayed.
-    pub crash: bool,
-    pub micros: u64,
-    /// Bytes mount read from the device.
-    pub read_bytes: u64,
 }

@@ -18,6 +18,7 @@ use std::io::{IsTerminal, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -90,13 +91,6 @@ fn call(socket: &PathBuf, method: &str, params: Value) -> Result<Value, String> 
     }
 }
 
-/// Set by SIGINT: stop following the job, say how to go on.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
@@ -104,8 +98,10 @@ fn mib(bytes: u64) -> f64 {
 /// Follows job `id` to its end; `resume` is the command to go on with,
 /// given a token.
 fn follow(socket: &PathBuf, id: &Value, what: &str, resume: &dyn Fn(&str) -> String) -> Result<(), String> {
-    // SAFETY: installing a handler that only stores to an atomic.
-    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    // Set by SIGINT: stop following the job, say how to go on.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone())
+        .map_err(|e| format!("installing a SIGINT handler: {e}"))?;
     let bar = std::io::stdout().is_terminal().then(|| {
         let bar = ProgressBar::new(0);
         let style = ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
@@ -122,7 +118,7 @@ fn follow(socket: &PathBuf, id: &Value, what: &str, resume: &dyn Fn(&str) -> Str
         None => why,
     };
     loop {
-        if INTERRUPTED.load(Ordering::Relaxed) {
+        if interrupted.load(Ordering::Relaxed) {
             let why = format!("interrupted: {what} job {id} goes on in the target");
             return Err(stopped(why, &token));
         }

@@ -3,8 +3,8 @@
 //! ended.
 
 use super::{Op, Shard};
-use crate::engine::mirror::PrimaryDevice;
 use crate::engine::msg::Msg;
+use crate::engine::request::PrimaryDevice;
 use crate::error::{Error, Result};
 use crate::format::PrimaryState;
 

@@ -26,6 +26,7 @@ pub(super) use io::Mirror;
 pub(super) use sync::SYNC_ORIGIN;
 
 use crate::device::BlockDevice;
+use crate::engine::request::PrimaryInfo;
 use crate::format::{PrimaryRecord, PrimaryState};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -35,33 +36,6 @@ use std::sync::{Arc, Mutex};
 /// page-aligned buffers whatever the block size.
 pub(super) fn primary_align(block_size: usize) -> usize {
     block_size.max(crate::device::DIRECT_ALIGN)
-}
-
-/// A primary device as a runtime hands it over (a newtype so requests can
-/// carry one and still print).
-#[derive(Clone)]
-pub struct PrimaryDevice(pub Arc<dyn BlockDevice>);
-
-impl std::fmt::Debug for PrimaryDevice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PrimaryDevice({} blocks of {})", self.0.num_blocks(), self.0.block_size())
-    }
-}
-
-/// A primary's state and progress, for the stats.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PrimaryInfo {
-    pub name: String,
-    pub state: PrimaryState,
-    /// Blocks it lacks.
-    pub dirty_blocks: u64,
-    /// Blocks copied to it since the last rebuild started, and how many
-    /// that rebuild had to copy (more join if writes miss it meanwhile).
-    pub rebuild_done_blocks: u64,
-    pub rebuild_total_blocks: u64,
-    pub reads: u64,
-    pub read_errors: u64,
-    pub write_errors: u64,
 }
 
 /// One primary, shared by every core.
