@@ -4,12 +4,11 @@
 //! (one trampoline per method, the request to answer) is
 //! `ilog_bdev::spdk::ffi::rpc`.
 
-use crate::ilog::StreamTarget;
-use crate::ilog::{self as methods, Command};
+use crate::ilog::{self as methods, Command, CreateParams, StreamTarget};
 use crate::jobs::{self, Jobs};
 use crate::RpcError;
-use ilog_bdev::copy::{self, Destination, StreamStore};
-use ilog_bdev::engine::{volume_bdev_name, Reply, Request};
+use ilog_bdev::copy::{self, CopySpec, Destination, StreamStore};
+use ilog_bdev::engine::{volume_bdev_name, CompactMode, Reply, Request};
 use ilog_bdev::spdk::ffi::rpc::{register_rpc_methods, RpcRequest, MAX_METHODS};
 use ilog_bdev::spdk::{self as module, SpdkError};
 use serde_json::Value;
@@ -96,18 +95,7 @@ fn unexported_as_null(bdev: &str, mut result: Value) -> Value {
 
 fn execute(cmd: Command, r: Responder) {
     match cmd {
-        Command::Create(p) => {
-            let config = serde_json::to_string(&p).expect("params serialize");
-            let (name, base) = (p.name.clone(), p.base_bdev_name.clone());
-            let primaries = p.primary_bdev_names.clone().unwrap_or_default();
-            module::create(&name, &base, &primaries, p.format_options(), config, move |res| {
-                let created = res.map(|formatted| {
-                    p.warn_ignored(&formatted);
-                    methods::create_result(&p.name)
-                });
-                r.answer(created.map_err(rpc_error))
-            });
-        }
+        Command::Create(p) => create(p, r),
         Command::Delete { name } => {
             module::delete(&name, move |res| r.answer(res.map(|()| methods::done_result()).map_err(rpc_error)))
         }
@@ -154,27 +142,7 @@ fn execute(cmd: Command, r: Responder) {
             }
             other => unreachable!("stats answered {other:?}"),
         }),
-        Command::Compact { name, volume, mode, background } => {
-            let req = Request::Compact { volume, mode };
-            if !background {
-                return engine_call(name, req, r, |_, _| methods::compact_result(None));
-            }
-            let id = jobs().lock().expect("job table").start(&name);
-            let submitted = module::call(&name, req, move |result| {
-                let state = match result {
-                    Ok(_) => "done".to_owned(),
-                    Err(e) => format!("failed: {e}"),
-                };
-                jobs().lock().expect("job table").finish(id, state);
-            });
-            match submitted {
-                Ok(()) => r.ok(&methods::compact_result(Some(id))),
-                Err(e) => {
-                    jobs().lock().expect("job table").forget(id);
-                    r.err(&rpc_error(e))
-                }
-            }
-        }
+        Command::Compact { name, volume, mode, background } => compact(name, volume, mode, background, r),
         Command::SetPolicy { name, policy } => {
             engine_call(name, Request::SetPolicy { policy }, r, |_, _| methods::done_result())
         }
@@ -194,42 +162,8 @@ fn execute(cmd: Command, r: Responder) {
                 other => unreachable!("diff answered {other:?}"),
             })
         }
-        Command::Copy { name, spec, target } => {
-            let opened =
-                module::copy::volumes(&name).map_err(rpc_error).and_then(|src| Ok((src, stream_store(&target)?)));
-            let (src, store) = match opened {
-                Ok(v) => v,
-                Err(e) => return r.err(&e),
-            };
-            // Planning reads the engine (the diff): off the app thread.
-            let work = move || {
-                let plan = copy::plan(src.as_ref(), &spec)?;
-                Ok(jobs::start_copy(jobs(), &name, src, plan, store))
-            };
-            module::copy::off_thread(work, move |id: Result<u64, ilog_bdev::Error>| {
-                r.answer(id.map(methods::job_result).map_err(RpcError::from))
-            })
-        }
-        Command::Restore { name, source, resume_token } => {
-            let dst = if module::copy::is_ilog(&name) {
-                module::copy::volumes(&name).map(Destination::Ilog)
-            } else {
-                module::copy::open_bdev(&name).map(|dev| Destination::Device { name: name.clone(), dev })
-            };
-            let opened = dst.map_err(rpc_error).and_then(|dst| Ok((dst, stream_store(&source)?)));
-            let (dst, source) = match opened {
-                Ok(v) => v,
-                Err(e) => return r.err(&e),
-            };
-            // Planning reads the stream's header: off the app thread.
-            let work = move || {
-                let plan = copy::plan_restore(&dst, &source, resume_token.as_deref())?;
-                Ok(jobs::start_restore(jobs(), &name, dst, source, plan))
-            };
-            module::copy::off_thread(work, move |id: Result<u64, ilog_bdev::Error>| {
-                r.answer(id.map(methods::job_result).map_err(RpcError::from))
-            })
-        }
+        Command::Copy { name, spec, target } => copy(name, spec, target, r),
+        Command::Restore { name, source, resume_token } => restore(name, source, resume_token, r),
         Command::GetJobs { name } => match name {
             Some(name) if !module::bdev_exists(&name) => {
                 r.err(&RpcError::errno(libc::ENODEV, format!("No such bdev: {name}")))
@@ -245,6 +179,82 @@ fn execute(cmd: Command, r: Responder) {
             })
         }
     }
+}
+
+/// `bdev_ilog_create`: answered once the bdev and its volumes are registered.
+fn create(p: CreateParams, r: Responder) {
+    let config = serde_json::to_string(&p).expect("params serialize");
+    let (name, base) = (p.name.clone(), p.base_bdev_name.clone());
+    let primaries = p.primary_bdev_names.clone().unwrap_or_default();
+    module::create(&name, &base, &primaries, p.format_options(), config, move |res| {
+        let created = res.map(|formatted| {
+            p.warn_ignored(&formatted);
+            methods::create_result(&p.name)
+        });
+        r.answer(created.map_err(rpc_error))
+    });
+}
+
+/// `bdev_ilog_compact`: answered when done, or at once with a job id when `background`.
+fn compact(name: String, volume: Option<String>, mode: CompactMode, background: bool, r: Responder) {
+    let req = Request::Compact { volume, mode };
+    if !background {
+        return engine_call(name, req, r, |_, _| methods::compact_result(None));
+    }
+    let id = jobs().lock().expect("job table").start(&name);
+    let submitted = module::call(&name, req, move |result| {
+        let state = match result {
+            Ok(_) => "done".to_owned(),
+            Err(e) => format!("failed: {e}"),
+        };
+        jobs().lock().expect("job table").finish(id, state);
+    });
+    match submitted {
+        Ok(()) => r.ok(&methods::compact_result(Some(id))),
+        Err(e) => {
+            jobs().lock().expect("job table").forget(id);
+            r.err(&rpc_error(e))
+        }
+    }
+}
+
+/// `bdev_ilog_copy`: answered with the job id once the copy is planned.
+fn copy(name: String, spec: CopySpec, target: StreamTarget, r: Responder) {
+    let opened = module::copy::volumes(&name).map_err(rpc_error).and_then(|src| Ok((src, stream_store(&target)?)));
+    let (src, store) = match opened {
+        Ok(v) => v,
+        Err(e) => return r.err(&e),
+    };
+    // Planning reads the engine (the diff): off the app thread.
+    let work = move || {
+        let plan = copy::plan(src.as_ref(), &spec)?;
+        Ok(jobs::start_copy(jobs(), &name, src, plan, store))
+    };
+    module::copy::off_thread(work, move |id: Result<u64, ilog_bdev::Error>| {
+        r.answer(id.map(methods::job_result).map_err(RpcError::from))
+    })
+}
+
+/// `bdev_ilog_restore`: answered with the job id once the stream's header is read.
+fn restore(name: String, source: StreamTarget, resume_token: Option<String>, r: Responder) {
+    let dst = if module::copy::is_ilog(&name) {
+        module::copy::volumes(&name).map(Destination::Ilog)
+    } else {
+        module::copy::open_bdev(&name).map(|dev| Destination::Device { name: name.clone(), dev })
+    };
+    let opened = dst.map_err(rpc_error).and_then(|dst| Ok((dst, stream_store(&source)?)));
+    let (dst, source) = match opened {
+        Ok(v) => v,
+        Err(e) => return r.err(&e),
+    };
+    // Planning reads the stream's header: off the app thread.
+    let work = move || {
+        let plan = copy::plan_restore(&dst, &source, resume_token.as_deref())?;
+        Ok(jobs::start_restore(jobs(), &name, dst, source, plan))
+    };
+    module::copy::off_thread(work, move |id: Result<u64, ilog_bdev::Error>| {
+        r.answer(id.map(methods::job_result).map_err(RpcError::from))
+    })
 }
 
 fn jobs() -> &'static Arc<Mutex<Jobs>> {

@@ -9,12 +9,12 @@ use crate::export::{BaseExport, IlogExport};
 use crate::nbd::{Export, Listen, NbdServer};
 use ilog_bdev::copy::{self, Destination};
 use ilog_bdev::device::{BlockDevice, FileDevice, MallocDevice};
-use ilog_bdev::engine::{BdevInfo, PrimaryOpen};
+use ilog_bdev::engine::{BdevInfo, CompactMode, PrimaryOpen};
 use ilog_bdev::engine::{Request, View};
 use ilog_bdev::format::valid_block_size;
 use ilog_bdev::runtime::native::{Callback, Ilog, Reactors};
 use ilog_bdev::Error;
-use ilog_rpc::ilog::{self as methods, Command, CreateParams};
+use ilog_rpc::ilog::{self as methods, Command, CreateParams, StreamTarget};
 use ilog_rpc::jobs::{self, Jobs};
 use ilog_rpc::{Handler, RpcError};
 use serde::Deserialize;
@@ -511,59 +511,8 @@ impl Target {
     fn execute(&self, cmd: Command) -> Result<Value, RpcError> {
         match cmd {
             Command::Create(p) => self.ilog_create(p),
-            Command::Delete { name } => {
-                let mut st = self.lock();
-                if !st.ilogs.contains_key(&name) {
-                    return Err(no_such_bdev(&name));
-                }
-                if let Some(dev) = Target::exported(&st, &name) {
-                    return Err(busy(format!("bdev {name} or one of its volumes is exported at {dev}")));
-                }
-                // Other RPCs hold the bdev only for their call, and cannot
-                // reach it again while the state is locked: wait for them.
-                // Nothing changes until the engine is ours alone, so a busy
-                // answer leaves the bdev and its base claim as they were.
-                let deadline = Instant::now() + DELETE_WAIT;
-                while Arc::strong_count(&st.ilogs[&name].ilog) > 1 {
-                    if Instant::now() >= deadline {
-                        return Err(busy(format!("bdev {name} has I/O in flight")));
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                let bdev = st.ilogs.remove(&name).expect("checked");
-                let ilog = Arc::try_unwrap(bdev.ilog).unwrap_or_else(|_| unreachable!("no other holder, state locked"));
-                st.order.retain(|n| n != &name);
-                for base in st.bases.values_mut().filter(|b| b.claimed_by.as_deref() == Some(name.as_str())) {
-                    base.claimed_by = None;
-                }
-                ilog.close()?;
-                Ok(methods::done_result())
-            }
-            Command::GetBdevs { name } => {
-                let st = self.lock();
-                let infos = st
-                    .ilogs
-                    .iter()
-                    .filter(|(n, _)| name.as_ref().is_none_or(|want| want == *n))
-                    .map(|(n, b)| {
-                        Ok(BdevInfo {
-                            name: n.clone(),
-                            base_bdev_name: b.params.base_bdev_name.clone(),
-                            block_size: b.ilog.block_size(),
-                            num_blocks: b.ilog.volume_blocks(),
-                            cores: self.reactors.cores(),
-                            volumes: b.ilog.volumes()?,
-                            primaries: b.ilog.submitter().primaries(),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, Error>>()?;
-                if let Some(want) = &name {
-                    if infos.is_empty() {
-                        return Err(no_such_bdev(want));
-                    }
-                }
-                Ok(methods::bdevs_result(&infos))
-            }
+            Command::Delete { name } => self.ilog_delete(name),
+            Command::GetBdevs { name } => self.ilog_bdevs(name),
             Command::Snapshot { name, snapshot_name } => {
                 let ilog = self.ilog(&self.lock(), &name)?;
                 let v = ilog.snapshot(snapshot_name.as_deref())?;
@@ -593,29 +542,7 @@ impl Target {
                 stats["jobs"] = self.jobs.lock().expect("job table").of(Some(&name));
                 Ok(stats)
             }
-            Command::Compact { name, volume, mode, background } => {
-                let ilog = self.ilog(&self.lock(), &name)?;
-                if !background {
-                    ilog.compact(volume.as_deref(), mode)?;
-                    return Ok(methods::compact_result(None));
-                }
-                let id = self.jobs.lock().expect("job table").start(&name);
-                let table = self.jobs.clone();
-                let req = Request::Compact { volume, mode };
-                let done: Callback = Box::new(move |result| {
-                    let state = match result {
-                        Ok(_) => "done".to_owned(),
-                        Err(e) => format!("failed: {e}"),
-                    };
-                    log::info!("compaction job {id}: {state}");
-                    table.lock().expect("job table").finish(id, state);
-                });
-                if let Err(refused) = ilog.submit(None, req, done) {
-                    self.jobs.lock().expect("job table").forget(id);
-                    return Err(refused.error.into());
-                }
-                Ok(methods::compact_result(Some(id)))
-            }
+            Command::Compact { name, volume, mode, background } => self.compact(name, volume, mode, background),
             Command::SetPolicy { name, policy } => {
                 self.ilog(&self.lock(), &name)?.set_policy(&policy)?;
                 Ok(methods::done_result())
@@ -642,36 +569,9 @@ impl Target {
                 let plan = copy::plan(ilog.as_ref(), &spec)?;
                 Ok(methods::job_result(jobs::start_copy(&self.jobs, &name, ilog, plan, target)))
             }
-            Command::Restore { name, source, resume_token } => {
-                let (dst, source) = {
-                    let st = self.lock();
-                    let dst = match st.ilogs.get(&name) {
-                        Some(b) => Destination::Ilog(b.ilog.clone()),
-                        None => Destination::Device { name: name.clone(), dev: Target::plain_bdev(&st, &name)? },
-                    };
-                    (dst, jobs::stream_store(&source, |b| Target::plain_bdev(&st, b))?)
-                };
-                let plan = copy::plan_restore(&dst, &source, resume_token.as_deref())?;
-                Ok(methods::job_result(jobs::start_restore(&self.jobs, &name, dst, source, plan)))
-            }
+            Command::Restore { name, source, resume_token } => self.restore(name, source, resume_token),
             Command::RebuildPrimary { name, primary_bdev_name, full } => {
-                let (ilog, dev) = {
-                    let st = self.lock();
-                    (self.ilog(&st, &name)?, Target::primary_bdev(&st, &name, &primary_bdev_name)?)
-                };
-                ilog.rebuild_primary(&primary_bdev_name, dev, full)?;
-                // The rebuilt bdev is claimed; one it replaced is let go.
-                let mut st = self.lock();
-                let base = st.ilogs.get(&name).map(|b| b.params.base_bdev_name.clone()).unwrap_or_default();
-                let primaries: Vec<String> = ilog.submitter().primaries().into_iter().map(|p| p.name).collect();
-                for (n, b) in st.bases.iter_mut() {
-                    if primaries.contains(n) {
-                        b.claimed_by = Some(name.clone());
-                    } else if b.claimed_by.as_deref() == Some(name.as_str()) && *n != base {
-                        b.claimed_by = None;
-                    }
-                }
-                Ok(methods::done_result())
+                self.rebuild_primary(name, primary_bdev_name, full)
             }
             Command::GetJobs { name } => {
                 if let Some(name) = &name {
@@ -683,6 +583,129 @@ impl Target {
                 Ok(self.jobs.lock().expect("job table").of(name.as_deref()))
             }
         }
+    }
+
+    /// `bdev_ilog_delete`: a clean close, once no export and no other call holds the bdev.
+    fn ilog_delete(&self, name: String) -> Result<Value, RpcError> {
+        let mut st = self.lock();
+        if !st.ilogs.contains_key(&name) {
+            return Err(no_such_bdev(&name));
+        }
+        if let Some(dev) = Target::exported(&st, &name) {
+            return Err(busy(format!("bdev {name} or one of its volumes is exported at {dev}")));
+        }
+        // Other RPCs hold the bdev only for their call, and cannot
+        // reach it again while the state is locked: wait for them.
+        // Nothing changes until the engine is ours alone, so a busy
+        // answer leaves the bdev and its base claim as they were.
+        let deadline = Instant::now() + DELETE_WAIT;
+        while Arc::strong_count(&st.ilogs[&name].ilog) > 1 {
+            if Instant::now() >= deadline {
+                return Err(busy(format!("bdev {name} has I/O in flight")));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let bdev = st.ilogs.remove(&name).expect("checked");
+        let ilog = Arc::try_unwrap(bdev.ilog).unwrap_or_else(|_| unreachable!("no other holder, state locked"));
+        st.order.retain(|n| n != &name);
+        for base in st.bases.values_mut().filter(|b| b.claimed_by.as_deref() == Some(name.as_str())) {
+            base.claimed_by = None;
+        }
+        ilog.close()?;
+        Ok(methods::done_result())
+    }
+
+    /// `bdev_ilog_get_bdevs`: every ilog bdev, or the one named.
+    fn ilog_bdevs(&self, name: Option<String>) -> Result<Value, RpcError> {
+        let st = self.lock();
+        let infos = st
+            .ilogs
+            .iter()
+            .filter(|(n, _)| name.as_ref().is_none_or(|want| want == *n))
+            .map(|(n, b)| {
+                Ok(BdevInfo {
+                    name: n.clone(),
+                    base_bdev_name: b.params.base_bdev_name.clone(),
+                    block_size: b.ilog.block_size(),
+                    num_blocks: b.ilog.volume_blocks(),
+                    cores: self.reactors.cores(),
+                    volumes: b.ilog.volumes()?,
+                    primaries: b.ilog.submitter().primaries(),
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        if let Some(want) = &name {
+            if infos.is_empty() {
+                return Err(no_such_bdev(want));
+            }
+        }
+        Ok(methods::bdevs_result(&infos))
+    }
+
+    /// `bdev_ilog_compact`: at once, or as a job when `background`.
+    fn compact(
+        &self,
+        name: String,
+        volume: Option<String>,
+        mode: CompactMode,
+        background: bool,
+    ) -> Result<Value, RpcError> {
+        let ilog = self.ilog(&self.lock(), &name)?;
+        if !background {
+            ilog.compact(volume.as_deref(), mode)?;
+            return Ok(methods::compact_result(None));
+        }
+        let id = self.jobs.lock().expect("job table").start(&name);
+        let table = self.jobs.clone();
+        let req = Request::Compact { volume, mode };
+        let done: Callback = Box::new(move |result| {
+            let state = match result {
+                Ok(_) => "done".to_owned(),
+                Err(e) => format!("failed: {e}"),
+            };
+            log::info!("compaction job {id}: {state}");
+            table.lock().expect("job table").finish(id, state);
+        });
+        if let Err(refused) = ilog.submit(None, req, done) {
+            self.jobs.lock().expect("job table").forget(id);
+            return Err(refused.error.into());
+        }
+        Ok(methods::compact_result(Some(id)))
+    }
+
+    /// `bdev_ilog_restore`: a job applying stream `source` to ilog bdev `name`, or to a plain bdev.
+    fn restore(&self, name: String, source: StreamTarget, resume_token: Option<String>) -> Result<Value, RpcError> {
+        let (dst, source) = {
+            let st = self.lock();
+            let dst = match st.ilogs.get(&name) {
+                Some(b) => Destination::Ilog(b.ilog.clone()),
+                None => Destination::Device { name: name.clone(), dev: Target::plain_bdev(&st, &name)? },
+            };
+            (dst, jobs::stream_store(&source, |b| Target::plain_bdev(&st, b))?)
+        };
+        let plan = copy::plan_restore(&dst, &source, resume_token.as_deref())?;
+        Ok(methods::job_result(jobs::start_restore(&self.jobs, &name, dst, source, plan)))
+    }
+
+    /// `bdev_ilog_rebuild_primary`: the rebuilt bdev is claimed; one it replaced is let go.
+    fn rebuild_primary(&self, name: String, primary_bdev_name: String, full: bool) -> Result<Value, RpcError> {
+        let (ilog, dev) = {
+            let st = self.lock();
+            (self.ilog(&st, &name)?, Target::primary_bdev(&st, &name, &primary_bdev_name)?)
+        };
+        ilog.rebuild_primary(&primary_bdev_name, dev, full)?;
+        // The rebuilt bdev is claimed; one it replaced is let go.
+        let mut st = self.lock();
+        let base = st.ilogs.get(&name).map(|b| b.params.base_bdev_name.clone()).unwrap_or_default();
+        let primaries: Vec<String> = ilog.submitter().primaries().into_iter().map(|p| p.name).collect();
+        for (n, b) in st.bases.iter_mut() {
+            if primaries.contains(n) {
+                b.claimed_by = Some(name.clone());
+            } else if b.claimed_by.as_deref() == Some(name.as_str()) && *n != base {
+                b.claimed_by = None;
+            }
+        }
+        Ok(methods::done_result())
     }
 
     /// A base bdev to be a primary of ilog bdev `ilog`: unclaimed, or one
