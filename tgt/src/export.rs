@@ -15,10 +15,10 @@ pub struct IlogExport {
 }
 
 impl IlogExport {
-    /// An export whose request buffers are aligned to `align`, at least
-    /// the engine's.
-    pub fn new(ilog: Arc<Ilog>, view: View, align: usize) -> IlogExport {
-        let align = align.max(ilog.buf_align());
+    /// An export whose request buffers are aligned as the engine needs
+    /// (for its base and its primaries).
+    pub fn new(ilog: Arc<Ilog>, view: View) -> IlogExport {
+        let align = ilog.buf_align();
         IlogExport { ilog, view, align }
     }
 }

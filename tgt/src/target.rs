@@ -791,31 +791,16 @@ impl Target {
         }
     }
 
-    /// The buffer alignment the primaries of `ilog` need: the engine hands
-    /// a client's buffer to them as it is (zero copy) but reports only its
-    /// base bdev's alignment, so a file primary (O_DIRECT) would fail every
-    /// request (EINVAL) from a buffer aligned for a malloc base. A page, or
-    /// a block if larger, covers a file primary given later too.
-    fn primaries_align(st: &State, ilog: &Ilog) -> usize {
-        let primaries = ilog.submitter().primaries();
-        if primaries.is_empty() {
-            return 1;
-        }
-        let page = 4096.max(ilog.block_size() as usize);
-        primaries.iter().filter_map(|p| st.bases.get(&p.name)).map(|b| b.dev.buf_align()).fold(page, usize::max)
-    }
-
     /// The export behind a bdev name: an ilog bdev, one of its volumes
     /// (`<ilog>@<volume>`, read-only) or an unclaimed base bdev.
     fn export_of(&self, st: &State, bdev: &str) -> Result<Arc<dyn Export>, RpcError> {
         if let Some((ilog_name, volume)) = bdev.split_once('@') {
             let ilog = self.ilog(st, ilog_name)?;
             let v = ilog.volume(volume)?;
-            return Ok(Arc::new(IlogExport::new(ilog, View::Volume(v.partition), 1)));
+            return Ok(Arc::new(IlogExport::new(ilog, View::Volume(v.partition))));
         }
         if let Some(b) = st.ilogs.get(bdev) {
-            let align = Target::primaries_align(st, &b.ilog);
-            return Ok(Arc::new(IlogExport::new(b.ilog.clone(), View::Current, align)));
+            return Ok(Arc::new(IlogExport::new(b.ilog.clone(), View::Current)));
         }
         let base = st.bases.get(bdev).ok_or_else(|| no_such_bdev(bdev))?;
         if let Some(owner) = &base.claimed_by {

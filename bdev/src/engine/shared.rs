@@ -175,6 +175,19 @@ impl Submitter {
         self.shared.primaries.iter().map(|p| p.info()).collect()
     }
 
+    /// The alignment client buffers of current-image I/O need beyond the
+    /// base device's: a write goes to the primaries from the client's
+    /// buffer as it is, and a primary may be a file opened O_DIRECT (a
+    /// page, whatever its block size), given later by a rebuild too. 1
+    /// without primaries.
+    pub fn primaries_align(&self) -> usize {
+        if self.shared.primaries.is_empty() {
+            return 1;
+        }
+        let devices = self.shared.primaries.iter().filter_map(|p| p.device()).map(|d| d.buf_align());
+        devices.fold(super::mirror::primary_align(self.shared.geo.block_size as usize), usize::max)
+    }
+
     /// Changes whenever the volume table did: a runtime that exports the
     /// volumes polls it (one atomic load) and lists them again when it moved.
     pub fn volumes_generation(&self) -> u64 {

@@ -239,9 +239,10 @@ impl Ilog {
         self.submitter.volume_blocks()
     }
 
-    /// Buffer alignment the device needs for zero-copy I/O.
+    /// Buffer alignment zero-copy I/O needs: the base device's, and the
+    /// primaries' for the current image (see `Submitter::primaries_align`).
     pub fn buf_align(&self) -> usize {
-        self.align
+        self.align.max(self.submitter.primaries_align())
     }
 
     /// Submits `req` to `core` (the next one in turn if `None`); `done` runs

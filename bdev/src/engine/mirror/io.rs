@@ -16,6 +16,12 @@ use std::sync::atomic::Ordering::Relaxed;
 /// Reads a core may have in flight on the primaries.
 const PRIMARY_READS: usize = 1024;
 
+/// Current reads are spread over the primaries by address, in chunks of
+/// this many bytes: each primary serves its share of the volume (half of
+/// it with two), so a block is read from the same device each time and
+/// the devices' caches hold disjoint data.
+const READ_CHUNK_SHIFT: u32 = 18;
+
 struct Channel {
     generation: u64,
     chan: Box<dyn DevChannel>,
@@ -44,8 +50,6 @@ pub(in crate::engine) struct Mirror {
     zeros: DmaBuf,
     reads: Vec<Option<Piece>>,
     free_reads: Vec<u32>,
-    /// The primary the next read tries first.
-    next: usize,
     pub(in crate::engine) sync: SyncWalks,
     done: Vec<(usize, u64, DevStatus)>,
 }
@@ -60,7 +64,6 @@ impl Mirror {
             zeros: DmaBuf::new(if primaries == 0 { bs } else { stripe_bytes }, primary_align(bs)),
             free_reads: (0..reads.len() as u32).rev().collect(),
             reads,
-            next: 0,
             sync: SyncWalks::new(primaries, bs),
             done: Vec::new(),
         }
@@ -154,11 +157,11 @@ impl Shard {
         let (lba, blocks) = (e.lba, e.blocks);
         let mut missed = 0u8;
         let mut pending = 0u8;
+        // An earlier write of these blocks still on its way to the
+        // primaries, or a sync copy there, could land after this one.
+        let overlaps = |l: u64, n: u32| l < lba + u64::from(blocks) && lba < l + u64::from(n);
+        let racing = self.rob.iter().rev().skip(1).any(|r| r.mirror_pending > 0 && overlaps(r.lba, r.blocks));
         for p in 0..self.primary_count() {
-            // An earlier write of these blocks still on its way to the
-            // primary, or a sync copy there, could land after this one.
-            let overlaps = |l: u64, n: u32| l < lba + u64::from(blocks) && lba < l + u64::from(n);
-            let racing = self.rob.iter().rev().skip(1).any(|r| r.mirror_pending > 0 && overlaps(r.lba, r.blocks));
             let copying = self.mirror.sync.mark_stale(p, lba, u64::from(blocks));
             if !self.shared.primaries[p].in_service() || racing || copying || !self.primary_channel(p) {
                 missed |= 1 << p;
@@ -194,8 +197,10 @@ impl Shard {
         if n == 0 || piece.view != View::Current || self.mirror.free_reads.is_empty() {
             return false;
         }
+        let bs = u64::from(self.shared.geo.block_size);
+        let first = ((piece.lba * bs) >> READ_CHUNK_SHIFT) as usize;
         for i in 0..n {
-            let p = (self.mirror.next + i) % n;
+            let p = (first + i) % n;
             let primary = &self.shared.primaries[p];
             if piece.primaries_tried & (1 << p) != 0
                 || !primary.in_service()
@@ -204,7 +209,6 @@ impl Shard {
             {
                 continue;
             }
-            self.mirror.next = p + 1;
             let ctx = self.mirror.free_reads.pop().expect("checked");
             self.mirror.reads[ctx as usize] = Some(*piece);
             let (block, nblocks, buf) = (piece.lba, piece.blocks, piece.buf);
