@@ -14,7 +14,11 @@
 //! device is driven by the client thread itself through one channel: the
 //! device's speed with nothing between. `--fill` writes the whole volume
 //! (sequentially, 128 KiB at a time) before the timed run, so that it
-//! measures a full disk in steady state.
+//! measures a full disk in steady state. `--snapshots N` builds a chain of
+//! N snapshot volumes before the run (each after random writes of 1 % of
+//! the volume), `--read-volume` reads as of the oldest of them (every
+//! lookup N partitions deep), and `--snapshot-every SECS` takes snapshots
+//! during the run and reports how long each call took.
 
 mod report;
 mod target;
@@ -23,11 +27,13 @@ mod workload;
 use clap::Parser;
 use ilog_bdev::copy;
 use ilog_bdev::device::DmaBuf;
-use ilog_bdev::engine::{MountReport, Stats};
+use ilog_bdev::engine::{MountReport, Stats, View};
 use ilog_bdev::runtime::native::Ilog;
 use report::{Recorder, Report};
 use serde_json::json;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use target::{DeviceSpec, IlogTarget, Op, RawTarget, Target};
 use workload::{pattern, Kind, Workload};
@@ -90,6 +96,17 @@ struct Cli {
     /// rate, and the run's latency against the run before.
     #[arg(long)]
     copy: Option<std::path::PathBuf>,
+    /// Before the run, build a chain of this many snapshot volumes, each
+    /// after random writes of 1 % of the volume (`-o` each).
+    #[arg(long, default_value_t = 0)]
+    snapshots: u32,
+    /// Reads go to the oldest volume of the `--snapshots` chain, not the
+    /// current image.
+    #[arg(long, requires = "snapshots")]
+    read_volume: bool,
+    /// Take a snapshot every this many seconds during the run.
+    #[arg(long)]
+    snapshot_every: Option<f64>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -180,13 +197,16 @@ fn drive(target: &mut dyn Target, work: &mut Workload, qd: usize, io_bytes: usiz
 }
 
 /// Writes every block of `target` once, sequentially.
-fn fill(target: &mut dyn Target, qd: usize) {
+fn fill(target: &mut dyn Target, qd: usize) -> Result<(), String> {
     let blocks = target.blocks();
-    let units = blocks / u64::from(FILL_BLOCKS);
     let mut work = Workload::new(Kind::Write, FILL_BLOCKS, blocks, qd, 0, 0);
-    // Enough time for every unit, and no more: the run ends once `units`
-    // writes were issued (a sequential write workload wraps around).
-    let bytes = FILL_BLOCKS as usize * BLOCK_SIZE as usize;
+    write_units(target, &mut work, blocks / u64::from(FILL_BLOCKS), qd).map_err(|e| format!("fill: {e}"))
+}
+
+/// Issues `units` requests of the write workload `work` on `target`, `qd`
+/// at a time, and waits for them.
+fn write_units(target: &mut dyn Target, work: &mut Workload, units: u64, qd: usize) -> Result<(), String> {
+    let bytes = work.io_blocks() as usize * BLOCK_SIZE as usize;
     let mut slots: Vec<DmaBuf> = (0..qd).map(|_| DmaBuf::new(bytes, 4096)).collect();
     let mut free: Vec<usize> = (0..qd).collect();
     let (mut issued, mut completed) = (0u64, 0u64);
@@ -204,11 +224,48 @@ fn fill(target: &mut dyn Target, qd: usize) {
         }
         target.poll(&mut done);
         for (s, ok) in done.drain(..) {
-            assert!(ok, "a fill write failed");
+            if !ok {
+                return Err(format!("a write failed after {completed} of {units}"));
+            }
             completed += 1;
             free.push(s as usize);
         }
     }
+    Ok(())
+}
+
+/// Builds a chain of `n` snapshot volumes on `t`, each after random writes
+/// of 1 % of the volume (what every volume keeps must fit in the log's
+/// share): the oldest volume's partition.
+fn snapshot_chain(t: &mut IlogTarget, n: u32, io_blocks: u32, qd: usize, seed: u64) -> Result<u32, String> {
+    let blocks = t.blocks();
+    let mut oldest = None;
+    for i in 0..n {
+        let mut work = Workload::new(Kind::Randwrite, io_blocks, blocks, qd, 0, seed + u64::from(i));
+        write_units(t, &mut work, blocks / u64::from(io_blocks) / 100, qd)
+            .map_err(|e| format!("snapshot chain, round {i}: {e}"))?;
+        let v = t.ilog.snapshot(Some(&format!("perf-{i}"))).map_err(|e| format!("snapshot: {e}"))?;
+        oldest.get_or_insert(v.partition);
+    }
+    oldest.ok_or_else(|| "--snapshots 0: no chain".to_owned())
+}
+
+/// Takes a snapshot of `ilog` every `every` until `stop`: each call's
+/// duration.
+fn snapshot_every(ilog: Arc<Ilog>, every: Duration, stop: Arc<AtomicBool>) -> Result<Vec<Duration>, String> {
+    let mut took = Vec::new();
+    let mut next = Instant::now() + every;
+    while !stop.load(Ordering::Relaxed) {
+        if Instant::now() < next {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        let started = Instant::now();
+        ilog.snapshot(None).map_err(|e| format!("snapshot: {e}"))?;
+        took.push(started.elapsed());
+        next += every;
+    }
+    Ok(took)
 }
 
 /// Stops ilog as a crash would (no checkpoint, no flush) and mounts again,
@@ -286,25 +343,46 @@ fn run(cli: &Cli) -> Result<(), String> {
     if cli.io_size == 0 || cli.io_size % u64::from(BLOCK_SIZE) != 0 {
         return Err(format!("-o {}: a multiple of {BLOCK_SIZE} bytes", cli.io_size));
     }
+    if cli.read_volume && matches!(cli.workload, Kind::Verify) {
+        return Err("--read-volume with -w verify: verify reads back what it wrote to the current image".into());
+    }
     let io_blocks = (cli.io_size / u64::from(BLOCK_SIZE)) as u32;
     let duration = Duration::from_secs_f64(cli.seconds);
     let mut out = json!({"config": {
         "workload": cli.workload.name(), "queue_depth": cli.queue_depth, "io_size": cli.io_size,
         "seconds": cli.seconds, "cores": cli.cores, "device": format!("{:?}", cli.device), "size": cli.size,
-        "log_percent": cli.log_percent, "fill": cli.fill}});
+        "log_percent": cli.log_percent, "fill": cli.fill, "snapshots": cli.snapshots, "read_volume": cli.read_volume,
+        "snapshot_every": cli.snapshot_every}});
 
     let dev = cli.device.open(cli.size, BLOCK_SIZE)?;
     let mut ilog =
         IlogTarget::format_and_start(dev.clone(), cli.cores, cli.log_percent, cli.replay_window_mib.map(|m| m << 20))?;
     let volume_blocks = ilog.blocks();
     if cli.fill {
-        fill(&mut ilog, cli.queue_depth);
+        fill(&mut ilog, cli.queue_depth)?;
         settle(&ilog)?;
+    }
+    if cli.snapshots > 0 {
+        let oldest = snapshot_chain(&mut ilog, cli.snapshots, io_blocks, cli.queue_depth, cli.seed + 100)?;
+        if cli.read_volume {
+            ilog.view = View::Volume(oldest);
+        }
     }
     let before = ilog.ilog.stats().map_err(|e| e.to_string())?;
     let mut work = Workload::new(cli.workload, io_blocks, volume_blocks, cli.queue_depth, cli.rwmixread, cli.seed);
+    let stop = Arc::new(AtomicBool::new(false));
+    let snapshotter = cli.snapshot_every.map(|secs| {
+        let (ilog, stop) = (ilog.ilog.clone(), stop.clone());
+        std::thread::spawn(move || snapshot_every(ilog, Duration::from_secs_f64(secs), stop))
+    });
     let mut report = drive(&mut ilog, &mut work, cli.queue_depth, cli.io_size as usize, duration);
     report.name = "ilog".into();
+    stop.store(true, Ordering::Relaxed);
+    let snapshot_calls = match snapshotter {
+        Some(t) => Some(t.join().map_err(|_| "the snapshot thread panicked".to_owned())??),
+        None => None,
+    };
+    ilog.view = View::Current;
     let after = ilog.ilog.stats().map_err(|e| e.to_string())?;
     let during_copy = match &cli.copy {
         Some(path) => {
@@ -339,12 +417,16 @@ fn run(cli: &Cli) -> Result<(), String> {
     };
     out["ilog"] = report.json();
     out["ilog_stats"] = stats_json(&run_stats);
+    if let Some(calls) = &snapshot_calls {
+        let ms: Vec<f64> = calls.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        out["snapshots"] = json!({"count": ms.len(), "ms": ms});
+    }
 
     let raw = if cli.compare_raw {
         let dev = cli.device.open(cli.size, BLOCK_SIZE)?;
         let mut raw = RawTarget::new(dev, volume_blocks)?;
         if cli.fill {
-            fill(&mut raw, cli.queue_depth);
+            fill(&mut raw, cli.queue_depth)?;
         }
         let mut work = Workload::new(cli.workload, io_blocks, volume_blocks, cli.queue_depth, cli.rwmixread, cli.seed);
         let mut r = drive(&mut raw, &mut work, cli.queue_depth, cli.io_size as usize, duration);
@@ -387,6 +469,10 @@ fn run(cli: &Cli) -> Result<(), String> {
             run_stats.segments_freed
         );
         println!("{}", report.series_line());
+        if let Some(calls) = &snapshot_calls {
+            let ms: Vec<String> = calls.iter().map(|d| format!("{:.2}", d.as_secs_f64() * 1000.0)).collect();
+            println!("snapshots taken during the run (ms each): {}", ms.join(" "));
+        }
         if let Some(r) = &raw {
             println!("{}", r.series_line());
         }

@@ -79,6 +79,11 @@ impl Workload {
         }
     }
 
+    /// Blocks per request.
+    pub fn io_blocks(&self) -> u32 {
+        self.io_blocks
+    }
+
     fn unit(&self, unit: u64) -> u64 {
         unit * u64::from(self.io_blocks)
     }
