@@ -325,7 +325,9 @@ fn settle(t: &IlogTarget) -> Result<(), String> {
 }
 
 fn stats_json(s: &Stats) -> serde_json::Value {
-    let wa = s.device_bytes_written as f64 / s.user_bytes_written.max(1) as f64;
+    // None when the run wrote nothing (a read run, during which the log
+    // may still drain what a fill left).
+    let wa = (s.user_bytes_written > 0).then(|| s.device_bytes_written as f64 / s.user_bytes_written as f64);
     json!({
         "volume_blocks": s.volume_blocks,
         "log_capacity_bytes": s.log_capacity_bytes,
@@ -461,12 +463,10 @@ fn run(cli: &Cli) -> Result<(), String> {
             println!("ilog/raw: IOPS {:.2}x, p99 {:.2}x", report.iops / r.iops, report.p99_us / r.p99_us);
         }
         let s = &out["ilog_stats"];
+        let wa = s["write_amplification"].as_f64().map_or("- (nothing written)".to_owned(), |wa| format!("{wa:.2}"));
         println!(
-            "ilog during the run: write amplification {:.2}, {} drains, {} compactions, {} segments freed",
-            s["write_amplification"].as_f64().unwrap_or(0.0),
-            run_stats.drains,
-            run_stats.compactions,
-            run_stats.segments_freed
+            "ilog during the run: write amplification {wa}, {} drains, {} compactions, {} segments freed",
+            run_stats.drains, run_stats.compactions, run_stats.segments_freed
         );
         println!("{}", report.series_line());
         if let Some(calls) = &snapshot_calls {
