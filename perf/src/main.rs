@@ -17,8 +17,9 @@
 //! measures a full disk in steady state. `--snapshots N` builds a chain of
 //! N snapshot volumes before the run (each after random writes of 1 % of
 //! the volume), `--read-volume` reads as of the oldest of them (every
-//! lookup N partitions deep), and `--snapshot-every SECS` takes snapshots
-//! during the run and reports how long each call took.
+//! lookup N partitions deep), `--snapshot-every SECS` takes snapshots
+//! during the run and reports how long each call took, and `--compact`
+//! compacts the log in place back to back during the run.
 
 mod report;
 mod target;
@@ -27,7 +28,7 @@ mod workload;
 use clap::Parser;
 use ilog_bdev::copy;
 use ilog_bdev::device::DmaBuf;
-use ilog_bdev::engine::{MountReport, Stats, View};
+use ilog_bdev::engine::{CompactMode, MountReport, Stats, View};
 use ilog_bdev::runtime::native::Ilog;
 use report::{Recorder, Report};
 use serde_json::json;
@@ -41,6 +42,8 @@ use workload::{pattern, Kind, Workload};
 const BLOCK_SIZE: u32 = 4096;
 /// Blocks per write of `--fill`.
 const FILL_BLOCKS: u32 = 32;
+/// Between two compactions of `--compact`.
+const COMPACT_PAUSE: Duration = Duration::from_millis(10);
 
 #[derive(Parser, Debug)]
 #[command(name = "ilog-perf", about = "bdevperf for the ilog engine: ilog against its raw base device")]
@@ -107,6 +110,11 @@ struct Cli {
     /// Take a snapshot every this many seconds during the run.
     #[arg(long)]
     snapshot_every: Option<f64>,
+    /// Compact the log in place (`bdev_ilog_compact`, no volume) back to
+    /// back during the run, a short pause between calls (a call a full log
+    /// refuses is tried again).
+    #[arg(long)]
+    compact: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -250,9 +258,13 @@ fn snapshot_chain(t: &mut IlogTarget, n: u32, io_blocks: u32, qd: usize, seed: u
     oldest.ok_or_else(|| "--snapshots 0: no chain".to_owned())
 }
 
-/// Takes a snapshot of `ilog` every `every` until `stop`: each call's
-/// duration.
-fn snapshot_every(ilog: Arc<Ilog>, every: Duration, stop: Arc<AtomicBool>) -> Result<Vec<Duration>, String> {
+/// Calls `f` every `every` (the next call no sooner than the last one
+/// ended) until `stop`: each call's duration.
+fn repeat_until(
+    stop: Arc<AtomicBool>,
+    every: Duration,
+    mut f: impl FnMut() -> ilog_bdev::Result<()>,
+) -> ilog_bdev::Result<Vec<Duration>> {
     let mut took = Vec::new();
     let mut next = Instant::now() + every;
     while !stop.load(Ordering::Relaxed) {
@@ -261,9 +273,9 @@ fn snapshot_every(ilog: Arc<Ilog>, every: Duration, stop: Arc<AtomicBool>) -> Re
             continue;
         }
         let started = Instant::now();
-        ilog.snapshot(None).map_err(|e| format!("snapshot: {e}"))?;
+        f()?;
         took.push(started.elapsed());
-        next += every;
+        next = (next + every).max(Instant::now());
     }
     Ok(took)
 }
@@ -354,7 +366,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         "workload": cli.workload.name(), "queue_depth": cli.queue_depth, "io_size": cli.io_size,
         "seconds": cli.seconds, "cores": cli.cores, "device": format!("{:?}", cli.device), "size": cli.size,
         "log_percent": cli.log_percent, "fill": cli.fill, "snapshots": cli.snapshots, "read_volume": cli.read_volume,
-        "snapshot_every": cli.snapshot_every}});
+        "snapshot_every": cli.snapshot_every, "compact": cli.compact}});
 
     let dev = cli.device.open(cli.size, BLOCK_SIZE)?;
     let mut ilog =
@@ -373,17 +385,27 @@ fn run(cli: &Cli) -> Result<(), String> {
     let before = ilog.ilog.stats().map_err(|e| e.to_string())?;
     let mut work = Workload::new(cli.workload, io_blocks, volume_blocks, cli.queue_depth, cli.rwmixread, cli.seed);
     let stop = Arc::new(AtomicBool::new(false));
-    let snapshotter = cli.snapshot_every.map(|secs| {
+    let beside = |every: Duration, f: fn(&Ilog) -> ilog_bdev::Result<()>| {
         let (ilog, stop) = (ilog.ilog.clone(), stop.clone());
-        std::thread::spawn(move || snapshot_every(ilog, Duration::from_secs_f64(secs), stop))
-    });
+        std::thread::spawn(move || repeat_until(stop, every, || f(&ilog)))
+    };
+    let snapshotter =
+        cli.snapshot_every.map(|secs| beside(Duration::from_secs_f64(secs), |i| i.snapshot(None).map(drop)));
+    // A full log refuses an in-place compaction (it has nowhere to move
+    // to); the drain is already at work then, and the next call tries again.
+    let compact = |i: &Ilog| match i.compact(None, CompactMode::InPlace) {
+        Err(ilog_bdev::Error::NoSpace) => Ok(()),
+        r => r,
+    };
+    let compactor = cli.compact.then(|| beside(COMPACT_PAUSE, compact));
     let mut report = drive(&mut ilog, &mut work, cli.queue_depth, cli.io_size as usize, duration);
     report.name = "ilog".into();
     stop.store(true, Ordering::Relaxed);
-    let snapshot_calls = match snapshotter {
-        Some(t) => Some(t.join().map_err(|_| "the snapshot thread panicked".to_owned())??),
-        None => None,
+    let joined = |t: std::thread::JoinHandle<ilog_bdev::Result<Vec<Duration>>>, what: &str| {
+        t.join().map_err(|_| format!("the {what} thread panicked"))?.map_err(|e| format!("{what}: {e}"))
     };
+    let snapshot_calls = snapshotter.map(|t| joined(t, "snapshot")).transpose()?;
+    let compactions = compactor.map(|t| joined(t, "compaction")).transpose()?;
     ilog.view = View::Current;
     let after = ilog.ilog.stats().map_err(|e| e.to_string())?;
     let during_copy = match &cli.copy {
@@ -422,6 +444,10 @@ fn run(cli: &Cli) -> Result<(), String> {
     if let Some(calls) = &snapshot_calls {
         let ms: Vec<f64> = calls.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
         out["snapshots"] = json!({"count": ms.len(), "ms": ms});
+    }
+    if let Some(calls) = &compactions {
+        let ms: Vec<f64> = calls.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        out["compactions"] = json!({"count": ms.len(), "ms": ms});
     }
 
     let raw = if cli.compare_raw {
@@ -472,6 +498,16 @@ fn run(cli: &Cli) -> Result<(), String> {
         if let Some(calls) = &snapshot_calls {
             let ms: Vec<String> = calls.iter().map(|d| format!("{:.2}", d.as_secs_f64() * 1000.0)).collect();
             println!("snapshots taken during the run (ms each): {}", ms.join(" "));
+        }
+        if let Some(calls) = &compactions {
+            let total: Duration = calls.iter().sum();
+            println!(
+                "compaction calls during the run: {} ({:.1} ms each on average), {} compactions done, {} bytes moved",
+                calls.len(),
+                total.as_secs_f64() * 1000.0 / calls.len().max(1) as f64,
+                run_stats.compactions,
+                run_stats.bytes_moved
+            );
         }
         if let Some(r) = &raw {
             println!("{}", r.series_line());
