@@ -599,7 +599,14 @@ fn workload(backing: Backing, cores: u32, remount_cores: u32, crash_cores: u32, 
     let drained = ilog.stats().unwrap_or_else(|e| panic!("{ctx} stats: {e}")).baseline_partition;
     let mut before = log.iter();
     for e in &relog {
-        assert!(before.any(|b| b == e), "{ctx} entry {e:?} in the re-mounted log, not (in order) in the log before");
+        assert!(
+            before.any(|b| b == e),
+            "{ctx} entry {e:?} in the re-mounted log, not (in order) in the log before (baseline partition {} before \
+             the close, {drained} after the re-mount; the log before at lba {}: {:?})",
+            stats.baseline_partition,
+            e.lba,
+            log.iter().filter(|b| b.lba == e.lba).collect::<Vec<_>>()
+        );
     }
     let kept = |l: &[LogEntry]| l.iter().filter(|e| e.partition > drained).cloned().collect::<Vec<_>>();
     assert_eq!(kept(&relog), kept(&log), "{ctx} the log after a clean re-mount, less what drained since");
