@@ -50,7 +50,8 @@ enum Op {
 
 static POWER_CUTS: AtomicU64 = AtomicU64::new(0);
 static OUTAGES: AtomicU64 = AtomicU64::new(0);
-static PRIMARY_READS: AtomicU64 = AtomicU64::new(0);
+/// Reads each primary served: both must, as reads spread by address.
+static PRIMARY_READS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 static INCREMENTAL_BLOCKS: AtomicU64 = AtomicU64::new(0);
 
 struct Harness {
@@ -287,9 +288,9 @@ impl Harness {
     fn check_primaries(&mut self) {
         self.rebuild();
         let s = self.stats();
-        for info in &s.primaries {
+        for (info, served) in s.primaries.iter().zip(&PRIMARY_READS) {
             assert_eq!((info.state, info.dirty_blocks), (PrimaryState::Healthy, 0), "seed {}: {info:?}", self.seed);
-            PRIMARY_READS.fetch_add(info.reads, Relaxed);
+            served.fetch_add(info.reads, Relaxed);
         }
         let name = match self.call(Request::Snapshot { name: None }) {
             Reply::Volume(v) => v.partition,
@@ -349,14 +350,18 @@ fn primaries_mirror_the_image_through_failures_rebuilds_and_power_cuts() {
     let started = std::time::Instant::now();
     let seeds = common::sim::for_each_seed("sim_mirror", |seed| Harness::new(seed).run(150));
     let (cuts, outages) = (POWER_CUTS.load(Relaxed), OUTAGES.load(Relaxed));
-    let (reads, incremental) = (PRIMARY_READS.load(Relaxed), INCREMENTAL_BLOCKS.load(Relaxed));
+    let reads = PRIMARY_READS.each_ref().map(|r| r.load(Relaxed));
+    let incremental = INCREMENTAL_BLOCKS.load(Relaxed);
     eprintln!(
-        "sim_mirror: {} seeds passed in {:.1?}; {cuts} power cuts, {outages} primary outages, {reads} reads served \
-         by primaries, {incremental} blocks resynced incrementally",
+        "sim_mirror: {} seeds passed in {:.1?}; {cuts} power cuts, {outages} primary outages, {reads:?} reads served \
+         by each primary, {incremental} blocks resynced incrementally",
         seeds,
         started.elapsed()
     );
     if seeds >= 50 {
-        assert!(cuts > 0 && outages > 0 && reads > 0 && incremental > 0, "the runs must exercise every path");
+        assert!(
+            cuts > 0 && outages > 0 && reads.iter().all(|&r| r > 0) && incremental > 0,
+            "the runs must exercise every path, and reads must go to both primaries"
+        );
     }
 }

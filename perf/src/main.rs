@@ -360,6 +360,9 @@ fn run(cli: &Cli) -> Result<(), String> {
     if cli.read_volume && matches!(cli.workload, Kind::Verify) {
         return Err("--read-volume with -w verify: verify reads back what it wrote to the current image".into());
     }
+    if cli.read_volume && cli.snapshots == 0 {
+        return Err("--read-volume needs a chain to read from: --snapshots N, N > 0".into());
+    }
     let io_blocks = (cli.io_size / u64::from(BLOCK_SIZE)) as u32;
     let duration = Duration::from_secs_f64(cli.seconds);
     let mut out = json!({"config": {
@@ -441,13 +444,15 @@ fn run(cli: &Cli) -> Result<(), String> {
     };
     out["ilog"] = report.json();
     out["ilog_stats"] = stats_json(&run_stats);
-    if let Some(calls) = &snapshot_calls {
+    let call_times = |calls: &[Duration]| {
         let ms: Vec<f64> = calls.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-        out["snapshots"] = json!({"count": ms.len(), "ms": ms});
+        json!({"count": ms.len(), "ms": ms})
+    };
+    if let Some(calls) = &snapshot_calls {
+        out["snapshots"] = call_times(calls);
     }
     if let Some(calls) = &compactions {
-        let ms: Vec<f64> = calls.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-        out["compactions"] = json!({"count": ms.len(), "ms": ms});
+        out["compactions"] = call_times(calls);
     }
 
     let raw = if cli.compare_raw {

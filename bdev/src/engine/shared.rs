@@ -4,7 +4,7 @@
 use super::baseline::BaselineMap;
 use super::free::FreeSegments;
 use super::msg::Msg;
-use super::request::{MountReport, Request};
+use super::request::{MountReport, PrimaryInfo, Request};
 use super::space::{Counters, SegmentSpace};
 use crate::error::{Error, Result};
 use crate::format::Geometry;
@@ -171,7 +171,7 @@ impl Submitter {
     }
 
     /// Each primary's state and rebuild progress.
-    pub fn primaries(&self) -> Vec<super::request::PrimaryInfo> {
+    pub fn primaries(&self) -> Vec<PrimaryInfo> {
         self.shared.primaries.iter().map(|p| p.info()).collect()
     }
 
